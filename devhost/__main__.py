@@ -1,0 +1,96 @@
+"""`python -m devhost`: the local control plane in the foreground (`make run`)."""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from devhost.host import DevHost, load_local_settings
+
+    load_local_settings(ROOT / "local.settings.json")
+
+    import uvicorn
+
+    from shared import logs
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if not _loopback(settings.host) and not settings.allow_remote_bind:
+        print(
+            f"refusing to bind {settings.host}: set SPARKPLANE_ALLOW_REMOTE_BIND=true to listen "
+            "beyond loopback",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "devhost.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another devhost is running on {data_dir}", file=sys.stderr)
+        return 2
+    logs.setup(os.environ.get("SPARKPLANE_LOG_LEVEL", "INFO"))
+
+    from function_app import app
+    from shared.wiring import bootstrap_local, container
+
+    c = container()
+    token = bootstrap_local(c)
+    receiver = c.bus if hasattr(c.bus, "receive") else None
+    if receiver is not None and hasattr(receiver, "release_all_locks"):
+        # We hold the data directory exclusively: locks still held belong to a dead process.
+        receiver.release_all_locks()
+    host_json = json.loads((ROOT / "host.json").read_text())
+    host = DevHost(app, receiver, host_json, lock_s=settings.bus_lock_s)  # type: ignore[arg-type]
+    url = f"http://{settings.host}:{settings.port}"
+    host.start()
+    print(f"sparkplane control plane: {url}", flush=True)
+    print(f"  data directory: {data_dir}", flush=True)
+    print(f"  token:          {token}  (also in {data_dir / 'token'})", flush=True)
+    print(f"  provisioner:    {settings.provisioner}", flush=True)
+    print(
+        f"  try: DATABRICKS_HOST={url} DATABRICKS_TOKEN=$(cat {data_dir / 'token'}) "
+        "databricks clusters list",
+        flush=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            host.asgi,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            interface="asgi3",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        host.stop()
+        print("sparkplane stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

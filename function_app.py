@@ -1,0 +1,9 @@
+"""Composition root: the Function App and its blueprints, nothing else."""
+
+import azure.functions as func
+
+from functions import clusters_api, lifecycle
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+app.register_functions(clusters_api.bp)
+app.register_functions(lifecycle.bp)

@@ -1,0 +1,96 @@
+"""HTTP triggers of the Clusters API (`/api/2.1/clusters/*`, aliased under 2.0)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import azure.functions as func
+
+from functions.http import guarded, json_body, query_filters, respond
+from shared.errors import EndpointNotFound, InvalidParameterValue
+from shared.services.auth import Principal
+from shared.services.clusters import ClusterService
+from shared.wiring import container
+
+bp = func.Blueprint()
+
+VERSIONS = ("2.0", "2.1")
+
+Handler = Callable[[ClusterService, Principal, func.HttpRequest], Any]
+
+
+def _page_size(req: func.HttpRequest) -> int:
+    raw = req.params.get("page_size")
+    if raw is None or raw == "":
+        return 100
+    try:
+        n = int(raw)
+    except ValueError:
+        raise InvalidParameterValue("page_size must be an integer.") from None
+    if not 1 <= n <= 1000:
+        raise InvalidParameterValue("page_size must be between 1 and 1000.")
+    return n
+
+
+def _post(fn: Callable[[ClusterService, Principal, dict[str, Any]], Any]) -> Handler:
+    def h(s: ClusterService, p: Principal, req: func.HttpRequest) -> Any:
+        return fn(s, p, json_body(req))
+
+    return h
+
+
+POST: dict[str, Handler] = {
+    "create": _post(lambda s, p, b: {"cluster_id": s.create(p, b)}),
+    "edit": _post(lambda s, p, b: s.edit(p, b)),
+    "start": _post(lambda s, p, b: s.start(p, b)),
+    "restart": _post(lambda s, p, b: s.restart(p, b)),
+    "resize": _post(lambda s, p, b: s.resize(p, b)),
+    "delete": _post(lambda s, p, b: s.delete(p, b)),
+    "permanent-delete": _post(lambda s, p, b: s.permanent_delete(p, b)),
+    "pin": _post(lambda s, p, b: s.pin(p, b, True)),
+    "unpin": _post(lambda s, p, b: s.pin(p, b, False)),
+    "events": _post(lambda s, p, b: s.events(p, b)),
+}
+
+GET: dict[str, Handler] = {
+    "get": lambda s, p, r: s.get(p, r.params.get("cluster_id")),
+    "list": lambda s, p, r: s.list(
+        p,
+        page_size=_page_size(r),
+        page_token=r.params.get("page_token") or None,
+        flt=query_filters(r, "filter_by"),
+    ),
+    "list-node-types": lambda s, p, r: s.node_types(),
+    "spark-versions": lambda s, p, r: s.spark_versions(),
+}
+
+
+@bp.route(
+    route="api/{version}/clusters/{op}",
+    methods=["GET", "POST"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+def clusters_api(req: func.HttpRequest) -> func.HttpResponse:
+    def run() -> func.HttpResponse:
+        version = req.route_params.get("version")
+        op = req.route_params.get("op", "")
+        table = POST if req.method == "POST" else GET
+        if version not in VERSIONS or op not in table:
+            raise EndpointNotFound(f"No API found for '{req.method} /api/{version}/clusters/{op}'")
+        c = container()
+        principal = c.auth.authenticate(req.headers.get("Authorization"))
+        result = table[op](c.clusters, principal, req)
+        return respond(result if result is not None else {})
+
+    return guarded(run)
+
+
+@bp.route(
+    route=".well-known/databricks-config",
+    methods=["GET"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
+def databricks_config(req: func.HttpRequest) -> func.HttpResponse:
+    # The SDK probes this path without a token at start-up; `{}` keeps its defaults.
+    return respond({})

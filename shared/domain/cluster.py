@@ -1,0 +1,402 @@
+"""The cluster model: Databricks create/edit request fields, the stored document, and the
+user commands as pure functions (cluster in, cluster and events out)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.domain.events import EventType, event
+from shared.domain.states import State, check_move
+from shared.errors import InvalidParameterValue, InvalidState
+
+
+class AutoScale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_workers: int = Field(ge=0)
+    max_workers: int = Field(ge=1)
+
+
+class TerminationReason(BaseModel):
+    code: str
+    type: Literal["SUCCESS", "CLIENT_ERROR", "SERVICE_FAULT", "CLOUD_FAILURE"] = "SUCCESS"
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterSpec(BaseModel):
+    """The user's cluster specification (create and edit bodies, the `spec` of GET).
+
+    Unknown fields are kept (Databricks has many we store and return but do not act on).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    spark_version: str
+    cluster_name: str | None = Field(default=None, max_length=100)
+    node_type_id: str | None = None
+    driver_node_type_id: str | None = None
+    num_workers: int | None = Field(default=None, ge=0)
+    autoscale: AutoScale | None = None
+    autotermination_minutes: int | None = None
+    spark_conf: dict[str, str] = Field(default_factory=dict)
+    spark_env_vars: dict[str, str] = Field(default_factory=dict)
+    custom_tags: dict[str, str] = Field(default_factory=dict)
+    ssh_public_keys: list[str] = Field(default_factory=list)
+    instance_pool_id: str | None = None
+    driver_instance_pool_id: str | None = None
+    policy_id: str | None = None
+    enable_elastic_disk: bool | None = None
+    runtime_engine: Literal["STANDARD", "PHOTON", "NULL"] | None = None
+    data_security_mode: str | None = None
+    single_user_name: str | None = None
+    is_single_node: bool | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# Fields of a create body that are request options, not part of the cluster's spec.
+REQUEST_ONLY_FIELDS = ("idempotency_token", "cluster_id")
+
+
+def _fmt_validation(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "body"
+    if err["type"] == "missing":
+        return f"Missing required field: {loc}"
+    return f"Invalid value for field {loc}: {err['msg']}"
+
+
+def parse_spec(body: Mapping[str, Any]) -> ClusterSpec:
+    """Parse a create/edit body into a spec (shape and types only; see `validate_spec`)."""
+    data = {k: v for k, v in body.items() if k not in REQUEST_ONLY_FIELDS}
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as e:
+        raise InvalidParameterValue(_fmt_validation(e)) from None
+
+
+def parse_autoscale(value: Any) -> AutoScale:
+    try:
+        return AutoScale.model_validate(value)
+    except ValidationError as e:
+        raise InvalidParameterValue(_fmt_validation(e)) from None
+
+
+def validate_size(num_workers: int | None, autoscale: AutoScale | None) -> None:
+    if num_workers is not None and autoscale is not None:
+        raise InvalidParameterValue("Only one of num_workers and autoscale may be set, not both.")
+    if autoscale is not None and autoscale.max_workers <= autoscale.min_workers:
+        raise InvalidParameterValue(
+            f"autoscale.max_workers ({autoscale.max_workers}) must be greater than "
+            f"autoscale.min_workers ({autoscale.min_workers})."
+        )
+
+
+def validate_spec(
+    spec: ClusterSpec, *, node_types: set[str], spark_versions: set[str]
+) -> ClusterSpec:
+    """Databricks' validation rules; returns the spec with defaults filled in."""
+    if spec.spark_version not in spark_versions:
+        raise InvalidParameterValue(
+            f"Invalid spark version {spec.spark_version}. "
+            "List the valid keys with GET /api/2.1/clusters/spark-versions."
+        )
+    if not spec.node_type_id and not spec.instance_pool_id:
+        raise InvalidParameterValue("Missing required field: node_type_id")
+    for field, value in (
+        ("node_type_id", spec.node_type_id),
+        ("driver_node_type_id", spec.driver_node_type_id),
+    ):
+        if value is not None and value not in node_types:
+            raise InvalidParameterValue(
+                f"Node type {value} is not supported ({field}). "
+                "List the valid ids with GET /api/2.1/clusters/list-node-types."
+            )
+    validate_size(spec.num_workers, spec.autoscale)
+    at = spec.autotermination_minutes
+    if at is not None and at != 0 and not 10 <= at <= 10000:
+        raise InvalidParameterValue(
+            f"Automatic termination must be 0 (disabled) or between 10 and 10000 minutes, got {at}."
+        )
+    if len(spec.custom_tags) > 45:
+        raise InvalidParameterValue("A cluster can have at most 45 custom tags.")
+    if len(spec.ssh_public_keys) > 10:
+        raise InvalidParameterValue("A cluster can have at most 10 SSH public keys.")
+    updates: dict[str, Any] = {}
+    if spec.num_workers is None and spec.autoscale is None:
+        updates["num_workers"] = 0
+    if spec.driver_node_type_id is None and spec.node_type_id is not None:
+        updates["driver_node_type_id"] = spec.node_type_id
+    return spec.model_copy(update=updates) if updates else spec
+
+
+def initial_workers(spec: ClusterSpec) -> int:
+    """The size a cluster starts at: num_workers, or autoscale.min_workers."""
+    if spec.autoscale is not None:
+        return spec.autoscale.min_workers
+    return spec.num_workers or 0
+
+
+def cluster_size(spec: ClusterSpec) -> dict[str, Any]:
+    if spec.autoscale is not None:
+        return {"autoscale": spec.autoscale.model_dump()}
+    return {"num_workers": spec.num_workers or 0}
+
+
+def new_cluster_id(now_ms: int) -> str:
+    """Databricks' id shape: MMdd-HHmmss-<8 random chars>."""
+    t = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return t.strftime("%m%d-%H%M%S-") + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class Cluster(BaseModel):
+    """The stored cluster document (desired state, observed state, and history markers)."""
+
+    cluster_id: str
+    workspace_id: str
+    spec: ClusterSpec
+    creator_user_name: str = ""
+    cluster_source: str = "API"
+    state: State = State.PENDING
+    state_message: str = ""
+    state_since: int = 0
+    desired: Literal["RUNNING", "TERMINATED"] = "RUNNING"
+    # Workers the cluster should have now (autoscaling moves it within the range).
+    target_workers: int = 0
+    restart_pending: bool = False
+    deleted: bool = False
+    pinned: bool = False
+    start_time: int = 0
+    terminated_time: int | None = None
+    last_restarted_time: int | None = None
+    last_state_loss_time: int | None = None
+    last_activity_time: int | None = None
+    termination_reason: TerminationReason | None = None
+    spark_context_id: int | None = None
+    # Observed nodes (a snapshot the reconciler writes for GET).
+    driver: dict[str, Any] | None = None
+    executors: list[dict[str, Any]] = Field(default_factory=list)
+    # Preferred workers to remove on scale-down (set by the autoscaler).
+    remove_hint: list[str] = Field(default_factory=list)
+    # The worker count when the current resize began (to tell an upsize from a downsize).
+    resize_from: int | None = None
+    # Every write bumps the generation; events carry it so they are written exactly once.
+    generation: int = 0
+    pending_events: list[dict[str, Any]] = Field(default_factory=list)
+
+    def doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _move(c: Cluster, dst: State, now: int, message: str = "") -> None:
+    if c.state != dst:
+        check_move(c.state, dst)
+        c.state = dst
+        c.state_since = now
+    c.state_message = message
+
+
+def _bump(c: Cluster, events: Sequence[tuple[EventType, dict[str, Any]]], now: int) -> Cluster:
+    c.generation += 1
+    c.pending_events = [
+        event(c.cluster_id, t, now, f"{c.generation}-{i}", details)
+        for i, (t, details) in enumerate(events)
+    ]
+    return c
+
+
+def _unexpected(c: Cluster) -> InvalidState:
+    return InvalidState(f"Cluster {c.cluster_id} is in unexpected state {c.state.value}.")
+
+
+def create(
+    *,
+    cluster_id: str,
+    workspace_id: str,
+    spec: ClusterSpec,
+    user: str,
+    now: int,
+    source: str = "API",
+) -> Cluster:
+    c = Cluster(
+        cluster_id=cluster_id,
+        workspace_id=workspace_id,
+        spec=spec,
+        creator_user_name=user,
+        cluster_source=source,
+        state=State.PENDING,
+        state_since=now,
+        state_message="Starting Spark cluster",
+        target_workers=initial_workers(spec),
+        start_time=now,
+    )
+    return _bump(
+        c,
+        [(EventType.CREATING, {"attributes": spec.wire(), "user": user, **cluster_size(spec)})],
+        now,
+    )
+
+
+def edit(c: Cluster, spec: ClusterSpec, *, user: str, now: int) -> Cluster:
+    if c.state not in (State.RUNNING, State.TERMINATED):
+        raise _unexpected(c)
+    c = c.model_copy(deep=True)
+    details = {
+        "previous_attributes": c.spec.wire(),
+        "attributes": spec.wire(),
+        "previous_cluster_size": cluster_size(c.spec),
+        "cluster_size": cluster_size(spec),
+        "user": user,
+    }
+    c.spec = spec
+    c.target_workers = initial_workers(spec)
+    if c.state == State.RUNNING:
+        # Databricks restarts a running cluster to apply an edit.
+        _move(c, State.RESTARTING, now, "Restarting to apply the new configuration")
+        c.restart_pending = True
+    return _bump(c, [(EventType.EDITED, details)], now)
+
+
+def start(c: Cluster, *, user: str, now: int) -> Cluster:
+    if c.state != State.TERMINATED:
+        raise _unexpected(c)
+    if c.cluster_source == "JOB":
+        raise InvalidParameterValue(
+            f"Cluster {c.cluster_id} is a job cluster and cannot be started."
+        )
+    c = c.model_copy(deep=True)
+    _move(c, State.PENDING, now, "Starting Spark cluster")
+    c.desired = "RUNNING"
+    c.target_workers = initial_workers(c.spec)
+    c.termination_reason = None
+    c.terminated_time = None
+    return _bump(c, [(EventType.STARTING, {"user": user})], now)
+
+
+def restart(c: Cluster, *, user: str, now: int) -> Cluster:
+    if c.state != State.RUNNING:
+        raise _unexpected(c)
+    c = c.model_copy(deep=True)
+    _move(c, State.RESTARTING, now, "Restarting Spark cluster")
+    c.restart_pending = True
+    return _bump(c, [(EventType.RESTARTING, {"user": user})], now)
+
+
+def resize(
+    c: Cluster, *, num_workers: int | None, autoscale: AutoScale | None, user: str, now: int
+) -> Cluster:
+    if num_workers is None and autoscale is None:
+        raise InvalidParameterValue("One of num_workers or autoscale must be given.")
+    validate_size(num_workers, autoscale)
+    if c.state != State.RUNNING:
+        raise _unexpected(c)
+    c = c.model_copy(deep=True)
+    current = c.target_workers
+    if autoscale is not None:
+        c.spec = c.spec.model_copy(update={"autoscale": autoscale, "num_workers": None})
+        target = min(max(current, autoscale.min_workers), autoscale.max_workers)
+    else:
+        c.spec = c.spec.model_copy(update={"autoscale": None, "num_workers": num_workers})
+        target = num_workers or 0
+    c.target_workers = target
+    c.remove_hint = []
+    events: list[tuple[EventType, dict[str, Any]]] = []
+    if target != current:
+        c.resize_from = current
+        _move(c, State.RESIZING, now, f"Resizing cluster from {current} to {target} workers")
+        events.append(
+            (
+                EventType.RESIZING,
+                {
+                    "current_num_workers": current,
+                    "target_num_workers": target,
+                    "cause": "USER_REQUEST",
+                    "user": user,
+                },
+            )
+        )
+    return _bump(c, events, now)
+
+
+def autoscale_to(
+    c: Cluster, *, target: int, remove: Sequence[str], reason: str, now: int
+) -> Cluster:
+    """The autoscaler's resize: only RUNNING autoscale clusters, clamped to the range."""
+    if c.state != State.RUNNING or c.spec.autoscale is None or c.desired != "RUNNING":
+        raise _unexpected(c)
+    lo, hi = c.spec.autoscale.min_workers, c.spec.autoscale.max_workers
+    target = min(max(target, lo), hi)
+    if target == c.target_workers:
+        return c
+    c = c.model_copy(deep=True)
+    current = c.target_workers
+    c.target_workers = target
+    c.remove_hint = list(remove) if target < current else []
+    c.resize_from = current
+    _move(c, State.RESIZING, now, f"Autoscaling from {current} to {target} workers: {reason}")
+    return _bump(
+        c,
+        [
+            (
+                EventType.RESIZING,
+                {
+                    "current_num_workers": current,
+                    "target_num_workers": target,
+                    "cause": "AUTOSCALE",
+                    "reason": {
+                        "code": "AUTOSCALE",
+                        "type": "SUCCESS",
+                        "parameters": {"explanation": reason},
+                    },
+                },
+            )
+        ],
+        now,
+    )
+
+
+def terminate(
+    c: Cluster,
+    *,
+    reason: TerminationReason,
+    user: str | None,
+    now: int,
+    message: str = "Terminating cluster",
+) -> Cluster:
+    """delete (= terminate): a no-op on a TERMINATING or TERMINATED cluster."""
+    if c.state in (State.TERMINATING, State.TERMINATED):
+        return c
+    c = c.model_copy(deep=True)
+    _move(c, State.TERMINATING, now, message)
+    c.desired = "TERMINATED"
+    c.termination_reason = reason
+    c.restart_pending = False
+    details: dict[str, Any] = {"reason": reason.model_dump()}
+    if user:
+        details["user"] = user
+    return _bump(c, [(EventType.TERMINATING, details)], now)
+
+
+USER_REQUEST = TerminationReason(code="USER_REQUEST", type="SUCCESS", parameters={})
+
+
+def permanent_delete(c: Cluster, *, user: str, now: int) -> Cluster:
+    c = terminate(c, reason=USER_REQUEST, user=user, now=now) if not c.deleted else c
+    c = c.model_copy(deep=True)
+    c.deleted = True
+    c.desired = "TERMINATED"
+    return _bump(c, [], now)
+
+
+def pin(c: Cluster, *, pinned: bool, user: str, now: int) -> Cluster:
+    if c.pinned == pinned:
+        return c
+    c = c.model_copy(deep=True)
+    c.pinned = pinned
+    return _bump(c, [(EventType.PINNED if pinned else EventType.UNPINNED, {"user": user})], now)

@@ -1,0 +1,65 @@
+"""API errors in the Databricks error format: `{"error_code", "message"}`."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    error_code = "BAD_REQUEST"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"error_code": self.error_code, "message": self.message}
+
+
+class InvalidParameterValue(ApiError):
+    status = 400
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class MalformedRequest(ApiError):
+    status = 400
+    error_code = "MALFORMED_REQUEST"
+
+
+class InvalidState(ApiError):
+    status = 400
+    error_code = "INVALID_STATE"
+
+
+class ResourceDoesNotExist(ApiError):
+    status = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class Unauthenticated(ApiError):
+    status = 401
+    error_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ApiError):
+    status = 403
+    error_code = "PERMISSION_DENIED"
+
+
+class NotImplementedApi(ApiError):
+    status = 501
+    error_code = "NOT_IMPLEMENTED"
+
+
+class EndpointNotFound(ApiError):
+    status = 404
+    error_code = "ENDPOINT_NOT_FOUND"
+
+
+class RequestLimitExceeded(ApiError):
+    status = 429
+    error_code = "REQUEST_LIMIT_EXCEEDED"
+
+
+class TooLarge(ApiError):
+    status = 413
+    error_code = "REQUEST_ENTITY_TOO_LARGE"

@@ -1,0 +1,232 @@
+"""The ports: what the domain and the services need from the outside world.
+
+Each port has one contract test suite under tests/contract/ that every adapter passes.
+Adapters translate; they hold no decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+# --------------------------------------------------------------------------------------------
+# Store: documents with optimistic concurrency (Cosmos DB semantics), plus cluster events.
+
+
+class StoreError(Exception):
+    """Base class of store failures the callers handle."""
+
+
+class AlreadyExists(StoreError):
+    """create() of a document whose (kind, pk, id) exists."""
+
+
+class PreconditionFailed(StoreError):
+    """replace()/delete() with a stale ETag: somebody wrote in between; re-read and retry."""
+
+
+class NotFound(StoreError):
+    """replace()/delete() of a document that does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored document. `etag` changes on every write."""
+
+    kind: str
+    pk: str
+    id: str
+    body: dict[str, Any]
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Record]
+    next_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters of `clusters/events` (times in epoch ms)."""
+
+    start_time: int | None = None
+    end_time: int | None = None
+    types: Sequence[str] = ()
+    order: Literal["ASC", "DESC"] = "DESC"
+    offset: int = 0
+    limit: int = 50
+
+
+class Store(Protocol):
+    """Documents grouped by kind ("cluster", "workspace", "token", ...) and partition key.
+
+    Point reads by (kind, pk, id); `list` pages one partition ordered by id; `scan` is the
+    cross-partition query the timers use. Documents and events may carry a time to live.
+    """
+
+    def get(self, kind: str, pk: str, id: str) -> Record | None: ...
+
+    def create(
+        self, kind: str, pk: str, id: str, body: Mapping[str, Any], *, ttl_s: int | None = None
+    ) -> Record: ...
+
+    def replace(
+        self, kind: str, pk: str, id: str, body: Mapping[str, Any], *, etag: str
+    ) -> Record: ...
+
+    def delete(self, kind: str, pk: str, id: str, *, etag: str | None = None) -> None: ...
+
+    def list(self, kind: str, pk: str, *, page_size: int, page_token: str | None) -> Page: ...
+
+    def scan(self, kind: str, *, field: str, values: Sequence[str]) -> Iterator[Record]: ...
+
+    def append_events(
+        self, cluster_id: str, events: Sequence[Mapping[str, Any]], *, ttl_s: int
+    ) -> None:
+        """Append events (each has "timestamp" ms and "type"); an event with an "id" already
+        stored for the cluster is skipped, so re-appending after a crash is safe."""
+        ...
+
+    def events(self, cluster_id: str, query: EventQuery) -> tuple[list[dict[str, Any]], int]: ...
+
+    def delete_events(self, cluster_id: str) -> None: ...
+
+    def purge_expired(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Bus: what the app sends (Service Bus semantics). Receiving is the Functions host's job; the
+# embedded bus also implements `Receiver` for devhost.
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    body: bytes
+    message_id: str
+    session_id: str | None = None
+    scheduled_enqueue_ms: int | None = None
+    application_properties: Mapping[str, str | int] = field(default_factory=dict)
+
+
+class Bus(Protocol):
+    def send(self, queue: str, messages: Sequence[OutMessage]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message locked for one receiver (peek-lock)."""
+
+    queue: str
+    sequence_number: int
+    message_id: str
+    session_id: str | None
+    body: bytes
+    delivery_count: int
+    enqueued_ms: int
+    scheduled_enqueue_ms: int | None
+    lock_token: str
+    locked_until_ms: int
+    application_properties: Mapping[str, str | int]
+    dead_letter_reason: str | None = None
+    dead_letter_description: str | None = None
+
+
+class LockLost(Exception):
+    """complete/abandon/renew with a lock that expired or was taken by another receiver."""
+
+
+class Receiver(Protocol):
+    def receive(self, queue: str) -> Delivery | None: ...
+
+    def complete(self, d: Delivery) -> None: ...
+
+    def abandon(self, d: Delivery, *, reason: str | None = None) -> None: ...
+
+    def dead_letter(self, d: Delivery, *, reason: str, description: str = "") -> None: ...
+
+    def renew_lock(self, d: Delivery) -> Delivery: ...
+
+    def dead_letters(self, queue: str) -> list[Delivery]: ...
+
+    def resubmit_dead_letter(self, queue: str, sequence_number: int) -> bool: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Provisioner: makes and removes the nodes of a cluster. Every call returns quickly: slow work
+# is started and then observed by later reconciles.
+
+NodeStatus = Literal["STARTING", "RUNNING", "STOPPING", "LOST"]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    node_id: str
+    role: Literal["driver", "worker"]
+    status: NodeStatus
+    start_ms: int
+    private_ip: str = "127.0.0.1"
+    instance_id: str = ""
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeType:
+    node_type_id: str
+    num_cores: float
+    memory_mb: int
+    description: str
+    category: str = "General Purpose"
+
+
+@dataclass(frozen=True, slots=True)
+class SparkVersion:
+    key: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRequest:
+    """What a provisioner needs to know of a cluster to make its nodes."""
+
+    cluster_id: str
+    workspace_id: str
+    node_type_id: str
+    driver_node_type_id: str
+    spark_version: str
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
+    spark_env_vars: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+class Provisioner(Protocol):
+    def node_types(self) -> list[NodeType]: ...
+
+    def spark_versions(self) -> list[SparkVersion]: ...
+
+    def observe(self, cluster_id: str) -> list[Node]:
+        """The nodes that exist for the cluster now, driver first."""
+        ...
+
+    def start_driver(self, req: NodeRequest) -> Node: ...
+
+    def add_workers(self, req: NodeRequest, count: int) -> list[Node]: ...
+
+    def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
+        """Start a graceful removal (decommission); the nodes disappear from observe() later."""
+        ...
+
+    def stop_cluster(self, cluster_id: str) -> None:
+        """Start stopping every node of the cluster; observe() is empty when it is done."""
+        ...
+
+    def cluster_ids(self) -> set[str]:
+        """Every cluster that owns a node (to find orphans)."""
+        ...
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...

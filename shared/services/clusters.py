@@ -1,0 +1,398 @@
+"""The Clusters API as application services: validate, apply the pure command, store with an
+ETag check (retrying on a concurrent write), write the events, send `reconcile`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shared.domain import cluster as dom
+from shared.domain.cluster import Cluster
+from shared.domain.events import wire as event_wire
+from shared.domain.states import State
+from shared.errors import InvalidParameterValue, ResourceDoesNotExist
+from shared.ports import (
+    AlreadyExists,
+    Bus,
+    Clock,
+    EventQuery,
+    NodeType,
+    OutMessage,
+    PreconditionFailed,
+    Provisioner,
+    Record,
+    SparkVersion,
+    Store,
+)
+from shared.services.auth import Principal
+from shared.settings import Settings
+
+log = logging.getLogger("sparkplane.clusters")
+
+KIND = "cluster"
+MAX_CAS_ATTEMPTS = 20
+
+
+def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) -> OutMessage:
+    body = {"type": "reconcile", "cluster_id": c.cluster_id, "workspace_id": c.workspace_id}
+    return OutMessage(
+        body=json.dumps(body).encode(),
+        message_id=message_id,
+        session_id=c.cluster_id,
+        scheduled_enqueue_ms=due_ms,
+    )
+
+
+class ClusterRepo:
+    """Loads and saves cluster documents; the one place that writes them (events included).
+
+    A document carries the events of its last write (`pending_events`). They are appended with
+    ids that make a second append a no-op, before and after every write, so an event is never
+    lost to a crash between the two writes and never stored twice.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.event_ttl_s = settings.event_ttl_days * 86400
+
+    def load(self, workspace_id: str, cluster_id: str) -> tuple[Cluster, Record] | None:
+        rec = self.store.get(KIND, workspace_id, cluster_id)
+        if rec is None:
+            return None
+        return Cluster.model_validate(rec.body), rec
+
+    def flush(self, c: Cluster) -> None:
+        if c.pending_events:
+            self.store.append_events(c.cluster_id, c.pending_events, ttl_s=self.event_ttl_s)
+
+    def insert(self, c: Cluster) -> Record:
+        rec = self.store.create(KIND, c.workspace_id, c.cluster_id, c.doc())
+        self.flush(c)
+        return rec
+
+    def save(self, old: Cluster, rec: Record, new: Cluster) -> Record:
+        """Replace with an ETag check; raises PreconditionFailed on a concurrent write."""
+        self.flush(old)
+        out = self.store.replace(KIND, new.workspace_id, new.cluster_id, new.doc(), etag=rec.etag)
+        self.flush(new)
+        return out
+
+    def remove(self, c: Cluster, rec: Record) -> None:
+        self.store.delete(KIND, c.workspace_id, c.cluster_id, etag=rec.etag)
+        self.store.delete_events(c.cluster_id)
+
+
+class Catalog:
+    """Node types and Spark versions, as the provisioner offers them."""
+
+    def __init__(self, provisioner: Provisioner) -> None:
+        self.node_types: dict[str, NodeType] = {n.node_type_id: n for n in provisioner.node_types()}
+        self.spark_versions: dict[str, SparkVersion] = {
+            v.key: v for v in provisioner.spark_versions()
+        }
+
+    def validate(self, spec: dom.ClusterSpec) -> dom.ClusterSpec:
+        return dom.validate_spec(
+            spec, node_types=set(self.node_types), spark_versions=set(self.spark_versions)
+        )
+
+
+class ClusterService:
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        catalog: Catalog,
+        clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.catalog = catalog
+        self.clock = clock
+        self.settings = settings
+        self.repo = ClusterRepo(store, settings)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _get(self, p: Principal, cluster_id: Any) -> tuple[Cluster, Record]:
+        if not isinstance(cluster_id, str) or not cluster_id:
+            raise InvalidParameterValue("Missing required field: cluster_id")
+        got = self.repo.load(p.workspace_id, cluster_id)
+        if got is None or got[0].deleted:
+            raise ResourceDoesNotExist(f"Cluster {cluster_id} does not exist")
+        return got
+
+    def kick(self, c: Cluster, message_id: str) -> None:
+        """Send `reconcile`; a failed send is not fatal: the reconciler timer re-sends."""
+        try:
+            self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, message_id)])
+        except Exception:
+            log.exception("send reconcile failed", extra={"cluster_id": c.cluster_id})
+
+    def _mutate(
+        self, p: Principal, cluster_id: Any, command: Callable[[Cluster], Cluster]
+    ) -> Cluster:
+        for _ in range(MAX_CAS_ATTEMPTS):
+            c, rec = self._get(p, cluster_id)
+            new = command(c)
+            if new is c:
+                return c
+            try:
+                out = self.repo.save(c, rec, new)
+            except PreconditionFailed:
+                continue
+            self.kick(new, f"cmd:{new.cluster_id}:{out.etag}")
+            return new
+        raise PreconditionFailed(f"cluster {cluster_id} changed too often; retry")
+
+    # ---------------------------------------------------------------- commands
+
+    def create(self, p: Principal, body: Mapping[str, Any]) -> str:
+        spec = self.catalog.validate(dom.parse_spec(body))
+        idem = body.get("idempotency_token")
+        now = self.clock.now_ms()
+        cluster_id = dom.new_cluster_id(now)
+        if idem is not None:
+            if not isinstance(idem, str) or not 0 < len(idem) <= 64:
+                raise InvalidParameterValue("idempotency_token must be a string of 1..64 chars.")
+            try:
+                self.store.create(
+                    "idempotency",
+                    p.workspace_id,
+                    f"cluster:{idem}",
+                    {"cluster_id": cluster_id},
+                    ttl_s=7 * 86400,
+                )
+            except AlreadyExists:
+                rec = self.store.get("idempotency", p.workspace_id, f"cluster:{idem}")
+                if rec is not None:
+                    return str(rec.body["cluster_id"])
+        c = dom.create(
+            cluster_id=cluster_id, workspace_id=p.workspace_id, spec=spec, user=p.user, now=now
+        )
+        rec = self.repo.insert(c)
+        self.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
+        log.info("cluster created", extra={"cluster_id": cluster_id, "workspace": p.workspace_id})
+        return cluster_id
+
+    def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
+        spec = self.catalog.validate(dom.parse_spec(body))
+        now = self.clock.now_ms()
+        self._mutate(p, body.get("cluster_id"), lambda c: dom.edit(c, spec, user=p.user, now=now))
+
+    def start(self, p: Principal, body: Mapping[str, Any]) -> None:
+        now = self.clock.now_ms()
+        self._mutate(p, body.get("cluster_id"), lambda c: dom.start(c, user=p.user, now=now))
+
+    def restart(self, p: Principal, body: Mapping[str, Any]) -> None:
+        now = self.clock.now_ms()
+        self._mutate(p, body.get("cluster_id"), lambda c: dom.restart(c, user=p.user, now=now))
+
+    def resize(self, p: Principal, body: Mapping[str, Any]) -> None:
+        nw = body.get("num_workers")
+        if nw is not None and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
+            raise InvalidParameterValue("num_workers must be a non-negative integer.")
+        auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
+        now = self.clock.now_ms()
+        self._mutate(
+            p,
+            body.get("cluster_id"),
+            lambda c: dom.resize(c, num_workers=nw, autoscale=auto, user=p.user, now=now),
+        )
+
+    def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
+        now = self.clock.now_ms()
+        self._mutate(
+            p,
+            body.get("cluster_id"),
+            lambda c: dom.terminate(c, reason=dom.USER_REQUEST, user=p.user, now=now),
+        )
+
+    def permanent_delete(self, p: Principal, body: Mapping[str, Any]) -> None:
+        now = self.clock.now_ms()
+        self._mutate(
+            p, body.get("cluster_id"), lambda c: dom.permanent_delete(c, user=p.user, now=now)
+        )
+
+    def pin(self, p: Principal, body: Mapping[str, Any], pinned: bool) -> None:
+        now = self.clock.now_ms()
+        self._mutate(
+            p, body.get("cluster_id"), lambda c: dom.pin(c, pinned=pinned, user=p.user, now=now)
+        )
+
+    # ---------------------------------------------------------------- queries
+
+    def details(self, c: Cluster, *, with_spec: bool = True) -> dict[str, Any]:
+        spec = c.spec.wire()
+        out: dict[str, Any] = dict(spec)
+        if c.spec.autoscale is None:
+            out["num_workers"] = c.target_workers
+        out.update(
+            {
+                "cluster_id": c.cluster_id,
+                "creator_user_name": c.creator_user_name,
+                "cluster_source": c.cluster_source,
+                "state": c.state.value,
+                "state_message": c.state_message,
+                "start_time": c.start_time,
+                "default_tags": {
+                    "Vendor": "sparkplane",
+                    "Creator": c.creator_user_name,
+                    "ClusterName": c.spec.cluster_name or "",
+                    "ClusterId": c.cluster_id,
+                },
+                "executors": c.executors,
+                "pinned_by_user_name": c.creator_user_name if c.pinned else None,
+            }
+        )
+        for key in (
+            "terminated_time",
+            "last_restarted_time",
+            "last_state_loss_time",
+            "last_activity_time",
+            "spark_context_id",
+        ):
+            value = getattr(c, key)
+            if value is not None:
+                out[key] = value
+        if c.termination_reason is not None:
+            out["termination_reason"] = c.termination_reason.model_dump()
+        if c.driver is not None:
+            out["driver"] = c.driver
+        if c.state in (State.RUNNING, State.RESIZING):
+            cores, mem = self._resources(c)
+            out["cluster_cores"] = cores
+            out["cluster_memory_mb"] = mem
+        if with_spec:
+            out["spec"] = spec
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _resources(self, c: Cluster) -> tuple[float, int]:
+        nt = self.catalog.node_types
+        drv = nt.get(c.spec.driver_node_type_id or "")
+        wrk = nt.get(c.spec.node_type_id or "")
+        n = len(c.executors)
+        cores = (drv.num_cores if drv else 0) + n * (wrk.num_cores if wrk else 0)
+        mem = (drv.memory_mb if drv else 0) + n * (wrk.memory_mb if wrk else 0)
+        return cores, mem
+
+    def get(self, p: Principal, cluster_id: Any) -> dict[str, Any]:
+        c, _ = self._get(p, cluster_id)
+        return self.details(c)
+
+    def _listed(self, c: Cluster, now: int, flt: Mapping[str, Any]) -> bool:
+        if c.deleted:
+            return False
+        if (
+            c.state == State.TERMINATED
+            and not c.pinned
+            and c.terminated_time is not None
+            and now - c.terminated_time > self.settings.terminated_list_days * 86_400_000
+        ):
+            return False
+        states = flt.get("cluster_states")
+        if states and c.state.value not in states:
+            return False
+        sources = flt.get("cluster_sources")
+        if sources and c.cluster_source not in sources:
+            return False
+        pinned = flt.get("is_pinned")
+        return pinned is None or c.pinned == pinned
+
+    def list(
+        self, p: Principal, *, page_size: int, page_token: str | None, flt: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        now = self.clock.now_ms()
+        page = self.store.list(KIND, p.workspace_id, page_size=page_size, page_token=page_token)
+        clusters = [Cluster.model_validate(r.body) for r in page.items]
+        out: dict[str, Any] = {
+            "clusters": [
+                self.details(c, with_spec=False) for c in clusters if self._listed(c, now, flt)
+            ]
+        }
+        if page.next_token:
+            out["next_page_token"] = page.next_token
+        return out
+
+    def events(self, p: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
+        c, _ = self._get(p, body.get("cluster_id"))
+        q = parse_event_query(body)
+        events, total = self.store.events(c.cluster_id, q)
+        out: dict[str, Any] = {"events": [event_wire(e) for e in events], "total_count": total}
+        if q.offset + len(events) < total:
+            nxt = {k: v for k, v in body.items() if k not in ("page_token", "page_size")}
+            nxt["offset"] = q.offset + q.limit
+            nxt["limit"] = q.limit
+            out["next_page"] = nxt
+            out["next_page_token"] = str(q.offset + q.limit)
+        return out
+
+    def node_types(self) -> dict[str, Any]:
+        return {
+            "node_types": [
+                {
+                    "node_type_id": n.node_type_id,
+                    "memory_mb": n.memory_mb,
+                    "num_cores": n.num_cores,
+                    "description": n.description,
+                    "instance_type_id": n.node_type_id,
+                    "category": n.category,
+                    "is_deprecated": False,
+                    "num_gpus": 0,
+                    "is_hidden": False,
+                    "support_port_forwarding": True,
+                    "node_instance_type": {
+                        "instance_type_id": n.node_type_id,
+                        "local_disks": 0,
+                        "local_disk_size_gb": 0,
+                    },
+                }
+                for n in self.catalog.node_types.values()
+            ]
+        }
+
+    def spark_versions(self) -> dict[str, Any]:
+        return {
+            "versions": [
+                {"key": v.key, "name": v.name} for v in self.catalog.spark_versions.values()
+            ]
+        }
+
+
+def _int(body: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise InvalidParameterValue(f"{key} must be an integer.") from None
+    if isinstance(v, bool) or not lo <= n <= hi:
+        raise InvalidParameterValue(f"{key} must be between {lo} and {hi}.")
+    return n
+
+
+def parse_event_query(body: Mapping[str, Any]) -> EventQuery:
+    order = body.get("order") or "DESC"
+    if order not in ("ASC", "DESC"):
+        raise InvalidParameterValue("order must be ASC or DESC.")
+    types = body.get("event_types") or []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise InvalidParameterValue("event_types must be a list of strings.")
+    limit = _int(body, "limit", None, 1, 500)
+    page_size = _int(body, "page_size", None, 0, 500)
+    limit = limit or page_size or 50
+    offset = _int(body, "offset", 0, 0, 2**31)
+    if body.get("page_token"):
+        offset = _int({"t": body["page_token"]}, "t", 0, 0, 2**31)
+    return EventQuery(
+        start_time=_int(body, "start_time", None, 0, 2**63),
+        end_time=_int(body, "end_time", None, 0, 2**63),
+        types=tuple(types),
+        order=order,
+        offset=offset or 0,
+        limit=limit,
+    )

@@ -1,0 +1,137 @@
+"""The lifecycle work behind the `cluster-lifecycle` queue and the reconciler timer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from shared.domain import reconcile as rec
+from shared.domain.cluster import Cluster
+from shared.domain.states import TRANSITIONAL, State
+from shared.ports import Bus, Clock, NodeRequest, PreconditionFailed, Provisioner
+from shared.services.clusters import ClusterRepo, reconcile_message
+from shared.settings import Settings
+
+log = logging.getLogger("sparkplane.lifecycle")
+
+
+def node_request(c: Cluster) -> NodeRequest:
+    s = c.spec
+    return NodeRequest(
+        cluster_id=c.cluster_id,
+        workspace_id=c.workspace_id,
+        node_type_id=s.node_type_id or "",
+        driver_node_type_id=s.driver_node_type_id or s.node_type_id or "",
+        spark_version=s.spark_version,
+        spark_conf=dict(s.spark_conf),
+        spark_env_vars=dict(s.spark_env_vars),
+        tags={**s.custom_tags, "ClusterId": c.cluster_id, "Vendor": "sparkplane"},
+    )
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        repo: ClusterRepo,
+        bus: Bus,
+        provisioner: Provisioner,
+        clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self.repo = repo
+        self.bus = bus
+        self.provisioner = provisioner
+        self.clock = clock
+        self.settings = settings
+        self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
+
+    def handle(self, body: bytes) -> None:
+        msg: dict[str, Any] = json.loads(body)
+        if msg.get("type") != "reconcile":
+            raise ValueError(f"unknown lifecycle message type {msg.get('type')!r}")
+        self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+
+    def reconcile(self, workspace_id: str, cluster_id: str) -> None:
+        for _ in range(10):
+            got = self.repo.load(workspace_id, cluster_id)
+            if got is None:
+                return
+            cluster, record = got
+            nodes = self.provisioner.observe(cluster_id)
+            now = self.clock.now_ms()
+            p = rec.plan(cluster, nodes, now=now)
+            self._carry_out(p)
+            try:
+                if p.delete_document:
+                    self.repo.flush(cluster)
+                    self.repo.remove(cluster, record)
+                    log.info("cluster removed", extra={"cluster_id": cluster_id})
+                    return
+                etag = record.etag
+                if p.changed:
+                    etag = self.repo.save(cluster, record, p.cluster).etag
+            except PreconditionFailed:
+                continue  # somebody wrote in between: evaluate again on the new document
+            if p.requeue:
+                self.schedule(p.cluster, etag)
+            return
+        raise RuntimeError(f"cluster {cluster_id}: too many concurrent writes, retry later")
+
+    def _carry_out(self, p: rec.Plan) -> None:
+        c = p.cluster
+        req = node_request(c)
+        for a in p.actions:
+            match a:
+                case rec.StopCluster():
+                    self.provisioner.stop_cluster(c.cluster_id)
+                case rec.StartDriver():
+                    self.provisioner.start_driver(req)
+                case rec.AddWorkers(count=n):
+                    self.provisioner.add_workers(req, n)
+                case rec.RemoveWorkers(node_ids=ids):
+                    self.provisioner.remove_workers(c.cluster_id, ids)
+
+    def schedule(self, c: Cluster, etag: str) -> None:
+        """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,
+        due-time bucket): two chains for one cluster merge by duplicate detection, while one
+        chain's successive follow-ups fall in different buckets and are never dropped."""
+        due = self.clock.now_ms() + self.interval_ms
+        msg_id = f"r:{c.cluster_id}:{etag}:{due // self.interval_ms}"
+        self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, msg_id, due)])
+
+    # ------------------------------------------------------------------ reconciler timer
+
+    def sweep(self) -> dict[str, int]:
+        """Re-send reconcile for clusters away from their desired state for a while (a lost
+        send, a crash), flush events left behind, and stop nodes no cluster owns."""
+        # Nodes first, documents second: a cluster's document is written before its first
+        # node, so a node seen here belongs to a document the scan below sees.
+        owners = self.provisioner.cluster_ids()
+        now = self.clock.now_ms()
+        stuck_ms = int(self.settings.stuck_after_s * 1000)
+        kicked = 0
+        known: set[str] = set()
+        store = self.repo.store
+        transitional = {s.value for s in TRANSITIONAL}
+        for r in store.scan("cluster", field="state", values=[s.value for s in State]):
+            known.add(r.id)
+            recent = now - int(r.body.get("state_since", 0)) < 5 * 60_000
+            if r.body.get("state") not in transitional and not recent:
+                continue
+            c = Cluster.model_validate(r.body)
+            self.repo.flush(c)
+            if c.state.value not in transitional:
+                continue
+            if now - c.state_since >= stuck_ms:
+                bucket = now // max(stuck_ms, 1)
+                self.bus.send(
+                    self.settings.lifecycle_queue,
+                    [reconcile_message(c, f"kick:{c.cluster_id}:{r.etag}:{bucket}")],
+                )
+                kicked += 1
+        orphans = owners - known
+        for cid in orphans:
+            self.provisioner.stop_cluster(cid)
+        purged = store.purge_expired()
+        return {"kicked": kicked, "orphans": len(orphans), "purged": purged}

@@ -1,0 +1,224 @@
+"""The cluster rules: validation, commands, and the reconcile planner (pure, no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.domain import cluster as dom
+from shared.domain import reconcile as rec
+from shared.domain.states import State
+from shared.errors import InvalidParameterValue, InvalidState
+from shared.ports import Node
+
+NODE_TYPES = {"small", "large"}
+VERSIONS = {"4.1.x-scala2.13"}
+
+
+def spec(**kw: object) -> dom.ClusterSpec:
+    body = {"spark_version": "4.1.x-scala2.13", "node_type_id": "small", "num_workers": 2, **kw}
+    body = {k: v for k, v in body.items() if v is not None}
+    return dom.validate_spec(dom.parse_spec(body), node_types=NODE_TYPES, spark_versions=VERSIONS)
+
+
+def new(**kw: object) -> dom.Cluster:
+    return dom.create(cluster_id="c1", workspace_id="w", spec=spec(**kw), user="u", now=1000)
+
+
+def nodes(driver: str = "RUNNING", workers: tuple[str, ...] = ("RUNNING", "RUNNING")) -> list[Node]:
+    out = [Node("d", "driver", driver, 1)] if driver else []  # type: ignore[arg-type]
+    out += [Node(f"w{i}", "worker", s, 10 + i) for i, s in enumerate(workers)]  # type: ignore[arg-type]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"spark_version": "9.9.x"}, "Invalid spark version"),
+        ({"node_type_id": "huge"}, "Node type huge is not supported"),
+        ({"driver_node_type_id": "huge"}, "driver_node_type_id"),
+        ({"autoscale": {"min_workers": 2, "max_workers": 2}, "num_workers": None}, "greater"),
+        ({"autoscale": {"min_workers": 1, "max_workers": 3}}, "Only one of num_workers"),
+        ({"autotermination_minutes": 5}, "between 10 and 10000"),
+        ({"autotermination_minutes": 10001}, "between 10 and 10000"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"num_workers": "many"}, "num_workers"),
+        ({"custom_tags": {str(i): "x" for i in range(46)}}, "45 custom tags"),
+        ({"spark_version": None}, "Missing required field: spark_version"),
+        ({"node_type_id": None}, "Missing required field: node_type_id"),
+    ],
+)
+def test_invalid_specs_are_rejected_with_the_databricks_error(kw: dict, message: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        spec(**kw)
+
+
+@pytest.mark.parametrize("minutes", [0, 10, 120, 10000, None])
+def test_autotermination_accepts_zero_and_the_range(minutes: int | None) -> None:
+    assert spec(autotermination_minutes=minutes).autotermination_minutes == minutes
+
+
+def test_defaults_driver_node_type_and_size() -> None:
+    s = spec(num_workers=None)
+    assert s.num_workers == 0
+    assert s.driver_node_type_id == "small"
+
+
+def test_create_is_pending_with_a_creating_event_and_the_initial_size() -> None:
+    c = dom.create(
+        cluster_id="c1",
+        workspace_id="w",
+        spec=spec(num_workers=None, autoscale={"min_workers": 1, "max_workers": 4}),
+        user="u",
+        now=5,
+    )
+    assert c.state == State.PENDING and c.desired == "RUNNING"
+    assert c.target_workers == 1
+    [ev] = c.pending_events
+    assert ev["type"] == "CREATING"
+    assert ev["details"]["autoscale"] == {"min_workers": 1, "max_workers": 4}
+    assert ev["id"] == f"{c.generation}-0"
+
+
+def test_unknown_fields_are_kept_in_the_spec() -> None:
+    assert spec(enable_local_disk_encryption=True).wire()["enable_local_disk_encryption"] is True
+
+
+def running(c: dom.Cluster, workers: int = 2) -> dom.Cluster:
+    p = rec.plan(c, nodes(workers=("RUNNING",) * workers), now=2000)
+    assert p.cluster.state == State.RUNNING
+    return p.cluster
+
+
+def test_state_preconditions_of_commands() -> None:
+    c = new()
+    for cmd in (
+        lambda c: dom.restart(c, user="u", now=1),
+        lambda c: dom.resize(c, num_workers=3, autoscale=None, user="u", now=1),
+        lambda c: dom.start(c, user="u", now=1),
+        lambda c: dom.edit(c, spec(), user="u", now=1),
+    ):
+        with pytest.raises(InvalidState, match="unexpected state PENDING"):
+            cmd(c)
+
+
+def test_delete_is_a_noop_when_terminating_or_terminated() -> None:
+    c = dom.terminate(new(), reason=dom.USER_REQUEST, user="u", now=2)
+    assert c.state == State.TERMINATING
+    assert dom.terminate(c, reason=dom.USER_REQUEST, user="u", now=3) is c
+
+
+def test_resize_sets_target_and_event() -> None:
+    c = running(new())
+    r = dom.resize(c, num_workers=5, autoscale=None, user="u", now=3000)
+    assert r.state == State.RESIZING and r.target_workers == 5
+    assert r.pending_events[0]["details"] == {
+        "current_num_workers": 2,
+        "target_num_workers": 5,
+        "cause": "USER_REQUEST",
+        "user": "u",
+    }
+    same = dom.resize(
+        r.model_copy(update={"state": State.RUNNING}),
+        num_workers=5,
+        autoscale=None,
+        user="u",
+        now=3001,
+    )
+    assert same.state == State.RUNNING
+
+
+def test_resize_to_autoscale_clamps_the_current_size() -> None:
+    c = running(new(num_workers=6), workers=6)
+    r = dom.resize(
+        c, num_workers=None, autoscale=dom.AutoScale(min_workers=1, max_workers=4), user="u", now=1
+    )
+    assert r.target_workers == 4 and r.spec.num_workers is None
+
+
+def test_edit_of_a_running_cluster_restarts_it() -> None:
+    c = running(new())
+    e = dom.edit(c, spec(node_type_id="large", num_workers=1), user="u", now=3000)
+    assert e.state == State.RESTARTING and e.restart_pending
+    assert e.pending_events[0]["type"] == "EDITED"
+    # the planner stops every old node first, then starts new ones
+    p = rec.plan(e, nodes(), now=3001)
+    assert p.actions == [rec.StopCluster()] and p.requeue
+    p = rec.plan(e, [], now=3002)
+    assert p.actions == [rec.StartDriver(), rec.AddWorkers(1)]
+    p = rec.plan(p.cluster, nodes(workers=("RUNNING",)), now=3003)
+    assert p.cluster.state == State.RUNNING and p.cluster.last_restarted_time == 3003
+
+
+def test_edit_of_a_terminated_cluster_keeps_it_terminated() -> None:
+    c = rec.plan(dom.terminate(new(), reason=dom.USER_REQUEST, user="u", now=2), [], now=3).cluster
+    assert c.state == State.TERMINATED
+    assert dom.edit(c, spec(num_workers=4), user="u", now=4).state == State.TERMINATED
+
+
+def test_plan_starts_driver_and_workers_then_reports_running() -> None:
+    c = new()
+    p = rec.plan(c, [], now=1001)
+    assert p.actions == [rec.StartDriver(), rec.AddWorkers(2)] and p.requeue
+    p = rec.plan(c, nodes(driver="STARTING", workers=("STARTING", "STARTING")), now=1002)
+    assert p.actions == [] and p.requeue and p.cluster.state == State.PENDING
+    p = rec.plan(c, nodes(), now=1003)
+    assert p.cluster.state == State.RUNNING and not p.requeue
+    assert [e["type"] for e in p.cluster.pending_events] == ["RUNNING"]
+    assert len(p.cluster.executors) == 2 and p.cluster.driver["node_id"] == "d"
+    assert p.cluster.spark_context_id is not None
+
+
+def test_plan_is_idempotent_when_converged() -> None:
+    c = running(new())
+    p = rec.plan(c, nodes(), now=5000)
+    assert not p.changed and not p.actions and not p.requeue
+
+
+def test_lost_worker_is_replaced_with_a_nodes_lost_event() -> None:
+    c = running(new())
+    p = rec.plan(c, nodes(workers=("RUNNING", "LOST")), now=5000)
+    assert rec.RemoveWorkers(("w1",)) in p.actions and rec.AddWorkers(1) in p.actions
+    assert p.cluster.state == State.RUNNING
+    assert [e["type"] for e in p.cluster.pending_events] == ["NODES_LOST"]
+
+
+def test_dead_driver_terminates_with_driver_unreachable() -> None:
+    c = running(new())
+    p = rec.plan(c, nodes(driver="LOST"), now=5000)
+    assert p.cluster.state == State.TERMINATING and p.cluster.desired == "TERMINATED"
+    assert p.cluster.termination_reason.code == "DRIVER_UNREACHABLE"
+    assert p.actions == [rec.StopCluster()]
+    done = rec.plan(p.cluster, [], now=5001).cluster
+    assert done.state == State.TERMINATED and done.terminated_time == 5001
+
+
+def test_downsize_removes_starting_then_hinted_then_newest() -> None:
+    c = running(new(num_workers=3), workers=3)
+    c = dom.resize(c, num_workers=1, autoscale=None, user="u", now=1)
+    c.remove_hint = ["w0"]
+    p = rec.plan(c, nodes(workers=("RUNNING", "RUNNING", "RUNNING")), now=2)
+    assert p.actions == [rec.RemoveWorkers(("w0", "w2"))]
+    p = rec.plan(p.cluster, nodes(workers=("RUNNING",)), now=3)
+    assert p.cluster.state == State.RUNNING
+    assert "UPSIZE_COMPLETED" not in [e["type"] for e in p.cluster.pending_events]
+
+
+def test_pending_too_long_fails_with_bootstrap_timeout() -> None:
+    c = new()
+    p = rec.plan(c, nodes(driver="STARTING", workers=()), now=1000 + 11 * 60_000)
+    assert p.cluster.termination_reason.code == "BOOTSTRAP_TIMEOUT"
+    assert p.cluster.state == State.TERMINATING
+
+
+def test_permanent_delete_removes_the_document_after_the_nodes() -> None:
+    c = dom.permanent_delete(running(new()), user="u", now=1)
+    assert c.deleted
+    assert not rec.plan(c, nodes(), now=2).delete_document
+    assert rec.plan(c, [], now=3).delete_document
+
+
+def test_inactivity_termination_message() -> None:
+    reason = dom.TerminationReason(code="INACTIVITY", parameters={"inactivity_duration_min": "120"})
+    c = dom.terminate(running(new()), reason=reason, user=None, now=1)
+    done = rec.plan(c, [], now=2).cluster
+    assert done.state_message == "Inactive cluster terminated (inactive for 120 minutes)."
