@@ -94,9 +94,19 @@ class FunctionIndex:
     queues: list[QueueFunction] = field(default_factory=list)
 
 
+def disabled(name: str) -> bool:
+    """`AzureWebJobs.<name>.Disabled` (or with underscores, as on Linux) disables a function."""
+    for key in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs_{name}_Disabled"):
+        if os.environ.get(key, "").lower() in ("1", "true"):
+            return True
+    return False
+
+
 def index(app: func.FunctionApp) -> FunctionIndex:
     out = FunctionIndex()
     for f in app.get_functions():
+        if disabled(f.get_function_name()):
+            continue
         t = f.get_trigger()
         d = t.get_dict_repr()
         kind = d["type"]

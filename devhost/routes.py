@@ -30,7 +30,9 @@ def compile_route(template: str) -> RouteTemplate:
     pos = 0
     t = template.strip("/")
     for m in _PARAM.finditer(t):
-        out.append(re.escape(t[pos : m.start()]))
+        literal = t[pos : m.start()]
+        slash = bool(m.group(4)) and literal.endswith("/")
+        out.append(re.escape(literal[:-1] if slash else literal))
         star, name, constraint, optional = m.groups()
         if star:
             part = r".*"
@@ -40,7 +42,7 @@ def compile_route(template: str) -> RouteTemplate:
             part = _CONSTRAINTS.get(constraint or "", r"[^/]+")
         group = f"(?P<{name}>{part})"
         if optional:
-            group += "?"
+            group = f"(?:/{group})?" if slash else group + "?"
         out.append(group)
         pos = m.end()
     out.append(re.escape(t[pos:]))

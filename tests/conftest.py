@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devhost_proc import DevhostProcess
+from devhost.process import DevhostProcess
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from databricks.sdk.errors import InvalidParameterValue, InvalidState, NotFound
 from databricks.sdk.service.compute import AutoScale, EventType, GetEventsOrder, State
 
+from devhost.process import DevhostProcess
 from shared.adapters.sqlite_store import SqliteStore
 from shared.services.auth import Auth
 from shared.wiring import SystemClock
-from tests.devhost_proc import DevhostProcess
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)

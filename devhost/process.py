@@ -1,4 +1,4 @@
-"""Run devhost as a subprocess for integration and end-to-end tests."""
+"""Run devhost as a subprocess (integration tests, end-to-end tests, benchmarks)."""
 
 from __future__ import annotations
 
