@@ -7,11 +7,10 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import guarded, json_body, query_filters, respond
+from functions.http import api, json_body, query_filters, respond
 from shared.errors import EndpointNotFound, InvalidParameterValue
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
-from shared.wiring import container
 
 bp = func.Blueprint()
 
@@ -72,18 +71,13 @@ GET: dict[str, Handler] = {
     auth_level=func.AuthLevel.ANONYMOUS,
 )
 def clusters_api(req: func.HttpRequest) -> func.HttpResponse:
-    def run() -> func.HttpResponse:
-        version = req.route_params.get("version")
-        op = req.route_params.get("op", "")
-        table = POST if req.method == "POST" else GET
-        if version not in VERSIONS or op not in table:
-            raise EndpointNotFound(f"No API found for '{req.method} /api/{version}/clusters/{op}'")
-        c = container()
-        principal = c.auth.authenticate(req.headers.get("Authorization"))
-        result = table[op](c.clusters, principal, req)
-        return respond(result if result is not None else {})
-
-    return guarded(run)
+    version = req.route_params.get("version")
+    op = req.route_params.get("op", "")
+    table = POST if req.method == "POST" else GET
+    if version not in VERSIONS or op not in table:
+        e = EndpointNotFound(f"No API found for '{req.method} /api/{version}/clusters/{op}'")
+        return respond(e.body(), e.status)
+    return api(req, "user", lambda c, p: table[op](c.clusters, p, req))
 
 
 @bp.route(

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
 
-from shared.errors import ApiError, MalformedRequest, TooLarge
+from shared.errors import (
+    ApiError,
+    MalformedRequest,
+    PermissionDenied,
+    RequestLimitExceeded,
+    TooLarge,
+)
 from shared.ports import PreconditionFailed
+from shared.services.auth import Principal, Role
+from shared.wiring import Container, container
 
 log = logging.getLogger("sparkplane.http")
 
@@ -61,6 +72,32 @@ def guarded(handler: Callable[[], func.HttpResponse]) -> func.HttpResponse:
     except Exception:
         log.exception("internal error")
         return respond({"error_code": "INTERNAL_ERROR", "message": "Internal error."}, 500)
+
+
+_limiter_lock = threading.Lock()
+
+
+def api(
+    req: func.HttpRequest,
+    role: Role,
+    run: Callable[[Container, Principal], Any],
+) -> func.HttpResponse:
+    """Authenticate (the token's role must match), rate-limit per token, run, answer JSON."""
+
+    def go() -> func.HttpResponse:
+        c = container()
+        p = c.auth.authenticate(req.headers.get("Authorization"))
+        if p.role != role:
+            raise PermissionDenied(f"A {p.role} token cannot call this endpoint.")
+        with _limiter_lock:
+            wait = c.limiter.take(p.token_id, time.monotonic())
+        if wait is not None:
+            e = RequestLimitExceeded("Too many requests for this token; retry later.")
+            return respond(e.body(), e.status, {"Retry-After": str(max(1, math.ceil(wait)))})
+        result = run(c, p)
+        return respond(result if result is not None else {})
+
+    return guarded(go)
 
 
 _TRUE = {"true": True, "false": False}

@@ -63,3 +63,8 @@ class RequestLimitExceeded(ApiError):
 class TooLarge(ApiError):
     status = 413
     error_code = "REQUEST_ENTITY_TOO_LARGE"
+
+
+class ResourceAlreadyExists(ApiError):
+    status = 409
+    error_code = "RESOURCE_ALREADY_EXISTS"

@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     bus: Literal["embedded", "servicebus"] = "embedded"
     provisioner: Literal["records", "local", "arm"] = "records"
 
+    # Requests per second per token (token bucket; 429 with Retry-After beyond it).
+    rate_limit_per_s: float = 100.0
+    rate_limit_burst: int = 200
+
     # Queues.
     lifecycle_queue: str = "cluster-lifecycle"
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, Provisioner, Store
-from shared.services.auth import LOCAL_WORKSPACE, Auth
+from shared.services.admin import Admin
+from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.lifecycle import Lifecycle
 from shared.settings import Settings, get_settings
@@ -34,6 +37,10 @@ class Container:
         return Auth(self.store, self.clock)
 
     @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+
+    @cached_property
     def repo(self) -> ClusterRepo:
         return ClusterRepo(self.store, self.settings)
 
@@ -42,6 +49,10 @@ class Container:
         return ClusterService(
             self.store, self.bus, Catalog(self.provisioner), self.clock, self.settings
         )
+
+    @cached_property
+    def admin(self) -> Admin:
+        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner)
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
@@ -112,20 +123,40 @@ def container() -> Container:
     return _container
 
 
-def bootstrap_local(c: Container) -> str:
-    """First start of the local control plane: the local workspace and its token.
-
-    The token is kept in `<data_dir>/token` (mode 0600) and reused on later starts.
-    """
-    c.auth.ensure_workspace(LOCAL_WORKSPACE, "local")
-    path = Path(c.settings.data_dir) / "token"
+def _persisted_token(path: Path, issue: Callable[[str | None], str]) -> str:
+    """A token kept in a 0600 file and re-registered (by hash) on every start."""
     token = path.read_text().strip() if path.exists() else ""
-    if not token:
-        token, _ = c.auth.issue_token(LOCAL_WORKSPACE, user="admin@local", comment="local")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-    else:
-        c.auth.issue_token(LOCAL_WORKSPACE, user="admin@local", comment="local", token=token)
+    if token:
+        issue(token)
+        return token
+    token = issue(None)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
     os.chmod(path, 0o600)
     return token
+
+
+def bootstrap_local(c: Container) -> str:
+    """First start of the local control plane: the local workspace, its token
+    (`<data_dir>/token`) and an operator token (`<data_dir>/operator-token`), both mode 0600
+    and reused on later starts. Returns the workspace token."""
+    c.auth.ensure_workspace(LOCAL_WORKSPACE, "local")
+    c.auth.ensure_workspace(OPERATOR_WORKSPACE, "operators")
+    data = Path(c.settings.data_dir)
+    _persisted_token(
+        data / "operator-token",
+        lambda t: c.auth.issue_token(
+            OPERATOR_WORKSPACE,
+            user="operator@local",
+            comment="operator",
+            token=t,
+            role="operator",
+        )[0],
+    )
+    return _persisted_token(
+        data / "token",
+        lambda t: c.auth.issue_token(LOCAL_WORKSPACE, user="admin@local", comment="local", token=t)[
+            0
+        ],
+    )

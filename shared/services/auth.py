@@ -1,4 +1,8 @@
-"""Workspaces and personal access tokens. Tokens are stored only as SHA-256 hashes."""
+"""Workspaces and tokens. Token values are never stored: only their SHA-256 hashes.
+
+Roles: "user" tokens call the workspace APIs; "operator" tokens call the admin endpoints;
+"agent" tokens belong to one cluster and only post that cluster's heartbeats.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,19 @@ import contextlib
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any, Literal
 
-from shared.errors import Unauthenticated
-from shared.ports import AlreadyExists, Clock, Store
+from shared.errors import (
+    InvalidParameterValue,
+    PermissionDenied,
+    ResourceDoesNotExist,
+    Unauthenticated,
+)
+from shared.ports import AlreadyExists, Clock, NotFound, Store
 
 LOCAL_WORKSPACE = "local"
+OPERATOR_WORKSPACE = "_operator"
+Role = Literal["user", "operator", "agent"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +30,9 @@ class Principal:
     workspace_id: str
     user: str
     token_id: str
+    role: Role = "user"
+    # For agent tokens: the one cluster they may report for.
+    scope: str = ""
 
 
 def token_hash(token: str) -> str:
@@ -29,19 +44,31 @@ def new_token() -> str:
     return "dapi" + secrets.token_hex(16)
 
 
+def _public(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in ("token_id", "creation_time", "expiry_time", "comment")}
+
+
 class Auth:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
 
-    def ensure_workspace(self, workspace_id: str, name: str) -> None:
+    # ------------------------------------------------------------------ workspaces
+
+    def ensure_workspace(self, workspace_id: str, name: str, **extra: Any) -> dict[str, Any]:
+        body = {
+            "workspace_id": workspace_id,
+            "name": name,
+            "state": "ACTIVE",
+            "created": self.clock.now_ms(),
+        }
+        body.update(extra)
         with contextlib.suppress(AlreadyExists):
-            self.store.create(
-                "workspace",
-                workspace_id,
-                workspace_id,
-                {"workspace_id": workspace_id, "name": name, "created": self.clock.now_ms()},
-            )
+            return self.store.create("workspace", workspace_id, workspace_id, body).body
+        rec = self.store.get("workspace", workspace_id, workspace_id)
+        return rec.body if rec else body
+
+    # ------------------------------------------------------------------ tokens
 
     def issue_token(
         self,
@@ -51,23 +78,67 @@ class Auth:
         comment: str = "",
         lifetime_s: int | None = None,
         token: str | None = None,
-    ) -> tuple[str, str]:
-        """Make a token; returns (token value, token id). The value is never stored."""
+        role: Role = "user",
+        scope: str = "",
+    ) -> tuple[str, dict[str, Any]]:
+        """Make a token; returns (token value, public token info). The value is not stored."""
         token = token or new_token()
         h = token_hash(token)
         now = self.clock.now_ms()
-        token_id = h[:32]
-        body = {
-            "token_id": token_id,
+        info = {
+            "token_id": h[:32],
             "workspace_id": workspace_id,
             "user": user,
             "comment": comment,
             "creation_time": now,
             "expiry_time": now + lifetime_s * 1000 if lifetime_s else -1,
+            "role": role,
+            "scope": scope,
+            "hash": h,
         }
+        # The listing record first, then the lookup record: a crash in between leaves a
+        # listed token that does not authenticate (harmless), never an unlisted live one.
+        with contextlib.suppress(AlreadyExists):
+            self.store.create("token-info", workspace_id, info["token_id"], info, ttl_s=lifetime_s)
         with contextlib.suppress(AlreadyExists):  # the same token again (local restart)
-            self.store.create("token", h, h, body, ttl_s=lifetime_s)
-        return token, token_id
+            self.store.create("token", h, h, info, ttl_s=lifetime_s)
+        return token, _public(info)
+
+    def list_tokens(self, p: Principal) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        page_token: str | None = None
+        while True:
+            page = self.store.list(
+                "token-info", p.workspace_id, page_size=500, page_token=page_token
+            )
+            out += [
+                _public(r.body)
+                for r in page.items
+                if r.body["user"] == p.user and r.body["role"] == "user"
+            ]
+            page_token = page.next_token
+            if not page_token:
+                return out
+
+    def revoke(self, workspace_id: str, token_id: str, *, user: str | None = None) -> None:
+        rec = self.store.get("token-info", workspace_id, token_id)
+        if rec is None or (user is not None and rec.body["user"] != user):
+            raise ResourceDoesNotExist(f"Token {token_id} does not exist")
+        h = rec.body["hash"]
+        with contextlib.suppress(NotFound):
+            self.store.delete("token", h, h)
+        with contextlib.suppress(NotFound):
+            self.store.delete("token-info", workspace_id, token_id)
+
+    def revoke_all(self, workspace_id: str) -> int:
+        n = 0
+        while True:
+            page = self.store.list("token-info", workspace_id, page_size=500, page_token=None)
+            if not page.items:
+                return n
+            for r in page.items:
+                self.revoke(workspace_id, r.id)
+                n += 1
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
@@ -77,7 +148,31 @@ class Auth:
         rec = self.store.get("token", h, h)
         if rec is None:
             raise Unauthenticated("Invalid access token.")
-        exp = rec.body.get("expiry_time", -1)
+        b = rec.body
+        exp = b.get("expiry_time", -1)
         if exp != -1 and exp <= self.clock.now_ms():
             raise Unauthenticated("Invalid access token (expired).")
-        return Principal(rec.body["workspace_id"], rec.body["user"], rec.body["token_id"])
+        return Principal(
+            b["workspace_id"], b["user"], b["token_id"], b.get("role", "user"), b.get("scope", "")
+        )
+
+    def user(self, authorization: str | None) -> Principal:
+        p = self.authenticate(authorization)
+        if p.role != "user":
+            raise PermissionDenied("This token cannot call the workspace APIs.")
+        return p
+
+    def operator(self, authorization: str | None) -> Principal:
+        p = self.authenticate(authorization)
+        if p.role != "operator":
+            raise PermissionDenied("Only an operator token can call the admin endpoints.")
+        return p
+
+
+def parse_lifetime(body: dict[str, Any]) -> int | None:
+    v = body.get("lifetime_seconds")
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 10 * 365 * 86400:
+        raise InvalidParameterValue("lifetime_seconds must be a non-negative integer.")
+    return v or None

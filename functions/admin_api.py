@@ -1,0 +1,92 @@
+"""HTTP triggers of the Token API (users) and the operator-only admin endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+
+from functions.http import api, json_body, respond
+from shared.errors import EndpointNotFound, InvalidParameterValue
+from shared.services.auth import Principal, parse_lifetime
+from shared.wiring import Container
+
+bp = func.Blueprint()
+ANON = func.AuthLevel.ANONYMOUS
+
+
+def _not_found(req: func.HttpRequest) -> func.HttpResponse:
+    e = EndpointNotFound(f"No API found for '{req.method} {req.url}'")
+    return respond(e.body(), e.status)
+
+
+@bp.route(route="api/2.0/token/{op}", methods=["GET", "POST"], auth_level=ANON)
+def tokens_api(req: func.HttpRequest) -> func.HttpResponse:
+    op = (req.method, req.route_params.get("op"))
+
+    def create(c: Container, p: Principal) -> Any:
+        body = json_body(req)
+        comment = body.get("comment") or ""
+        if not isinstance(comment, str) or len(comment) > 1000:
+            raise InvalidParameterValue("comment must be a string of at most 1000 characters.")
+        token, info = c.auth.issue_token(
+            p.workspace_id, user=p.user, comment=comment, lifetime_s=parse_lifetime(body)
+        )
+        return {"token_value": token, "token_info": info}
+
+    def delete(c: Container, p: Principal) -> Any:
+        token_id = json_body(req).get("token_id")
+        if not isinstance(token_id, str) or not token_id:
+            raise InvalidParameterValue("Missing required field: token_id")
+        c.auth.revoke(p.workspace_id, token_id, user=p.user)
+
+    handlers = {
+        ("POST", "create"): create,
+        ("GET", "list"): lambda c, p: {"token_infos": c.auth.list_tokens(p)},
+        ("POST", "delete"): delete,
+    }
+    if op not in handlers:
+        return _not_found(req)
+    return api(req, "user", handlers[op])
+
+
+@bp.route(
+    route="api/admin/workspaces/{workspace_id?}", methods=["GET", "POST", "DELETE"], auth_level=ANON
+)
+def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
+    ws = req.route_params.get("workspace_id")
+    if ws is None and req.method == "GET":
+        return api(req, "operator", lambda c, p: c.admin.list_workspaces())
+    if ws is None and req.method == "POST":
+        return api(req, "operator", lambda c, p: c.admin.create_workspace(json_body(req)))
+    if ws is not None and req.method == "GET":
+        return api(req, "operator", lambda c, p: c.admin.get_workspace(ws))
+    if ws is not None and req.method == "DELETE":
+        return api(req, "operator", lambda c, p: c.admin.delete_workspace(ws, p))
+    return _not_found(req)
+
+
+def _seq(req: func.HttpRequest) -> int:
+    try:
+        return int(req.route_params["seq"])
+    except (KeyError, ValueError):
+        raise InvalidParameterValue("The sequence number must be an integer.") from None
+
+
+@bp.route(route="api/admin/dead-letters/{queue}", methods=["GET"], auth_level=ANON)
+def admin_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
+    queue = req.route_params["queue"]
+    return api(req, "operator", lambda c, p: c.admin.dead_letters(queue))
+
+
+@bp.route(
+    route="api/admin/dead-letters/{queue}/{seq}/{action?}", methods=["GET", "POST"], auth_level=ANON
+)
+def admin_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
+    queue = req.route_params["queue"]
+    action = req.route_params.get("action")
+    if req.method == "GET" and action is None:
+        return api(req, "operator", lambda c, p: c.admin.dead_letter(queue, _seq(req)))
+    if req.method == "POST" and action == "resubmit":
+        return api(req, "operator", lambda c, p: c.admin.resubmit(queue, _seq(req)))
+    return _not_found(req)

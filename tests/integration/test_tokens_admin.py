@@ -1,0 +1,158 @@
+"""Token API, operator endpoints, rate limiting and poison messages, through devhost."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from databricks.sdk.errors import PermissionDenied, Unauthenticated
+
+from devhost.process import DevhostProcess
+from shared.adapters.embedded_bus import EmbeddedBus
+from shared.ports import OutMessage
+
+V = "4.1.x-scala2.13"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_token_api_with_the_sdk(devhost: DevhostProcess) -> None:
+    w = devhost.client()
+    created = w.tokens.create(comment="ci", lifetime_seconds=3600)
+    assert created.token_value and created.token_info.comment == "ci"
+    assert created.token_info.expiry_time > created.token_info.creation_time
+    ids = [t.token_id for t in w.tokens.list()]
+    assert created.token_info.token_id in ids
+    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
+    assert r.status_code == 200
+    w.tokens.delete(created.token_info.token_id)
+    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
+    assert r.status_code == 401
+    assert created.token_info.token_id not in [t.token_id for t in w.tokens.list()]
+    # tokens are stored hashed: the value is nowhere in the store file
+    raw = b"".join(p.read_bytes() for p in devhost.data_dir.glob("store.db*"))
+    assert devhost.token.encode() not in raw and created.token_value.encode() not in raw
+
+
+def test_operator_endpoints_and_workspace_isolation(devhost: DevhostProcess) -> None:
+    op = (devhost.data_dir / "operator-token").read_text().strip()
+    assert (devhost.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
+    url = devhost.url + "/api/admin/workspaces"
+    # a user token cannot call admin endpoints, an operator token cannot call workspace APIs
+    assert httpx.get(url, headers=bearer(devhost.token)).status_code == 403
+    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(op))
+    assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED"
+    assert httpx.get(url).status_code == 401
+
+    r = httpx.post(url, json={"name": "team a", "workspace_id": "team-a"}, headers=bearer(op))
+    assert r.status_code == 200, r.text
+    ws_token = r.json()["token_value"]
+    r = httpx.post(url, json={"name": "again", "workspace_id": "team-a"}, headers=bearer(op))
+    assert r.status_code == 409 and r.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+    r = httpx.post(url, json={"name": "x", "workspace_id": "Bad_Id!"}, headers=bearer(op))
+    assert r.status_code == 400
+    listed = httpx.get(url, headers=bearer(op)).json()["workspaces"]
+    assert {w["workspace_id"] for w in listed} == {"local", "team-a"}
+
+    body = {"spark_version": V, "node_type_id": "rec-small", "num_workers": 0}
+    r = httpx.post(devhost.url + "/api/2.1/clusters/create", json=body, headers=bearer(ws_token))
+    cid = r.json()["cluster_id"]
+    r = httpx.get(
+        devhost.url + "/api/2.1/clusters/get",
+        params={"cluster_id": cid},
+        headers=bearer(devhost.token),
+    )
+    assert r.status_code == 404  # another workspace's cluster
+
+    assert httpx.delete(url + "/team-a", headers=bearer(op)).status_code == 200
+    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(ws_token))
+    assert r.status_code == 401  # its tokens are revoked
+    assert httpx.get(url + "/team-a", headers=bearer(op)).status_code == 404
+
+
+def test_rate_limit_answers_429_with_retry_after_and_the_sdk_waits(tmp_path: Path) -> None:
+    h = DevhostProcess(
+        tmp_path / "data",
+        env={"SPARKPLANE_RATE_LIMIT_PER_S": "2", "SPARKPLANE_RATE_LIMIT_BURST": "3"},
+    ).start()
+    try:
+        codes = []
+        with httpx.Client(base_url=h.url, headers=bearer(h.token)) as c:
+            for _ in range(8):
+                r = c.get("/api/2.1/clusters/list")
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    assert r.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+                    assert int(r.headers["Retry-After"]) >= 1
+        assert codes[:3] == [200, 200, 200] and 429 in codes
+        # the SDK honours Retry-After and retries until it gets through
+        w = h.client()
+        t0 = time.monotonic()
+        for _ in range(6):
+            list(w.clusters.list())
+        assert time.monotonic() - t0 >= 1.0
+    finally:
+        h.stop()
+
+
+def test_poison_message_is_dead_lettered_and_blocks_no_other_cluster(
+    devhost: DevhostProcess,
+) -> None:
+    bus = EmbeddedBus(devhost.data_dir / "bus.db")
+    try:
+        poison = json.dumps({"type": "explode", "cluster_id": "x", "workspace_id": "local"})
+        bus.send(
+            "cluster-lifecycle",
+            [OutMessage(poison.encode(), message_id="poison-1", session_id="x")],
+        )
+        w = devhost.client()
+        c = w.clusters.create_and_wait(
+            spark_version=V,
+            node_type_id="rec-small",
+            num_workers=1,
+            timeout=timedelta(seconds=60),
+        )
+        assert len(c.executors) == 1
+        op = (devhost.data_dir / "operator-token").read_text().strip()
+        url = devhost.url + "/api/admin/dead-letters/cluster-lifecycle"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msgs = httpx.get(url, headers=bearer(op)).json()["messages"]
+            if msgs:
+                break
+            time.sleep(0.2)
+        [m] = msgs
+        assert m["message_id"] == "poison-1" and m["delivery_count"] == 10
+        assert m["dead_letter_reason"] == "MaxDeliveryCountExceeded"
+        assert "unknown lifecycle message type" in m["dead_letter_description"]
+        one = httpx.get(f"{url}/{m['sequence_number']}", headers=bearer(op)).json()
+        assert json.loads(one["body"])["type"] == "explode"
+        r = httpx.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
+        assert r.status_code == 200
+        r = httpx.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
+        assert r.status_code == 404
+    finally:
+        bus.close()
+
+
+def test_sdk_sees_auth_errors(devhost: DevhostProcess) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.config import Config
+
+    bad = WorkspaceClient(
+        config=Config(host=devhost.url, token="dapi0000", auth_type="pat", retry_timeout_seconds=5)
+    )
+    with pytest.raises(Unauthenticated):
+        list(bad.clusters.list())
+    op = (devhost.data_dir / "operator-token").read_text().strip()
+    as_op = WorkspaceClient(
+        config=Config(host=devhost.url, token=op, auth_type="pat", retry_timeout_seconds=5)
+    )
+    with pytest.raises(PermissionDenied):
+        list(as_op.clusters.list())
