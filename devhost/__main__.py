@@ -86,6 +86,8 @@ def main() -> int:
     )
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: uvicorn has shut down gracefully and re-raised the signal
     finally:
         host.stop()
         print("sparkplane stopped", flush=True)

@@ -43,18 +43,20 @@ class DevhostProcess:
             if k.startswith("DATABRICKS_"):
                 del self.env[k]
         self.proc: subprocess.Popen[bytes] | None = None
+        # stderr: the structured logs; stdout: the start-up banner (it shows the token).
         self.log = data_dir / "devhost.log"
+        self.out = data_dir / "devhost.out"
 
     def start(self, timeout: float = 60.0) -> DevhostProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devhost"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log, "ab") as err, open(self.out, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "devhost"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

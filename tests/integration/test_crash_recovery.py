@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 from collections import Counter
 from datetime import timedelta
@@ -70,9 +69,9 @@ def test_restart_resumes_and_ctrl_c_is_clean(tmp_path: Path) -> None:
     try:
         w = h.client()
         a = w.clusters.create(spark_version=V, node_type_id="rec-small", num_workers=1).cluster_id
-        # Ctrl-C: uvicorn shuts down gracefully, then re-raises SIGINT as the exit status.
-        assert h.stop() in (0, -signal.SIGINT)
-        assert "sparkplane stopped" in h.log.read_text()
+        assert h.stop() == 0  # Ctrl-C (SIGINT): a graceful stop
+        assert "sparkplane stopped" in h.out.read_text()
+        assert "Traceback" not in h.log.read_text()
         token = h.token
         h.start()
         assert h.token == token  # the same local token after a restart

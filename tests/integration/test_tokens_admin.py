@@ -156,3 +156,27 @@ def test_sdk_sees_auth_errors(devhost: DevhostProcess) -> None:
     )
     with pytest.raises(PermissionDenied):
         list(as_op.clusters.list())
+
+
+def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
+    h = DevhostProcess(tmp_path / "data", env={"SPARKPLANE_LOG_LEVEL": "DEBUG"}).start()
+    try:
+        w = h.client()
+        made = w.tokens.create(comment="secret-check", lifetime_seconds=600)
+        c = w.clusters.create_and_wait(
+            spark_version=V,
+            node_type_id="rec-small",
+            num_workers=1,
+            timeout=timedelta(seconds=60),
+        )
+        w.clusters.delete_and_wait(c.cluster_id, timeout=timedelta(seconds=60))
+        httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer("dapi" + "f" * 32))
+        op = (h.data_dir / "operator-token").read_text().strip()
+        httpx.post(h.url + "/api/admin/workspaces", json={"name": "x"}, headers=bearer(op))
+    finally:
+        h.stop()
+    log = h.log.read_text()
+    assert "cluster created" in log  # the structured log is really written
+    assert h.token in h.out.read_text()  # only the banner on stdout shows the local token
+    for secret in (h.token, made.token_value, op, "dapi" + "f" * 32):
+        assert secret not in log
