@@ -200,6 +200,9 @@ class NodeRequest:
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     spark_env_vars: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Environment of the cluster agent on the driver node (control-plane URL, cluster id,
+    # the cluster's own agent token). Set for start_driver only.
+    agent_env: Mapping[str, str] = field(default_factory=dict)
 
 
 class Provisioner(Protocol):
@@ -226,6 +229,43 @@ class Provisioner(Protocol):
     def cluster_ids(self) -> set[str]:
         """Every cluster that owns a node (to find orphans)."""
         ...
+
+
+# --------------------------------------------------------------------------------------------
+# Submitter: runs a job task's program against a cluster (locally: spark-submit to the
+# cluster's master; with the record provisioner: the Python file alone). Calls return quickly;
+# progress is read back with `status`.
+
+SubmissionState = Literal["RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionStatus:
+    state: SubmissionState
+    exit_code: int | None = None
+    # The tail of the program's standard output and error (for runs/get-output).
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    started_ms: int = 0
+    ended_ms: int | None = None
+
+
+class Submitter(Protocol):
+    def submit(
+        self,
+        key: str,
+        *,
+        master_url: str | None,
+        python_file: str,
+        parameters: Sequence[str],
+        env: Mapping[str, str],
+    ) -> None:
+        """Start the program once per key (a second call with the same key does nothing)."""
+        ...
+
+    def status(self, key: str) -> SubmissionStatus | None: ...
+
+    def cancel(self, key: str) -> None: ...
 
 
 class Clock(Protocol):

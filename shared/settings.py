@@ -44,20 +44,83 @@ class Settings(BaseSettings):
     # Record provisioner: how long a node takes to "boot".
     record_boot_s: float = 1.0
 
+    # Utilization: heartbeats, autoscaling and idle termination.
+    # The URL cluster agents post heartbeats to (default: this host's own address).
+    agent_callback_url: str = ""
+    heartbeat_s: float = 10.0
+    sample_ttl_s: int = 3600
+    # Samples the autoscaler reads per cluster and decision.
+    autoscale_samples: int = 90
+    # JSON object overriding shared.domain.autoscale.AutoscaleParams fields.
+    autoscale_params: str = ""
+    # The length of a "minute" of auto-termination (tests shorten it; the API keeps 10..10000).
+    idle_minute_s: float = 60.0
+
     # Retention.
     event_ttl_days: int = 30
     terminated_list_days: int = 30
 
+    # Jobs.
+    # The session-enabled queue that advances job runs (session id = run id).
+    jobs_queue: str = "job-runs"
+    # How often an active run is evaluated (its submission and clusters polled).
+    jobs_poll_interval_s: float = 2.0
+    # An active run not changed for this long is re-kicked by the jobs timer (a lost message).
+    jobs_stuck_after_s: float = 30.0
+    # Runs (with their task runs and output tails) are kept this long after their last change.
+    jobs_run_retention_days: int = 60
+    # A job cluster that is not RUNNING this long after it was asked for fails the task run.
+    jobs_setup_timeout_s: float = 1200.0
+    # Job clusters not TERMINATED this long after a run's tasks ended: the run ends anyway.
+    jobs_cleanup_timeout_s: float = 300.0
+    # Where `dbfs:/` python_file paths live locally; empty = <data_dir>/dbfs.
+    jobs_dbfs_root: str = ""
+    # Seconds between SIGTERM and SIGKILL when a task's process is cancelled.
+    jobs_kill_grace_s: float = 10.0
+
     # Cosmos DB.
     cosmos_endpoint: str = ""
+    # Empty: Microsoft Entra ID (DefaultAzureCredential, the managed identity in Azure).
     cosmos_key: str = Field(default="", repr=False)
     cosmos_database: str = "sparkplane"
+    # Regions to read from (and to fail over to) in order, as JSON: '["West Europe", ...]'.
     cosmos_preferred_locations: list[str] = []
+    # Strong, BoundedStaleness, Session, ConsistentPrefix or Eventual (can only weaken the
+    # account's default); empty = the account's default.
     cosmos_consistency: str = "Session"
+    # Client id of a user-assigned managed identity; empty = system-assigned or developer login.
+    cosmos_managed_identity_client_id: str = ""
+    # CA bundle to verify the endpoint with (an emulator's own certificate); empty = system CAs.
+    cosmos_ca_file: str = ""
 
     # Service Bus.
     servicebus_fqdn: str = ""
     servicebus_connection_string: str = Field(default="", repr=False)
+
+    # Azure Resource Manager.
+    # The subscription that holds the workspaces' managed resource groups.
+    arm_subscription_id: str = ""
+    arm_endpoint: str = "https://management.azure.com"
+    # Region of a workspace created without one.
+    arm_location: str = "westeurope"
+    # `managedBy` of every managed resource group: the platform's own resource id (for example
+    # the function app's), so the portal shows who owns the group.
+    arm_platform_resource_id: str = ""
+    # Managed resource group of workspace W: <prefix><W>-managed.
+    arm_resource_group_prefix: str = "sparkplane-"
+    # ARM JSON templates (workspace.json, cluster.json); empty = <app root>/infra/templates.
+    arm_templates_dir: str = ""
+    # The control plane's URL as the nodes reach it (the driver's agent posts heartbeats
+    # there); empty = the agent environment's (agent_callback_url).
+    arm_control_plane_url: str = ""
+    # The nodes' cloud-init template; empty = <app root>/infra/bootstrap/cloud-init.yaml.
+    arm_cloud_init: str = ""
+    # Where the driver's cluster agent is downloaded from (an https .tar.gz of this source
+    # tree) and its SHA-256; empty = no agent on the clusters.
+    arm_agent_source_url: str = ""
+    arm_agent_source_sha256: str = ""
+    # OpenSSH public key for break-glass access to the nodes; empty = nobody can log in.
+    arm_admin_public_key: str = ""
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.lifecycle import Lifecycle
+from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
 
 
@@ -55,8 +56,16 @@ class Container:
         return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner)
 
     @cached_property
+    def utilization(self) -> Utilization:
+        return Utilization(self.store, self.repo, self.clusters, self.clock, self.settings)
+
+    @cached_property
     def lifecycle(self) -> Lifecycle:
-        return Lifecycle(self.repo, self.bus, self.provisioner, self.clock, self.settings)
+        return Lifecycle(
+            self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth
+        )
+
+
 
 
 def _store(s: Settings) -> Store:

@@ -186,6 +186,10 @@ class Cluster(BaseModel):
     remove_hint: list[str] = Field(default_factory=list)
     # The worker count when the current resize began (to tell an upsize from a downsize).
     resize_from: int | None = None
+    # When the cluster last became RUNNING after a start or restart (idle time counts from it).
+    running_since: int = 0
+    # The autoscaler's last change (shared.domain.autoscale.ScalingMemory as a dict).
+    scaling_memory: dict[str, Any] | None = None
     # Every write bumps the generation; events carry it so they are written exactly once.
     generation: int = 0
     pending_events: list[dict[str, Any]] = Field(default_factory=list)
@@ -325,9 +329,18 @@ def resize(
 
 
 def autoscale_to(
-    c: Cluster, *, target: int, remove: Sequence[str], reason: str, now: int
+    c: Cluster,
+    *,
+    target: int,
+    remove: Sequence[str],
+    reason: str,
+    now: int,
+    stats: Mapping[str, float] | None = None,
 ) -> Cluster:
-    """The autoscaler's resize: only RUNNING autoscale clusters, clamped to the range."""
+    """The autoscaler's resize: only RUNNING autoscale clusters, clamped to the range.
+
+    Events: AUTOSCALING_STATS_REPORT with the policy's inputs, then RESIZING (cause AUTOSCALE).
+    """
     if c.state != State.RUNNING or c.spec.autoscale is None or c.desired != "RUNNING":
         raise _unexpected(c)
     lo, hi = c.spec.autoscale.min_workers, c.spec.autoscale.max_workers
@@ -344,18 +357,28 @@ def autoscale_to(
         c,
         [
             (
+                EventType.AUTOSCALING_STATS_REPORT,
+                {
+                    "current_num_workers": current,
+                    "target_num_workers": target,
+                    "reason": {
+                        "code": "AUTOSCALE",
+                        "type": "SUCCESS",
+                        "parameters": {
+                            "explanation": reason,
+                            **{k: str(v) for k, v in (stats or {}).items()},
+                        },
+                    },
+                },
+            ),
+            (
                 EventType.RESIZING,
                 {
                     "current_num_workers": current,
                     "target_num_workers": target,
                     "cause": "AUTOSCALE",
-                    "reason": {
-                        "code": "AUTOSCALE",
-                        "type": "SUCCESS",
-                        "parameters": {"explanation": reason},
-                    },
                 },
-            )
+            ),
         ],
         now,
     )

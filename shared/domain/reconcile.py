@@ -193,6 +193,7 @@ def plan(
         if c.state in (State.PENDING, State.RESTARTING):
             restarted = c.state == State.RESTARTING
             _move(c, State.RUNNING, now, "")
+            c.running_since = now
             c.spark_context_id = (rng or random.Random()).randrange(1, 2**62)
             if restarted:
                 c.last_restarted_time = now

@@ -32,6 +32,8 @@ from shared.settings import Settings
 log = logging.getLogger("sparkplane.clusters")
 
 KIND = "cluster"
+# The last busy moment of a cluster, written by its heartbeats (shared/services/utilization.py).
+ACTIVITY = "activity"
 MAX_CAS_ATTEMPTS = 20
 
 
@@ -132,7 +134,7 @@ class ClusterService:
         except Exception:
             log.exception("send reconcile failed", extra={"cluster_id": c.cluster_id})
 
-    def _mutate(
+    def mutate(
         self, p: Principal, cluster_id: Any, command: Callable[[Cluster], Cluster]
     ) -> Cluster:
         for _ in range(MAX_CAS_ATTEMPTS):
@@ -181,15 +183,15 @@ class ClusterService:
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
         spec = self.catalog.validate(dom.parse_spec(body))
         now = self.clock.now_ms()
-        self._mutate(p, body.get("cluster_id"), lambda c: dom.edit(c, spec, user=p.user, now=now))
+        self.mutate(p, body.get("cluster_id"), lambda c: dom.edit(c, spec, user=p.user, now=now))
 
     def start(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
-        self._mutate(p, body.get("cluster_id"), lambda c: dom.start(c, user=p.user, now=now))
+        self.mutate(p, body.get("cluster_id"), lambda c: dom.start(c, user=p.user, now=now))
 
     def restart(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
-        self._mutate(p, body.get("cluster_id"), lambda c: dom.restart(c, user=p.user, now=now))
+        self.mutate(p, body.get("cluster_id"), lambda c: dom.restart(c, user=p.user, now=now))
 
     def resize(self, p: Principal, body: Mapping[str, Any]) -> None:
         nw = body.get("num_workers")
@@ -197,7 +199,7 @@ class ClusterService:
             raise InvalidParameterValue("num_workers must be a non-negative integer.")
         auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
         now = self.clock.now_ms()
-        self._mutate(
+        self.mutate(
             p,
             body.get("cluster_id"),
             lambda c: dom.resize(c, num_workers=nw, autoscale=auto, user=p.user, now=now),
@@ -205,7 +207,7 @@ class ClusterService:
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
-        self._mutate(
+        self.mutate(
             p,
             body.get("cluster_id"),
             lambda c: dom.terminate(c, reason=dom.USER_REQUEST, user=p.user, now=now),
@@ -213,14 +215,27 @@ class ClusterService:
 
     def permanent_delete(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
-        self._mutate(
+        self.mutate(
             p, body.get("cluster_id"), lambda c: dom.permanent_delete(c, user=p.user, now=now)
         )
 
     def pin(self, p: Principal, body: Mapping[str, Any], pinned: bool) -> None:
         now = self.clock.now_ms()
-        self._mutate(
+        self.mutate(
             p, body.get("cluster_id"), lambda c: dom.pin(c, pinned=pinned, user=p.user, now=now)
+        )
+
+    def terminate_for_job(self, p: Principal, cluster_id: str) -> None:
+        """End a job cluster when its run is done (reason JOB_FINISHED; a no-op on a cluster
+        already terminating or terminated)."""
+        now = self.clock.now_ms()
+        reason = dom.TerminationReason(code="JOB_FINISHED", type="SUCCESS")
+        self.mutate(
+            p,
+            cluster_id,
+            lambda c: dom.terminate(
+                c, reason=reason, user=None, now=now, message="Job finished: terminating"
+            ),
         )
 
     # ---------------------------------------------------------------- queries
@@ -281,7 +296,11 @@ class ClusterService:
 
     def get(self, p: Principal, cluster_id: Any) -> dict[str, Any]:
         c, _ = self._get(p, cluster_id)
-        return self.details(c)
+        out = self.details(c)
+        activity = self.store.get(ACTIVITY, c.cluster_id, c.cluster_id)
+        if activity is not None:
+            out["last_activity_time"] = activity.body["last_activity_ms"]
+        return out
 
     def _listed(self, c: Cluster, now: int, flt: Mapping[str, Any]) -> bool:
         if c.deleted:

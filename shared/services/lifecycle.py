@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from shared.domain import reconcile as rec
 from shared.domain.cluster import Cluster
 from shared.domain.states import TRANSITIONAL, State
 from shared.ports import Bus, Clock, NodeRequest, PreconditionFailed, Provisioner
+from shared.services.auth import Auth
 from shared.services.clusters import ClusterRepo, reconcile_message
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.lifecycle")
+
+
+def agent_scope(cluster_id: str) -> str:
+    """Where a cluster's agent tokens are listed (so they can all be revoked at once)."""
+    return f"agent:{cluster_id}"
 
 
 def node_request(c: Cluster) -> NodeRequest:
@@ -38,7 +45,9 @@ class Lifecycle:
         provisioner: Provisioner,
         clock: Clock,
         settings: Settings,
+        auth: Auth,
     ) -> None:
+        self.auth = auth
         self.repo = repo
         self.bus = bus
         self.provisioner = provisioner
@@ -64,6 +73,7 @@ class Lifecycle:
             self._carry_out(p)
             try:
                 if p.delete_document:
+                    self.auth.revoke_all(agent_scope(cluster_id))
                     self.repo.flush(cluster)
                     self.repo.remove(cluster, record)
                     log.info("cluster removed", extra={"cluster_id": cluster_id})
@@ -71,6 +81,8 @@ class Lifecycle:
                 etag = record.etag
                 if p.changed:
                     etag = self.repo.save(cluster, record, p.cluster).etag
+                if p.cluster.state == State.TERMINATED and cluster.state != State.TERMINATED:
+                    self.auth.revoke_all(agent_scope(cluster_id))
             except PreconditionFailed:
                 continue  # somebody wrote in between: evaluate again on the new document
             if p.requeue:
@@ -86,11 +98,28 @@ class Lifecycle:
                 case rec.StopCluster():
                     self.provisioner.stop_cluster(c.cluster_id)
                 case rec.StartDriver():
-                    self.provisioner.start_driver(req)
+                    self.provisioner.start_driver(replace(req, agent_env=self._agent_env(c)))
                 case rec.AddWorkers(count=n):
                     self.provisioner.add_workers(req, n)
                 case rec.RemoveWorkers(node_ids=ids):
                     self.provisioner.remove_workers(c.cluster_id, ids)
+
+    def _agent_env(self, c: Cluster) -> dict[str, str]:
+        """The driver's agent reports with a token of its own cluster (revoked at the end)."""
+        token, _ = self.auth.issue_token(
+            agent_scope(c.cluster_id),
+            user="agent",
+            role="agent",
+            scope=c.cluster_id,
+            comment="cluster agent",
+        )
+        return {
+            "SPARKPLANE_CONTROL_PLANE_URL": self.settings.agent_callback_url
+            or f"http://{self.settings.host}:{self.settings.port}",
+            "SPARKPLANE_CLUSTER_ID": c.cluster_id,
+            "SPARKPLANE_AGENT_TOKEN": token,
+            "SPARKPLANE_HEARTBEAT_S": str(self.settings.heartbeat_s),
+        }
 
     def schedule(self, c: Cluster, etag: str) -> None:
         """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,

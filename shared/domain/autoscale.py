@@ -1,0 +1,510 @@
+"""Autoscaling and idle-termination policies: pure functions of utilization samples.
+
+No I/O, no clock reads, no globals: the caller passes the samples, the cluster's bounds and
+current size, the policy's memory from the previous evaluation (`ScalingMemory`) and the time.
+The same code runs in the autoscaling / idle timers and, unchanged, in the simulator under
+`bench/` (docs/autoscaling.md has the measurements).
+
+Autoscaling (`decide_size`); every number is in `AutoscaleParams`:
+
+1. Bounds first: a size below `min_workers` or above `max_workers` is corrected at once.
+2. No fresh sample (the agent is silent): hold. A policy that cannot see the load does not act.
+3. Scale up fast, to the backlog's demand: when tasks are pending, the target is the number of
+   workers that runs every running and pending task at once, ceil((running + pending) /
+   slots_per_worker), in one step. Workers still joining count. When the previous sample also
+   had a backlog and it is shrinking, the backlog left after `expected_boot_s` (at the rate it
+   shrinks) is what counts: a backlog the current workers drain before new ones could join adds
+   nothing.
+4. Scale down only on sustained under-use, never while tasks are pending. The workers kept are
+   the largest of: the peak demand of the last `down_hold_s` (samples must cover that window);
+   older demand, whose weight halves every `down_half_life_s` (a decaying peak); and
+   `floor_factor` times the average demand (an exponentially weighted mean with time constant
+   `floor_tau_s`). Capacity thus follows a burst down gradually, and a cluster that is busy on
+   and off keeps a warm floor. Load that returns within the hold window (a square wave
+   of a few minutes) keeps the workers: no flapping.
+5. Step limits and cooldowns: at most `down_max_fraction` of the workers go in one decision;
+   none within `down_interval_s` of another scale-down or `down_delay_after_up_s` of a scale-up.
+6. Which workers go: those holding no shuffle or cached data first, then the least loaded (they
+   are decommissioned gracefully and finish their running tasks). Workers that hold shuffle or
+   cached data (removing them makes Spark recompute it) go only when no sample of the last
+   `stateful_down_window_s` used the whole cluster.
+
+`JOB_CLUSTER_PARAMS` is the preset for job clusters: a 40 s hold, no decaying peak, no floor.
+
+The memory carries the decaying peak and the average demand from one evaluation to the next, so
+the caller only has to pass the samples of the last few minutes; store `Decision.memory` after
+every evaluation, not only after a change.
+
+Idle termination (`idle_decision`): terminate when the last activity (a running or pending task,
+an active job or an executing Spark Connect query; see `last_activity`) is older than
+`autotermination_minutes`; never while the cluster is busy; 0 or None disables it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+_MS_PER_MIN = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    """One alive worker in a sample: its running tasks and the Spark state stored on it."""
+
+    node_id: str
+    running_tasks: int = 0
+    shuffle_bytes: int = 0
+    cached_bytes: int = 0
+
+    @property
+    def holds_state(self) -> bool:
+        """Removing this worker loses shuffle or cached blocks that Spark would recompute."""
+        return self.shuffle_bytes > 0 or self.cached_bytes > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One utilization sample of a cluster at `ts_ms`, as the driver agent reports it.
+
+    `total_slots` is the cores of the alive executors; `workers` lists the alive workers that are
+    not being decommissioned.
+    """
+
+    ts_ms: int
+    running_tasks: int = 0
+    pending_tasks: int = 0
+    active_jobs: int = 0
+    active_queries: int = 0
+    total_slots: int = 0
+    workers: tuple[WorkerLoad, ...] = ()
+
+    @property
+    def busy(self) -> bool:
+        """Any activity: running or pending tasks, an active job or an executing query."""
+        return (
+            self.running_tasks > 0
+            or self.pending_tasks > 0
+            or self.active_jobs > 0
+            or self.active_queries > 0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingMemory:
+    """What the policy remembers between evaluations; the caller stores it per cluster.
+
+    The last size change (`changed_at_ms`, `direction`, `from_workers`, `to_workers`), and the
+    demand history folded in from the samples up to `seen_until_ms`: the decaying peak
+    (`tail_workers`, whose decay starts at `tail_ref_ms`), the average demand in workers
+    (`avg_workers`), and the last time a sample used the whole cluster (`full_at_ms`).
+    """
+
+    changed_at_ms: int | None = None
+    direction: Literal["up", "down"] | None = None
+    from_workers: int = 0
+    to_workers: int = 0
+    seen_until_ms: int = -1
+    tail_workers: float = 0.0
+    tail_ref_ms: int = 0
+    avg_workers: float = 0.0
+    full_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscaleParams:
+    """Every tunable of `decide_size`, with the defaults the benchmark was measured with.
+
+    The defaults assume one sample every ~10 s and an evaluation every ~10 s.
+    """
+
+    # A worker counts as `slots_per_worker * target_utilization` task slots of demand. Below
+    # 1.0 keeps spare slots; above 1.0 accepts a short queue.
+    target_utilization: float = 1.0
+    # Scale up only when tasks have been pending at least this long (0: on the first sample).
+    up_backlog_s: float = 0.0
+    # How long a new worker takes to join, for the drain projection of rule 3 (0: off).
+    expected_boot_s: float = 120.0
+    # The most workers one scale-up adds (None: straight to the demand).
+    max_up_step: int | None = None
+    # Scale-down keeps the peak demand of the last `down_hold_s` in full ...
+    down_hold_s: float = 180.0
+    # ... older demand with a weight halving every `down_half_life_s` (0: not at all) ...
+    down_half_life_s: float = 120.0
+    # ... and `floor_factor` times the average demand, averaged with time constant floor_tau_s
+    # (floor_factor 0: no floor).
+    floor_factor: float = 2.0
+    floor_tau_s: float = 900.0
+    # Extra workers kept above all that.
+    headroom_workers: int = 0
+    # At most this fraction of the current workers goes in one decision (at least 1).
+    down_max_fraction: float = 1.0
+    # No scale-down within this long of a scale-up, or of another scale-down.
+    down_delay_after_up_s: float = 0.0
+    down_interval_s: float = 60.0
+    # Workers holding shuffle or cached data go only after this long without full use.
+    stateful_down_window_s: float = 900.0
+    # The newest sample must be at most this old, or the policy holds.
+    stale_after_s: float = 120.0
+    # The biggest gap between samples still counted as covering a window.
+    max_sample_gap_s: float = 45.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The target size, why, and which workers go on a scale-down.
+
+    `target` is always within [min_workers, max_workers]. When it is below `current_workers`,
+    `remove` names the alive workers to decommission: exactly `current_workers - target` of them,
+    except when the size is above a lowered maximum and not every worker has joined yet, where
+    the rest of the reduction is workers that have not joined (the caller cancels those).
+    `memory` is what to pass as `last_change` next time (store it after every evaluation).
+    `stats` are the inputs, for the AUTOSCALING_STATS_REPORT event.
+    """
+
+    target: int
+    reason: str
+    remove: tuple[str, ...] = ()
+    memory: ScalingMemory | None = None
+    stats: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IdleDecision:
+    """Terminate the cluster for inactivity (event TERMINATING, code INACTIVITY)."""
+
+    inactivity_duration_min: int
+    reason: str
+
+
+def _ceil_div(a: float, b: float) -> int:
+    q = a / b
+    n = int(q)
+    return n if n >= q else n + 1
+
+
+def _decay(value: float, age_ms: float, half_ms: float) -> float:
+    if age_ms <= 0:
+        return value
+    if half_ms <= 0:
+        return 0.0
+    return value * 0.5 ** (age_ms / half_ms)
+
+
+def _remember(
+    mem: ScalingMemory,
+    samples: Sequence[Sample],
+    now_ms: int,
+    per_worker: float,
+    hi: int,
+    p: AutoscaleParams,
+) -> ScalingMemory:
+    """Fold the samples not seen yet into the memory's demand history."""
+    seen = mem.seen_until_ms
+    tail, tail_ref, avg, full_at = (
+        mem.tail_workers,
+        mem.tail_ref_ms,
+        mem.avg_workers,
+        mem.full_at_ms,
+    )
+    hold_ms = int(p.down_hold_s * 1000)
+    half_ms = p.down_half_life_s * 1000
+    tau_ms = p.floor_tau_s * 1000
+    first = seen < 0
+    changed = False
+    for s in samples:
+        if s.ts_ms <= seen or s.ts_ms > now_ms:
+            continue
+        changed = True
+        d = s.running_tasks + s.pending_tasks
+        n = min(hi, _ceil_div(d, per_worker)) if d > 0 else 0
+        ref = s.ts_ms + hold_ms
+        later = max(ref, tail_ref)
+        if n > 0 and _decay(n, later - ref, half_ms) >= _decay(tail, later - tail_ref, half_ms):
+            tail, tail_ref = float(n), ref
+        if first:
+            avg = float(n)
+            full_at = s.ts_ms
+            first = False
+        elif tau_ms > 0:
+            a = 1.0 - math.exp(-(s.ts_ms - seen) / tau_ms)
+            avg += a * (n - avg)
+        if s.pending_tasks > 0 or (s.workers and d >= len(s.workers) * per_worker):
+            full_at = s.ts_ms
+        seen = s.ts_ms
+    if not changed:
+        return mem
+    return replace(
+        mem,
+        seen_until_ms=seen,
+        tail_workers=tail,
+        tail_ref_ms=tail_ref,
+        avg_workers=avg,
+        full_at_ms=full_at,
+    )
+
+
+def _pick_removals(
+    workers: Sequence[WorkerLoad], count: int, allow_stateful: bool
+) -> tuple[str, ...]:
+    """Up to `count` workers: no shuffle or cached data first, then the least loaded."""
+    stateless = sorted(
+        (w for w in workers if not w.holds_state), key=lambda w: (w.running_tasks, w.node_id)
+    )
+    chosen = [w.node_id for w in stateless[:count]]
+    if len(chosen) < count and allow_stateful:
+        stateful = sorted(
+            (w for w in workers if w.holds_state),
+            key=lambda w: (w.running_tasks, w.shuffle_bytes + w.cached_bytes, w.node_id),
+        )
+        chosen.extend(w.node_id for w in stateful[: count - len(chosen)])
+    return tuple(chosen)
+
+
+def _covers(samples: Sequence[Sample], start_ms: int, now_ms: int, max_gap_ms: int) -> bool:
+    """The samples are continuous (no gap above max_gap_ms) from start_ms to now_ms."""
+    prev: int | None = None
+    for s in samples:
+        if s.ts_ms > now_ms:
+            break
+        if s.ts_ms <= start_ms:
+            prev = s.ts_ms
+            continue
+        gap_from = start_ms if prev is None else prev
+        if s.ts_ms - gap_from > max_gap_ms:
+            return False
+        prev = s.ts_ms
+    return prev is not None and now_ms - prev <= max_gap_ms
+
+
+def decide_size(
+    samples: Sequence[Sample],
+    min_workers: int,
+    max_workers: int,
+    current_workers: int,
+    slots_per_worker: int,
+    last_change: ScalingMemory | None,
+    now_ms: int,
+    params: AutoscaleParams | None = None,
+) -> Decision:
+    """The target number of workers of an autoscaling cluster (rules in the module doc).
+
+    `samples`: the cluster's recent samples in time order (at least the last `down_hold_s`);
+    `current_workers`: the size the cluster is set to, workers still joining included.
+    """
+    p = params if params is not None else _DEFAULT
+    lo = max(0, min_workers)
+    hi = max(lo, max_workers)
+    cur = max(0, current_workers)
+    per_worker = max(1, slots_per_worker) * p.target_utilization
+    if per_worker <= 0:
+        per_worker = 1.0
+
+    latest: Sample | None = None
+    for s in reversed(samples):
+        if s.ts_ms <= now_ms:
+            latest = s
+            break
+    mem = _remember(last_change or ScalingMemory(), samples, now_ms, per_worker, hi, p)
+
+    def hold(reason: str, stats: dict[str, float] | None = None) -> Decision:
+        return Decision(target=cur, reason=reason, memory=mem, stats=stats or {})
+
+    def change(
+        target: int, reason: str, stats: dict[str, float], remove: tuple[str, ...] = ()
+    ) -> Decision:
+        direction: Literal["up", "down"] = "up" if target > cur else "down"
+        m = replace(
+            mem, changed_at_ms=now_ms, direction=direction, from_workers=cur, to_workers=target
+        )
+        return Decision(target=target, reason=reason, remove=remove, memory=m, stats=stats)
+
+    # 1. Bounds.
+    if cur < lo:
+        return change(lo, f"below the minimum: {cur} -> {lo} workers", {})
+    if cur > hi:
+        workers = latest.workers if latest is not None else ()
+        remove = _pick_removals(workers, cur - hi, allow_stateful=True)
+        joining = cur - hi - len(remove)
+        note = f" ({joining} not joined yet are cancelled)" if joining else ""
+        return change(hi, f"above the maximum: {cur} -> {hi} workers{note}", {}, remove)
+
+    # 2. Fresh samples only.
+    if latest is None or now_ms - latest.ts_ms > p.stale_after_s * 1000:
+        return hold(f"no sample in the last {p.stale_after_s:.0f} s; holding {cur} workers")
+
+    running, pending = latest.running_tasks, latest.pending_tasks
+    need = _ceil_div(running + pending, per_worker)
+    stats: dict[str, float] = {
+        "running_tasks": running,
+        "pending_tasks": pending,
+        "total_slots": latest.total_slots,
+        "alive_workers": len(latest.workers),
+        "current_workers": cur,
+        "needed_workers": need,
+    }
+
+    # 3. Scale up to the backlog's demand.
+    if pending > 0:
+        if cur >= hi:
+            return hold(
+                f"{pending} pending + {running} running tasks need {need} workers; "
+                f"at the maximum of {hi}",
+                stats,
+            )
+        if p.up_backlog_s > 0:
+            backlog_since = latest.ts_ms
+            for s in reversed(samples):
+                if s.ts_ms > latest.ts_ms:
+                    continue
+                if s.pending_tasks == 0:
+                    break
+                backlog_since = s.ts_ms
+            if latest.ts_ms - backlog_since < p.up_backlog_s * 1000:
+                return hold(
+                    f"{pending} pending tasks; scaling up once the backlog has lasted "
+                    f"{p.up_backlog_s:.0f} s",
+                    stats,
+                )
+        demand = float(running + pending)
+        note = ""
+        prev = _previous(samples, latest)
+        if p.expected_boot_s > 0 and prev is not None and prev.pending_tasks > 0:
+            dt_s = (latest.ts_ms - prev.ts_ms) / 1000
+            before = prev.running_tasks + prev.pending_tasks
+            if dt_s > 0 and before > demand:
+                rate = (before - demand) / dt_s
+                demand = max(0.0, demand - rate * p.expected_boot_s)
+                stats["drain_tasks_per_s"] = round(rate, 3)
+                note = (
+                    f"; draining at {rate:.1f} tasks/s, {demand:.0f} left in "
+                    f"{p.expected_boot_s:.0f} s"
+                )
+        target = min(hi, _ceil_div(demand, per_worker))
+        if p.max_up_step is not None:
+            target = min(target, cur + max(1, p.max_up_step))
+        if target <= cur:
+            return hold(
+                f"{pending} pending + {running} running tasks{note}: the {cur} workers set "
+                "(some may still be joining) are enough",
+                stats,
+            )
+        return change(
+            target,
+            f"{pending} pending + {running} running tasks{note}: need {target} workers of "
+            f"{slots_per_worker} slots; scaling up {cur} -> {target}",
+            stats,
+        )
+
+    # 4. Scale down on sustained under-use.
+    if cur <= lo:
+        return hold(f"no backlog; at the minimum of {lo} workers", stats)
+    if mem.changed_at_ms is not None:
+        since_s = (now_ms - mem.changed_at_ms) / 1000
+        if mem.direction == "up" and since_s < p.down_delay_after_up_s:
+            return hold(
+                f"no scale-down within {p.down_delay_after_up_s:.0f} s of a scale-up "
+                f"({since_s:.0f} s ago)",
+                stats,
+            )
+        if mem.direction == "down" and since_s < p.down_interval_s:
+            return hold(
+                f"no scale-down within {p.down_interval_s:.0f} s of the last one "
+                f"({since_s:.0f} s ago)",
+                stats,
+            )
+    hold_ms = int(p.down_hold_s * 1000)
+    gap_ms = int(p.max_sample_gap_s * 1000)
+    if not _covers(samples, now_ms - hold_ms, now_ms, gap_ms):
+        return hold(f"no backlog; samples do not cover the last {p.down_hold_s:.0f} s yet", stats)
+    peak = 0
+    for s in samples:
+        if now_ms - hold_ms <= s.ts_ms <= now_ms:
+            n = _ceil_div(s.running_tasks + s.pending_tasks, per_worker)
+            peak = max(peak, n)
+    peak = min(peak, hi)
+    tail = _decay(mem.tail_workers, now_ms - mem.tail_ref_ms, p.down_half_life_s * 1000)
+    floor = p.floor_factor * mem.avg_workers
+    keep = max(lo, max(peak, _ceil_div(max(tail, floor) - 1e-6, 1.0)) + p.headroom_workers)
+    stats.update(
+        peak_workers=peak,
+        decaying_peak_workers=round(tail, 2),
+        avg_workers=round(mem.avg_workers, 2),
+        keep_workers=keep,
+    )
+    why = (
+        f"peak demand of the last {p.down_hold_s:.0f} s needs {peak} workers, the decaying "
+        f"earlier peak {tail:.1f}, {p.floor_factor:g}x the average demand {floor:.1f}"
+    )
+    if keep >= cur:
+        return hold(f"{why}: keeping {cur}", stats)
+    count = min(cur - keep, max(1, int(cur * p.down_max_fraction)))
+    allow_stateful = now_ms - mem.full_at_ms >= p.stateful_down_window_s * 1000
+    remove = _pick_removals(latest.workers, count, allow_stateful)
+    if not remove:
+        return hold(
+            f"{why}: {keep} of {cur} would do, but every worker that could go holds shuffle or "
+            "cached data",
+            stats,
+        )
+    with_state = sum(1 for w in latest.workers if w.holds_state and w.node_id in remove)
+    note = f" ({with_state} holding shuffle/cached data)" if with_state else ""
+    return change(
+        cur - len(remove),
+        f"no backlog; {why}: removing {len(remove)} of {cur} workers{note}",
+        stats,
+        remove,
+    )
+
+
+_DEFAULT = AutoscaleParams()
+
+# For job clusters (one pipeline, no interactive user waiting for warm capacity): release
+# capacity as soon as 40 s pass without the demand for it, like Databricks' 40 s job-cluster
+# window; no decaying peak and no floor.
+JOB_CLUSTER_PARAMS = AutoscaleParams(down_hold_s=40.0, down_half_life_s=0.0, floor_factor=0.0)
+
+
+def _previous(samples: Sequence[Sample], latest: Sample) -> Sample | None:
+    found = False
+    for s in reversed(samples):
+        if found and s.ts_ms < latest.ts_ms:
+            return s
+        if s is latest:
+            found = True
+    return None
+
+
+def last_activity(samples: Sequence[Sample], previous_last_activity_ms: int) -> int:
+    """The latest time the cluster was busy: running or pending tasks, an active job, or an
+    executing Spark Connect query. Never earlier than `previous_last_activity_ms`."""
+    latest = previous_last_activity_ms
+    for s in samples:
+        if s.ts_ms > latest and s.busy:
+            latest = s.ts_ms
+    return latest
+
+
+def idle_decision(
+    last_activity_ms: int,
+    autotermination_minutes: int | None,
+    now_ms: int,
+    busy_now: bool,
+) -> IdleDecision | None:
+    """Terminate when idle for at least `autotermination_minutes` (0 or None: never); never
+    while the cluster is busy."""
+    if busy_now or not autotermination_minutes or autotermination_minutes <= 0:
+        return None
+    idle_ms = now_ms - last_activity_ms
+    if idle_ms < autotermination_minutes * _MS_PER_MIN:
+        return None
+    minutes = idle_ms // _MS_PER_MIN
+    return IdleDecision(
+        inactivity_duration_min=minutes,
+        reason=(
+            f"inactive for {minutes} min (no running or pending tasks, jobs or queries); "
+            f"auto-termination after {autotermination_minutes} min"
+        ),
+    )

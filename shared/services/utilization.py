@@ -1,0 +1,251 @@
+"""Heartbeats from the cluster agent, and the autoscaling and idle timers that read them.
+
+Samples live apart from the cluster document (their own kind, partitioned by cluster, with a
+time to live), so heartbeats never race the lifecycle's ETag-checked writes. The policies are
+the pure functions of shared/domain/autoscale.py; this module only feeds and applies them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, fields
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from shared.domain import autoscale as pol
+from shared.domain import cluster as dom
+from shared.domain.cluster import Cluster
+from shared.domain.states import State
+from shared.errors import InvalidParameterValue, PermissionDenied
+from shared.ports import AlreadyExists, Clock, PreconditionFailed, Store
+from shared.services.auth import Principal
+from shared.services.clusters import ACTIVITY, ClusterRepo, ClusterService
+from shared.settings import Settings
+
+log = logging.getLogger("sparkplane.utilization")
+
+SAMPLE = "sample"
+_TS_MAX = 10**13
+
+
+class WorkerIn(BaseModel):
+    node_id: str = Field(max_length=200)
+    running_tasks: int = Field(default=0, ge=0)
+    shuffle_bytes: int = Field(default=0, ge=0)
+    cached_bytes: int = Field(default=0, ge=0)
+    disk_used_bytes: int = Field(default=0, ge=0)
+    disk_total_bytes: int = Field(default=0, ge=0)
+
+
+class SampleIn(BaseModel):
+    running_tasks: int = Field(default=0, ge=0)
+    pending_tasks: int = Field(default=0, ge=0)
+    active_jobs: int = Field(default=0, ge=0)
+    active_queries: int = Field(default=0, ge=0)
+    total_slots: int = Field(default=0, ge=0)
+    workers: list[WorkerIn] = Field(default_factory=list, max_length=1000)
+
+
+def to_sample(
+    ts_ms: int, s: dict[str, Any], node_ids: Mapping[str, str] | None = None
+) -> pol.Sample:
+    """A stored sample as the policy's input. The agent names workers by their web UI address;
+    `node_ids` maps those to the cluster's node ids."""
+    keep = {f.name for f in fields(pol.WorkerLoad)} - {"node_id"}
+    ids = node_ids or {}
+    return pol.Sample(
+        ts_ms=ts_ms,
+        running_tasks=s.get("running_tasks", 0),
+        pending_tasks=s.get("pending_tasks", 0),
+        active_jobs=s.get("active_jobs", 0),
+        active_queries=s.get("active_queries", 0),
+        total_slots=s.get("total_slots", 0),
+        workers=tuple(
+            pol.WorkerLoad(
+                node_id=ids.get(w["node_id"], w["node_id"]),
+                **{k: v for k, v in w.items() if k in keep},
+            )
+            for w in s.get("workers", [])
+        ),
+    )
+
+
+def autoscale_params(settings: Settings) -> pol.AutoscaleParams:
+    """Defaults of the policy, overridden by SPARKPLANE_AUTOSCALE_PARAMS (a JSON object)."""
+    if not settings.autoscale_params:
+        return pol.AutoscaleParams()
+    overrides = json.loads(settings.autoscale_params)
+    return pol.AutoscaleParams(**overrides)
+
+
+class Utilization:
+    def __init__(
+        self,
+        store: Store,
+        repo: ClusterRepo,
+        clusters: ClusterService,
+        clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.repo = repo
+        self.clusters = clusters
+        self.clock = clock
+        self.settings = settings
+        self.params = autoscale_params(settings)
+        self.minute_ms = int(settings.idle_minute_s * 1000)
+
+    # ------------------------------------------------------------------ heartbeats
+
+    def heartbeat(self, p: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        cluster_id = body.get("cluster_id")
+        if p.role != "agent" or cluster_id != p.scope:
+            raise PermissionDenied("This token may only report for its own cluster.")
+        try:
+            sample = SampleIn.model_validate(body.get("sample") or {})
+        except ValidationError as e:
+            raise InvalidParameterValue(f"Invalid sample: {e.errors()[0]['msg']}") from None
+        now = self.clock.now_ms()
+        doc = {"ts_ms": now, **sample.model_dump()}
+        sid = f"{_TS_MAX - now:013d}-{secrets.token_hex(2)}"
+        self.store.create(SAMPLE, cluster_id, sid, doc, ttl_s=self.settings.sample_ttl_s)
+        if to_sample(now, doc).busy:
+            self._touch(cluster_id, now)
+        return {}
+
+    def _touch(self, cluster_id: str, now: int) -> None:
+        """Record the last busy moment; the heartbeats of one cluster are its only writer."""
+        for _ in range(5):
+            rec = self.store.get(ACTIVITY, cluster_id, cluster_id)
+            body = {"cluster_id": cluster_id, "last_activity_ms": now}
+            try:
+                if rec is None:
+                    self.store.create(ACTIVITY, cluster_id, cluster_id, body)
+                elif rec.body["last_activity_ms"] < now:
+                    self.store.replace(ACTIVITY, cluster_id, cluster_id, body, etag=rec.etag)
+                return
+            except (AlreadyExists, PreconditionFailed):
+                continue
+
+    def samples(
+        self, cluster_id: str, limit: int, node_ids: Mapping[str, str] | None = None
+    ) -> list[pol.Sample]:
+        """The newest `limit` samples, oldest first."""
+        page = self.store.list(SAMPLE, cluster_id, page_size=limit, page_token=None)
+        return [to_sample(r.body["ts_ms"], r.body, node_ids) for r in reversed(page.items)]
+
+    def last_activity(self, c: Cluster) -> int:
+        rec = self.store.get(ACTIVITY, c.cluster_id, c.cluster_id)
+        became_running = max(c.running_since, c.start_time)
+        seen = rec.body["last_activity_ms"] if rec else 0
+        return max(seen, became_running)
+
+    # ------------------------------------------------------------------ timers
+
+    def autoscale_tick(self) -> dict[str, int]:
+        now = self.clock.now_ms()
+        changed = 0
+        looked = 0
+        for r in self.store.scan("cluster", field="state", values=[State.RUNNING.value]):
+            if not r.body.get("spec", {}).get("autoscale") or r.body.get("desired") != "RUNNING":
+                continue
+            looked += 1
+            c = Cluster.model_validate(r.body)
+            changed += self._autoscale_one(c, now)
+        return {"clusters": looked, "changed": changed}
+
+    def _autoscale_one(self, c: Cluster, now: int) -> int:
+        auto = c.spec.autoscale
+        assert auto is not None
+        nt = self.clusters.catalog.node_types.get(c.spec.node_type_id or "")
+        slots = int(nt.num_cores) if nt else 1
+        node_ids = {e["worker_ui_url"]: e["node_id"] for e in c.executors if "worker_ui_url" in e}
+        samples = self.samples(c.cluster_id, self.settings.autoscale_samples, node_ids)
+        memory = pol.ScalingMemory(**c.scaling_memory) if c.scaling_memory else None
+        d = pol.decide_size(
+            samples,
+            auto.min_workers,
+            auto.max_workers,
+            c.target_workers,
+            slots,
+            memory,
+            now,
+            self.params,
+        )
+        if d.target == c.target_workers:
+            return 0
+
+        def command(cur: Cluster) -> Cluster:
+            if cur.state != State.RUNNING or cur.target_workers != c.target_workers:
+                return cur  # something changed since we looked: decide again next tick
+            out = dom.autoscale_to(
+                cur,
+                target=d.target,
+                remove=d.remove,
+                reason=d.reason,
+                now=now,
+                stats={k: float(v) for k, v in d.stats.items()},
+            )
+            out.scaling_memory = asdict(d.memory) if d.memory else None
+            return out
+
+        system = Principal(c.workspace_id, "autoscaler", "system")
+        with contextlib.suppress(Exception):
+            self.clusters.mutate(system, c.cluster_id, command)
+            log.info(
+                "autoscale",
+                extra={"cluster_id": c.cluster_id, "from": c.target_workers, "to": d.target},
+            )
+            return 1
+        return 0
+
+    def idle_tick(self) -> dict[str, int]:
+        now = self.clock.now_ms()
+        terminated = 0
+        for r in self.store.scan(
+            "cluster", field="state", values=[State.RUNNING.value, State.RESIZING.value]
+        ):
+            minutes = r.body.get("spec", {}).get("autotermination_minutes")
+            if not minutes or r.body.get("desired") != "RUNNING":
+                continue
+            c = Cluster.model_validate(r.body)
+            latest = self.samples(c.cluster_id, 1)
+            fresh = bool(latest) and now - latest[-1].ts_ms < 3 * self.settings.heartbeat_s * 1000
+            busy_now = fresh and latest[-1].busy
+            last = self.last_activity(c)
+            # Minutes are `idle_minute_s` long (60 s; tests may shorten them).
+            scaled_now = last + (now - last) * 60_000 // max(1, self.minute_ms)
+            d = pol.idle_decision(last, minutes, scaled_now, busy_now)
+            if d is None:
+                continue
+            reason = dom.TerminationReason(
+                code="INACTIVITY",
+                type="SUCCESS",
+                parameters={"inactivity_duration_min": str(d.inactivity_duration_min)},
+            )
+            system = Principal(c.workspace_id, "idle-monitor", "system")
+
+            message = f"Terminating inactive cluster: {d.reason}."
+
+            def command(
+                cur: Cluster, reason: dom.TerminationReason = reason, message: str = message
+            ) -> Cluster:
+                if cur.state not in (State.RUNNING, State.RESIZING):
+                    return cur
+                return dom.terminate(
+                    cur,
+                    reason=reason,
+                    user=None,
+                    now=now,
+                    message=message,
+                )
+
+            with contextlib.suppress(Exception):
+                self.clusters.mutate(system, c.cluster_id, command)
+                terminated += 1
+        return {"terminated": terminated}

@@ -1,0 +1,392 @@
+"""The autoscaling and idle-termination policies (shared.domain.autoscale): pure and fast."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.domain.autoscale import (
+    AutoscaleParams,
+    Decision,
+    Sample,
+    ScalingMemory,
+    WorkerLoad,
+    decide_size,
+    idle_decision,
+    last_activity,
+)
+
+S = 4  # slots per worker
+P = AutoscaleParams()
+
+
+def workers(n: int, *, busy: int = 0, shuffle: set[int] | frozenset[int] = frozenset()) -> tuple:
+    return tuple(
+        WorkerLoad(f"w{i}", running_tasks=busy, shuffle_bytes=(1 << 20) if i in shuffle else 0)
+        for i in range(n)
+    )
+
+
+def sample(ts_s: float, running: int = 0, pending: int = 0, n: int = 4, **kw) -> Sample:
+    ws = kw.pop("ws", None)
+    if ws is None:
+        ws = workers(n, busy=min(S, running // max(1, n)))
+    return Sample(
+        ts_ms=int(ts_s * 1000),
+        running_tasks=running,
+        pending_tasks=pending,
+        active_jobs=1 if running or pending else 0,
+        total_slots=len(ws) * S,
+        workers=ws,
+        **kw,
+    )
+
+
+def run(samples, cur, *, lo=1, hi=10, mem=None, now_s=None, params=P) -> Decision:
+    now = int(now_s * 1000) if now_s is not None else samples[-1].ts_ms
+    return decide_size(samples, lo, hi, cur, S, mem, now, params)
+
+
+def steady(t0: float, t1: float, running: int, pending: int = 0, n: int = 4, step=10.0):
+    out, t = [], t0
+    while t <= t1 + 1e-9:
+        out.append(sample(t, running, pending, n))
+        t += step
+    return out
+
+
+# ---------------------------------------------------------------------------- bounds & freshness
+
+
+def test_below_minimum_goes_to_minimum_at_once():
+    d = run([sample(0)], cur=0, lo=2)
+    assert d.target == 2 and "minimum" in d.reason and d.remove == ()
+
+
+def test_above_maximum_removes_down_to_maximum_preferring_stateless_idle():
+    ws = (
+        WorkerLoad("a", running_tasks=4),
+        WorkerLoad("b", running_tasks=0, shuffle_bytes=10),
+        WorkerLoad("c", running_tasks=1),
+        WorkerLoad("d", running_tasks=0),
+    )
+    d = run([sample(0, ws=ws)], cur=4, hi=2)
+    assert d.target == 2
+    assert d.remove == ("d", "c")
+
+
+def test_above_maximum_with_workers_still_joining_cancels_the_rest():
+    d = run([sample(0, n=1)], cur=4, hi=2)
+    assert d.target == 2 and d.remove == ("w0",)
+    assert "not joined" in d.reason
+
+
+def test_no_fresh_sample_holds():
+    d = run([sample(0, pending=100)], cur=3, now_s=600)
+    assert d.target == 3 and "no sample" in d.reason
+    assert run([], cur=3, now_s=10).target == 3
+
+
+# ---------------------------------------------------------------------------- scale up
+
+
+def test_backlog_scales_up_to_its_demand_in_one_step():
+    d = run([sample(0, running=16, pending=20, n=4)], cur=4)
+    assert d.target == 9  # ceil(36 / 4)
+    assert "20 pending + 16 running" in d.reason
+    assert d.memory is not None and d.memory.direction == "up"
+    assert d.stats["needed_workers"] == 9
+
+
+def test_scale_up_is_capped_at_max():
+    d = run([sample(0, running=16, pending=1000)], cur=4, hi=10)
+    assert d.target == 10
+
+
+def test_backlog_covered_by_joining_workers_adds_nothing():
+    d = run([sample(0, running=8, pending=8, n=2)], cur=6)
+    assert d.target == 6 and "joining" in d.reason
+
+
+def test_backlog_that_drains_before_new_workers_join_adds_nothing():
+    # 16 slots busy, backlog shrinking by 40 tasks in 10 s: gone long before 120 s.
+    s = [sample(0, running=16, pending=80), sample(10, running=16, pending=40)]
+    d = run(s, cur=4)
+    assert d.target == 4 and "draining" in d.reason
+
+
+def test_growing_backlog_is_not_projected_away():
+    s = [sample(0, running=16, pending=10), sample(10, running=16, pending=40)]
+    assert run(s, cur=4, hi=20).target == 14
+
+
+def test_up_backlog_s_waits_for_a_lasting_backlog():
+    params = replace(P, up_backlog_s=20)
+    s = [sample(0), sample(10, running=16, pending=40)]
+    assert run(s, cur=4, params=params).target == 4
+    s += [sample(20, running=16, pending=40), sample(30, running=16, pending=40)]
+    assert run(s, cur=4, hi=20, params=params).target == 14
+
+
+# ---------------------------------------------------------------------------- scale down
+
+
+def test_no_scale_down_while_tasks_are_pending():
+    s = [*steady(0, 600, running=1, pending=0), sample(610, running=0, pending=1)]
+    d = run(s, cur=8, lo=1)
+    assert d.target >= 8
+
+
+def test_scale_down_needs_sustained_under_use_covered_by_samples():
+    # only 30 s of samples: the hold window is not covered yet
+    s = steady(0, 30, running=0)
+    assert run(s, cur=8).target == 8
+    s = steady(0, 400, running=0, n=8)
+    d = run(s, cur=8, lo=1)
+    assert d.target == 1 and len(d.remove) == 7
+    assert d.memory is not None and d.memory.direction == "down"
+
+
+def test_recent_peak_keeps_workers_and_old_peaks_decay():
+    # busy at 8 workers' demand until t=300, then idle
+    busy = steady(0, 300, running=32, n=8)
+    idle = steady(310, 3000, running=0, n=8)
+    mem = None
+    d = None
+    for i in range(len(busy)):
+        d = run(busy[: i + 1], cur=8, lo=1, mem=mem)
+        mem = d.memory
+    targets = []
+    cur = 8
+    window = busy[-20:]
+    for s in idle:
+        window = [*window, s][-20:]
+        d = run(window, cur=cur, lo=1, mem=mem)
+        mem = d.memory
+        cur = d.target
+        targets.append((s.ts_ms // 1000, cur))
+    # within the hold window after the burst nothing goes
+    assert all(c == 8 for t, c in targets if t < 300 + P.down_hold_s)
+    # then the size steps down gradually, never up, and ends at the minimum
+    sizes = [c for _, c in targets]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == 1
+    assert len(set(sizes)) > 2
+
+
+def test_floor_keeps_a_warm_share_of_average_demand():
+    # the samples are already folded into the memory: average demand 3 workers
+    mem = ScalingMemory(seen_until_ms=1_300_000, avg_workers=3.0, full_at_ms=0)
+    s = steady(1000, 1300, running=0, n=10)
+    d = run(s, cur=10, lo=1, mem=mem)
+    assert d.target == 6  # 2 x average 3
+    assert "average" in d.reason
+
+
+def test_scale_down_prefers_stateless_then_least_loaded():
+    ws = (
+        WorkerLoad("busy", running_tasks=3),
+        WorkerLoad("shuffle", running_tasks=0, shuffle_bytes=1 << 30),
+        WorkerLoad("light", running_tasks=1),
+        WorkerLoad("idle", running_tasks=0),
+    )
+    s = [sample(t, running=8, ws=ws) for t in range(0, 400, 10)]
+    params = replace(P, floor_factor=0.0)
+    d = run(s, cur=4, lo=1, params=params)
+    assert d.target == 2
+    assert d.remove == ("idle", "light")
+
+
+def test_stateful_workers_go_only_after_the_longer_window():
+    ws = tuple(WorkerLoad(f"s{i}", shuffle_bytes=100) for i in range(4))
+    params = replace(P, floor_factor=0.0, down_half_life_s=0.0)
+    s = [sample(t, ws=ws) for t in range(0, 400, 10)]
+    mem = ScalingMemory(seen_until_ms=-1)
+    d = run(s, cur=4, lo=1, mem=mem, params=params)
+    assert d.target == 4 and "shuffle" in d.reason
+    s = [sample(t, ws=ws) for t in range(0, 1300, 10)]
+    d = run(s, cur=4, lo=1, params=params)
+    assert d.target == 1 and "holding shuffle" in d.reason
+
+
+def test_down_interval_limits_consecutive_scale_downs():
+    s = steady(0, 400, running=0, n=8)
+    mem = ScalingMemory(changed_at_ms=390_000, direction="down", from_workers=9, to_workers=8)
+    d = run(s, cur=8, lo=1, mem=mem)
+    assert d.target == 8 and "last one" in d.reason
+
+
+def test_down_max_fraction_limits_a_step():
+    s = steady(0, 400, running=0, n=8)
+    d = run(s, cur=8, lo=1, params=replace(P, down_max_fraction=0.25))
+    assert d.target == 6
+
+
+def _square_wave_reversals(period_s: float, low: int, high: int) -> tuple[int, int]:
+    """Feed a square wave of demand through the policy (workers join at once); count
+    reversals (opposite changes within 10 minutes) after the first 20 minutes."""
+    cur, mem, window, changes = 2, None, [], []
+    t = 0.0
+    while t < 4 * 3600:
+        level = high if int(t // (period_s / 2)) % 2 else low
+        window = [
+            *window,
+            sample(t, running=min(level, cur) * S, pending=max(0, level - cur) * S, n=cur),
+        ][-30:]
+        d = decide_size(window, 1, 12, cur, S, mem, int(t * 1000), P)
+        mem = d.memory
+        if d.target != cur:
+            changes.append((t, 1 if d.target > cur else -1))
+            cur = d.target
+        t += 10
+    late = [c for c in changes if c[0] > 1200]
+    rev = sum(1 for (t0, d0), (t1, d1) in itertools.pairwise(late) if d0 != d1 and t1 - t0 <= 600)
+    return rev, len(late)
+
+
+@pytest.mark.parametrize("period_s", [120, 180, 240, 300])
+def test_square_wave_around_the_threshold_does_not_flap(period_s):
+    rev, changes = _square_wave_reversals(period_s, low=3, high=6)
+    assert rev == 0
+    assert changes <= 1
+
+
+def test_memory_folds_samples_once_and_is_returned_on_hold():
+    s = steady(0, 100, running=8, n=2)
+    d1 = run(s, cur=2, lo=1)
+    assert d1.memory is not None and d1.memory.seen_until_ms == 100_000
+    d2 = run(s, cur=2, lo=1, mem=d1.memory)
+    assert d2.memory == d1.memory
+
+
+# ---------------------------------------------------------------------------- idle termination
+
+
+def test_idle_decision_fires_after_the_period_with_minutes():
+    d = idle_decision(0, 30, 31 * 60_000, busy_now=False)
+    assert d is not None and d.inactivity_duration_min == 31
+    assert "30 min" in d.reason
+    assert idle_decision(0, 30, 29 * 60_000, busy_now=False) is None
+
+
+def test_idle_decision_never_while_busy_and_disabled_by_zero_or_none():
+    assert idle_decision(0, 30, 10 * 3_600_000, busy_now=True) is None
+    assert idle_decision(0, 0, 10 * 3_600_000, busy_now=False) is None
+    assert idle_decision(0, None, 10 * 3_600_000, busy_now=False) is None
+
+
+def test_last_activity_counts_tasks_jobs_and_queries():
+    s = [
+        Sample(1000, running_tasks=1),
+        Sample(2000),
+        Sample(3000, active_queries=1),
+        Sample(4000),
+        Sample(5000, active_jobs=1),
+        Sample(6000),
+    ]
+    assert last_activity(s, 0) == 5000
+    assert last_activity(s[:2], 0) == 1000
+    assert last_activity([Sample(2000)], 1500) == 1500
+    assert last_activity([Sample(1000, pending_tasks=3)], 5000) == 5000
+
+
+def test_a_driver_only_phase_keeps_the_cluster_busy():
+    # a long notebook command with no Spark task: active query, no tasks
+    s = [Sample(t * 60_000, active_queries=1) for t in range(0, 120)]
+    la = last_activity(s, 0)
+    assert idle_decision(la, 30, s[-1].ts_ms, s[-1].busy) is None
+
+
+# ---------------------------------------------------------------------------- properties
+
+
+@st.composite
+def scenarios(draw):
+    lo = draw(st.integers(0, 5))
+    hi = lo + draw(st.integers(0, 20))
+    cur = draw(st.integers(0, 30))
+    slots = draw(st.sampled_from([1, 4, 8]))
+    n = draw(st.integers(0, 12))
+    ts = sorted(draw(st.lists(st.integers(0, 1_000_000), min_size=0, max_size=12, unique=True)))
+    samples = []
+    for t in ts:
+        ws = tuple(
+            WorkerLoad(
+                f"w{i}",
+                draw(st.integers(0, slots)),
+                draw(st.sampled_from([0, 0, 5])),
+                draw(st.sampled_from([0, 0, 7])),
+            )
+            for i in range(draw(st.integers(0, n)))
+        )
+        samples.append(
+            Sample(
+                t,
+                running_tasks=draw(st.integers(0, 200)),
+                pending_tasks=draw(st.sampled_from([0, 0, 1, 50, 5000])),
+                active_jobs=draw(st.integers(0, 2)),
+                active_queries=draw(st.integers(0, 1)),
+                total_slots=len(ws) * slots,
+                workers=ws,
+            )
+        )
+    now = (ts[-1] if ts else 0) + draw(st.integers(0, 200_000))
+    mem = draw(
+        st.none()
+        | st.builds(
+            ScalingMemory,
+            changed_at_ms=st.none() | st.integers(0, 1_200_000),
+            direction=st.sampled_from(["up", "down"]),
+            seen_until_ms=st.integers(-1, 1_000_000),
+            tail_workers=st.floats(0, 50),
+            tail_ref_ms=st.integers(0, 1_200_000),
+            avg_workers=st.floats(0, 50),
+            full_at_ms=st.integers(0, 1_200_000),
+        )
+    )
+    return samples, lo, hi, cur, slots, mem, now
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_properties_of_decide_size(case):
+    samples, lo, hi, cur, slots, mem, now = case
+    d = decide_size(samples, lo, hi, cur, slots, mem, now)
+    # always within [min, max]
+    assert lo <= d.target <= hi
+    fresh = [s for s in samples if s.ts_ms <= now]
+    latest = fresh[-1] if fresh else None
+    # no scale-down while tasks are pending (unless above a lowered maximum)
+    if latest is not None and latest.pending_tasks > 0 and cur <= hi:
+        assert d.target >= cur
+    # removals: a subset of the alive workers, no duplicates, and the right count
+    alive = {w.node_id for w in latest.workers} if latest is not None else set()
+    assert set(d.remove) <= alive
+    assert len(set(d.remove)) == len(d.remove)
+    if d.target >= cur:
+        assert d.remove == ()
+    else:
+        assert len(d.remove) <= cur - d.target
+        if len(alive) >= cur - d.target:
+            assert len(d.remove) == cur - d.target
+    assert d.memory is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    last=st.integers(0, 10**9),
+    minutes=st.none() | st.integers(0, 10_000),
+    now=st.integers(0, 2 * 10**9),
+    busy=st.booleans(),
+)
+def test_idle_never_fires_while_busy(last, minutes, now, busy):
+    d = idle_decision(last, minutes, now, busy)
+    if busy or not minutes:
+        assert d is None
+    elif d is not None:
+        assert now - last >= minutes * 60_000
+        assert d.inactivity_duration_min >= minutes

@@ -1,0 +1,170 @@
+"""Heartbeats, the autoscaling timer and the idle timer, in-process with the real services
+(SQLite store, record provisioner) and a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from shared.adapters.records import RecordProvisioner
+from shared.adapters.sqlite_store import SqliteStore
+from shared.domain.states import State
+from shared.errors import PermissionDenied
+from shared.ports import OutMessage
+from shared.services.auth import Auth
+from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.lifecycle import Lifecycle
+from shared.services.utilization import Utilization
+from shared.settings import Settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.ms = 1_800_000_000_000
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.sent: list[OutMessage] = []
+
+    def send(self, queue: str, messages: Sequence[OutMessage]) -> None:
+        self.sent.extend(messages)
+
+
+class World:
+    def __init__(self, tmp: Path, **settings: object) -> None:
+        self.clock = FakeClock()
+        self.settings = Settings(data_dir=tmp, **settings)  # type: ignore[arg-type]
+        self.store = SqliteStore(tmp / "store.db", clock=self.clock.now_ms)
+        self.bus = RecordingBus()
+        self.prov = RecordProvisioner(tmp / "records.db", boot_s=1, clock=self.clock.now_ms)
+        self.clusters = ClusterService(
+            self.store, self.bus, Catalog(self.prov), self.clock, self.settings
+        )
+        self.repo = ClusterRepo(self.store, self.settings)
+        self.auth = Auth(self.store, self.clock)
+        self.lifecycle = Lifecycle(
+            self.repo, self.bus, self.prov, self.clock, self.settings, self.auth
+        )
+        self.util = Utilization(self.store, self.repo, self.clusters, self.clock, self.settings)
+        self.auth.ensure_workspace("w", "w")
+        self.user = self.auth.authenticate("Bearer " + self.auth.issue_token("w", user="u")[0])
+
+    def running_cluster(self, **spec: object) -> str:
+        body = {"spark_version": "4.1.x-scala2.13", "node_type_id": "rec-small", **spec}
+        cid = self.clusters.create(self.user, body)
+        for _ in range(4):
+            self.lifecycle.reconcile("w", cid)
+            self.clock.ms += 2000
+        assert self.state(cid) == State.RUNNING
+        return cid
+
+    def state(self, cid: str) -> State:
+        return State(self.clusters.get(self.user, cid)["state"])
+
+    def agent(self, cid: str):  # type: ignore[no-untyped-def]
+        token, _ = self.auth.issue_token(f"agent:{cid}", user="agent", role="agent", scope=cid)
+        return self.auth.authenticate("Bearer " + token)
+
+    def events(self, cid: str) -> list[dict]:
+        return self.clusters.events(self.user, {"cluster_id": cid, "limit": 500})["events"]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path, autoscale_params='{"expected_boot_s": 0}')
+
+
+def test_agent_token_reports_only_for_its_own_cluster(world: World) -> None:
+    a = world.running_cluster(num_workers=1)
+    b = world.running_cluster(num_workers=1)
+    agent = world.agent(a)
+    world.util.heartbeat(agent, {"cluster_id": a, "sample": {"running_tasks": 3}})
+    with pytest.raises(PermissionDenied):
+        world.util.heartbeat(agent, {"cluster_id": b, "sample": {}})
+    with pytest.raises(PermissionDenied):
+        world.util.heartbeat(world.user, {"cluster_id": a, "sample": {}})
+    got = world.clusters.get(world.user, a)
+    assert got["last_activity_time"] == world.clock.ms
+    assert "last_activity_time" not in world.clusters.get(world.user, b)
+
+
+def test_backlog_scales_up_with_events_and_a_reconcile(world: World) -> None:
+    cid = world.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
+    agent = world.agent(cid)
+    for _ in range(3):
+        world.util.heartbeat(
+            agent,
+            {
+                "cluster_id": cid,
+                "sample": {
+                    "running_tasks": 2,
+                    "pending_tasks": 20,
+                    "active_jobs": 1,
+                    "total_slots": 2,
+                },
+            },
+        )
+        world.clock.ms += 5000
+    sent = len(world.bus.sent)
+    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 1}
+    got = world.clusters.get(world.user, cid)
+    assert got["state"] == "RESIZING"
+    types = [e["type"] for e in world.events(cid)]
+    assert types[:2] == ["RESIZING", "AUTOSCALING_STATS_REPORT"]  # newest first
+    resizing = world.events(cid)[0]["details"]
+    assert resizing["cause"] == "AUTOSCALE" and resizing["target_num_workers"] == 3
+    assert len(world.bus.sent) == sent + 1  # reconcile sent
+    # converges to 3 real (record) workers
+    for _ in range(4):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    assert len(world.clusters.get(world.user, cid)["executors"]) == 3
+
+
+def test_no_samples_no_change(world: World) -> None:
+    world.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
+    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 0}
+
+
+def test_idle_cluster_is_terminated_busy_one_never(tmp_path: Path) -> None:
+    w = World(tmp_path, idle_minute_s=1.0)
+    idle = w.running_cluster(num_workers=1, autotermination_minutes=10)
+    busy = w.running_cluster(num_workers=1, autotermination_minutes=10)
+    never = w.running_cluster(num_workers=1)
+    agent = w.agent(busy)
+    for _ in range(12):  # 12 "minutes" of 1 s, the busy cluster reporting a long query
+        w.clock.ms += 1000
+        w.util.heartbeat(agent, {"cluster_id": busy, "sample": {"active_queries": 1}})
+    assert w.util.idle_tick() == {"terminated": 1}
+    assert w.state(idle) == State.TERMINATING
+    assert w.state(busy) == State.RUNNING and w.state(never) == State.RUNNING
+    [term] = [e for e in w.events(idle) if e["type"] == "TERMINATING"]
+    reason = term["details"]["reason"]
+    assert reason["code"] == "INACTIVITY" and reason["type"] == "SUCCESS"
+    assert int(reason["parameters"]["inactivity_duration_min"]) >= 10
+    for _ in range(3):
+        w.lifecycle.reconcile("w", idle)
+        w.clock.ms += 1000
+    got = w.clusters.get(w.user, idle)
+    assert got["state"] == "TERMINATED"
+    assert got["state_message"].startswith("Inactive cluster terminated (inactive for ")
+
+
+def test_agent_token_is_issued_with_the_driver_and_revoked_at_the_end(world: World) -> None:
+    cid = world.running_cluster(num_workers=0)
+    page = world.store.list("token-info", f"agent:{cid}", page_size=10, page_token=None)
+    [info] = page.items
+    assert info.body["role"] == "agent" and info.body["scope"] == cid
+    world.clusters.delete(world.user, {"cluster_id": cid})
+    for _ in range(3):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 1000
+    assert world.state(cid) == State.TERMINATED
+    assert not world.store.list("token-info", f"agent:{cid}", page_size=10, page_token=None).items
+    assert world.store.get("token", info.body["hash"], info.body["hash"]) is None
