@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format setup java bench clean
+.PHONY: run test lint format setup java cosmos-emulator bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -13,13 +13,36 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet ".[dev,spark]"
 	touch $(STAMP)
 
-setup: $(STAMP) java
+setup: $(STAMP) java cosmos-emulator
 
 # Spark needs Java 17+; install it where it is missing (Debian/Ubuntu).
 java:
 	@if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then \
 		echo "installing Java 17 (openjdk-17-jre-headless)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	fi
+
+# The Cosmos DB stand-in (@vercel/cosmosdb-server) the store contract suite runs against
+# (tests/contract/conftest.py starts it). Needs Node.js 20+ and npm; without them the cosmos
+# contract tests skip, except in CI (CI=true), where this target fails instead.
+COSMOS_SERVER := tools/cosmosdb-server
+COSMOS_STAMP := $(COSMOS_SERVER)/node_modules/.package-lock.json
+
+cosmos-emulator: $(COSMOS_STAMP)
+
+$(COSMOS_STAMP): $(COSMOS_SERVER)/package.json $(COSMOS_SERVER)/package-lock.json
+	@if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Node.js and npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@if command -v npm >/dev/null; then \
+		echo "npm ci --prefix $(COSMOS_SERVER)"; \
+		npm ci --prefix $(COSMOS_SERVER) --no-audit --no-fund --loglevel=error && touch $@; \
+	elif [ -n "$$CI" ] && [ "$$CI" != "false" ]; then \
+		echo "npm not found: Node.js 20+ and npm are needed for the Cosmos DB contract tests"; \
+		exit 1; \
+	else \
+		echo "npm not found: the Cosmos DB contract tests will skip (install Node.js 20+)"; \
 	fi
 
 run: setup

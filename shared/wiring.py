@@ -66,8 +66,6 @@ class Container:
         )
 
 
-
-
 def _store(s: Settings) -> Store:
     if s.store == "cosmos":
         from shared.adapters.cosmos_store import CosmosStore

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,56 @@ def _sqlite_factory(tmp_path: Path) -> StoreFactory:
     )
 
 
+# The Cosmos DB emulator of the running test, for `_cosmos_factory` (set by the fixture below).
+_cosmos: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _cosmos_emulator_for_cosmos_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Starts the emulator (once per session: conftest.py) for the tests of "cosmos" only."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("store_factory") != "cosmos":
+        yield
+        return
+    _cosmos["emulator"] = request.getfixturevalue("cosmos_emulator")
+    try:
+        yield
+    finally:
+        _cosmos.clear()
+
+
+def _cosmos_factory(tmp_path: Path) -> StoreFactory:
+    from shared.adapters.cosmos_store import CosmosStore
+
+    emulator = _cosmos["emulator"]
+    database = f"contract-{uuid.uuid4().hex}"  # each test starts from an empty database
+    connect = (
+        f"{emulator.endpoint!r}, {emulator.key!r}, database={database!r},"
+        f" ca_file={emulator.ca_file!r}"
+    )
+    return StoreFactory(
+        name="cosmos",
+        clock=FakeClock(),
+        open=lambda clock: CosmosStore.connect(
+            emulator.endpoint,
+            emulator.key,
+            database=database,
+            ca_file=emulator.ca_file,
+            clock=clock,
+        ),
+        # The adapter hides and purges expired items on its own clock (cosmosdb-server has no
+        # TTL engine), and child processes reach the same server.
+        capabilities=frozenset({FAKE_CLOCK, PURGE_COUNTS, CHILD_PROCESS}),
+        child_open_source=(
+            "from shared.adapters.cosmos_store import CosmosStore\n"
+            f"store = CosmosStore.connect({connect})\n"
+        ),
+    )
+
+
 _BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {
     "sqlite": _sqlite_factory,
+    "cosmos": _cosmos_factory,
 }
 
 
