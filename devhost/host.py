@@ -139,6 +139,25 @@ def index(app: func.FunctionApp) -> FunctionIndex:
     return out
 
 
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None past the host's size limit (checked while streaming, so a chunked
+    upload without Content-Length cannot grow the process either)."""
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_REQUEST_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _utc(ms: int | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
@@ -202,7 +221,7 @@ class DevHost:
         path = request.url.path
         method = request.method.upper()
         matched = None
-        method_allowed = False
+        allowed: set[str] = set()
         for f in self.functions.http:
             params = f.route.match(path)
             if params is None:
@@ -210,19 +229,21 @@ class DevHost:
             if method in f.methods:
                 matched = (f, params)
                 break
-            method_allowed = True
+            allowed |= f.methods
         if matched is None:
-            code = 405 if method_allowed else 404
-            err = "METHOD_NOT_ALLOWED" if method_allowed else "ENDPOINT_NOT_FOUND"
-            return JSONResponse(
-                {"error_code": err, "message": f"No API found for '{method} {path}'"}, code
-            )
-        length = int(request.headers.get("content-length") or 0)
-        if length > MAX_REQUEST_BYTES:
+            message = f"No API found for '{method} {path}'"
+            if allowed:
+                return JSONResponse(
+                    {"error_code": "METHOD_NOT_ALLOWED", "message": message},
+                    405,
+                    headers={"Allow": ", ".join(sorted(allowed))},
+                )
+            return JSONResponse({"error_code": "ENDPOINT_NOT_FOUND", "message": message}, 404)
+        body = await _read_body(request)
+        if body is None:
             return JSONResponse(
                 {"error_code": "REQUEST_ENTITY_TOO_LARGE", "message": "Request too large."}, 413
             )
-        body = await request.body()
         f, route_params = matched
         params: dict[str, str] = {}
         for k, v in parse_qsl(request.url.query, keep_blank_values=True):

@@ -16,7 +16,8 @@ ANON = func.AuthLevel.ANONYMOUS
 
 
 def _not_found(req: func.HttpRequest) -> func.HttpResponse:
-    e = EndpointNotFound(f"No API found for '{req.method} {req.url}'")
+    path = "/" + req.url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
+    e = EndpointNotFound(f"No API found for '{req.method} {path}'")
     return respond(e.body(), e.status)
 
 
@@ -67,10 +68,10 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _seq(req: func.HttpRequest) -> int:
-    try:
-        return int(req.route_params["seq"])
-    except (KeyError, ValueError):
-        raise InvalidParameterValue("The sequence number must be an integer.") from None
+    raw = req.route_params.get("seq", "")
+    if not raw.isdigit() or int(raw) > 2**63 - 1:
+        raise InvalidParameterValue("The sequence number must be a non-negative 64-bit integer.")
+    return int(raw)
 
 
 @bp.route(route="api/admin/dead-letters/{queue}", methods=["GET"], auth_level=ANON)

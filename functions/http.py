@@ -14,6 +14,7 @@ import azure.functions as func
 
 from shared.errors import (
     ApiError,
+    InvalidParameterValue,
     MalformedRequest,
     PermissionDenied,
     RequestLimitExceeded,
@@ -100,7 +101,7 @@ def api(
     return guarded(go)
 
 
-_TRUE = {"true": True, "false": False}
+BOOLEAN_FILTERS = frozenset({"is_pinned"})
 
 
 def query_filters(req: func.HttpRequest, prefix: str) -> dict[str, Any]:
@@ -114,8 +115,10 @@ def query_filters(req: func.HttpRequest, prefix: str) -> dict[str, Any]:
         if not key.startswith(prefix + "."):
             continue
         name = key[len(prefix) + 1 :]
-        if value.lower() in _TRUE:
-            out[name] = _TRUE[value.lower()]
+        if name in BOOLEAN_FILTERS:
+            if value.lower() not in ("true", "false"):
+                raise InvalidParameterValue(f"{key} must be true or false.")
+            out[name] = value.lower() == "true"
         else:
             out[name] = [v for v in value.split(",") if v]
     return out

@@ -14,11 +14,14 @@ from shared.domain.events import EventType, event
 from shared.domain.states import State, check_move
 from shared.errors import InvalidParameterValue, InvalidState
 
+# The largest cluster this control plane makes (Databricks' own limits are in this range).
+MAX_WORKERS = 10_000
+
 
 class AutoScale(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_workers: int = Field(ge=0)
-    max_workers: int = Field(ge=1)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    min_workers: int = Field(ge=0, le=MAX_WORKERS)
+    max_workers: int = Field(ge=1, le=MAX_WORKERS)
 
 
 class TerminationReason(BaseModel):
@@ -39,9 +42,9 @@ class ClusterSpec(BaseModel):
     cluster_name: str | None = Field(default=None, max_length=100)
     node_type_id: str | None = None
     driver_node_type_id: str | None = None
-    num_workers: int | None = Field(default=None, ge=0)
+    num_workers: int | None = Field(default=None, ge=0, le=MAX_WORKERS, strict=True)
     autoscale: AutoScale | None = None
-    autotermination_minutes: int | None = None
+    autotermination_minutes: int | None = Field(default=None, strict=True)
     spark_conf: dict[str, str] = Field(default_factory=dict)
     spark_env_vars: dict[str, str] = Field(default_factory=dict)
     custom_tags: dict[str, str] = Field(default_factory=dict)
@@ -61,6 +64,34 @@ class ClusterSpec(BaseModel):
 
 # Fields of a create body that are request options, not part of the cluster's spec.
 REQUEST_ONLY_FIELDS = ("idempotency_token", "cluster_id")
+# Fields the server computes: a request that sends them has them ignored, so they can never
+# shadow the real values in GET.
+RESPONSE_ONLY_FIELDS = frozenset(
+    {
+        "state",
+        "state_message",
+        "start_time",
+        "terminated_time",
+        "last_restarted_time",
+        "last_state_loss_time",
+        "last_activity_time",
+        "termination_reason",
+        "driver",
+        "executors",
+        "spark_context_id",
+        "jdbc_port",
+        "cluster_memory_mb",
+        "cluster_cores",
+        "default_tags",
+        "creator_user_name",
+        "cluster_source",
+        "spec",
+        "cluster_log_status",
+        "pinned_by_user_name",
+        "init_scripts_safe_mode",
+        "cluster_id",
+    }
+)
 
 
 def _fmt_validation(e: ValidationError) -> str:
@@ -73,7 +104,11 @@ def _fmt_validation(e: ValidationError) -> str:
 
 def parse_spec(body: Mapping[str, Any]) -> ClusterSpec:
     """Parse a create/edit body into a spec (shape and types only; see `validate_spec`)."""
-    data = {k: v for k, v in body.items() if k not in REQUEST_ONLY_FIELDS}
+    data = {
+        k: v
+        for k, v in body.items()
+        if k not in REQUEST_ONLY_FIELDS and k not in RESPONSE_ONLY_FIELDS
+    }
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as e:

@@ -141,9 +141,10 @@ class Auth:
                 n += 1
 
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("Missing or malformed Authorization header (Bearer token).")
-        token = authorization[len("Bearer ") :].strip()
         h = token_hash(token)
         rec = self.store.get("token", h, h)
         if rec is None:

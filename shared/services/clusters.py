@@ -195,8 +195,12 @@ class ClusterService:
 
     def resize(self, p: Principal, body: Mapping[str, Any]) -> None:
         nw = body.get("num_workers")
-        if nw is not None and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):
-            raise InvalidParameterValue("num_workers must be a non-negative integer.")
+        if nw is not None and (
+            not isinstance(nw, int) or isinstance(nw, bool) or not 0 <= nw <= dom.MAX_WORKERS
+        ):
+            raise InvalidParameterValue(
+                f"num_workers must be an integer between 0 and {dom.MAX_WORKERS}."
+            )
         auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
         now = self.clock.now_ms()
         self.mutate(
@@ -325,7 +329,10 @@ class ClusterService:
         self, p: Principal, *, page_size: int, page_token: str | None, flt: Mapping[str, Any]
     ) -> dict[str, Any]:
         now = self.clock.now_ms()
-        page = self.store.list(KIND, p.workspace_id, page_size=page_size, page_token=page_token)
+        try:
+            page = self.store.list(KIND, p.workspace_id, page_size=page_size, page_token=page_token)
+        except ValueError:
+            raise InvalidParameterValue("page_token is not a token this API returned.") from None
         clusters = [Cluster.model_validate(r.body) for r in page.items]
         out: dict[str, Any] = {
             "clusters": [
@@ -381,17 +388,18 @@ class ClusterService:
         }
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _int(body: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     v = body.get(key)
     if v is None:
         return default
-    try:
-        n = int(v)
-    except (TypeError, ValueError):
-        raise InvalidParameterValue(f"{key} must be an integer.") from None
-    if isinstance(v, bool) or not lo <= n <= hi:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidParameterValue(f"{key} must be an integer.")
+    if not lo <= v <= hi:
         raise InvalidParameterValue(f"{key} must be between {lo} and {hi}.")
-    return n
+    return v
 
 
 def parse_event_query(body: Mapping[str, Any]) -> EventQuery:
@@ -405,11 +413,14 @@ def parse_event_query(body: Mapping[str, Any]) -> EventQuery:
     page_size = _int(body, "page_size", None, 0, 500)
     limit = limit or page_size or 50
     offset = _int(body, "offset", 0, 0, 2**31)
-    if body.get("page_token"):
-        offset = _int({"t": body["page_token"]}, "t", 0, 0, 2**31)
+    token = body.get("page_token")
+    if token:
+        if not isinstance(token, str) or not token.isdigit() or int(token) >= 2**31:
+            raise InvalidParameterValue("page_token is not a token this API returned.")
+        offset = int(token)
     return EventQuery(
-        start_time=_int(body, "start_time", None, 0, 2**63),
-        end_time=_int(body, "end_time", None, 0, 2**63),
+        start_time=_int(body, "start_time", None, 0, INT64_MAX),
+        end_time=_int(body, "end_time", None, 0, INT64_MAX),
         types=tuple(types),
         order=order,
         offset=offset or 0,
