@@ -116,7 +116,9 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
                 log.info("spark not reachable", extra={"error": type(e).__name__})
             else:
                 try:
-                    cp.post(url, json={"cluster_id": cluster_id, "sample": sample})
+                    r = cp.post(url, json={"cluster_id": cluster_id, "sample": sample})
+                    if not r.is_success:
+                        log.warning("heartbeat refused", extra={"status": r.status_code})
                 except httpx.HTTPError as e:
                     log.warning("heartbeat failed", extra={"error": type(e).__name__})
             stop.wait(max(0.0, period - (time.monotonic() - started)))

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     # Adapter choice (wiring.py is the only reader).
     store: Literal["sqlite", "cosmos"] = "sqlite"
     bus: Literal["embedded", "servicebus"] = "embedded"
-    provisioner: Literal["records", "local", "arm"] = "records"
+    # "local": real Spark standalone clusters as local processes (the default of `make run`);
+    # "records": nodes as database rows that boot after a delay (tests, benchmarks).
+    provisioner: Literal["records", "local", "arm"] = "local"
 
     # Requests per second per token (token bucket; 429 with Retry-After beyond it).
     rate_limit_per_s: float = 100.0

@@ -95,7 +95,7 @@ def _provisioner(s: Settings) -> Provisioner:
     if s.provisioner == "local":
         from shared.adapters.local_spark import LocalSparkProvisioner
 
-        return LocalSparkProvisioner(s.data_dir)
+        return LocalSparkProvisioner(s.data_dir / "local_spark")
     if s.provisioner == "arm":
         from shared.adapters.arm import ArmProvisioner
 

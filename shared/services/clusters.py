@@ -35,6 +35,12 @@ KIND = "cluster"
 # The last busy moment of a cluster, written by its heartbeats (shared/services/utilization.py).
 ACTIVITY = "activity"
 MAX_CAS_ATTEMPTS = 20
+ENDPOINT_TAGS = {
+    "SparkConnectUrl": "connect_url",
+    "SparkMasterUrl": "master_url",
+    "SparkUiUrl": "spark_ui_url",
+    "SparkMasterUiUrl": "master_ui_url",
+}
 
 
 def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) -> OutMessage:
@@ -262,6 +268,13 @@ class ClusterService:
                     "Creator": c.creator_user_name,
                     "ClusterName": c.spec.cluster_name or "",
                     "ClusterId": c.cluster_id,
+                    # How to reach the cluster, also for SDK users (whose SparkNode type drops
+                    # the driver's extra fields): the same values as driver.connect_url etc.
+                    **{
+                        tag: c.driver[key]
+                        for tag, key in ENDPOINT_TAGS.items()
+                        if c.driver and key in c.driver
+                    },
                 },
                 "executors": c.executors,
                 "pinned_by_user_name": c.creator_user_name if c.pinned else None,

@@ -133,7 +133,8 @@ class Lifecycle:
 
     def sweep(self) -> dict[str, int]:
         """Re-send reconcile for clusters away from their desired state for a while (a lost
-        send, a crash), flush events left behind, and stop nodes no cluster owns."""
+        send, a crash) and for running clusters whose nodes no longer match (a dead worker or
+        driver), flush events left behind, and stop nodes no cluster owns."""
         # Nodes first, documents second: a cluster's document is written before its first
         # node, so a node seen here belongs to a document the scan below sees.
         owners = self.provisioner.cluster_ids()
@@ -143,17 +144,27 @@ class Lifecycle:
         known: set[str] = set()
         store = self.repo.store
         transitional = {s.value for s in TRANSITIONAL}
+        bucket = now // max(stuck_ms, 1)
         for r in store.scan("cluster", field="state", values=[s.value for s in State]):
             known.add(r.id)
+            state = r.body.get("state")
             recent = now - int(r.body.get("state_since", 0)) < 5 * 60_000
-            if r.body.get("state") not in transitional and not recent:
+            if state != State.RUNNING.value and state not in transitional and not recent:
                 continue
             c = Cluster.model_validate(r.body)
             self.repo.flush(c)
-            if c.state.value not in transitional:
+            if c.state == State.RUNNING:
+                # Passive check of a converged cluster: a node that died (or vanished) makes
+                # the planner act; then a reconcile replaces it or ends the cluster.
+                p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+                if p.actions or p.changed:
+                    self.bus.send(
+                        self.settings.lifecycle_queue,
+                        [reconcile_message(c, f"heal:{c.cluster_id}:{r.etag}:{bucket}")],
+                    )
+                    kicked += 1
                 continue
-            if now - c.state_since >= stuck_ms:
-                bucket = now // max(stuck_ms, 1)
+            if c.state.value in transitional and now - c.state_since >= stuck_ms:
                 self.bus.send(
                     self.settings.lifecycle_queue,
                     [reconcile_message(c, f"kick:{c.cluster_id}:{r.etag}:{bucket}")],

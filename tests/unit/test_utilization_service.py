@@ -168,3 +168,21 @@ def test_agent_token_is_issued_with_the_driver_and_revoked_at_the_end(world: Wor
     assert world.state(cid) == State.TERMINATED
     assert not world.store.list("token-info", f"agent:{cid}", page_size=10, page_token=None).items
     assert world.store.get("token", info.body["hash"], info.body["hash"]) is None
+
+
+def test_sweep_notices_a_dead_worker_and_the_reconcile_replaces_it(world: World) -> None:
+    cid = world.running_cluster(num_workers=2)
+    assert world.lifecycle.sweep()["kicked"] == 0  # healthy: nothing to do
+    victim = world.clusters.get(world.user, cid)["executors"][0]["node_id"]
+    world.prov.lose_node(victim)
+    sent = len(world.bus.sent)
+    assert world.lifecycle.sweep()["kicked"] == 1
+    assert world.bus.sent[sent].session_id == cid
+    for _ in range(4):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    got = world.clusters.get(world.user, cid)
+    assert got["state"] == "RUNNING" and len(got["executors"]) == 2
+    assert victim not in {e["node_id"] for e in got["executors"]}
+    lost = [e for e in world.events(cid) if e["type"] == "NODES_LOST"]
+    assert len(lost) == 1 and lost[0]["details"]["instance_id"] == victim
