@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+import functions.jobs_api as jobs_api
 from functions import admin_api, clusters_api, lifecycle, utilization
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
@@ -9,3 +10,4 @@ app.register_functions(clusters_api.bp)
 app.register_functions(lifecycle.bp)
 app.register_functions(admin_api.bp)
 app.register_functions(utilization.bp)
+app.register_functions(jobs_api.bp)

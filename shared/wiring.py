@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared.adapters.local_submit import LocalSubmitter
 from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, Provisioner, Store
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
@@ -63,6 +65,18 @@ class Container:
     def lifecycle(self) -> Lifecycle:
         return Lifecycle(
             self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth
+        )
+
+    @cached_property
+    def submitter(self) -> LocalSubmitter:
+        return LocalSubmitter(
+            self.settings.data_dir / "runs", kill_grace_s=self.settings.jobs_kill_grace_s
+        )
+
+    @cached_property
+    def jobs(self) -> JobService:
+        return JobService(
+            self.store, self.bus, self.clusters, self.submitter, self.clock, self.settings
         )
 
 

@@ -32,8 +32,9 @@ Autoscaling (`decide_size`); every number is in `AutoscaleParams`:
 `JOB_CLUSTER_PARAMS` is the preset for job clusters: a 40 s hold, no decaying peak, no floor.
 
 The memory carries the decaying peak and the average demand from one evaluation to the next, so
-the caller only has to pass the samples of the last few minutes; store `Decision.memory` after
-every evaluation, not only after a change.
+the caller only has to pass the samples of the last few minutes if it stores `Decision.memory`
+after every evaluation. A caller that stores it only on changes should pass a longer history
+(e.g. 15 minutes): samples newer than `seen_until_ms` are folded in on every call.
 
 Idle termination (`idle_decision`): terminate when the last activity (a running or pending task,
 an active job or an executing Spark Connect query; see `last_activity`) is older than

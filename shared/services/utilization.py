@@ -7,7 +7,6 @@ the pure functions of shared/domain/autoscale.py; this module only feeds and app
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import secrets
@@ -51,12 +50,14 @@ class SampleIn(BaseModel):
     workers: list[WorkerIn] = Field(default_factory=list, max_length=1000)
 
 
+_WORKER_FIELDS = frozenset(f.name for f in fields(pol.WorkerLoad)) - {"node_id"}
+
+
 def to_sample(
     ts_ms: int, s: dict[str, Any], node_ids: Mapping[str, str] | None = None
 ) -> pol.Sample:
     """A stored sample as the policy's input. The agent names workers by their web UI address;
     `node_ids` maps those to the cluster's node ids."""
-    keep = {f.name for f in fields(pol.WorkerLoad)} - {"node_id"}
     ids = node_ids or {}
     return pol.Sample(
         ts_ms=ts_ms,
@@ -68,7 +69,7 @@ def to_sample(
         workers=tuple(
             pol.WorkerLoad(
                 node_id=ids.get(w["node_id"], w["node_id"]),
-                **{k: v for k, v in w.items() if k in keep},
+                **{k: v for k, v in w.items() if k in _WORKER_FIELDS},
             )
             for w in s.get("workers", [])
         ),
@@ -155,33 +156,38 @@ class Utilization:
             if not r.body.get("spec", {}).get("autoscale") or r.body.get("desired") != "RUNNING":
                 continue
             looked += 1
-            c = Cluster.model_validate(r.body)
-            changed += self._autoscale_one(c, now)
+            changed += self._autoscale_one(r.body, now)
         return {"clusters": looked, "changed": changed}
 
-    def _autoscale_one(self, c: Cluster, now: int) -> int:
-        auto = c.spec.autoscale
-        assert auto is not None
-        nt = self.clusters.catalog.node_types.get(c.spec.node_type_id or "")
+    def _autoscale_one(self, b: dict[str, Any], now: int) -> int:
+        """Decide on the raw document (the tick reads every running cluster, so it skips
+        model validation); only a change goes through the cluster service."""
+        cluster_id = b["cluster_id"]
+        current = int(b["target_workers"])
+        auto = b["spec"]["autoscale"]
+        nt = self.clusters.catalog.node_types.get(b["spec"].get("node_type_id") or "")
         slots = int(nt.num_cores) if nt else 1
-        node_ids = {e["worker_ui_url"]: e["node_id"] for e in c.executors if "worker_ui_url" in e}
-        samples = self.samples(c.cluster_id, self.settings.autoscale_samples, node_ids)
-        memory = pol.ScalingMemory(**c.scaling_memory) if c.scaling_memory else None
+        node_ids = {
+            e["worker_ui_url"]: e["node_id"] for e in b.get("executors", []) if "worker_ui_url" in e
+        }
+        samples = self.samples(cluster_id, self.settings.autoscale_samples, node_ids)
+        mem = b.get("scaling_memory")
+        memory = pol.ScalingMemory(**mem) if mem else None
         d = pol.decide_size(
             samples,
-            auto.min_workers,
-            auto.max_workers,
-            c.target_workers,
+            auto["min_workers"],
+            auto["max_workers"],
+            current,
             slots,
             memory,
             now,
             self.params,
         )
-        if d.target == c.target_workers:
+        if d.target == current:
             return 0
 
         def command(cur: Cluster) -> Cluster:
-            if cur.state != State.RUNNING or cur.target_workers != c.target_workers:
+            if cur.state != State.RUNNING or cur.target_workers != current:
                 return cur  # something changed since we looked: decide again next tick
             out = dom.autoscale_to(
                 cur,
@@ -194,15 +200,15 @@ class Utilization:
             out.scaling_memory = asdict(d.memory) if d.memory else None
             return out
 
-        system = Principal(c.workspace_id, "autoscaler", "system")
-        with contextlib.suppress(Exception):
-            self.clusters.mutate(system, c.cluster_id, command)
-            log.info(
-                "autoscale",
-                extra={"cluster_id": c.cluster_id, "from": c.target_workers, "to": d.target},
-            )
-            return 1
-        return 0
+        system = Principal(b["workspace_id"], "autoscaler", "system")
+        try:
+            self.clusters.mutate(system, cluster_id, command)
+        except Exception:
+            # This cluster waits for the next tick; the others go on.
+            log.exception("autoscale failed", extra={"cluster_id": cluster_id})
+            return 0
+        log.info("autoscale", extra={"cluster_id": cluster_id, "from": current, "to": d.target})
+        return 1
 
     def idle_tick(self) -> dict[str, int]:
         now = self.clock.now_ms()
@@ -245,7 +251,10 @@ class Utilization:
                     message=message,
                 )
 
-            with contextlib.suppress(Exception):
+            try:
                 self.clusters.mutate(system, c.cluster_id, command)
-                terminated += 1
+            except Exception:
+                log.exception("idle termination failed", extra={"cluster_id": c.cluster_id})
+                continue
+            terminated += 1
         return {"terminated": terminated}

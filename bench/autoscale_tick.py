@@ -1,0 +1,126 @@
+"""One autoscaling timer tick over many running clusters, on the embedded store.
+
+    .venv/bin/python -m bench.autoscale_tick --clusters 10000 --json bench/out/autoscale_tick.json
+
+Writes N RUNNING autoscale(1..8) clusters and 10 synthetic heartbeat samples each into a
+fresh SQLite store, then times `Utilization.autoscale_tick()` (the timer function's work:
+scan, read samples, run the policy, write the clusters that change). Target: at most 1 s
+for 10,000 clusters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.adapters.records import RecordProvisioner
+from shared.adapters.sqlite_store import SqliteStore
+from shared.domain import cluster as dom
+from shared.domain.states import State
+from shared.ports import OutMessage
+from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.utilization import SAMPLE, Utilization
+from shared.settings import Settings
+
+
+class NullBus:
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, queue: str, messages: Sequence[OutMessage]) -> None:
+        self.sent += len(messages)
+
+
+class Clock:
+    def now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+
+def populate(store: SqliteStore, n: int, busy_share: float, rng: random.Random) -> None:
+    now = int(time.time() * 1000)
+    spec = dom.parse_spec(
+        {
+            "spark_version": "4.1.x-scala2.13",
+            "node_type_id": "rec-small",
+            "autoscale": {"min_workers": 1, "max_workers": 8},
+        }
+    )
+    for i in range(n):
+        c = dom.create(
+            cluster_id=f"c{i:06d}", workspace_id="w", spec=spec, user="u", now=now - 3_600_000
+        )
+        c.state = State.RUNNING
+        c.running_since = now - 3_600_000
+        c.pending_events = []
+        store.create("cluster", "w", c.cluster_id, c.doc())
+        busy = rng.random() < busy_share
+        for k in range(10):
+            ts = now - (10 - k) * 10_000
+            sample = {
+                "ts_ms": ts,
+                "running_tasks": 2 if busy else 0,
+                "pending_tasks": rng.randint(0, 30) if busy else 0,
+                "active_jobs": 1 if busy else 0,
+                "total_slots": 2,
+                "workers": [{"node_id": f"n{i}", "running_tasks": 2 if busy else 0}],
+            }
+            store.create(SAMPLE, c.cluster_id, f"{10**13 - ts:013d}-0000", sample, ttl_s=3600)
+
+
+def run(n: int, busy_share: float, ticks: int) -> dict[str, float]:
+    tmp = Path(tempfile.mkdtemp(prefix="sp-tick-"))
+    store = SqliteStore(tmp / "store.db")
+    settings = Settings(data_dir=tmp)
+    prov = RecordProvisioner(tmp / "records.db")
+    bus = NullBus()
+    clusters = ClusterService(store, bus, Catalog(prov), Clock(), settings)
+    util = Utilization(store, ClusterRepo(store, settings), clusters, Clock(), settings)
+    populate(store, n, busy_share, random.Random(7))
+    times = []
+    changed = 0
+    for _ in range(ticks):
+        t = time.perf_counter()
+        stats = util.autoscale_tick()
+        times.append(time.perf_counter() - t)
+        changed += stats["changed"]
+    store.close()
+    return {
+        "clusters": n,
+        "busy_share": busy_share,
+        "tick_s_first": round(times[0], 3),
+        "tick_s_median": round(statistics.median(times), 3),
+        "changed_first_tick": changed if ticks == 1 else None,
+        "reconciles_sent": bus.sent,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--clusters", type=int, default=10_000)
+    ap.add_argument("--busy-share", type=float, default=0.2)
+    ap.add_argument("--ticks", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    result = run(args.clusters, args.busy_share, args.ticks)
+    table = Table(title=f"autoscale tick over {args.clusters} clusters (SQLite store)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, str(v))
+    Console().print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,484 @@
+"""The Jobs API driven by databricks-sdk against a devhost subprocess (record provisioner: job
+clusters are records, so a task runs as plain `python <file>`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+import pytest
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceDoesNotExist
+from databricks.sdk.service import compute, jobs
+
+from devhost.process import DevhostProcess
+from shared.adapters.local_submit import LocalSubmitter
+
+V = "4.1.x-scala2.13"
+T = timedelta(seconds=60)
+X = TypeVar("X")
+
+OK = """
+import sys, pathlib
+out, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+out.write_text(str(sum(i * i for i in range(n))))
+print("wrote", out)
+"""
+FAIL = """
+import sys
+print("starting")
+raise ValueError("bad input: " + sys.argv[1])
+"""
+SLEEP = """
+import sys, time
+print("sleeping", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
+    h = DevhostProcess(
+        tmp_path_factory.mktemp("jobs") / "data",
+        env={
+            "SPARKPLANE_JOBS_SCHEDULE": "*/1 * * * * *",
+            "SPARKPLANE_JOBS_POLL_INTERVAL_S": "0.3",
+            "SPARKPLANE_JOBS_STUCK_AFTER_S": "5",
+            "SPARKPLANE_JOBS_KILL_GRACE_S": "2",
+        },
+    ).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def w(host: DevhostProcess) -> WorkspaceClient:
+    return host.client()
+
+
+@pytest.fixture(scope="module")
+def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("scripts")
+    out = {}
+    for name, text in (("ok", OK), ("fail", FAIL), ("sleep", SLEEP)):
+        (d / f"{name}.py").write_text(text)
+        out[name] = str(d / f"{name}.py")
+    return out
+
+
+def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 45) -> X:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def cluster(**kw: Any) -> compute.ClusterSpec:
+    return compute.ClusterSpec(spark_version=V, node_type_id="rec-small", num_workers=1, **kw)
+
+
+def py_task(key: str, file: str, params: list[str], **kw: Any) -> jobs.Task:
+    return jobs.Task(
+        task_key=key,
+        spark_python_task=jobs.SparkPythonTask(python_file=file, parameters=params),
+        **kw,
+    )
+
+
+def raw(host: DevhostProcess, path: str, **params: Any) -> dict[str, Any]:
+    r = httpx.get(host.url + path, params=params, headers={"Authorization": f"Bearer {host.token}"})
+    return r.json()
+
+
+def test_scheduled_job_on_a_job_cluster(
+    host: DevhostProcess, w: WorkspaceClient, scripts: dict[str, str], tmp_path: Path
+) -> None:
+    job = w.jobs.create(
+        name="squares",
+        schedule=jobs.CronSchedule(
+            quartz_cron_expression="*/5 * * * * ?",
+            timezone_id="Europe/Berlin",
+            pause_status=jobs.PauseStatus.UNPAUSED,
+        ),
+        job_clusters=[jobs.JobCluster(job_cluster_key="main", new_cluster=cluster())],
+        tasks=[
+            py_task(
+                "square_sum",
+                scripts["ok"],
+                [str(tmp_path / "{{job.run_id}}.txt"), "100"],
+                job_cluster_key="main",
+            )
+        ],
+        max_concurrent_runs=1,
+        queue=jobs.QueueSettings(enabled=True),
+    )
+    got = w.jobs.get(job.job_id)
+    assert got.settings.name == "squares" and got.settings.tasks[0].task_key == "square_sum"
+    assert got.settings.schedule.pause_status == jobs.PauseStatus.UNPAUSED
+    assert got.creator_user_name
+
+    def periodic_success() -> jobs.BaseRun | None:
+        for r in w.jobs.list_runs(job_id=job.job_id):
+            if r.trigger == jobs.TriggerType.PERIODIC and r.state.result_state is not None:
+                return r
+        return None
+
+    periodic = wait_for("a PERIODIC run to finish", periodic_success)
+    assert periodic.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
+    assert periodic.state.result_state == jobs.RunResultState.SUCCESS, periodic.state
+    assert (tmp_path / f"{periodic.run_id}.txt").read_text() == str(sum(i * i for i in range(100)))
+    full = w.jobs.get_run(periodic.run_id)
+    assert full.schedule.quartz_cron_expression == "*/5 * * * * ?"
+    assert full.number_in_job == full.run_id and full.run_duration is not None
+
+    # Pause: no more PERIODIC runs; then run-now with overriding python_params.
+    w.jobs.update(
+        job.job_id,
+        new_settings=jobs.JobSettings(
+            schedule=jobs.CronSchedule(
+                quartz_cron_expression="*/5 * * * * ?",
+                timezone_id="Europe/Berlin",
+                pause_status=jobs.PauseStatus.PAUSED,
+            )
+        ),
+    )
+    run = w.jobs.run_now_and_wait(
+        job.job_id, python_params=[str(tmp_path / "now.txt"), "10"], timeout=T
+    )
+    assert run.state.result_state == jobs.RunResultState.SUCCESS, run.state
+    assert run.trigger == jobs.TriggerType.ONE_TIME
+    assert (tmp_path / "now.txt").read_text() == "285"
+    task = run.tasks[0]
+    assert task.task_key == "square_sum" and task.attempt_number == 0
+    out = w.jobs.get_run_output(task.run_id)
+    assert "wrote" in out.logs and out.error is None
+    assert out.metadata.run_id == task.run_id and out.metadata.job_run_id == run.run_id
+    assert w.jobs.get_run_output(run.run_id).logs == out.logs  # a one-task run's own output
+
+    # The job cluster ended with the run, and cannot be started again.
+    cid = task.cluster_instance.cluster_id
+    c = w.clusters.get(cid)
+    assert c.cluster_source == compute.ClusterSource.JOB
+    assert c.state == compute.State.TERMINATED
+    assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
+    with pytest.raises(InvalidParameterValue, match="job cluster"):
+        w.clusters.start(cid)
+
+    # Paused: the PERIODIC runs stop.
+    time.sleep(1.5)
+    count = len(list(w.jobs.list_runs(job_id=job.job_id)))
+    time.sleep(6)
+    assert len(list(w.jobs.list_runs(job_id=job.job_id))) == count
+
+    # runs/list paging (newest first), and the last page leaves next_page_token out.
+    ids = [r.run_id for r in w.jobs.list_runs(job_id=job.job_id, limit=1)]
+    assert len(ids) == count >= 2 and len(set(ids)) == len(ids)
+    assert ids == sorted(ids, reverse=True) and ids[0] == run.run_id
+    pages, token = [], None
+    while True:
+        params: dict[str, Any] = {"job_id": job.job_id, "limit": 1}
+        if token:
+            params["page_token"] = token
+        page = raw(host, "/api/2.2/jobs/runs/list", **params)
+        pages.append(page)
+        token = page.get("next_page_token")
+        if not token:
+            break
+    assert "next_page_token" not in pages[-1] and pages[-1]["has_more"] is False
+    assert [r["run_id"] for p in pages for r in p["runs"]] == ids
+    assert all(r.job_id == job.job_id for r in w.jobs.list_runs(job_id=job.job_id, limit=2))
+    assert {r.run_id for r in w.jobs.list_runs(job_id=job.job_id, completed_only=True)} == set(ids)
+    assert not list(w.jobs.list_runs(job_id=job.job_id, active_only=True))
+    # runs/get: `state` always there, and no next_page_token (the SDK would loop on it).
+    body = raw(host, "/api/2.2/jobs/runs/get", run_id=run.run_id)
+    assert body["state"]["life_cycle_state"] == "TERMINATED" and "next_page_token" not in body
+    # 2.1 serves the same bodies.
+    assert raw(host, "/api/2.1/jobs/get", job_id=job.job_id)["settings"]["name"] == "squares"
+
+
+def test_a_failing_script_is_retried_and_fails_with_its_error(
+    w: WorkspaceClient, scripts: dict[str, str]
+) -> None:
+    job = w.jobs.create(
+        name="fails",
+        tasks=[
+            py_task(
+                "bad",
+                scripts["fail"],
+                ["42"],
+                new_cluster=cluster(),
+                max_retries=1,
+                min_retry_interval_millis=200,
+            )
+        ],
+    )
+    run = w.jobs.run_now_and_wait(job.job_id, timeout=T)
+    assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
+    assert run.state.result_state == jobs.RunResultState.FAILED
+    assert "ValueError: bad input: 42" in run.state.state_message
+    assert run.status.termination_details.code == jobs.TerminationCodeCode.RUN_EXECUTION_ERROR
+    attempts = [t for t in run.tasks if t.task_key == "bad"]
+    assert [t.attempt_number for t in attempts] == [0, 1]
+    assert all(t.state.result_state == jobs.RunResultState.FAILED for t in attempts)
+    assert attempts[0].run_id != attempts[1].run_id
+    out = w.jobs.get_run_output(attempts[-1].run_id)
+    assert out.error == "ValueError: bad input: 42"
+    assert "Traceback" in out.error_trace and "starting" in out.logs
+    assert w.jobs.get_run(attempts[0].run_id).state.result_state == jobs.RunResultState.FAILED
+
+
+def test_cancel_timeout_and_idempotent_submit(
+    w: WorkspaceClient, scripts: dict[str, str], host: DevhostProcess
+) -> None:
+    # runs/submit on a new cluster, cancelled while it runs.
+    run_id = w.jobs.submit(
+        run_name="sleepy",
+        tasks=[
+            jobs.SubmitTask(
+                task_key="nap",
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file=scripts["sleep"], parameters=["60"]
+                ),
+                new_cluster=cluster(),
+            )
+        ],
+    ).run_id
+    wait_for(
+        "the task to run",
+        lambda: w.jobs.get_run(run_id).state.life_cycle_state == jobs.RunLifeCycleState.RUNNING,
+    )
+    task_run = w.jobs.get_run(run_id).tasks[0].run_id
+    pid_file = host.data_dir / "runs" / str(task_run) / "cmd.json"
+    pid = int(json.loads(pid_file.read_text())["pid"])
+    run = w.jobs.cancel_run_and_wait(run_id, timeout=T)
+    assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
+    assert run.state.result_state == jobs.RunResultState.CANCELED
+    assert run.state.user_cancelled_or_timedout is True
+    assert run.run_type == jobs.RunType.SUBMIT_RUN
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    c = w.clusters.get(run.tasks[0].cluster_instance.cluster_id)
+    assert c.state == compute.State.TERMINATED
+    assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
+
+    # timeout_seconds: TIMEDOUT.
+    run = w.jobs.submit_and_wait(
+        run_name="too slow",
+        timeout_seconds=1,
+        tasks=[
+            jobs.SubmitTask(
+                task_key="nap",
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file=scripts["sleep"], parameters=["60"]
+                ),
+                new_cluster=cluster(),
+            )
+        ],
+        timeout=T,
+    )
+    assert run.state.result_state == jobs.RunResultState.TIMEDOUT
+    assert "timed out" in run.state.state_message
+
+    # idempotency_token: a retried submit answers the same run.
+    task = jobs.SubmitTask(
+        task_key="quick",
+        spark_python_task=jobs.SparkPythonTask(python_file=scripts["sleep"], parameters=["0"]),
+        new_cluster=cluster(),
+    )
+    first = w.jobs.submit(run_name="once", tasks=[task], idempotency_token="tok-1").run_id
+    again = w.jobs.submit(run_name="once", tasks=[task], idempotency_token="tok-1").run_id
+    assert first == again
+    assert w.jobs.wait_get_run_job_terminated_or_skipped(first, timeout=T).state.result_state == (
+        jobs.RunResultState.SUCCESS
+    )
+
+
+def test_max_concurrent_runs_skips_without_a_queue(
+    w: WorkspaceClient, scripts: dict[str, str]
+) -> None:
+    job = w.jobs.create(
+        name="one at a time",
+        max_concurrent_runs=1,
+        tasks=[py_task("nap", scripts["sleep"], ["30"], new_cluster=cluster())],
+    )
+    first = w.jobs.run_now(job.job_id).run_id
+    second = w.jobs.run_now(job.job_id).run_id
+    skipped = w.jobs.get_run(second)
+    assert skipped.state.life_cycle_state == jobs.RunLifeCycleState.SKIPPED
+    assert skipped.state.result_state == jobs.RunResultState.MAXIMUM_CONCURRENT_RUNS_REACHED
+    assert "maximum concurrent runs" in skipped.state.state_message
+    # With queueing asked for, the next run waits for the slot instead.
+    queued = w.jobs.run_now(job.job_id, queue=jobs.QueueSettings(enabled=True)).run_id
+    assert w.jobs.get_run(queued).state.life_cycle_state == jobs.RunLifeCycleState.QUEUED
+    w.jobs.cancel_run(queued)
+    assert w.jobs.get_run(queued).state.result_state == jobs.RunResultState.CANCELED
+    w.jobs.delete(job.job_id)  # cancels the active run
+    done = w.jobs.wait_get_run_job_terminated_or_skipped(first, timeout=T)
+    assert done.state.result_state == jobs.RunResultState.CANCELED
+    with pytest.raises(ResourceDoesNotExist):
+        w.jobs.get(job.job_id)
+
+
+def test_errors_and_job_listing(w: WorkspaceClient, scripts: dict[str, str]) -> None:
+    with pytest.raises(ResourceDoesNotExist, match="Job 12345 does not exist"):
+        w.jobs.get(12345)
+    with pytest.raises(NotFound, match="Run 12345000 does not exist"):
+        w.jobs.get_run(12345000)
+    with pytest.raises(ResourceDoesNotExist):
+        w.jobs.run_now(12345)
+    bad_cron = jobs.CronSchedule(quartz_cron_expression="0 0 12 * *", timezone_id="UTC")
+    with pytest.raises(InvalidParameterValue, match="Invalid Quartz cron expression"):
+        w.jobs.create(name="x", schedule=bad_cron)
+    bad_tz = jobs.CronSchedule(quartz_cron_expression="0 0 12 * * ?", timezone_id="Mars/Base")
+    with pytest.raises(InvalidParameterValue, match="timezone_id"):
+        w.jobs.create(name="x", schedule=bad_tz)
+    with pytest.raises(InvalidParameterValue, match="exactly one of"):
+        w.jobs.create(
+            name="x",
+            tasks=[py_task("t", scripts["ok"], [], new_cluster=cluster(), existing_cluster_id="c")],
+        )
+    with pytest.raises(InvalidParameterValue, match="does not exist"):
+        w.jobs.create(name="x", tasks=[py_task("t", scripts["ok"], [], existing_cluster_id="c")])
+    with pytest.raises(InvalidParameterValue, match="spark version"):
+        w.jobs.create(
+            name="x",
+            tasks=[
+                py_task(
+                    "t",
+                    scripts["ok"],
+                    [],
+                    new_cluster=compute.ClusterSpec(spark_version="0.0", node_type_id="rec-small"),
+                )
+            ],
+        )
+    with pytest.raises(InvalidParameterValue, match="cycle"):
+        w.jobs.create(
+            name="x",
+            job_clusters=[jobs.JobCluster(job_cluster_key="c", new_cluster=cluster())],
+            tasks=[
+                py_task(
+                    "a",
+                    scripts["ok"],
+                    [],
+                    job_cluster_key="c",
+                    depends_on=[jobs.TaskDependency(task_key="b")],
+                ),
+                py_task(
+                    "b",
+                    scripts["ok"],
+                    [],
+                    job_cluster_key="c",
+                    depends_on=[jobs.TaskDependency(task_key="a")],
+                ),
+            ],
+        )
+
+    # jobs/list pages by page_token; name filters (case-insensitive, exact).
+    made = [w.jobs.create(name=f"listed-{i}").job_id for i in range(3)]
+    listed = [j.job_id for j in w.jobs.list(limit=1)]
+    assert set(made) <= set(listed) and len(listed) == len(set(listed))
+    assert [j.job_id for j in w.jobs.list(name="LISTED-1")] == [made[1]]
+    w.jobs.reset(made[0], new_settings=jobs.JobSettings(name="renamed", max_concurrent_runs=3))
+    got = w.jobs.get(made[0]).settings
+    assert got.name == "renamed" and got.max_concurrent_runs == 3
+
+
+def test_existing_cluster_and_task_dependencies(
+    host: DevhostProcess, w: WorkspaceClient, scripts: dict[str, str], tmp_path: Path
+) -> None:
+    c = w.clusters.create_and_wait(spark_version=V, node_type_id="rec-small", num_workers=0)
+    run = w.jobs.submit_and_wait(
+        run_name="dag",
+        tasks=[
+            jobs.SubmitTask(
+                task_key="first",
+                existing_cluster_id=c.cluster_id,
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file=scripts["ok"], parameters=[str(tmp_path / "a.txt"), "3"]
+                ),
+            ),
+            jobs.SubmitTask(
+                task_key="second",
+                depends_on=[jobs.TaskDependency(task_key="first")],
+                existing_cluster_id=c.cluster_id,
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file=scripts["fail"], parameters=["x"]
+                ),
+            ),
+            jobs.SubmitTask(
+                task_key="third",
+                depends_on=[jobs.TaskDependency(task_key="second")],
+                existing_cluster_id=c.cluster_id,
+                spark_python_task=jobs.SparkPythonTask(python_file=scripts["ok"], parameters=[]),
+            ),
+        ],
+        timeout=T,
+    )
+    by_key = {t.task_key: t for t in run.tasks}
+    assert by_key["first"].state.result_state == jobs.RunResultState.SUCCESS
+    assert by_key["second"].state.result_state == jobs.RunResultState.FAILED
+    assert by_key["third"].state.result_state == jobs.RunResultState.UPSTREAM_FAILED
+    assert run.state.result_state == jobs.RunResultState.FAILED
+    assert "Task second failed" in run.state.state_message
+    assert (tmp_path / "a.txt").read_text() == "5"
+    # The user's cluster is not the run's to terminate, and the job counted as its activity.
+    assert w.clusters.get(c.cluster_id).state == compute.State.RUNNING
+    details = raw(host, "/api/2.1/clusters/get", cluster_id=c.cluster_id)
+    assert details["last_activity_time"] >= run.start_time
+    with pytest.raises(InvalidParameterValue, match="multiple tasks"):
+        w.jobs.get_run_output(run.run_id)
+    w.clusters.delete(c.cluster_id)
+
+
+def test_no_job_cluster_is_left_running(w: WorkspaceClient) -> None:
+    def all_done() -> list[compute.ClusterDetails] | None:
+        job_clusters = [
+            c for c in w.clusters.list() if c.cluster_source == compute.ClusterSource.JOB
+        ]
+        if all(c.state == compute.State.TERMINATED for c in job_clusters):
+            return job_clusters
+        return None
+
+    job_clusters = wait_for("every job cluster to be TERMINATED", all_done, timeout=30)
+    assert len(job_clusters) >= 5
+    for c in job_clusters:
+        assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
+
+
+def test_local_submitter_state_survives_a_restart(tmp_path: Path) -> None:
+    """Submissions are found again by a new LocalSubmitter (a restarted control plane)."""
+    script = tmp_path / "s.py"
+    script.write_text(SLEEP)
+    fail = tmp_path / "f.py"
+    fail.write_text(FAIL)
+    s = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
+    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
+    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
+    s.submit("bad", master_url=None, python_file=str(fail), parameters=["7"], env={})
+    assert s.status("nope") is None
+
+    again = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
+    wait_for("output", lambda: "sleeping" in again.status("long").stdout_tail, timeout=10)
+    assert again.status("long").state == "RUNNING"
+    bad = wait_for("the failure", lambda: (st := again.status("bad")).state != "RUNNING" and st)
+    assert bad.state == "FAILED" and bad.exit_code == 1
+    assert "ValueError: bad input: 7" in bad.stderr_tail and bad.ended_ms
+    pid = int(json.loads((tmp_path / "runs/long/cmd.json").read_text())["pid"])
+    again.cancel("long")
+    st = wait_for("the cancel", lambda: (x := again.status("long")).state != "RUNNING" and x)
+    assert st.state == "CANCELED" and st.exit_code in (None, 143, -15)
+    assert s.status("long").state == "CANCELED"  # (reaps the wrapper, our child)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)  # the whole process group is gone

@@ -1,0 +1,1339 @@
+"""The ARM provisioner through the real SDK clients, against a transport that answers like ARM.
+
+`FakeArm` is an azure-core `HttpTransport` handed to both management clients
+(`ResourceManagementClient`, `DeploymentsMgmtClient`): every request the SDK sends reaches it
+(URL path, api-version, JSON body) and is recorded, and it answers the way ARM does: 201/200
+with `Azure-AsyncOperation` on a deployment PUT, provisioningState Accepted -> Running ->
+Succeeded as time passes (`tick()`) or as an operation is polled, 202 with `Location` on
+deletes, 409 where ARM refuses (a deployment already running, a NIC still attached), and tag
+filtered listings that, like ARM, leave the tags out. When a deployment succeeds it makes what
+the template would make, so observe() has VMs and scale-set instances to read back.
+
+The tests assert request by request what the provisioner sends for a workspace create, a
+cluster create, a resize, a terminate and a workspace delete, and that no call waits on a long
+running operation (no operation-status poll, no poller thread): the reconciles' observe()
+calls see the progress.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import requests
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import HttpTransport
+from azure.core.rest._requests_basic import RestRequestsTransportResponse
+from requests.structures import CaseInsensitiveDict
+
+from shared.adapters.arm import (
+    COMPUTE_API,
+    ArmProvisioner,
+    WorkspaceNotReady,
+    cluster_deployment,
+    node_status,
+    sanitize_tags,
+)
+from shared.ports import NodeRequest
+from shared.settings import Settings
+
+SUB = "00000000-0000-0000-0000-000000000001"
+BASE = "https://fake-arm.local"
+PLATFORM = f"/subscriptions/{SUB}/resourceGroups/platform/providers/Microsoft.Web/sites/sp"
+RG_API = "2025-04-01"
+DEP_API = "2026-06-01"
+ACTIVE = ("Accepted", "Running")
+
+
+# --------------------------------------------------------------------------------------------
+# The fake ARM.
+
+
+@dataclass
+class Rec:
+    method: str
+    path: str
+    api_version: str | None
+    query: dict[str, str]
+    body: Any
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _norm(path: str) -> str:
+    return "/" + "/".join(p for p in path.split("/") if p)
+
+
+class FakeArm(HttpTransport):
+    """An in-memory Azure Resource Manager for one subscription."""
+
+    def __init__(self, *, workspace_outputs: bool = True, delete_with_vm: bool = True) -> None:
+        self.requests: list[Rec] = []
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.ops: dict[str, tuple[str, Any]] = {}
+        self.fail_cluster_deployments = False
+        self.workspace_outputs = workspace_outputs
+        # cluster.json gives the driver's NIC and OS disk deleteOption Delete.
+        self.delete_with_vm = delete_with_vm
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # -- HttpTransport
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FakeArm:
+        return self
+
+    def __exit__(self, *args: Any) -> None: ...
+
+    def sleep(self, duration: float) -> None:  # LRO polling without waiting
+        pass
+
+    def send(self, request: Any, **kwargs: Any) -> RestRequestsTransportResponse:
+        url = urlsplit(request.url)
+        query = dict(parse_qsl(url.query, keep_blank_values=True))
+        raw = request.content
+        body = json.loads(raw) if raw else None
+        path = _norm(url.path)
+        with self._lock:
+            self.requests.append(
+                Rec(request.method, path, query.pop("api-version", None), query, body)
+            )
+            status, payload, headers = self._route(request.method, path, query, body)
+        r = requests.Response()
+        r.status_code = status
+        r.reason = "OK" if status < 400 else "Error"
+        r.raw = io.BytesIO(b"" if payload is None else json.dumps(payload).encode())
+        r.headers = CaseInsensitiveDict({"Content-Type": "application/json", **headers})
+        r.url = request.url
+        return RestRequestsTransportResponse(request=request, internal_response=r)
+
+    # -- time
+    def tick(self, n: int = 1) -> None:
+        """Time passes: every operation in flight moves one step."""
+        for _ in range(n):
+            with self._lock:
+                for key in list(self.deployments):
+                    self._advance(("deployment", key))
+                for rid in list(self.resources):
+                    self._advance(("resource", rid))
+                for g in list(self.groups):
+                    self._advance(("group", g))
+
+    def _advance(self, target: tuple[str, Any]) -> None:
+        kind, key = target
+        if kind == "deployment":
+            d = self.deployments.get(key)
+            if d is None:
+                return
+            s = d["state"]
+            if s == "Accepted":
+                d["state"] = "Running"
+            elif s == "Running":
+                cluster = key[1].startswith("sparkplane-cluster-")
+                if cluster and self.fail_cluster_deployments:
+                    d["state"] = "Failed"
+                else:
+                    d["state"] = "Succeeded"
+                    self._materialize(key[0], key[1], d)
+            elif s == "Deleting":
+                del self.deployments[key]
+        elif kind == "resource":
+            r = self.resources.get(key)
+            if r is None:
+                return
+            if r["properties"]["provisioningState"] == "Deleting":
+                del self.resources[key]
+                if self.delete_with_vm:
+                    for rid, other in list(self.resources.items()):
+                        if (other.get("attached_to") or "").lower() == key:
+                            del self.resources[rid]
+                return
+            for iid, inst in list(r.get("instances", {}).items()):
+                if inst["state"] == "Creating":
+                    inst["state"] = "Succeeded"
+                elif inst["state"] == "Deleting":
+                    del r["instances"][iid]
+        elif kind == "group":
+            g = self.groups.get(key)
+            if g is not None and g["properties"]["provisioningState"] == "Deleting":
+                del self.groups[key]
+                for k in [k for k in self.deployments if k[0] == key]:
+                    del self.deployments[k]
+                for rid in [rid for rid in self.resources if _rg(rid) == key]:
+                    del self.resources[rid]
+
+    # -- what a deployment makes
+    def _materialize(self, group: str, name: str, d: dict[str, Any]) -> None:
+        if name != "sparkplane-workspace" and not name.startswith("sparkplane-cluster-"):
+            return
+        params = {k: v["value"] for k, v in d["body"]["properties"]["parameters"].items()}
+        loc = params["location"]
+        rgp = f"/subscriptions/{SUB}/resourceGroups/{self.groups[group]['name']}/providers"
+        if name == "sparkplane-workspace":
+            vnet = f"{rgp}/Microsoft.Network/virtualNetworks/workers-vnet"
+            subnet = f"{vnet}/subnets/workers"
+            self._put_res(vnet, loc, {}, props={"subnets": [{"id": subnet, "name": "workers"}]})
+            self._put_res(f"{rgp}/Microsoft.Network/networkSecurityGroups/workers-sg", loc, {})
+            self._put_res(f"{rgp}/Microsoft.Storage/storageAccounts/dbstorage1", loc, {})
+            if self.workspace_outputs:
+                d["outputs"] = {"subnetId": {"type": "String", "value": subnet}}
+            return
+        cid, tags = params["clusterId"], params["tags"]
+        prefix = f"sp-{cid}"
+        disk = f"{rgp}/Microsoft.Compute/disks/{prefix}-driver-osdisk"
+        nic = f"{rgp}/Microsoft.Network/networkInterfaces/{prefix}-driver-nic"
+        vm = f"{rgp}/Microsoft.Compute/virtualMachines/{prefix}-driver"
+        vmss = f"{rgp}/Microsoft.Compute/virtualMachineScaleSets/{prefix}-workers"
+        self._put_res(disk, loc, tags, attached_to=vm)
+        self._put_res(
+            nic,
+            loc,
+            tags,
+            attached_to=vm,
+            props={"ipConfigurations": [{"properties": {"privateIPAddress": "10.0.0.4"}}]},
+        )
+        self._put_res(
+            vm,
+            loc,
+            tags,
+            props={
+                "timeCreated": "2030-01-01T00:00:00.1234567+00:00",
+                "hardwareProfile": {"vmSize": params["driverVmSize"]},
+                "networkProfile": {"networkInterfaces": [{"id": nic}]},
+            },
+        )
+        existing = self.resources.get(vmss.lower())
+        if existing is None:
+            self._put_res(
+                vmss,
+                loc,
+                tags,
+                sku={"name": params["workerVmSize"], "tier": "Standard", "capacity": 0},
+            )
+            existing = self.resources[vmss.lower()]
+            existing["instances"] = {}
+            existing["next"] = 0
+        self._scale(existing, int(params["workerCount"]), ready=True)
+
+    def _put_res(
+        self,
+        rid: str,
+        location: str,
+        tags: dict[str, str],
+        *,
+        props: dict[str, Any] | None = None,
+        sku: dict[str, Any] | None = None,
+        attached_to: str | None = None,
+    ) -> None:
+        parts = rid.strip("/").split("/")
+        i = parts.index("providers")
+        self.resources[rid.lower()] = {
+            "id": rid,
+            "name": parts[-1],
+            "type": f"{parts[i + 1]}/{parts[i + 2]}",
+            "location": location,
+            "tags": dict(tags),
+            "sku": sku,
+            "createdTime": "2030-01-01T00:00:00.0000000Z",
+            "properties": {"provisioningState": "Succeeded", **(props or {})},
+            "attached_to": attached_to,
+        }
+
+    def _scale(self, vmss: dict[str, Any], capacity: int, *, ready: bool = False) -> None:
+        inst = vmss["instances"]
+        live = [i for i, v in inst.items() if v["state"] != "Deleting"]
+        while len(live) < capacity:
+            iid = str(vmss["next"])
+            vmss["next"] += 1
+            inst[iid] = {"state": "Succeeded" if ready else "Creating"}
+            live.append(iid)
+        for iid in sorted(live, key=int, reverse=True)[: max(0, len(live) - capacity)]:
+            inst[iid]["state"] = "Deleting"
+        vmss["sku"]["capacity"] = capacity
+
+    # -- answers
+    def _op(self, target: tuple[str, Any]) -> dict[str, str]:
+        op = f"op{next(self._ids)}"
+        self.ops[op] = target
+        return {
+            "Azure-AsyncOperation": f"{BASE}/subscriptions/{SUB}/providers/"
+            f"Microsoft.Resources/operationStatuses/{op}?api-version=2025-04-01",
+            "Location": f"{BASE}/subscriptions/{SUB}/providers/"
+            f"Microsoft.Resources/operationResults/{op}?api-version=2025-04-01",
+            "Retry-After": "0",
+        }
+
+    def _op_done(self, target: tuple[str, Any]) -> str:
+        kind, key = target
+        if kind == "deployment":
+            d = self.deployments.get(key)
+            if d is None:
+                return "Succeeded"
+            return {"Accepted": "Accepted", "Running": "Running", "Deleting": "Running"}.get(
+                d["state"], d["state"]
+            )
+        if kind == "group":
+            return "Succeeded" if key not in self.groups else "Running"
+        if kind == "resource":
+            r = self.resources.get(key)
+            if r is None:
+                return "Succeeded"
+            busy = r["properties"]["provisioningState"] == "Deleting" or any(
+                v["state"] in ("Creating", "Deleting") for v in r.get("instances", {}).values()
+            )
+            return "Running" if busy else "Succeeded"
+        return "Succeeded"
+
+    def _route(
+        self, method: str, path: str, q: dict[str, str], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        parts = path.strip("/").split("/")
+        low = [p.lower() for p in parts]
+        err = _err
+        # Long-running operation status / result
+        if "operationstatuses" in low or "operationresults" in low:
+            target = self.ops[parts[-1]]
+            self._advance(target)
+            status = self._op_done(target)
+            if "operationstatuses" in low:
+                return 200, {"status": status}, {}
+            return (202, None, {"Retry-After": "0"}) if status == "Running" else (200, None, {})
+        assert low[0] == "subscriptions" and parts[1] == SUB, path
+        if len(low) == 3 and low[2] == "resourcegroups" and method == "GET":
+            out = [
+                _group_json(g, with_tags=False)
+                for g in self.groups.values()
+                if _match(g["tags"], q.get("$filter"))
+            ]
+            return 200, {"value": out}, {}
+        if len(low) == 3 and low[2] == "resources" and method == "GET":
+            return 200, self._list(None, q), {}
+        if len(low) >= 4 and low[2] == "resourcegroups":
+            group = low[3]
+            if len(low) == 4:
+                return self._group(method, parts[3], body)
+            if len(low) == 5 and low[4] == "resources":
+                if group not in self.groups:
+                    return err(404, "ResourceGroupNotFound")
+                return 200, self._list(group, q), {}
+            if low[4:7] == ["providers", "microsoft.resources", "deployments"]:
+                return self._deployment(method, group, parts[7], low[8:], body)
+            if low[4] == "providers":
+                return self._resource(method, path, low, q, body)
+        return err(404, "NotFound")
+
+    def _group(self, method: str, name: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+        key = name.lower()
+        g = self.groups.get(key)
+        if method == "PUT":
+            new = g is None
+            self.groups[key] = {
+                "id": f"/subscriptions/{SUB}/resourceGroups/{name}",
+                "name": name,
+                "location": body["location"],
+                "managedBy": body.get("managedBy"),
+                "tags": body.get("tags") or {},
+                "properties": {"provisioningState": "Succeeded"},
+            }
+            return (201 if new else 200), _group_json(self.groups[key]), {}
+        if g is None:
+            return _err(404, "ResourceGroupNotFound")
+        if method == "GET":
+            return 200, _group_json(g), {}
+        if method == "DELETE":
+            g["properties"]["provisioningState"] = "Deleting"
+            return 202, None, self._op(("group", key))
+        return _err(405, "MethodNotAllowed")
+
+    def _deployment(
+        self, method: str, group: str, name: str, rest: list[str], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        key = (group, name)
+        d = self.deployments.get(key)
+        if group not in self.groups:
+            return _err(404, "ResourceGroupNotFound")
+        if rest == ["cancel"] and method == "POST":
+            if d is None or d["state"] not in ACTIVE:
+                return _err(409, "DeploymentCannotBeCancelled")
+            d["state"] = "Canceled"
+            return 204, None, {}
+        if method == "PUT":
+            if d is not None and d["state"] in ACTIVE:
+                return _err(409, "DeploymentActive")
+            self.deployments[key] = {
+                "name": name,
+                "body": body,
+                "state": "Accepted",
+                "timestamp": "2030-01-01T00:00:00.5Z",
+            }
+            return 201, self._dep_json(group, key), self._op(("deployment", key))
+        if d is None:
+            return _err(404, "DeploymentNotFound")
+        if method == "HEAD":
+            return 204, None, {}
+        if method == "GET":
+            return 200, self._dep_json(group, key), {}
+        if method == "DELETE":
+            if d["state"] in ACTIVE:
+                return _err(409, "DeploymentActive")
+            d["state"] = "Deleting"
+            return 202, None, self._op(("deployment", key))
+        return _err(405, "MethodNotAllowed")
+
+    def _dep_json(self, group: str, key: tuple[str, str]) -> dict[str, Any]:
+        d = self.deployments[key]
+        params = d["body"]["properties"].get("parameters") or {}
+        return {
+            "id": f"/subscriptions/{SUB}/resourceGroups/{group}/providers/"
+            f"Microsoft.Resources/deployments/{key[1]}",
+            "name": key[1],
+            "type": "Microsoft.Resources/deployments",
+            "properties": {
+                "provisioningState": d["state"],
+                "timestamp": d["timestamp"],
+                "mode": "Incremental",
+                "parameters": {
+                    k: {"type": type(v["value"]).__name__, "value": v["value"]}
+                    for k, v in params.items()
+                },
+                "outputs": d.get("outputs"),
+            },
+        }
+
+    def _list(self, group: str | None, q: dict[str, str]) -> dict[str, Any]:
+        flt = q.get("$filter")
+        expand = set((q.get("$expand") or "").split(","))
+        # ARM leaves tags out when the filter names a tag value.
+        tagged_value = bool(flt and "tagValue" in flt)
+        out = []
+        for r in self.resources.values():
+            if group is not None and _rg(r["id"]) != group:
+                continue
+            if not _match(r["tags"], flt, r["type"]):
+                continue
+            item = {k: r[k] for k in ("id", "name", "type", "location") if k in r}
+            if r.get("sku"):
+                item["sku"] = dict(r["sku"])
+            if not tagged_value:
+                item["tags"] = r["tags"]
+            if "provisioningState" in expand:
+                item["provisioningState"] = r["properties"]["provisioningState"]
+            if "createdTime" in expand:
+                item["createdTime"] = r["createdTime"]
+            out.append(item)
+        return {"value": out}
+
+    def _resource(
+        self, method: str, path: str, low: list[str], q: dict[str, str], body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        # .../providers/<ns>/<type>/<name>[/<child...>]
+        i = low.index("providers")
+        base_id = "/" + "/".join(path.strip("/").split("/")[: i + 4])
+        child = low[i + 4 :]
+        r = self.resources.get(base_id.lower())
+        if r is None:
+            return _err(404, "ResourceNotFound")
+        rtype = r["type"].lower()
+        if rtype == "microsoft.compute/virtualmachinescalesets" and child:
+            if child == ["virtualmachines"] and method == "GET":
+                return 200, {"value": self._instances(r, q)}, {}
+            if child == ["networkinterfaces"] and method == "GET":
+                return 200, {"value": self._vmss_nics(r)}, {}
+            if child == ["delete"] and method == "POST":
+                ids = body["instanceIds"]
+                for iid in ids:
+                    r["instances"][iid]["state"] = "Deleting"
+                r["sku"]["capacity"] -= len(ids)
+                return 202, None, self._op(("resource", base_id.lower()))
+            return _err(404, "NotFound")
+        if child:
+            return _err(404, "NotFound")
+        if method == "GET":
+            return 200, self._res_json(r, q), {}
+        if method == "PATCH":
+            if body.get("sku", {}).get("capacity") is not None:
+                self._scale(r, int(body["sku"]["capacity"]))
+            return 200, self._res_json(r, q), self._op(("resource", base_id.lower()))
+        if method == "DELETE":
+            holder = r.get("attached_to")
+            if holder and holder.lower() in self.resources:
+                return _err(409, "NicInUse" if "networkinterfaces" in rtype else "InUse")
+            r["properties"]["provisioningState"] = "Deleting"
+            for inst in r.get("instances", {}).values():
+                inst["state"] = "Deleting"
+            return 202, None, self._op(("resource", base_id.lower()))
+        return _err(405, "MethodNotAllowed")
+
+    def _res_json(self, r: dict[str, Any], q: dict[str, str]) -> dict[str, Any]:
+        out = {k: r[k] for k in ("id", "name", "type", "location", "tags")}
+        if r.get("sku"):
+            out["sku"] = dict(r["sku"])
+        out["properties"] = dict(r["properties"])
+        if q.get("$expand") == "instanceView" and r["type"].endswith("virtualMachines"):
+            out["properties"]["instanceView"] = _view(r["properties"]["provisioningState"])
+        return out
+
+    def _instances(self, vmss: dict[str, Any], q: dict[str, str]) -> list[dict[str, Any]]:
+        out = []
+        for iid, inst in sorted(vmss["instances"].items(), key=lambda kv: int(kv[0])):
+            props: dict[str, Any] = {
+                "provisioningState": inst["state"],
+                "timeCreated": f"2030-01-01T00:01:{int(iid):02d}.0000000+00:00",
+            }
+            if q.get("$expand") == "instanceView":
+                props["instanceView"] = _view(inst["state"])
+            out.append(
+                {
+                    "instanceId": iid,
+                    "name": f"{vmss['name']}_{iid}",
+                    "id": f"{vmss['id']}/virtualMachines/{iid}",
+                    "properties": props,
+                }
+            )
+        return out
+
+    def _vmss_nics(self, vmss: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": f"{vmss['id']}/virtualMachines/{iid}/networkInterfaces/nic",
+                "properties": {
+                    "virtualMachine": {"id": f"{vmss['id']}/virtualMachines/{iid}"},
+                    "ipConfigurations": [{"properties": {"privateIPAddress": f"10.0.1.{iid}"}}],
+                },
+            }
+            for iid in vmss["instances"]
+        ]
+
+    # -- test helpers
+    def take(self) -> list[Rec]:
+        with self._lock:
+            out, self.requests = self.requests, []
+        return out
+
+    def find(self, type_suffix: str) -> list[dict[str, Any]]:
+        return [r for r in self.resources.values() if r["type"].endswith(type_suffix)]
+
+
+def _rg(resource_id: str) -> str:
+    parts = resource_id.strip("/").split("/")
+    return parts[3].lower()
+
+
+def _view(state: str) -> dict[str, Any]:
+    power = {"Succeeded": "running", "Creating": "starting", "Deleting": "stopping"}
+    return {
+        "statuses": [
+            {"code": f"ProvisioningState/{state.lower()}"},
+            {"code": f"PowerState/{power.get(state, 'unknown')}"},
+        ]
+    }
+
+
+def _match(tags: dict[str, str], flt: str | None, rtype: str = "") -> bool:
+    if not flt:
+        return True
+    m = re.fullmatch(r"tagName eq '([^']*)'(?: and tagValue eq '([^']*)')?", flt)
+    if m:
+        name, value = m.groups()
+        return name in tags and (value is None or tags[name] == value)
+    m = re.fullmatch(r"resourceType eq '([^']*)'", flt)
+    if m:
+        return rtype.lower() == m.group(1).lower()
+    raise AssertionError(f"filter the fake does not know: {flt}")
+
+
+def _group_json(g: dict[str, Any], *, with_tags: bool = True) -> dict[str, Any]:
+    out = {k: v for k, v in g.items() if k != "tags" or with_tags}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _err(status: int, code: str) -> tuple[int, Any, dict[str, str]]:
+    return status, {"error": {"code": code, "message": f"{code} (fake ARM)"}}, {}
+
+
+class FakeCredential:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.calls += 1
+        assert scopes == ("https://management.azure.com/.default",)
+        return AccessToken("fake-token", 4_102_444_800)
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures.
+
+WORKSPACE_TEMPLATE = {
+    "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+    "contentVersion": "1.0.0.0",
+    "parameters": {"workspaceId": {"type": "string"}, "location": {"type": "string"}},
+    "resources": [],
+    "outputs": {},
+}
+CLUSTER_TEMPLATE = {
+    "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+    "contentVersion": "1.0.0.0",
+    "parameters": {
+        "clusterId": {"type": "string"},
+        "location": {"type": "string"},
+        "driverVmSize": {"type": "string"},
+        "workerVmSize": {"type": "string"},
+        "workerCount": {"type": "int"},
+        "subnetId": {"type": "string"},
+        "customData": {"type": "securestring"},
+        "tags": {"type": "object"},
+    },
+    "resources": [],
+}
+CID = "0101-120000-abcd1234"
+RGN = "sparkplane-ws1-managed"
+RG_PATH = f"/subscriptions/{SUB}/resourcegroups/{RGN}"
+DEP_PATH = f"{RG_PATH}/providers/Microsoft.Resources/deployments"
+RG_ID = f"/subscriptions/{SUB}/resourceGroups/{RGN}/providers"
+VM_ID = f"{RG_ID}/Microsoft.Compute/virtualMachines/sp-{CID}-driver"
+NIC_ID = f"{RG_ID}/Microsoft.Network/networkInterfaces/sp-{CID}-driver-nic"
+DISK_ID = f"{RG_ID}/Microsoft.Compute/disks/sp-{CID}-driver-osdisk"
+VMSS_ID = f"{RG_ID}/Microsoft.Compute/virtualMachineScaleSets/sp-{CID}-workers"
+W = f"sp-{CID}-workers"  # worker node ids: <scale set>_<instance id>
+CLOUD_INIT = """#cloud-config
+write_files:
+  - path: /etc/sparkplane/node.env
+    content: |
+      SPARKPLANE_ROLE=__SPARKPLANE_ROLE__
+      SPARKPLANE_DRIVER_HOST=__SPARKPLANE_DRIVER_HOST__
+      SPARKPLANE_CLUSTER_ID=__SPARKPLANE_CLUSTER_ID__
+      SPARKPLANE_PYSPARK_VERSION=__SPARKPLANE_PYSPARK_VERSION__
+      SPARKPLANE_AGENT_SOURCE_URL=__SPARKPLANE_AGENT_SOURCE_URL__
+  - path: /etc/sparkplane/agent.env
+    content: |
+      SPARKPLANE_CONTROL_PLANE_URL=__SPARKPLANE_CONTROL_PLANE_URL__
+      SPARKPLANE_AGENT_TOKEN=__SPARKPLANE_AGENT_TOKEN__
+"""
+AGENT_ENV = {
+    "SPARKPLANE_CONTROL_PLANE_URL": "https://sp.azurewebsites.net",
+    "SPARKPLANE_CLUSTER_ID": CID,
+    "SPARKPLANE_AGENT_TOKEN": "dapi0123456789abcdef",
+    "SPARKPLANE_HEARTBEAT_S": "10.0",
+}
+
+
+@pytest.fixture
+def templates(tmp_path: Path) -> Path:
+    d = tmp_path / "templates"
+    d.mkdir()
+    (d / "workspace.json").write_text(json.dumps(WORKSPACE_TEMPLATE))
+    (d / "cluster.json").write_text(json.dumps(CLUSTER_TEMPLATE))
+    (d / "cloud-init.yaml").write_text(CLOUD_INIT)
+    return d
+
+
+def make(arm: FakeArm, templates: Path, **settings: Any) -> ArmProvisioner:
+    settings.setdefault("arm_cloud_init", str(templates / "cloud-init.yaml"))
+    s = Settings(
+        arm_subscription_id=SUB,
+        arm_endpoint=BASE,
+        arm_platform_resource_id=PLATFORM,
+        arm_templates_dir=str(templates),
+        **settings,
+    )
+    return ArmProvisioner.from_settings(s, credential=FakeCredential(), transport=arm)
+
+
+@pytest.fixture
+def arm() -> FakeArm:
+    return FakeArm()
+
+
+@pytest.fixture
+def prov(arm: FakeArm, templates: Path) -> ArmProvisioner:
+    return make(arm, templates)
+
+
+def request_for(cid: str = CID, **kw: Any) -> NodeRequest:
+    base: dict[str, Any] = {
+        "cluster_id": cid,
+        "workspace_id": "ws1",
+        "node_type_id": "Standard_D4ds_v5",
+        "driver_node_type_id": "Standard_D8ds_v5",
+        "spark_version": "4.1.x-scala2.13",
+        "spark_conf": {"spark.sql.shuffle.partitions": "8"},
+        "tags": {"team": "data", "ClusterId": cid, "Vendor": "sparkplane"},
+        "agent_env": AGENT_ENV,
+    }
+    base.update(kw)
+    return NodeRequest(**base)
+
+
+def ready_workspace(arm: FakeArm, prov: ArmProvisioner) -> None:
+    prov.create_workspace("ws1", "westeurope")
+    arm.tick(2)
+    arm.take()
+
+
+def no_polling(recs: list[Rec]) -> None:
+    """No request of a provisioner call is a long-running operation's poll."""
+    assert not [r for r in recs if "operationStatuses" in r.path or "operationResults" in r.path]
+    assert not [t for t in threading.enumerate() if t.name.startswith("LROPoller")]
+
+
+def shape(recs: list[Rec]) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in recs]
+
+
+@pytest.fixture(autouse=True)
+def _no_poller_threads() -> Iterator[None]:
+    yield
+    assert not [t for t in threading.enumerate() if t.name.startswith("LROPoller")]
+
+
+# --------------------------------------------------------------------------------------------
+# The fake answers like ARM (checked once through the SDK's own poller).
+
+
+def test_the_fake_answers_long_running_operations_like_arm(arm: FakeArm, templates: Path) -> None:
+    prov = make(arm, templates)
+    prov.rm.resource_groups.create_or_update("g1", {"location": "westeurope"})
+    poller = prov.dm.deployments.begin_create_or_update(
+        "g1",
+        "d1",
+        {"properties": {"mode": "Incremental", "template": {}, "parameters": {}}},
+        polling_interval=0,
+    )
+    result = poller.result()
+    assert result.properties.provisioning_state == "Succeeded"
+    recs = arm.take()
+    states = [r for r in recs if "operationStatuses" in r.path]
+    assert recs[1].method == "PUT" and len(states) == 2  # Accepted -> Running -> Succeeded
+    prov.rm.resource_groups.begin_delete("g1", polling_interval=0).result()
+    assert "g1" not in arm.groups
+    assert [r.method for r in arm.take()][:1] == ["DELETE"]
+
+
+# --------------------------------------------------------------------------------------------
+# Workspaces.
+
+
+def test_create_workspace_puts_the_managed_group_then_starts_its_deployment(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    prov.create_workspace("ws1", "northeurope")
+    recs = arm.take()
+    assert shape(recs) == [("PUT", RG_PATH), ("PUT", f"{DEP_PATH}/sparkplane-workspace")]
+    group, dep = recs
+    assert group.api_version == RG_API
+    assert group.body == {
+        "location": "northeurope",
+        "managedBy": PLATFORM,
+        "tags": {"Vendor": "sparkplane", "WorkspaceId": "ws1"},
+    }
+    assert dep.api_version == DEP_API
+    assert dep.body["properties"]["mode"] == "Incremental"
+    assert dep.body["properties"]["template"] == WORKSPACE_TEMPLATE
+    assert dep.body["properties"]["parameters"] == {
+        "workspaceId": {"value": "ws1"},
+        "location": {"value": "northeurope"},
+    }
+    no_polling(recs)
+
+    assert prov.workspace_status("ws1") == "PROVISIONING"
+    arm.tick()
+    assert prov.workspace_status("ws1") == "PROVISIONING"  # Running
+    arm.tick()
+    assert prov.workspace_status("ws1") == "READY"
+    assert prov.workspace_status("nope") == "NOT_FOUND"
+
+
+def test_creating_a_workspace_again_while_it_deploys_is_harmless(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    prov.create_workspace("ws1", "westeurope")
+    prov.create_workspace("ws1", "westeurope")  # 409 DeploymentActive is swallowed
+    assert arm.deployments[(RGN, "sparkplane-workspace")]["state"] == "Accepted"
+
+
+def test_delete_workspace_deletes_the_group_without_waiting(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    prov.delete_workspace("ws1")
+    recs = arm.take()
+    assert shape(recs) == [("DELETE", RG_PATH)]
+    assert recs[0].query == {
+        "forceDeletionTypes": (
+            "Microsoft.Compute/virtualMachines,Microsoft.Compute/virtualMachineScaleSets"
+        )
+    }
+    no_polling(recs)
+    assert prov.workspace_status("ws1") == "DELETING"
+    arm.tick()
+    assert prov.workspace_status("ws1") == "NOT_FOUND"
+    prov.delete_workspace("ws1")  # gone already: nothing to do
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters: the whole sequence, request by request.
+
+
+def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvisioner) -> None:
+    ready_workspace(arm, prov)
+    req = request_for()
+
+    # ---- first reconcile of a new cluster: nothing anywhere yet
+    assert prov.observe(CID) == []
+    recs = arm.take()
+    assert shape(recs) == [
+        ("GET", f"/subscriptions/{SUB}/resources"),
+        ("GET", f"/subscriptions/{SUB}/resourcegroups"),
+        ("HEAD", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+    ]
+    assert recs[0].query["$filter"] == f"tagName eq 'ClusterId' and tagValue eq '{CID}'"
+
+    # ---- create: start_driver deploys the cluster template; add_workers waits for the set
+    driver = prov.start_driver(req)
+    assert (driver.role, driver.status) == ("driver", "STARTING")
+    recs = arm.take()
+    assert shape(recs) == [
+        ("GET", RG_PATH),
+        ("GET", f"{DEP_PATH}/sparkplane-workspace"),
+        ("PUT", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+    ]
+    put = recs[-1]
+    assert put.api_version == DEP_API
+    assert put.body["properties"]["template"] == CLUSTER_TEMPLATE
+    params = {k: v["value"] for k, v in put.body["properties"]["parameters"].items()}
+    subnet = f"{RG_ID}/Microsoft.Network/virtualNetworks/workers-vnet/subnets/workers"
+    assert {k: v for k, v in params.items() if k != "customData"} == {
+        "clusterId": CID,
+        "location": "westeurope",
+        "driverVmSize": "Standard_D8ds_v5",
+        "workerVmSize": "Standard_D4ds_v5",
+        "workerCount": 0,
+        "subnetId": subnet,
+        "tags": {"ClusterId": CID, "WorkspaceId": "ws1", "Vendor": "sparkplane", "team": "data"},
+    }
+    cloud = base64.b64decode(params["customData"]).decode()
+    assert cloud == (
+        CLOUD_INIT.replace("__SPARKPLANE_CLUSTER_ID__", CID)
+        .replace("__SPARKPLANE_PYSPARK_VERSION__", "4.1.4")
+        .replace("__SPARKPLANE_CONTROL_PLANE_URL__", "https://sp.azurewebsites.net")
+        .replace("__SPARKPLANE_AGENT_TOKEN__", "dapi0123456789abcdef")
+    )  # ROLE and DRIVER_HOST are the template's; no agent source configured: left unfilled
+    no_polling(recs)
+
+    assert prov.add_workers(req, 2) == []  # the deployment makes the set; nothing sent
+    assert arm.take() == []
+
+    # ---- the deployment runs: a driver on its way, no workers yet
+    arm.tick()
+    nodes = prov.observe(CID)
+    assert [(n.role, n.status) for n in nodes] == [("driver", "STARTING")]
+    assert shape(arm.take()) == [
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+        ("GET", f"{RG_PATH}/resources"),
+    ]
+    # A second start while it runs (a replayed reconcile) is refused by ARM and ignored.
+    prov.start_driver(req)
+    assert shape(arm.take()) == [("PUT", f"{DEP_PATH}/{cluster_deployment(CID)}")]
+
+    # ---- the deployment succeeded: the driver VM runs, the scale set is empty
+    arm.tick()
+    nodes = prov.observe(CID)
+    assert [(n.node_id, n.role, n.status, n.private_ip) for n in nodes] == [
+        (f"sp-{CID}-driver", "driver", "RUNNING", "10.0.0.4")
+    ]
+    recs = arm.take()
+    assert shape(recs) == [
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+        ("GET", f"{RG_PATH}/resources"),
+        ("GET", VM_ID),
+        ("GET", NIC_ID),
+        ("GET", f"{VMSS_ID}/virtualMachines"),
+    ]
+    assert recs[1].query == {
+        "$filter": f"tagName eq 'ClusterId' and tagValue eq '{CID}'",
+        "$expand": "provisioningState,createdTime",
+    }
+    assert recs[2].query == {"$expand": "instanceView"} and recs[2].api_version == COMPUTE_API
+
+    # ---- workers: one PATCH of the scale set's capacity
+    added = prov.add_workers(req, 2)
+    assert [(n.role, n.status) for n in added] == [("worker", "STARTING")] * 2
+    recs = arm.take()
+    assert shape(recs) == [("PATCH", VMSS_ID)]
+    assert recs[0].api_version == COMPUTE_API
+    assert recs[0].body == {"sku": {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 2}}
+    no_polling(recs)
+
+    nodes = prov.observe(CID)
+    assert [(n.role, n.status) for n in nodes] == [("driver", "RUNNING")] + [
+        ("worker", "STARTING")
+    ] * 2
+    arm.take()
+    arm.tick()
+    nodes = prov.observe(CID)
+    workers = [n for n in nodes if n.role == "worker"]
+    assert [(n.node_id, n.status, n.private_ip) for n in workers] == [
+        (f"{W}_0", "RUNNING", "10.0.1.0"),
+        (f"{W}_1", "RUNNING", "10.0.1.1"),
+    ]
+    assert shape(arm.take())[-1] == ("GET", f"{VMSS_ID}/networkInterfaces")
+
+    # ---- resize up: capacity 3
+    prov.add_workers(req, 1)
+    recs = arm.take()
+    assert shape(recs) == [("PATCH", VMSS_ID)]
+    assert recs[0].body["sku"]["capacity"] == 3
+    arm.tick()
+    prov.observe(CID)
+    arm.take()
+
+    # ---- resize down: the chosen worker is deleted from the set (capacity follows)
+    prov.remove_workers(CID, [f"{W}_1"])
+    recs = arm.take()
+    assert shape(recs) == [("POST", f"{VMSS_ID}/delete")]
+    assert recs[0].api_version == COMPUTE_API
+    assert recs[0].body == {"instanceIds": ["1"]}
+    no_polling(recs)
+    nodes = prov.observe(CID)
+    arm.take()
+    assert {n.node_id: n.status for n in nodes if n.role == "worker"} == {
+        f"{W}_0": "RUNNING",
+        f"{W}_1": "STOPPING",
+        f"{W}_2": "RUNNING",
+    }
+    assert arm.find("virtualMachineScaleSets")[0]["sku"]["capacity"] == 2
+
+    # ---- terminate: compute first, and the deployment record
+    prov.stop_cluster(CID)
+    recs = arm.take()
+    assert shape(recs) == [
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+        ("GET", f"{RG_PATH}/resources"),
+        ("DELETE", VM_ID),
+        ("DELETE", VMSS_ID),
+        ("DELETE", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+    ]
+    assert {r.api_version for r in recs[2:4]} == {COMPUTE_API}
+    assert recs[4].api_version == DEP_API
+    no_polling(recs)
+    nodes = prov.observe(CID)
+    arm.take()
+    assert nodes and {n.status for n in nodes} == {"STOPPING"}
+
+    # ---- ARM finishes: nothing of the cluster is left (NIC and disk went with the VM)
+    arm.tick()
+    assert prov.observe(CID) == []
+    assert not [r for r in arm.resources.values() if r["tags"].get("ClusterId") == CID]
+    assert (RGN, cluster_deployment(CID)) not in arm.deployments
+    arm.take()
+
+    # ---- the workspace goes, with its group
+    prov.delete_workspace("ws1")
+    assert shape(arm.take()) == [("DELETE", RG_PATH)]
+
+
+def test_what_a_vm_leaves_behind_is_deleted_once_the_vm_is_gone(templates: Path) -> None:
+    arm = FakeArm(delete_with_vm=False)  # a template without deleteOption Delete
+    prov = make(arm, templates)
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    arm.tick(2)
+    prov.observe(CID)
+    arm.take()
+    prov.stop_cluster(CID)
+    # The NIC and disk are attached: only the compute is deleted in this pass.
+    assert [r.path for r in arm.take() if r.method == "DELETE"][:2] == [VM_ID, VMSS_ID]
+    arm.tick()
+    nodes = prov.observe(CID)
+    assert [(n.node_id, n.status) for n in nodes] == [(f"{CID}-leftovers", "LOST")]
+    arm.take()
+    prov.stop_cluster(CID)
+    assert sorted(r.path for r in arm.take() if r.method == "DELETE") == [DISK_ID, NIC_ID]
+    assert [n.status for n in prov.observe(CID)] == ["STOPPING"]
+    arm.tick()
+    assert prov.observe(CID) == []
+
+
+def test_a_cluster_whose_scale_set_is_gone_reports_its_driver_lost(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    req = request_for()
+    prov.start_driver(req)
+    arm.tick(2)
+    del arm.resources[VMSS_ID.lower()]  # deleted behind our back
+    assert [(n.role, n.status) for n in prov.observe(CID)] == [("driver", "LOST")]
+    arm.take()
+    # No redeploy (the driver's customData could not change): the cluster is torn down.
+    assert prov.add_workers(req, 2) == []
+    assert arm.take() == []
+
+
+def test_stopping_a_cluster_whose_deployment_runs_cancels_it(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    arm.tick()
+    arm.take()
+    prov.stop_cluster(CID)
+    recs = arm.take()
+    assert shape(recs) == [
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+        ("POST", f"{DEP_PATH}/{cluster_deployment(CID)}/cancel"),
+        ("GET", f"{RG_PATH}/resources"),
+        ("DELETE", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+    ]
+    assert arm.deployments[(RGN, cluster_deployment(CID))]["state"] == "Deleting"
+    arm.tick()
+    assert prov.observe(CID) == []
+
+
+def test_a_failed_deployment_is_a_lost_driver_until_stopped(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    arm.fail_cluster_deployments = True
+    prov.start_driver(request_for())
+    arm.tick(2)
+    assert [(n.role, n.status) for n in prov.observe(CID)] == [("driver", "LOST")]
+    prov.stop_cluster(CID)
+    arm.tick()
+    assert prov.observe(CID) == []
+
+
+def test_a_fresh_instance_finds_the_cluster_by_its_tags(
+    arm: FakeArm, prov: ArmProvisioner, templates: Path
+) -> None:
+    ready_workspace(arm, prov)
+    req = request_for()
+    prov.start_driver(req)
+    arm.tick(2)
+    prov.observe(CID)
+    prov.add_workers(req, 1)
+    arm.tick()
+
+    other = make(arm, templates)  # another instance of the app: nothing cached
+    arm.take()
+    nodes = other.observe(CID)
+    assert [(n.role, n.status) for n in nodes] == [("driver", "RUNNING"), ("worker", "RUNNING")]
+    recs = arm.take()
+    assert shape(recs)[:2] == [
+        ("GET", f"/subscriptions/{SUB}/resources"),
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+    ]
+    assert ("GET", f"{RG_PATH}/resources") not in shape(recs)  # the lookup listed them
+    # And it can act on what it found.
+    other.remove_workers(CID, [f"{W}_0"])
+    assert shape(arm.take()) == [("POST", f"{VMSS_ID}/delete")]
+
+
+def test_a_pending_worker_slot_is_removed_by_lowering_the_capacity(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    req = request_for()
+    prov.start_driver(req)
+    arm.tick(2)
+    prov.observe(CID)
+    prov.add_workers(req, 3)
+    # The scale set has taken capacity 3 but lists two instances (the third not yet listed).
+    vmss = arm.find("virtualMachineScaleSets")[0]
+    del vmss["instances"]["2"]
+    nodes = prov.observe(CID)
+    workers = [n for n in nodes if n.role == "worker"]
+    assert [n.node_id for n in workers][-1] == f"{CID}-worker-pending-0"
+    arm.take()
+    prov.remove_workers(CID, [f"{CID}-worker-pending-0", f"{W}_1"])
+    recs = arm.take()
+    # The pending slot alone, by capacity; the instance waits for the next reconcile.
+    assert shape(recs) == [("PATCH", VMSS_ID)]
+    assert recs[0].body["sku"]["capacity"] == 2
+
+
+def test_a_cluster_in_a_workspace_that_is_not_deployed_is_refused(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    prov.create_workspace("ws1", "westeurope")
+    with pytest.raises(WorkspaceNotReady):
+        prov.start_driver(request_for())
+    with pytest.raises(WorkspaceNotReady):
+        prov.start_driver(request_for(workspace_id="nowhere"))
+
+
+def test_without_a_subnet_output_the_workspace_vnet_is_read(templates: Path) -> None:
+    arm = FakeArm(workspace_outputs=False)
+    prov = make(arm, templates)
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    recs = arm.take()
+    assert shape(recs)[2:4] == [
+        ("GET", f"{RG_PATH}/resources"),
+        ("GET", f"{RG_ID}/Microsoft.Network/virtualNetworks/workers-vnet"),
+    ]
+    params = recs[-1].body["properties"]["parameters"]
+    assert params["subnetId"]["value"].endswith("/virtualNetworks/workers-vnet/subnets/workers")
+
+
+def test_cluster_ids_are_the_tagged_clusters_of_managed_groups_only(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    arm.tick(2)
+    # A ClusterId-tagged VM elsewhere (say, a real Databricks workspace) is not ours.
+    arm.groups["databricks-rg-x"] = {
+        "id": f"/subscriptions/{SUB}/resourceGroups/databricks-rg-x",
+        "name": "databricks-rg-x",
+        "location": "westeurope",
+        "tags": {},
+        "properties": {"provisioningState": "Succeeded"},
+    }
+    arm._put_res(
+        f"/subscriptions/{SUB}/resourceGroups/databricks-rg-x/providers/"
+        "Microsoft.Compute/virtualMachines/other",
+        "westeurope",
+        {"ClusterId": "0000-000000-other"},
+    )
+    arm.take()
+    assert prov.cluster_ids() == {CID}
+    [rec] = arm.take()
+    assert (rec.path, rec.query) == (
+        f"/subscriptions/{SUB}/resources",
+        {"$filter": "tagName eq 'ClusterId'"},
+    )
+
+
+def test_every_request_carries_the_token(arm: FakeArm, templates: Path) -> None:
+    cred = FakeCredential()
+    s = Settings(arm_subscription_id=SUB, arm_endpoint=BASE, arm_templates_dir=str(templates))
+    prov = ArmProvisioner.from_settings(s, credential=cred, transport=arm)
+    prov.workspace_status("ws1")
+    assert cred.calls >= 1
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts.
+
+
+@pytest.mark.parametrize(
+    ("prov_state", "power", "status"),
+    [
+        ("Creating", "starting", "STARTING"),
+        ("Creating", None, "STARTING"),
+        ("Succeeded", "running", "RUNNING"),
+        ("Updating", "running", "RUNNING"),
+        ("Succeeded", "starting", "STARTING"),
+        ("Deleting", "running", "STOPPING"),
+        ("Failed", "running", "LOST"),
+        ("Succeeded", "deallocated", "LOST"),
+        ("Succeeded", "stopped", "LOST"),
+    ],
+)
+def test_node_status_from_arm_states(prov_state: str, power: str | None, status: str) -> None:
+    assert node_status(prov_state, power) == status
+
+
+def test_tags_are_made_acceptable_to_azure() -> None:
+    user = {"ok": "v" * 300, "bad/name": "x", "ClusterId": "spoof"}
+    user.update({f"t{i}": "" for i in range(60)})
+    tags = sanitize_tags(user, {"ClusterId": "c1", "Vendor": "sparkplane"})
+    assert tags["ClusterId"] == "c1" and "bad/name" not in tags
+    assert len(tags["ok"]) == 256 and len(tags) == 50
+
+
+def test_catalog() -> None:
+    prov = ArmProvisioner(
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        subscription_id=SUB,
+        templates_dir=Path("."),
+    )
+    types = {t.node_type_id: t for t in prov.node_types()}
+    assert (types["Standard_D4ds_v5"].num_cores, types["Standard_D4ds_v5"].memory_mb) == (4, 16384)
+    keys = [v.key for v in prov.spark_versions()]
+    assert "4.1.x-scala2.13" in keys and any(k.endswith("-scala2.12") for k in keys)
+
+
+def test_settings_without_a_subscription_say_what_is_missing() -> None:
+    with pytest.raises(ValueError, match="SUBSCRIPTION_ID"):
+        ArmProvisioner.from_settings(Settings(), credential=FakeCredential())
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("workspace", {"workspaceId", "location"}),
+        (
+            "cluster",
+            {
+                "clusterId",
+                "location",
+                "driverVmSize",
+                "workerVmSize",
+                "workerCount",
+                "subnetId",
+                "customData",
+                "tags",
+            },
+        ),
+    ],
+)
+def test_the_repository_templates_take_the_parameters_the_provisioner_sends(
+    name: str, params: set[str]
+) -> None:
+    path = ROOT / "infra" / "templates" / f"{name}.json"
+    if not path.exists():
+        pytest.skip(f"{path} is not written yet")
+    declared = json.loads(path.read_text()).get("parameters", {})
+    required = {k for k, v in declared.items() if "defaultValue" not in v}
+    assert required <= params, f"{name}.json needs parameters the provisioner does not send"
+    assert params <= set(declared), f"{name}.json lacks parameters the provisioner sends"
+
+
+def test_a_placeholder_value_that_could_break_the_node_env_file_is_refused(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    env = {**AGENT_ENV, "SPARKPLANE_CONTROL_PLANE_URL": "https://x/?a=1&touch /tmp/p"}
+    with pytest.raises(ValueError, match="CONTROL_PLANE_URL"):
+        prov.start_driver(request_for(agent_env=env))
+    assert [r for r in arm.take() if r.method == "PUT"] == []
+
+
+def test_the_repository_cloud_init_is_filled_but_for_the_templates_own_placeholders(
+    arm: FakeArm, templates: Path
+) -> None:
+    path = ROOT / "infra" / "bootstrap" / "cloud-init.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} is not written yet")
+    prov = make(
+        arm,
+        templates,
+        arm_cloud_init=str(path),
+        arm_agent_source_url="https://example.org/sparkplane.tar.gz",
+        arm_agent_source_sha256="ab" * 32,
+    )
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    put = arm.take()[-1]
+    text = base64.b64decode(put.body["properties"]["parameters"]["customData"]["value"]).decode()
+    assert set(re.findall(r"__SPARKPLANE_[A-Z0-9_]+__", text)) == {
+        "__SPARKPLANE_ROLE__",
+        "__SPARKPLANE_DRIVER_HOST__",
+    }
+    assert f"SPARKPLANE_CLUSTER_ID={CID}" in text
+    assert "SPARKPLANE_AGENT_TOKEN=dapi0123456789abcdef" in text
+
+
+# --------------------------------------------------------------------------------------------
+# The provisioner under the real lifecycle: admin create, cluster create, resize, terminate.
+
+
+def test_the_lifecycle_drives_a_cluster_through_arm(tmp_path: Path, templates: Path) -> None:
+    from shared.adapters.embedded_bus import EmbeddedBus
+    from shared.adapters.sqlite_store import SqliteStore
+    from shared.domain.states import State
+    from shared.services.auth import Principal
+    from shared.wiring import Container, SystemClock
+
+    arm = FakeArm()
+    prov = make(arm, templates)
+    c = Container(
+        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
+        store=SqliteStore(tmp_path / "store.db"),
+        bus=EmbeddedBus(tmp_path / "bus.db"),
+        provisioner=prov,
+        clock=SystemClock(),
+    )
+    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
+    assert c.admin.get_workspace("ws1")["provisioning_state"] == "PROVISIONING"
+    arm.tick(2)
+    assert c.admin.get_workspace("ws1")["provisioning_state"] == "READY"
+
+    p = Principal("ws1", "admin", "t")
+    cid = c.clusters.create(
+        p,
+        {
+            "cluster_name": "c",
+            "spark_version": "4.1.x-scala2.13",
+            "node_type_id": "Standard_D4ds_v5",
+            "num_workers": 2,
+        },
+    )
+
+    def converge(state: State, rounds: int = 8) -> None:
+        for _ in range(rounds):
+            c.lifecycle.reconcile("ws1", cid)
+            got = c.repo.load("ws1", cid)
+            assert got is not None
+            if got[0].state == state:
+                return
+            arm.tick()
+        raise AssertionError(f"not {state} after {rounds} rounds: {got[0].state}")
+
+    converge(State.RUNNING)
+    cluster = c.repo.load("ws1", cid)[0]  # type: ignore[index]
+    assert cluster.driver is not None and cluster.driver["private_ip"] == "10.0.0.4"
+    assert len(cluster.executors) == 2
+
+    c.clusters.resize(p, {"cluster_id": cid, "num_workers": 3})
+    converge(State.RUNNING)
+    c.clusters.resize(p, {"cluster_id": cid, "num_workers": 1})
+    converge(State.RUNNING)
+    assert len(c.repo.load("ws1", cid)[0].executors) == 1  # type: ignore[index]
+    c.clusters.delete(p, {"cluster_id": cid})
+    converge(State.TERMINATED)
+
+    writes = [r for r in arm.requests if r.method not in ("GET", "HEAD")]
+    assert [(r.method, r.path) for r in writes] == [
+        ("PUT", RG_PATH),
+        ("PUT", f"{DEP_PATH}/sparkplane-workspace"),
+        ("PUT", f"{DEP_PATH}/{cluster_deployment(cid)}"),
+        ("PATCH", VMSS_ID.replace(CID, cid)),
+        ("PATCH", VMSS_ID.replace(CID, cid)),
+        ("POST", f"{VMSS_ID.replace(CID, cid)}/delete"),
+        ("DELETE", VM_ID.replace(CID, cid)),
+        ("DELETE", VMSS_ID.replace(CID, cid)),
+        ("DELETE", f"{DEP_PATH}/{cluster_deployment(cid)}"),
+    ]
+    put = writes[2].body["properties"]["parameters"]
+    assert put["workerCount"]["value"] == 0
+    cloud = base64.b64decode(put["customData"]["value"]).decode()
+    token = re.search(r"SPARKPLANE_AGENT_TOKEN=(\S+)", cloud)
+    assert token and token.group(1).startswith("dapi")
+    assert f"SPARKPLANE_CONTROL_PLANE_URL={BASE}" in cloud  # agent_callback_url
+    assert [r.body["sku"]["capacity"] for r in writes[3:5]] == [2, 3]
+    assert writes[5].body == {"instanceIds": ["2", "1"]}  # the newest two go
+    no_polling(arm.requests)
+
+
+def test_a_configured_control_plane_url_wins_over_the_agent_environment(
+    arm: FakeArm, templates: Path
+) -> None:
+    prov = make(arm, templates, arm_control_plane_url="https://sp.example.net")
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    put = arm.take()[-1]
+    text = base64.b64decode(put.body["properties"]["parameters"]["customData"]["value"]).decode()
+    assert "SPARKPLANE_CONTROL_PLANE_URL=https://sp.example.net\n" in text
