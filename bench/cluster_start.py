@@ -1,0 +1,125 @@
+"""Real local Spark clusters: time from create to RUNNING and to the first query result.
+
+    .venv/bin/python -m bench.cluster_start --runs 5 --json bench/out/cluster_start.json
+
+Starts devhost with the local Spark provisioner, then per run creates a 2-worker cluster with
+databricks-sdk, waits for RUNNING, attaches with Spark Connect and runs a query, and measures
+each node's memory (RSS of its processes and their children) before terminating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from devhost.process import DevhostProcess
+
+
+def node_rss_mb(pids: str) -> float:
+    total = 0
+    for pid in (int(p) for p in pids.split(",") if p):
+        try:
+            proc = psutil.Process(pid)
+            total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def run(runs: int, workers: int) -> dict[str, object]:
+    from pyspark.sql import SparkSession
+
+    tmp = Path(tempfile.mkdtemp(prefix="sp-start-"))
+    h = DevhostProcess(
+        tmp / "data",
+        env={
+            "SPARKPLANE_PROVISIONER": "local",
+            "SPARKPLANE_RECONCILE_INTERVAL_S": "0.5",
+            "SPARKPLANE_LOG_LEVEL": "WARNING",
+        },
+    ).start()
+    rows = []
+    try:
+        w = h.client()
+        version = w.clusters.select_spark_version(scala="2.13")
+        node = w.clusters.select_node_type(local_disk=False, min_cores=1)
+        for i in range(runs):
+            t0 = time.perf_counter()
+            c = w.clusters.create_and_wait(
+                cluster_name=f"bench-{i}",
+                spark_version=version,
+                node_type_id=node,
+                num_workers=workers,
+                timeout=timedelta(minutes=5),
+            )
+            running_s = time.perf_counter() - t0
+            spark = SparkSession.builder.remote(c.default_tags["SparkConnectUrl"]).getOrCreate()
+            try:
+                assert spark.range(1000).selectExpr("sum(id)").collect()[0][0] == 499500
+            finally:
+                spark.stop()
+            first_query_s = time.perf_counter() - t0
+            raw = w.api_client.do(
+                "GET", "/api/2.1/clusters/get", query={"cluster_id": c.cluster_id}
+            )
+            rows.append(
+                {
+                    "running_s": round(running_s, 2),
+                    "first_query_s": round(first_query_s, 2),
+                    "driver_rss_mb": round(node_rss_mb(raw["driver"].get("pids", "")), 1),
+                    "worker_rss_mb": round(
+                        statistics.mean(node_rss_mb(e.get("pids", "")) for e in raw["executors"]),
+                        1,
+                    ),
+                }
+            )
+            w.clusters.permanent_delete(c.cluster_id)
+            time.sleep(2)
+    finally:
+        h.stop()
+    return {
+        "runs": runs,
+        "workers": workers,
+        "running_s_median": statistics.median(r["running_s"] for r in rows),
+        "first_query_s_median": statistics.median(r["first_query_s"] for r in rows),
+        "node_rss_mb": {
+            "driver": statistics.median(r["driver_rss_mb"] for r in rows),
+            "worker": statistics.median(r["worker_rss_mb"] for r in rows),
+        },
+        "per_run": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    result = run(args.runs, args.workers)
+    table = Table(title=f"local Spark cluster start, {args.workers} workers, {args.runs} runs")
+    for col in ("run", "running_s", "first_query_s", "driver_rss_mb", "worker_rss_mb"):
+        table.add_column(col, justify="right")
+    for i, r in enumerate(result["per_run"]):  # type: ignore[arg-type]
+        table.add_row(str(i), *(str(r[k]) for k in list(r)))
+    Console().print(table)
+    Console().print(
+        f"median to RUNNING {result['running_s_median']} s, to first query "
+        f"{result['first_query_s_median']} s, node RSS {result['node_rss_mb']} MB"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
