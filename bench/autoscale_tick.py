@@ -11,7 +11,6 @@ for 10,000 clusters.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import tempfile
@@ -19,9 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from bench.report import emit
 from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
 from shared.domain import cluster as dom
@@ -111,15 +108,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result = run(args.clusters, args.busy_share, args.ticks)
-    table = Table(title=f"autoscale tick over {args.clusters} clusters (SQLite store)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, str(v))
-    Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(f"autoscale tick over {args.clusters} clusters (SQLite store)", result, args.json)
 
 
 if __name__ == "__main__":

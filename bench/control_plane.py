@@ -14,7 +14,6 @@ is RUNNING, over that time, give `lifecycle_msgs_per_s`. Get latency is measured
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import statistics
 import tempfile
@@ -25,9 +24,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from rich.console import Console
-from rich.table import Table
 
+from bench.report import emit
 from devhost.process import DevhostProcess
 
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "rec-small", "num_workers": 2}
@@ -177,15 +175,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result = run(args.clusters, args.clients, args.get_clients, args.boot_s)
-    table = Table(title=f"control plane, {args.clusters} clusters, record provisioner")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, str(v))
-    Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(f"control plane, {args.clusters} clusters, record provisioner", result, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import tempfile
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import httpx
 import psutil
-from rich.console import Console
-from rich.table import Table
 
 from bench.control_plane import RssSampler, pct
+from bench.report import emit
 from devhost.process import DevhostProcess
 
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "rec-small", "num_workers": 1}
@@ -109,15 +107,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     result = run(args.clients, args.seconds)
-    table = Table(title=f"API load, {args.clients} clients, {args.seconds:.0f} s")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, str(v))
-    Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    emit(f"API load, {args.clients} clients, {args.seconds:.0f} s", result, args.json)
 
 
 if __name__ == "__main__":
