@@ -25,7 +25,7 @@ param cosmosPrimaryLocation string = location
 @description('Cosmos DB second region (failover priority 1): a read region that automatic failover promotes to the write region when the primary region is down. Pick the primary\'s paired region (e.g. northeurope for westeurope).')
 param cosmosSecondaryLocation string
 
-@description('Multi-region writes. false (default): one write region, reads in both, automatic failover; ETag checks then protect every write. true: both regions take writes; ETags only protect within one region, and the conflict policy of both containers is LastWriterWins on /_ts: of two concurrent writes to one item in different regions, the one with the higher _ts is kept and the other is discarded, so a lifecycle transition can be lost and is redone by the next reconcile. Keep false unless single-region write latency matters more.')
+@description('Multi-region writes. false (default): one write region, reads in both, automatic failover; ETag checks then protect every write. true: both regions take writes and ETags only protect within one region. Conflict policies: docs (clusters, workspaces, tokens) is Custom with no merge procedure, so of two concurrent writes to one item in different regions one is kept and the other goes to the conflicts feed, never dropped silently (the next reconcile redoes a lost transition; an operator can inspect the feed); events and samples are LastWriterWins on /_ts (append-only or disposable). Keep false unless single-region write latency matters more.')
 param cosmosMultiRegionWrites bool = false
 
 @description('Zone redundancy of both Cosmos DB regions (not offered in every region).')
@@ -319,6 +319,55 @@ resource docsContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/conta
         version: 2
       }
       defaultTtl: -1
+      // Never settle a multi-region write conflict on a cluster document by dropping a version
+      // silently: the loser goes to the conflicts feed (docs/cosmos.md).
+      conflictResolutionPolicy: {
+        mode: 'Custom'
+      }
+    }
+  }
+}
+
+// Utilization samples (heartbeats): many, short-lived, only listed by partition (a cluster);
+// their own container and an index of the paths their queries use
+// (shared/adapters/cosmos_store.py SAMPLES).
+resource samplesContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-11-15' = {
+  parent: cosmosDatabase
+  name: 'samples'
+  properties: {
+    resource: {
+      id: 'samples'
+      partitionKey: {
+        paths: [
+          '/pk'
+        ]
+        kind: 'Hash'
+        version: 2
+      }
+      defaultTtl: -1
+      indexingPolicy: {
+        indexingMode: 'consistent'
+        automatic: true
+        includedPaths: [
+          {
+            path: '/pk/?'
+          }
+          {
+            path: '/kind/?'
+          }
+          {
+            path: '/key/?'
+          }
+          {
+            path: '/expires_ms/?'
+          }
+        ]
+        excludedPaths: [
+          {
+            path: '/*'
+          }
+        ]
+      }
       conflictResolutionPolicy: {
         mode: 'LastWriterWins'
         conflictResolutionPath: '/_ts'

@@ -356,29 +356,36 @@ def test_bicep_cosmos_is_geo_replicated(bicep: dict[str, Any]) -> None:
 def test_bicep_cosmos_containers(bicep: dict[str, Any]) -> None:
     containers = _by_type(bicep, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
     by_id = {_config(c)["properties"]["resource"]["id"]: _config(c) for c in containers.values()}
-    assert set(by_id) == {"docs", "events"}
+    assert set(by_id) == {"docs", "events", "samples"}
     docs = by_id["docs"]["properties"]["resource"]
     events = by_id["events"]["properties"]["resource"]
+    samples = by_id["samples"]["properties"]["resource"]
     assert docs["partitionKey"]["paths"] == ["/pk"]
+    assert samples["partitionKey"]["paths"] == ["/pk"]
     assert events["partitionKey"]["paths"] == ["/cluster_id"]
-    assert _number(docs["defaultTtl"]) == -1
+    assert _number(docs["defaultTtl"]) == -1 and _number(samples["defaultTtl"]) == -1
     assert events["defaultTtl"]  # an expression of eventTtlDays
-    for c in (docs, events):
+    # cluster documents never lose a conflicting write silently; events and samples may
+    assert docs["conflictResolutionPolicy"] == {"mode": "Custom"}
+    for c in (events, samples):
         assert c["conflictResolutionPolicy"]["mode"] == "LastWriterWins"
 
 
 def test_bicep_cosmos_containers_match_the_adapter(bicep: dict[str, Any]) -> None:
-    from shared.adapters.cosmos_store import DOCS, EVENTS
+    from shared.adapters.cosmos_store import DOCS, EVENTS, SAMPLES
 
     containers = _by_type(bicep, "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
     by_id = {
         _config(c)["properties"]["resource"]["id"]: _config(c)["properties"]["resource"]
         for c in containers.values()
     }
-    for spec in (DOCS, EVENTS):
+    for spec in (DOCS, SAMPLES, EVENTS):
         assert by_id[spec.name]["partitionKey"]["paths"] == [spec.partition_key_path]
         if spec.indexing_policy is not None:
             assert by_id[spec.name]["indexingPolicy"] == spec.indexing_policy
+        if spec.conflict_resolution_policy is not None:
+            policy = by_id[spec.name]["conflictResolutionPolicy"]
+            assert policy == spec.conflict_resolution_policy
 
 
 def test_bicep_function_app(bicep: dict[str, Any]) -> None:
