@@ -102,7 +102,9 @@ def plan(
     snapshot_changed = _snapshot(c, nodes)
 
     def finish() -> Plan:
-        if events or p.changed or snapshot_changed:
+        # Any difference from the stored document is saved (a state change with no event,
+        # such as the end of a downsize, included).
+        if events or p.changed or snapshot_changed or c != cluster:
             p.changed = True
             _bump(c, events, now)
         return p

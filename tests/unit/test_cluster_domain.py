@@ -222,3 +222,13 @@ def test_inactivity_termination_message() -> None:
     c = dom.terminate(running(new()), reason=reason, user=None, now=1)
     done = rec.plan(c, [], now=2).cluster
     assert done.state_message == "Inactive cluster terminated (inactive for 120 minutes)."
+
+
+def test_end_of_a_downsize_is_saved_even_when_the_snapshot_is_already_current() -> None:
+    c = running(new(num_workers=2), workers=2)
+    c = dom.resize(c, num_workers=1, autoscale=None, user="u", now=1)
+    # an earlier evaluation already saw the removed worker gone and saved that snapshot
+    seen = rec.plan(c, nodes(workers=("RUNNING", "STOPPING")), now=2).cluster
+    assert seen.state == State.RESIZING
+    p = rec.plan(seen, nodes(workers=("RUNNING",)), now=3)
+    assert p.cluster.state == State.RUNNING and p.changed
