@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -50,15 +50,14 @@ class SampleIn(BaseModel):
     workers: list[WorkerIn] = Field(default_factory=list, max_length=1000)
 
 
-_WORKER_FIELDS = frozenset(f.name for f in fields(pol.WorkerLoad)) - {"node_id"}
-
-
 def to_sample(
     ts_ms: int, s: dict[str, Any], node_ids: Mapping[str, str] | None = None
 ) -> pol.Sample:
     """A stored sample as the policy's input. The agent names workers by their web UI address;
-    `node_ids` maps those to the cluster's node ids."""
+    `node_ids` maps those to the cluster's node ids. (Hot: the autoscale tick converts every
+    recent sample of every running cluster, so no generic field handling here.)"""
     ids = node_ids or {}
+    workers = s.get("workers")
     return pol.Sample(
         ts_ms=ts_ms,
         running_tasks=s.get("running_tasks", 0),
@@ -69,10 +68,14 @@ def to_sample(
         workers=tuple(
             pol.WorkerLoad(
                 node_id=ids.get(w["node_id"], w["node_id"]),
-                **{k: v for k, v in w.items() if k in _WORKER_FIELDS},
+                running_tasks=w.get("running_tasks", 0),
+                shuffle_bytes=w.get("shuffle_bytes", 0),
+                cached_bytes=w.get("cached_bytes", 0),
             )
-            for w in s.get("workers", [])
-        ),
+            for w in workers
+        )
+        if workers
+        else (),
     )
 
 
