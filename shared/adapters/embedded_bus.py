@@ -154,7 +154,10 @@ class EmbeddedBus:
         self._last_purge_ms = 0
         # Wake-up signalling for wait(): a generation per queue, bumped by every change that
         # can make a message receivable; each thread remembers the generation it last saw.
-        self._cond = threading.Condition()
+        # One condition per queue: a send wakes only the receivers of its own queue (one shared
+        # condition woke every idle receiver of every queue on each send).
+        self._conds_lock = threading.Lock()
+        self._conds: dict[str, threading.Condition] = {}
         self._gen: dict[str, int] = {}
         self._seen = threading.local()
         self._closed = False
@@ -331,9 +334,10 @@ class EmbeddedBus:
         `wait`) on the queue, so `receive() -> None; wait()` loses no wake-up. Scheduled
         times and lock expiries do not signal: sleep at most until `next_visible_ms`."""
         seen = self._seen_gens()
-        with self._cond:
+        cond = self._cond(queue)
+        with cond:
             last = seen.get(queue, self._gen.get(queue, 0))
-            self._cond.wait_for(
+            cond.wait_for(
                 lambda: self._closed or self._gen.get(queue, 0) != last, timeout=timeout_s
             )
             seen[queue] = self._gen.get(queue, 0)
@@ -383,9 +387,12 @@ class EmbeddedBus:
         return {"active": active, "scheduled": scheduled, "locked": locked, "dead_lettered": dead}
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        with self._conds_lock:
+            conds = list(self._conds.values())
+        for cond in conds:
+            with cond:
+                cond.notify_all()
         with self._lock:
             self._conn.close()
 
@@ -406,10 +413,18 @@ class EmbeddedBus:
             self._seen.gens = gens = {}
         return gens
 
+    def _cond(self, queue: str) -> threading.Condition:
+        with self._conds_lock:
+            cond = self._conds.get(queue)
+            if cond is None:
+                cond = self._conds[queue] = threading.Condition()
+            return cond
+
     def _signal(self, queue: str) -> None:
-        with self._cond:
+        cond = self._cond(queue)
+        with cond:
             self._gen[queue] = self._gen.get(queue, 0) + 1
-            self._cond.notify_all()
+            cond.notify_all()
 
 
 def _delivery(queue: str, row: Sequence[Any], *, token: str) -> Delivery:
