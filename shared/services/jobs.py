@@ -352,10 +352,7 @@ class JobService:
         jobs = [
             self.job_wire(dom.Job.model_validate(r.body), with_tasks=expand_tasks) for r in items
         ]
-        out: dict[str, Any] = {"jobs": jobs, "has_more": token is not None}
-        if token is not None:
-            out["next_page_token"] = token
-        return out
+        return _page_answer("jobs", jobs, token)
 
     def _page(
         self,
@@ -811,10 +808,7 @@ class JobService:
         runs = [
             self.run_wire(dom.Run.model_validate(r.body), with_tasks=expand_tasks) for r in items
         ]
-        out: dict[str, Any] = {"runs": runs, "has_more": token is not None}
-        if token is not None:
-            out["next_page_token"] = token
-        return out
+        return _page_answer("runs", runs, token)
 
     def _mutate_run(
         self, ws: str, run_id: int, change: Callable[[dom.Run], dom.Run]
@@ -1193,3 +1187,11 @@ class JobService:
             log.info("schedule fired", extra={"job_id": job_id, "run_id": run.run_id})
             return 1
         return 0
+
+
+def _page_answer(key: str, items: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
+    """A list page as the SDK reads it: the last page leaves next_page_token out."""
+    out: dict[str, Any] = {key: items, "has_more": token is not None}
+    if token is not None:
+        out["next_page_token"] = token
+    return out
