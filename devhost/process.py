@@ -95,3 +95,19 @@ class DevhostProcess:
             self.proc.kill()
             self.proc.wait(10)
             raise
+
+    def kill_leftovers(self) -> int:
+        """Kill processes started for this data directory that outlived it (the nodes of a
+        test that failed before deleting its clusters); returns how many."""
+        import psutil
+
+        killed = 0
+        for p in psutil.process_iter(["environ"]):
+            try:
+                env = p.info["environ"] or {}
+                if env.get("SPARKPLANE_DATA_DIR", "").startswith(str(self.data_dir)):
+                    p.kill()
+                    killed += 1
+            except psutil.Error:
+                continue
+        return killed

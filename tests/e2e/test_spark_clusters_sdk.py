@@ -37,14 +37,7 @@ def spark_host(tmp_path: Path) -> Iterator[DevhostProcess]:
         yield h
     finally:
         h.stop()
-        # nothing may outlive the control plane's clusters: sweep the data dir's processes
-        for p in psutil.process_iter(["environ"]):
-            try:
-                env = p.info["environ"] or {}
-            except psutil.Error:
-                continue
-            if env.get("SPARKPLANE_DATA_DIR", "").startswith(str(h.data_dir)):
-                p.kill()
+        h.kill_leftovers()
 
 
 def alive_workers(master_ui_url: str) -> int:
