@@ -1,19 +1,29 @@
-"""The cluster agent: runs on the driver node, reads Spark's REST API and posts utilization
-samples to the control plane's heartbeat endpoint with the cluster's own agent token.
+"""The cluster agent: posts heartbeats to the control plane with the cluster's own agent token.
 
     python -m shared.agent
 
+On the driver node it reads Spark's REST API and posts utilization samples; on every node that
+has a Spark scratch directory it also reports the node's local disk (autoscaling local storage).
+A worker node runs it without SPARKPLANE_SPARK_UI_URL ("node mode"): disk reports only.
+
+Heartbeat body: {"cluster_id": ..., "sample": {...}, "disk": {"node_id", "used_bytes",
+"total_bytes"}}, each of sample and disk present when measured (node mode: disk only).
+
 Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
-application's UI, e.g. http://127.0.0.1:4040), SPARKPLANE_HEARTBEAT_S (default 10).
+application's UI, e.g. http://127.0.0.1:4040; unset on worker nodes), SPARKPLANE_HEARTBEAT_S
+(default 10). Disk: SPARKPLANE_NODE_ID, SPARKPLANE_SCRATCH_DIR (else the first entry of
+SPARK_LOCAL_DIRS), SPARKPLANE_DISK_QUOTA_FILE (a file holding the disk's size in bytes, which
+the provisioner grows; unset: the size of the file system holding the directory).
 
-The same module is what the Azure node bootstrap installs and starts on the driver VM.
+The same module is what the Azure node bootstrap installs and starts on the node VMs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -96,27 +106,112 @@ def collect(client: httpx.Client, ui_url: str) -> dict[str, Any]:
     return summarize(apps)
 
 
+def scratch_dir(env: Mapping[str, str]) -> str | None:
+    """The node's Spark scratch directory: SPARKPLANE_SCRATCH_DIR, else the first entry of
+    SPARK_LOCAL_DIRS (a comma-separated list), else None."""
+    if d := env.get("SPARKPLANE_SCRATCH_DIR", "").strip():
+        return d
+    first = env.get("SPARK_LOCAL_DIRS", "").split(",")[0].strip()
+    return first or None
+
+
+def used_bytes(root: str) -> int:
+    """The total size of the files under `root` (symbolic links are not followed).
+
+    Spark creates and deletes shuffle and spill files all the time: an entry that vanishes (or
+    a directory replaced by a file) between listing and reading is skipped. A missing or
+    unreadable `root` raises OSError.
+    """
+    total = 0
+    stack = [root]
+    first = True
+    while stack:
+        path = stack.pop()
+        try:
+            it = os.scandir(path)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            if first:
+                raise
+            continue
+        first = False
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+    return total
+
+
+def total_bytes(root: str, quota_file: str | None) -> int:
+    """The disk's size: the integer in `quota_file` when given, else the file system's size."""
+    if quota_file:
+        return int(Path(quota_file).read_text().strip())
+    return shutil.disk_usage(root).total
+
+
+def measure_disk(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The `disk` object of a heartbeat, or None when the node has no scratch directory or no
+    SPARKPLANE_NODE_ID. Raises OSError/ValueError when the directory or the quota file cannot be
+    read."""
+    root = scratch_dir(env)
+    node_id = env.get("SPARKPLANE_NODE_ID", "")
+    if root is None or not node_id:
+        return None
+    return {
+        "node_id": node_id,
+        "used_bytes": used_bytes(root),
+        "total_bytes": total_bytes(root, env.get("SPARKPLANE_DISK_QUOTA_FILE")),
+    }
+
+
 def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
     url = env["SPARKPLANE_CONTROL_PLANE_URL"].rstrip("/") + "/api/sparkplane/agent/heartbeat"
     cluster_id = env["SPARKPLANE_CLUSTER_ID"]
     token_file = env.get("SPARKPLANE_AGENT_TOKEN_FILE")
     token = Path(token_file).read_text().strip() if token_file else env["SPARKPLANE_AGENT_TOKEN"]
-    ui = env["SPARKPLANE_SPARK_UI_URL"]
+    ui = env.get("SPARKPLANE_SPARK_UI_URL") or None
+    disk_wanted = scratch_dir(env) is not None
+    if disk_wanted and not env.get("SPARKPLANE_NODE_ID"):
+        log.warning("SPARKPLANE_NODE_ID is not set: no disk reports")
+        disk_wanted = False
+    if ui is None and not disk_wanted:
+        log.error("nothing to report: neither SPARKPLANE_SPARK_UI_URL nor a scratch directory")
+        return
     period = float(env.get("SPARKPLANE_HEARTBEAT_S", "10"))
+    disk_error = ""
     with (
         httpx.Client(timeout=5) as spark,
         httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"}) as cp,
     ):
         while not stop.is_set():
             started = time.monotonic()
-            try:
-                sample = collect(spark, ui)
-            except (httpx.HTTPError, ValueError) as e:
-                # The driver application is not up (yet): report nothing rather than "idle".
-                log.info("spark not reachable", extra={"error": type(e).__name__})
-            else:
+            body: dict[str, Any] = {"cluster_id": cluster_id}
+            if ui is not None:
                 try:
-                    r = cp.post(url, json={"cluster_id": cluster_id, "sample": sample})
+                    body["sample"] = collect(spark, ui)
+                except (httpx.HTTPError, ValueError) as e:
+                    # The driver application is not up (yet): report no sample rather than
+                    # "idle".
+                    log.info("spark not reachable", extra={"error": type(e).__name__})
+            if disk_wanted:
+                try:
+                    disk = measure_disk(env)
+                except (OSError, ValueError) as e:
+                    # E.g. no quota file yet: logged once per kind of error, not every beat.
+                    if type(e).__name__ != disk_error:
+                        disk_error = type(e).__name__
+                        log.info("disk not measured", extra={"error": disk_error})
+                else:
+                    disk_error = ""
+                    if disk is not None:
+                        body["disk"] = disk
+            if "sample" in body or "disk" in body:
+                try:
+                    r = cp.post(url, json=body)
                     if not r.is_success:
                         log.warning("heartbeat refused", extra={"status": r.status_code})
                 except httpx.HTTPError as e:

@@ -162,6 +162,11 @@ class Receiver(Protocol):
 NodeStatus = Literal["STARTING", "RUNNING", "STOPPING", "LOST"]
 
 
+class PoolCapacityReached(Exception):
+    """An instance pool has too few idle nodes and no room under its max_capacity to start
+    the rest: nothing was taken."""
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     node_id: str
@@ -188,6 +193,43 @@ class SparkVersion:
     name: str
 
 
+class ProvisionerUnsupported(Exception):
+    """This provisioner cannot do what was asked; the message says why (shown to users)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRequest:
+    """What a provisioner needs to know of an instance pool to make its nodes."""
+
+    pool_id: str
+    workspace_id: str
+    node_type_id: str
+    spark_version: str
+    # Idle plus used nodes never exceed it (None: no limit).
+    max_capacity: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# PENDING_IDLE: starting to be warm; IDLE: warm, ready to join a cluster; PENDING_USED: taken
+# by a cluster, not running its Spark role yet; USED: running for a cluster; RETURNING: a
+# cluster let it go, its Spark role is stopping (then it is PENDING_IDLE again); STOPPING:
+# being removed from the pool; LOST: died.
+PoolNodeStatus = Literal[
+    "PENDING_IDLE", "IDLE", "PENDING_USED", "USED", "RETURNING", "STOPPING", "LOST"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolNode:
+    node_id: str
+    status: PoolNodeStatus
+    # The cluster using it ("" while idle).
+    cluster_id: str = ""
+    start_ms: int = 0
+    # When it last became idle (idle auto-termination counts from here).
+    idle_since_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class NodeRequest:
     """What a provisioner needs to know of a cluster to make its nodes."""
@@ -200,9 +242,16 @@ class NodeRequest:
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     spark_env_vars: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
-    # Environment of the cluster agent on the driver node (control-plane URL, cluster id,
-    # the cluster's own agent token). Set for start_driver only.
+    # Environment of the cluster agent (control-plane URL, cluster id, the cluster's own agent
+    # token). start_driver: the agent on the driver node; add_workers: when set, a node agent
+    # on each worker too (it reports the node's local disk; clusters with elastic disk).
     agent_env: Mapping[str, str] = field(default_factory=dict)
+    # Files for the Spark configuration directory of every node (name -> content), e.g. the
+    # fair scheduler's fairscheduler.xml.
+    conf_files: Mapping[str, str] = field(default_factory=dict)
+    # Instance pools the workers and the driver come from (None: fresh nodes).
+    pool: PoolRequest | None = None
+    driver_pool: PoolRequest | None = None
 
 
 class Provisioner(Protocol):
@@ -228,6 +277,31 @@ class Provisioner(Protocol):
 
     def cluster_ids(self) -> set[str]:
         """Every cluster that owns a node (to find orphans)."""
+        ...
+
+    # Local storage. A node's local disk (the Spark scratch space) is grown on demand.
+
+    def grow_storage(self, cluster_id: str, node_id: str, total_bytes: int) -> None:
+        """Make the node's local disk at least `total_bytes` (idempotent; returns quickly)."""
+        ...
+
+    # Instance pools. start_driver/add_workers with `req.driver_pool`/`req.pool` take idle
+    # nodes of the pool first, then start new pool nodes while under its max_capacity, and
+    # raise PoolCapacityReached (taking nothing) when the whole request does not fit.
+    # remove_workers/stop_cluster give pool nodes back: they are RETURNING, then idle again.
+
+    def pool_nodes(self, pool_id: str) -> list[PoolNode]: ...
+
+    def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:
+        """Start up to `count` warm idle nodes (fewer if max_capacity leaves less room)."""
+        ...
+
+    def remove_idle(self, pool_id: str, node_ids: Sequence[str]) -> None:
+        """Terminate these nodes if they are still idle (a node taken meanwhile stays)."""
+        ...
+
+    def pool_ids(self) -> set[str]:
+        """Every pool that owns a node (to find orphans)."""
         ...
 
 

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # The length of a "minute" of auto-termination (tests shorten it; the API keeps 10..10000).
     idle_minute_s: float = 60.0
 
+    # Local storage of clusters with enable_elastic_disk (serverless pools have it): the
+    # smallest growth step and the largest size of one node's local disk.
+    storage_min_step_mb: int = 1024
+    storage_max_gb: int = 5120
+    # Local provisioner: a node's scratch space (SPARK_LOCAL_DIRS) quota when it starts.
+    local_scratch_mb: int = 10240
+
     # Retention.
     event_ttl_days: int = 30
     terminated_list_days: int = 30

@@ -18,6 +18,7 @@ from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
+from shared.services.pools import PoolService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
 
@@ -48,9 +49,19 @@ class Container:
         return ClusterRepo(self.store, self.settings)
 
     @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(self.provisioner)
+
+    @cached_property
+    def pools(self) -> PoolService:
+        return PoolService(
+            self.store, self.bus, self.catalog, self.provisioner, self.clock, self.settings
+        )
+
+    @cached_property
     def clusters(self) -> ClusterService:
         return ClusterService(
-            self.store, self.bus, Catalog(self.provisioner), self.clock, self.settings
+            self.store, self.bus, self.catalog, self.clock, self.settings, pools=self.pools
         )
 
     @cached_property
@@ -59,12 +70,14 @@ class Container:
 
     @cached_property
     def utilization(self) -> Utilization:
-        return Utilization(self.store, self.repo, self.clusters, self.clock, self.settings)
+        return Utilization(
+            self.store, self.repo, self.clusters, self.clock, self.settings, self.provisioner
+        )
 
     @cached_property
     def lifecycle(self) -> Lifecycle:
         return Lifecycle(
-            self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth
+            self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth, self.pools
         )
 
     @cached_property

@@ -54,6 +54,24 @@ ClusterId=C in the group (compute first; a NIC or disk still attached answers 40
 a later pass) and deletes the deployment record. Deleting a workspace deletes its group
 (force-deleting VMs and scale sets).
 
+Local storage: `grow_storage` attaches empty managed data disks (StandardSSD_LRS, like the
+template's OS disks) to the node's VM until their sizes add up to the total asked for: a PUT of
+the worker's scale-set instance (scale-set instances have no PATCH; the body is the instance as
+read, its `storageProfile.dataDisks` extended) or a PATCH of the driver VM's
+`storageProfile.dataDisks` (the whole list: a PATCH replaces arrays). Only managed data disks
+count, not the OS disk nor the VM's temporary disk; observe() reports their total as
+`Node.attrs["disk_total_bytes"]` (read from the same responses, no extra request). The node
+formats and mounts a new disk itself (infra/bootstrap/cloud-init.yaml, mount-data-disks.sh).
+
+Instance pools are not built on ARM: a warm VM would need a node agent that learns its cluster
+role after boot, and nodes get their role from cloud-init at creation. The pool methods answer
+"none" or raise `ProvisionerUnsupported`, and so do starts that ask for a pool.
+
+`NodeRequest.conf_files` (files for each node's Spark conf directory) travel in customData too:
+the `CONF_FILES` placeholder is base64 of the gzipped JSON object, which the bootstrap writes
+out (infra/bootstrap/cloud-init.yaml, write_conf_files.py). `spark_conf` does not reach the
+nodes of this provisioner (yet): the bootstrap writes spark-defaults.conf itself.
+
 The ports give `observe`, `remove_workers` and `stop_cluster` a cluster id only, so the group
 of a cluster is remembered from `start_driver`/`add_workers` and otherwise found again with
 one subscription-wide tag query (ClusterId=C); a cluster with no tagged resource at all (its
@@ -64,6 +82,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import json
 import logging
 import re
@@ -84,7 +103,16 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
-from shared.ports import Node, NodeRequest, NodeStatus, NodeType, SparkVersion
+from shared.ports import (
+    Node,
+    NodeRequest,
+    NodeStatus,
+    NodeType,
+    PoolNode,
+    PoolRequest,
+    ProvisionerUnsupported,
+    SparkVersion,
+)
 
 if TYPE_CHECKING:
     from azure.mgmt.resource.deployments import DeploymentsMgmtClient
@@ -150,11 +178,48 @@ MAX_CUSTOM_DATA = 87380
 SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/?=+@,%-]*")
 FRESH_S = 30.0
 
+GIB = 1 << 30
+# Azure's largest managed disk, and the most data disks any VM size takes.
+MAX_DISK_GIB = 32767
+MAX_DATA_DISKS = 64
+# Data disks per VM size of the catalog (Azure's limit of each size); other sizes are given
+# MAX_DATA_DISKS, and ARM refuses what their size does not take.
+DATA_DISK_LIMITS = {
+    "standard_d4ds_v5": 8,
+    "standard_d8ds_v5": 16,
+    "standard_d16ds_v5": 32,
+    "standard_d32ds_v5": 32,
+    "standard_e8ds_v5": 16,
+    "standard_e16ds_v5": 32,
+    "standard_f8s_v2": 16,
+    "standard_l8s_v3": 16,
+}
+# The disk type of the template's OS disks (infra/templates/cluster.json).
+DATA_DISK_SKU = "StandardSSD_LRS"
+
+POOLS_UNSUPPORTED = (
+    "Instance pools are not available with the Azure Resource Manager provisioner yet: a warm "
+    "pool VM would need a node agent that learns its cluster role after boot, and today a node "
+    "gets its role when it is created. Create clusters without instance_pool_id (and without "
+    "driver_instance_pool_id)."
+)
+
+# A file of NodeRequest.conf_files: a plain file name in the Spark conf directory. The
+# bootstrap writes spark-defaults.conf itself, and spark-env.sh would be run by every Spark
+# script.
+CONF_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+RESERVED_CONF_FILES = frozenset({"spark-defaults.conf", "spark-env.sh"})
+
 WorkspaceStatus = Literal["PROVISIONING", "READY", "FAILED", "DELETING", "NOT_FOUND"]
 
 
 class WorkspaceNotReady(RuntimeError):
     """A cluster was asked for in a workspace whose network is not deployed (yet)."""
+
+
+class DataDiskLimitReached(ProvisionerUnsupported):
+    """A node's local storage cannot grow further: its VM size takes no more data disks.
+    Nothing was sent."""
 
 
 def cluster_deployment(cluster_id: str) -> str:
@@ -258,6 +323,90 @@ def custom_data(template: str, values: Mapping[str, str]) -> str:
     return data
 
 
+def conf_files_value(files: Mapping[str, str]) -> str:
+    """The CONF_FILES placeholder's value: base64 of the gzipped JSON object name -> content
+    (base64 only has characters a node's environment file can carry)."""
+    for name in files:
+        if not CONF_FILE_NAME.fullmatch(name) or name in RESERVED_CONF_FILES:
+            raise ValueError(
+                f"conf file {name!r}: a plain file name is expected (letters, digits, '.', '_', "
+                f"'-'), other than {', '.join(sorted(RESERVED_CONF_FILES))}"
+            )
+    text = json.dumps(dict(sorted(files.items())), separators=(",", ":"))
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
+def _attached(props: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The data disks of a VM's (or scale-set instance's) model, None when it has no storage
+    profile."""
+    storage = props.get("storageProfile")
+    if not isinstance(storage, dict):
+        return None
+    return [d for d in storage.get("dataDisks") or [] if isinstance(d, dict)]
+
+
+def data_disk_bytes(props: Mapping[str, Any]) -> int | None:
+    """What the data disks of a VM's model add up to (disks being detached do not count);
+    None when the model does not tell."""
+    disks = _attached(props)
+    if disks is None:
+        return None
+    live = [d for d in disks if not d.get("toBeDetached")]
+    if any(d.get("diskSizeGB") is None for d in live):
+        return None
+    return sum(int(d["diskSizeGB"]) for d in live) * GIB
+
+
+def new_data_disks(
+    disks: Sequence[Mapping[str, Any]],
+    total_bytes: int,
+    *,
+    max_disks: int,
+    node: str = "the node",
+    vm_size: str = "",
+) -> list[dict[str, Any]]:
+    """The empty data disks to add to a VM that has `disks` so their sizes add up to
+    `total_bytes` (whole GiB, rounded up): none when they do already, else as few as Azure's
+    largest disk allows, of equal size, on the lowest free LUNs. Raises DataDiskLimitReached
+    when the VM would have more than `max_disks`."""
+    live = [d for d in disks if not d.get("toBeDetached")]
+    have = sum(int(d.get("diskSizeGB") or 0) for d in live)
+    want = -(-total_bytes // GIB)
+    need = want - have
+    if need <= 0:
+        return []
+    count = -(-need // MAX_DISK_GIB)
+    if len(disks) + count > max_disks:
+        size = f"a {vm_size} VM" if vm_size else "the VM"
+        raise DataDiskLimitReached(
+            f"The local storage of {node} cannot grow to {want} GiB: it has {len(disks)} data "
+            f"disks ({have} GiB), {count} more would be needed and {size} takes at most "
+            f"{max_disks}. Use a node type with more local storage."
+        )
+    size_gib = -(-need // count)
+    used = {int(d["lun"]) for d in disks if d.get("lun") is not None}
+    luns = [n for n in range(len(disks) + count) if n not in used][:count]
+    return [
+        {
+            "lun": lun,
+            "createOption": "Empty",
+            "diskSizeGB": size_gib,
+            "caching": "None",
+            "managedDisk": {"storageAccountType": DATA_DISK_SKU},
+        }
+        for lun in luns
+    ]
+
+
+def max_data_disks(vm_size: str) -> int:
+    return DATA_DISK_LIMITS.get(vm_size.lower(), MAX_DATA_DISKS)
+
+
+def _disk_attrs(props: Mapping[str, Any]) -> dict[str, str]:
+    total = data_disk_bytes(props)
+    return {} if total is None else {"disk_total_bytes": str(total)}
+
+
 @dataclass
 class _Res:
     id: str
@@ -275,6 +424,7 @@ class _Seen:
     group: str | None
     at: float
     deployment_state: str | None = None
+    vm: _Res | None = None
     vmss: _Res | None = None
     capacity: int = 0
     # worker node id -> scale-set instance id
@@ -488,6 +638,8 @@ class ArmProvisioner:
     def start_driver(self, req: NodeRequest) -> Node:
         """Starts the cluster deployment (driver VM and scale set). The scale set keeps the
         capacity it has; a new one starts empty and `add_workers` sizes it once it exists."""
+        if req.driver_pool is not None or req.pool is not None:
+            raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
         group = self.group_name(req.workspace_id)
         self._remember(req.cluster_id, group)
         seen = self._recent(req.cluster_id)
@@ -496,6 +648,8 @@ class ArmProvisioner:
         return Node(f"{req.cluster_id}-driver-pending", "driver", "STARTING", self._now_ms())
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
+        if req.pool is not None:
+            raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
         group = self.group_name(req.workspace_id)
         self._remember(req.cluster_id, group)
         seen = self._view(req.cluster_id)
@@ -596,6 +750,101 @@ class ArmProvisioner:
                     out.add(cid)
         return out
 
+    # ------------------------------------------------------------------------ local storage
+
+    def grow_storage(self, cluster_id: str, node_id: str, total_bytes: int) -> None:
+        """Attaches empty managed data disks to the node's VM until its data disks add up to
+        `total_bytes` (see `new_data_disks`): one GET of the VM's model, then (when it has too
+        little) one PUT of the scale-set instance or PATCH of the driver VM, not waited for.
+        The model lists a disk as soon as ARM accepted it, so a repeated call sends nothing.
+        A node that is no VM (yet: a pending slot) or no longer is left alone; a VM busy with
+        another operation (409) is grown by a later call. Raises DataDiskLimitReached when the
+        VM size takes too few disks."""
+        if total_bytes <= 0:
+            return
+        seen = self._view(cluster_id)
+        target = self._storage_target(seen, node_id)
+        if target is None:
+            log.info(
+                "%s of cluster %s is no VM (yet): its storage is not grown", node_id, cluster_id
+            )
+            return
+        url, instance = target
+        body = self._get_json(url, {"api-version": COMPUTE_API})
+        if body is None:
+            return
+        props = body.setdefault("properties", {})
+        if (props.get("provisioningState") or "") == "Deleting":
+            return
+        disks = _attached(props) or []
+        if instance:
+            # The instance's own sku, else the scale set's (one size for all its instances).
+            sku = body.get("sku") or (seen.vmss.sku if seen.vmss else None) or {}
+            vm_size = str(sku.get("name") or "")
+        else:
+            vm_size = str((props.get("hardwareProfile") or {}).get("vmSize") or "")
+        add = new_data_disks(
+            disks, total_bytes, max_disks=max_data_disks(vm_size), node=node_id, vm_size=vm_size
+        )
+        if not add:
+            return
+        if instance:
+            # Scale-set instances take a PUT only: the model as read, with the new disks.
+            # (Their disks go with the instance; deleteOption is for Flexible scale sets.)
+            props.setdefault("storageProfile", {})["dataDisks"] = [*disks, *add]
+            resp = self._send("PUT", url, {"api-version": COMPUTE_API}, json=body)
+            if resp.status_code == 404:
+                return
+            if resp.status_code == 409:
+                log.info("%s is busy; its storage is grown by a later call", node_id)
+                return
+            resp.raise_for_status()
+            return
+        # A VM's implicit disks outlive it unless told otherwise (they carry no ClusterId tag
+        # for stop_cluster to find).
+        for d in add:
+            d["deleteOption"] = "Delete"
+        patch = GenericResource(properties={"storageProfile": {"dataDisks": [*disks, *add]}})
+        try:
+            self.rm.resources.begin_update_by_id(url, patch, api_version=COMPUTE_API, polling=False)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as e:
+            if e.status_code != 409:
+                raise
+            log.info("%s is busy; its storage is grown by a later call", node_id)
+
+    def _storage_target(self, seen: _Seen, node_id: str) -> tuple[str, bool] | None:
+        """(resource id, is a scale-set instance) of a node's VM."""
+        if seen.vm is not None and node_id == seen.vm.name:
+            return seen.vm.id, False
+        if seen.vmss is None:
+            return None
+        instance_id = seen.instances.get(node_id)
+        if instance_id is None:
+            # A worker the last observation did not list yet: <scale set>_<instance id>.
+            prefix, _, suffix = node_id.rpartition("_")
+            if prefix != seen.vmss.name or not suffix.isdigit():
+                return None
+            instance_id = suffix
+        return f"{seen.vmss.id}/virtualMachines/{instance_id}", True
+
+    # ------------------------------------------------------------------------ instance pools
+
+    def pool_nodes(self, pool_id: str) -> list[PoolNode]:
+        return []
+
+    def pool_ids(self) -> set[str]:
+        return set()
+
+    def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:
+        raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
+
+    def remove_idle(self, pool_id: str, node_ids: Sequence[str]) -> None:
+        raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
+
+    # ------------------------------------------------------------------------ observe
+
     def observe(self, cluster_id: str) -> list[Node]:
         group, listed = self._locate(cluster_id)
         if group is None:
@@ -613,6 +862,7 @@ class ArmProvisioner:
 
         # ---- the driver
         if vm is not None:
+            seen.vm = vm
             driver = self._driver(vm)
             settled = dep_state is not None and not seen.deploying
             if settled and vmss is None and driver.status != "STOPPING":
@@ -669,7 +919,15 @@ class ArmProvisioner:
         if nics and status in ("STARTING", "RUNNING"):
             ip = self._nic_ip(nics[0].get("id", ""))
         start = _ms(props.get("timeCreated")) or vm.created_ms
-        return Node(vm.name, "driver", status, start, private_ip=ip, instance_id=vm.name)
+        return Node(
+            vm.name,
+            "driver",
+            status,
+            start,
+            private_ip=ip,
+            instance_id=vm.name,
+            attrs=_disk_attrs(props),
+        )
 
     def _workers(self, vmss: _Res, seen: _Seen) -> list[Node]:
         vms = self._list_json(
@@ -696,6 +954,7 @@ class ArmProvisioner:
                     start,
                     private_ip=ips.get(instance_id, ""),
                     instance_id=name,
+                    attrs=_disk_attrs(props),
                 )
             )
         out.sort(key=lambda n: (n.start_ms, n.node_id))
@@ -789,6 +1048,7 @@ class ArmProvisioner:
                 "PYSPARK_VERSION": pyspark,
                 "AGENT_SOURCE_URL": self.agent_source_url,
                 "AGENT_SOURCE_SHA256": self.agent_source_sha256,
+                "CONF_FILES": conf_files_value(req.conf_files),
             },
         )
 

@@ -50,13 +50,22 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from shared.ports import Clock, Node, NodeRequest, NodeType, SparkVersion
+from shared.ports import (
+    Clock,
+    Node,
+    NodeRequest,
+    NodeType,
+    PoolCapacityReached,
+    PoolNode,
+    PoolRequest,
+    SparkVersion,
+)
 
 log = logging.getLogger("sparkplane.local_spark")
 
@@ -174,6 +183,16 @@ CREATE TABLE IF NOT EXISTS ports (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added after the first release (ALTER TABLE on an older file).
+_MIGRATIONS = (
+    ("pool_id", "ALTER TABLE nodes ADD COLUMN pool_id TEXT"),
+    ("idle_since_ms", "ALTER TABLE nodes ADD COLUMN idle_since_ms INTEGER"),
+    ("disk_bytes", "ALTER TABLE nodes ADD COLUMN disk_bytes INTEGER"),
+)
+_COLS = (
+    "node_id, cluster_id, role, start_ms, created_s, procs, ports, attrs, phase, phase_s,"
+    " term_s, kill_s, ready_s, lost_s, pool_id, idle_since_ms, disk_bytes"
+)
 
 # Node processes started by this Python process, so the finished ones are reaped (a dead child
 # that is not waited for stays a zombie). Shared by every provisioner of the process.
@@ -220,10 +239,15 @@ class _Rec:
     kill_s: float | None = None
     ready_s: float | None = None
     lost_s: float | None = None
-    expected_procs: int = field(init=False)
+    pool_id: str | None = None
+    idle_since_ms: int | None = None
+    disk_bytes: int | None = None
 
-    def __post_init__(self) -> None:
-        self.expected_procs = 2 if self.role == "driver" else 1
+    @property
+    def expected_procs(self) -> int:
+        """Processes that make the node (a driver: master and Connect server; a worker: its
+        Worker; an idle pool node: its warm master)."""
+        return 2 if self.role == "driver" else 1
 
 
 _JAVA_HINT = (
@@ -379,6 +403,7 @@ class LocalSparkProvisioner:
         master_wait_s: int = 120,
         http_timeout_s: float = 1.0,
         tune_jvms: bool = True,
+        scratch_quota_bytes: int = 10 * 2**30,
     ) -> None:
         self.java = check_java(java)
         self.spark_home = Path(spark_home) if spark_home else default_spark_home()
@@ -412,9 +437,14 @@ class LocalSparkProvisioner:
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
         self._closed = threading.Event()
+        self._scratch_quota = scratch_quota_bytes
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+            for column, ddl in _MIGRATIONS:
+                if column not in have:
+                    db.execute(ddl)
         # Carry on with removals a previous instance started (a restart of the control plane).
         self._kick_reaper()
 
@@ -485,87 +515,101 @@ class LocalSparkProvisioner:
             return self._node(existing, self._active_status(existing, self._alive(existing), None))
         worker_type = self._node_type(req.node_type_id)
         driver_type = self._node_type(req.driver_node_type_id or req.node_type_id)
-        node_id = uuid.uuid4().hex
-        rec = self._new_record(req.cluster_id, node_id, "driver", PORTS_DRIVER)
+        if req.driver_pool is not None:
+            [rec] = self._take(req.driver_pool, req.cluster_id, "driver", 1)
+        else:
+            rec = self._new_record(req.cluster_id, uuid.uuid4().hex, "driver", PORTS_DRIVER)
         try:
-            p = rec.ports
-            master_url = f"spark://{LOOPBACK}:{p['master']}"
-            _, log_dir = self._dirs(rec)
-            rec.attrs = {
-                "node_type_id": driver_type.node_type_id,
-                "spark_version": self.spark_version,
-                "master_url": master_url,
-                "connect_url": f"sc://{LOOPBACK}:{p['connect']}",
-                "spark_ui_url": f"http://{LOOPBACK}:{p['app_ui']}/",
-                "master_ui_url": f"http://{LOOPBACK}:{p['master_ui']}/",
-                "log_dir": str(log_dir),
-            }
-            user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
-            daemon_conf = {**DEFAULT_CONF, **user_conf, **PINNED}
-            driver_memory = user_conf.get("spark.driver.memory", DRIVER_MEMORY)
-            executor_opts = user_conf.get("spark.executor.extraJavaOptions", "")
-            if self._tune_jvms:
-                executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_opts}".strip()
-            app_conf = {
-                **DEFAULT_CONF,
-                "spark.app.name": f"sparkplane {req.cluster_id}",
-                "spark.executor.memory": f"{worker_type.memory_mb}m",
-                "spark.driver.memory": driver_memory,
-                **user_conf,
-                "spark.executor.extraJavaOptions": executor_opts,
-                "spark.master": master_url,
-                "spark.driver.host": LOOPBACK,
-                "spark.driver.bindAddress": LOOPBACK,
-                "spark.ui.port": str(p["app_ui"]),
-                "spark.connect.grpc.binding.address": LOOPBACK,
-                "spark.connect.grpc.binding.port": str(p["connect"]),
-                **PINNED,
-            }
-            if not executor_opts:
-                del app_conf["spark.executor.extraJavaOptions"]
-            master_argv = [
-                str(self.spark_home / "bin" / "spark-class"),
-                MASTER_CLASS,
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(p["master"]),
-                "--webui-port",
-                str(p["master_ui"]),
-            ]
-            self._spawn(rec, "master", master_argv, daemon_conf, req, DAEMON_MEMORY)
-            connect_argv = [
-                str(self.spark_home / "bin" / "spark-submit"),
-                "--class",
-                CONNECT_SERVER_CLASS,
-                "--name",
-                f"sparkplane {req.cluster_id}",
-                "spark-internal",
-            ]
-            # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
-            self._spawn(
-                rec,
-                "connect",
-                connect_argv,
-                app_conf,
-                req,
-                driver_memory,
-                wait_port=p["master_ui"],
-            )
-            if req.agent_env:
-                self._spawn_agent(rec, req)
+            self._run_driver(rec, req, worker_type, driver_type)
         except BaseException:
             self._abort(rec)
             raise
         log.info(
             "driver started",
-            extra={"cluster_id": req.cluster_id, "node_id": node_id, "master_url": master_url},
+            extra={
+                "cluster_id": req.cluster_id,
+                "node_id": rec.node_id,
+                "master_url": rec.attrs["master_url"],
+                "warm": bool(rec.procs and rec.procs[0].name == "master" and rec.pool_id),
+            },
         )
         return self._node(rec, "STARTING")
 
+    def _run_driver(
+        self, rec: _Rec, req: NodeRequest, worker_type: NodeType, driver_type: NodeType
+    ) -> None:
+        """The driver's processes: the master (kept when a warm pool node already runs one),
+        the Spark Connect server, and the cluster agent."""
+        p = rec.ports
+        master_url = f"spark://{LOOPBACK}:{p['master']}"
+        _, log_dir = self._dirs(rec)
+        rec.attrs = {
+            "node_type_id": driver_type.node_type_id,
+            "spark_version": self.spark_version,
+            "master_url": master_url,
+            "connect_url": f"sc://{LOOPBACK}:{p['connect']}",
+            "spark_ui_url": f"http://{LOOPBACK}:{p['app_ui']}/",
+            "master_ui_url": f"http://{LOOPBACK}:{p['master_ui']}/",
+            "log_dir": str(log_dir),
+        }
+        self._write_quota(rec)
+        user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
+        daemon_conf = {**DEFAULT_CONF, **user_conf, **PINNED}
+        driver_memory = user_conf.get("spark.driver.memory", DRIVER_MEMORY)
+        executor_opts = user_conf.get("spark.executor.extraJavaOptions", "")
+        if self._tune_jvms:
+            executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_opts}".strip()
+        app_conf = {
+            **DEFAULT_CONF,
+            "spark.app.name": f"sparkplane {req.cluster_id}",
+            "spark.executor.memory": f"{worker_type.memory_mb}m",
+            "spark.driver.memory": driver_memory,
+            **user_conf,
+            "spark.executor.extraJavaOptions": executor_opts,
+            "spark.master": master_url,
+            "spark.driver.host": LOOPBACK,
+            "spark.driver.bindAddress": LOOPBACK,
+            "spark.ui.port": str(p["app_ui"]),
+            "spark.connect.grpc.binding.address": LOOPBACK,
+            "spark.connect.grpc.binding.port": str(p["connect"]),
+            **PINNED,
+        }
+        if not executor_opts:
+            del app_conf["spark.executor.extraJavaOptions"]
+        if self._leader(rec, "master") is None:
+            rec.procs = [pr for pr in rec.procs if pr.name != "master"]
+            self._spawn(rec, "master", self._master_argv(rec), daemon_conf, req, DAEMON_MEMORY)
+        connect_argv = [
+            str(self.spark_home / "bin" / "spark-submit"),
+            "--class",
+            CONNECT_SERVER_CLASS,
+            "--name",
+            f"sparkplane {req.cluster_id}",
+            "spark-internal",
+        ]
+        # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
+        self._spawn(
+            rec, "connect", connect_argv, app_conf, req, driver_memory, wait_port=p["master_ui"]
+        )
+        if req.agent_env:
+            self._spawn_agent(rec, req)
+
+    def _master_argv(self, rec: _Rec) -> list[str]:
+        return [
+            str(self.spark_home / "bin" / "spark-class"),
+            MASTER_CLASS,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(rec.ports["master"]),
+            "--webui-port",
+            str(rec.ports["master_ui"]),
+        ]
+
     def _spawn_agent(self, rec: _Rec, req: NodeRequest) -> None:
-        """The cluster agent (shared/agent.py) beside the driver: it reads the application UI
-        and posts heartbeats. Its token goes in a 0600 file, not in the environment."""
+        """The cluster agent (shared/agent.py) on the node: on the driver it reads the
+        application UI and posts heartbeats; on a worker it reports the node's local disk.
+        Its token goes in a 0600 file, not in the environment."""
         node_dir, _ = self._dirs(rec)
         env = dict(req.agent_env)
         token_file = node_dir / "agent-token"
@@ -573,7 +617,10 @@ class LocalSparkProvisioner:
         with os.fdopen(fd, "w") as f:
             f.write(env.pop("SPARKPLANE_AGENT_TOKEN", ""))
         env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
-        env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
+        if "spark_ui_url" in rec.attrs:
+            env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
+        env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
+        env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
         self._spawn(
             rec,
@@ -592,56 +639,19 @@ class LocalSparkProvisioner:
         if driver is None:
             raise RuntimeError(f"cluster {req.cluster_id} has no driver: start_driver first")
         nt = self._node_type(req.node_type_id)
-        user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
-        conf = {**DEFAULT_CONF, **user_conf, **PINNED}
-        master_url = driver.attrs["master_url"]
         out: list[Node] = []
-        for _ in range(count):
-            rec = self._new_record(req.cluster_id, uuid.uuid4().hex, "worker", PORTS_WORKER)
+        recs = self._take(req.pool, req.cluster_id, "worker", count) if req.pool else []
+        for i in range(count):
+            if i < len(recs):
+                rec = recs[i]
+            else:
+                rec = self._new_record(req.cluster_id, uuid.uuid4().hex, "worker", PORTS_WORKER)
             try:
-                node_dir, log_dir = self._dirs(rec)
-                p = rec.ports
-                cores = max(1, round(nt.num_cores))
-                rec.attrs = {
-                    "node_type_id": nt.node_type_id,
-                    "spark_version": self.spark_version,
-                    "master_url": master_url,
-                    "worker_url": f"spark://{LOOPBACK}:{p['worker']}",
-                    "worker_ui_url": f"http://{LOOPBACK}:{p['worker_ui']}/",
-                    "cores": str(cores),
-                    "memory_mb": str(nt.memory_mb),
-                    "work_dir": str(node_dir / "work"),
-                    "log_dir": str(log_dir),
-                }
-                argv = [
-                    str(self.spark_home / "bin" / "spark-class"),
-                    WORKER_CLASS,
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    str(p["worker"]),
-                    "--webui-port",
-                    str(p["worker_ui"]),
-                    "--cores",
-                    str(cores),
-                    "--memory",
-                    f"{nt.memory_mb}m",
-                    "--work-dir",
-                    str(node_dir / "work"),
-                    master_url,
-                ]
-                self._spawn(
-                    rec,
-                    "worker",
-                    argv,
-                    conf,
-                    req,
-                    DAEMON_MEMORY,
-                    wait_port=driver.ports["master_ui"],
-                    extra_env={"SPARK_WORKER_DIR": str(node_dir / "work")},
-                )
+                self._run_worker(rec, req, nt, driver)
             except BaseException:
                 self._abort(rec)
+                for rest in recs[i + 1 :]:
+                    self._abort(rest)
                 raise
             out.append(self._node(rec, "STARTING"))
         log.info(
@@ -650,11 +660,70 @@ class LocalSparkProvisioner:
         )
         return out
 
+    def _run_worker(self, rec: _Rec, req: NodeRequest, nt: NodeType, driver: _Rec) -> None:
+        """The worker's processes: a Worker of the cluster's master (a warm pool node's own
+        master goes first) and, with elastic disk, the node agent."""
+        warm_master = self._leader(rec, "master")
+        if warm_master is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(warm_master.pid, signal.SIGTERM)
+        if rec.procs:
+            rec.procs = []
+            self._update(rec, procs=rec.procs)
+        user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
+        conf = {**DEFAULT_CONF, **user_conf, **PINNED}
+        master_url = driver.attrs["master_url"]
+        node_dir, log_dir = self._dirs(rec)
+        p = rec.ports
+        cores = max(1, round(nt.num_cores))
+        rec.attrs = {
+            "node_type_id": nt.node_type_id,
+            "spark_version": self.spark_version,
+            "master_url": master_url,
+            "worker_url": f"spark://{LOOPBACK}:{p['worker']}",
+            "worker_ui_url": f"http://{LOOPBACK}:{p['worker_ui']}/",
+            "cores": str(cores),
+            "memory_mb": str(nt.memory_mb),
+            "work_dir": str(node_dir / "work"),
+            "log_dir": str(log_dir),
+        }
+        self._write_quota(rec)
+        argv = [
+            str(self.spark_home / "bin" / "spark-class"),
+            WORKER_CLASS,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(p["worker"]),
+            "--webui-port",
+            str(p["worker_ui"]),
+            "--cores",
+            str(cores),
+            "--memory",
+            f"{nt.memory_mb}m",
+            "--work-dir",
+            str(node_dir / "work"),
+            master_url,
+        ]
+        self._spawn(
+            rec,
+            "worker",
+            argv,
+            conf,
+            req,
+            DAEMON_MEMORY,
+            wait_port=driver.ports["master_ui"],
+            extra_env={"SPARK_WORKER_DIR": str(node_dir / "work")},
+        )
+        if req.agent_env:
+            self._spawn_agent(rec, req)
+
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
         """Graceful removal: a running worker gets SIGPWR (Spark worker decommissioning: the
         master stops scheduling on it, its executors migrate their blocks and exit); once its
         executors are gone, or after `decommission_timeout_s`, SIGTERM, then SIGKILL after
-        `kill_grace_s`. A worker that is not running yet, or is LOST, goes at once."""
+        `kill_grace_s`. A worker that is not running yet, or is LOST, goes at once. A pool
+        node goes back to its pool (warm again) instead of away."""
         wanted = set(node_ids)
         now = time.time()
         for r in self._load(cluster_id):
@@ -675,31 +744,237 @@ class LocalSparkProvisioner:
                         extra={"cluster_id": cluster_id, "node_id": r.node_id},
                     )
                     continue
-            self._terminate(r, "terminating", now)
+            self._terminate(r, _ending(r), now)
             self._advance(r, None)
         self._kick_reaper()
 
     def stop_cluster(self, cluster_id: str) -> None:
         """SIGTERM to every node now, SIGKILL to what is left after `kill_grace_s` (by a later
         observe() or the background reaper); observe() says STOPPING until no process of the
-        cluster is left, then returns nothing."""
+        cluster is left, then returns nothing. Pool nodes go back to their pools."""
         now = time.time()
         for r in self._load(cluster_id):
-            if r.phase not in ("stopping", "terminating"):
-                self._terminate(r, "stopping", now)
+            if r.phase not in ("stopping", "terminating", "returning"):
+                self._terminate(r, "returning" if r.pool_id else "stopping", now)
             self._advance(r, None)
         self._kick_reaper()
 
     def cluster_ids(self) -> set[str]:
         """Every cluster that owns a node (removals in progress are carried on first)."""
         _reap()
-        with self._db() as db:
-            rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE phase!='active'")
-            busy = [row[0] for row in rows]
-        for cid in busy:
+        for cid in self._busy():
             self._advance_cluster(cid)
         with self._db() as db:
-            return {row[0] for row in db.execute("SELECT DISTINCT cluster_id FROM nodes")}
+            rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE cluster_id!=''")
+            return {row[0] for row in rows}
+
+    def _busy(self) -> list[str]:
+        """Clusters (and '' for pools) with nodes being removed or given back."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT DISTINCT cluster_id FROM nodes WHERE phase NOT IN ('active', 'idle')"
+            )
+            return [row[0] for row in rows]
+
+    # ---------------------------------------------------------------------------- storage
+
+    def grow_storage(self, cluster_id: str, node_id: str, total_bytes: int) -> None:
+        """Locally a node's disk is its scratch directory (SPARK_LOCAL_DIRS) with a quota: the
+        quota file the node agent reports against. The quota is advisory (enforcing one needs
+        root: filesystem quotas or a loop device per node)."""
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_COLS} FROM nodes WHERE node_id=? AND cluster_id=?",
+                (node_id, cluster_id),
+            ).fetchone()
+            if row is None:
+                return  # the node is gone
+            r = _rec(row)
+            if (r.disk_bytes or 0) >= total_bytes:
+                return
+            r.disk_bytes = total_bytes
+            db.execute("UPDATE nodes SET disk_bytes=? WHERE node_id=?", (total_bytes, node_id))
+        self._write_quota(r)
+        log.info(
+            "scratch quota grown",
+            extra={"cluster_id": cluster_id, "node_id": node_id, "bytes": total_bytes},
+        )
+
+    def _write_quota(self, r: _Rec) -> None:
+        node_dir, _ = self._dirs(r)
+        tmp = node_dir / "scratch-quota.tmp"
+        tmp.write_text(str(r.disk_bytes or self._scratch_quota))
+        tmp.replace(node_dir / "scratch-quota")
+
+    # ---------------------------------------------------------------------------- pools
+
+    def pool_nodes(self, pool_id: str) -> list[PoolNode]:
+        _reap()
+        out: list[PoolNode] = []
+        for r in self._load_pool(pool_id):
+            status: str
+            if r.phase == "idle":
+                if not self._alive(r):
+                    self._active_status(r, False, None)  # records the loss once
+                    status = "LOST"
+                elif r.ready_s is None and _port_open(r.ports["master_ui"]):
+                    r.ready_s = time.time()
+                    self._update(r, ready_s=r.ready_s)
+                    status = "IDLE"
+                else:
+                    status = "IDLE" if r.ready_s is not None else "PENDING_IDLE"
+            elif r.phase == "active":
+                if not self._alive(r):
+                    status = "LOST"
+                else:
+                    status = "USED" if r.ready_s is not None else "PENDING_USED"
+            elif self._advance(r, None):
+                if r.phase == "idle":  # given back just now: warm again soon
+                    out.append(self._pool_node(r, "PENDING_IDLE"))
+                continue
+            else:
+                status = "STOPPING" if r.phase == "stopping" and not r.cluster_id else "RETURNING"
+            out.append(self._pool_node(r, status))
+        return out
+
+    def _pool_node(self, r: _Rec, status: str) -> PoolNode:
+        return PoolNode(
+            node_id=r.node_id,
+            status=status,  # type: ignore[arg-type]
+            cluster_id=r.cluster_id,
+            start_ms=r.start_ms,
+            idle_since_ms=r.idle_since_ms or 0,
+        )
+
+    def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:
+        """Warm idle nodes: each runs a standalone master already, so as a driver it only has
+        to start its Spark Connect server (as a worker, the master makes way for a Worker)."""
+        if count <= 0:
+            return []
+        self._node_type(req.node_type_id)
+        with self._tx() as db:
+            total = self._pool_size(db, req.pool_id)
+            room = count if req.max_capacity is None else req.max_capacity - total
+            recs = [
+                self._new_record(
+                    "", uuid.uuid4().hex, "pool", PORTS_POOL, pool_id=req.pool_id, db=db
+                )
+                for _ in range(max(0, min(count, room)))
+            ]
+        for rec in recs:
+            self._warm(rec)
+        if recs:
+            log.info("pool nodes started", extra={"pool_id": req.pool_id, "count": len(recs)})
+        return [self._pool_node(r, "PENDING_IDLE") for r in recs]
+
+    def remove_idle(self, pool_id: str, node_ids: Sequence[str]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE nodes SET phase='stopping', phase_s=? WHERE node_id=? AND pool_id=?"
+                " AND phase='idle'",
+                [(now, nid, pool_id) for nid in node_ids],
+            )
+        wanted = set(node_ids)
+        for r in self._load_pool(pool_id):
+            if r.node_id in wanted and r.phase == "stopping" and r.term_s is None:
+                self._terminate(r, "stopping", now)
+                self._advance(r, None)
+        self._kick_reaper()
+
+    def pool_ids(self) -> set[str]:
+        with self._db() as db:
+            rows = db.execute("SELECT DISTINCT pool_id FROM nodes WHERE pool_id IS NOT NULL")
+            return {row[0] for row in rows}
+
+    @staticmethod
+    def _pool_size(db: sqlite3.Connection, pool_id: str) -> int:
+        """Nodes that count toward max_capacity: all but the ones being removed."""
+        row = db.execute(
+            "SELECT COUNT(*) FROM nodes"
+            " WHERE pool_id=? AND phase NOT IN ('stopping', 'terminating')",
+            (pool_id,),
+        ).fetchone()
+        return int(row[0])
+
+    def _take(self, pool: PoolRequest, cluster_id: str, role: str, count: int) -> list[_Rec]:
+        """Nodes of `pool` for a cluster, in one transaction: idle ones first (ready before
+        starting, longest idle first), then new pool nodes while under max_capacity; all or
+        nothing (PoolCapacityReached)."""
+        now = time.time()
+        now_ms = self._now_ms()
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_COLS} FROM nodes WHERE pool_id=? AND phase='idle' AND lost_s IS NULL"
+                " ORDER BY ready_s IS NULL, idle_since_ms, node_id",
+                (pool.pool_id,),
+            ).fetchall()
+            idle = [r for r in map(_rec, rows) if self._alive(r)]
+            taken = idle[:count]
+            missing = count - len(taken)
+            if missing and pool.max_capacity is not None:
+                room = pool.max_capacity - self._pool_size(db, pool.pool_id)
+                if missing > room:
+                    raise PoolCapacityReached(
+                        f"Instance pool {pool.pool_id} is at its max_capacity "
+                        f"({pool.max_capacity}): {len(idle)} idle node(s) and room for "
+                        f"{max(0, room)} more, {count} needed."
+                    )
+            for r in taken:
+                r.cluster_id, r.role, r.phase, r.phase_s = cluster_id, role, "active", now
+                r.start_ms, r.ready_s = now_ms, None
+                db.execute(
+                    "UPDATE nodes SET cluster_id=?, role=?, phase='active', phase_s=?,"
+                    " start_ms=?, ready_s=NULL WHERE node_id=?",
+                    (cluster_id, role, now, now_ms, r.node_id),
+                )
+                db.execute("UPDATE ports SET cluster_id=? WHERE node_id=?", (cluster_id, r.node_id))
+            fresh = [
+                self._new_record(
+                    cluster_id, uuid.uuid4().hex, role, PORTS_POOL, pool_id=pool.pool_id, db=db
+                )
+                for _ in range(missing)
+            ]
+        if taken:
+            log.info(
+                "pool nodes taken",
+                extra={"pool_id": pool.pool_id, "cluster_id": cluster_id, "warm": len(taken)},
+            )
+        return taken + fresh
+
+    def _warm(self, r: _Rec) -> None:
+        """Start the warm master of an idle pool node."""
+        try:
+            conf = {**DEFAULT_CONF, **PINNED}
+            self._spawn(r, "master", self._master_argv(r), conf, None, DAEMON_MEMORY)
+        except Exception:
+            log.exception("warm master failed", extra={"pool_id": r.pool_id, "node_id": r.node_id})
+
+    def _rewarm(self, r: _Rec) -> None:
+        """A pool node whose cluster processes are gone: clean, idle and warm again."""
+        _reap()
+        node_dir, _ = self._dirs(r)
+        shutil.rmtree(node_dir / "scratch", ignore_errors=True)
+        shutil.rmtree(node_dir / "work", ignore_errors=True)
+        (node_dir / "agent-token").unlink(missing_ok=True)
+        now = time.time()
+        r.cluster_id, r.role, r.phase, r.phase_s = "", "pool", "idle", now
+        r.procs, r.attrs = [], {}
+        r.term_s = r.kill_s = r.ready_s = r.lost_s = None
+        r.idle_since_ms = r.start_ms = self._now_ms()
+        r.disk_bytes = self._scratch_quota
+        with self._tx() as db:
+            done = db.execute(
+                "UPDATE nodes SET cluster_id='', role='pool', phase='idle', phase_s=?,"
+                " procs='[]', attrs='{}', term_s=NULL, kill_s=NULL, ready_s=NULL, lost_s=NULL,"
+                " idle_since_ms=?, start_ms=?, disk_bytes=? WHERE node_id=? AND phase='returning'",
+                (now, r.idle_since_ms, r.start_ms, r.disk_bytes, r.node_id),
+            ).rowcount
+            db.execute("UPDATE ports SET cluster_id='' WHERE node_id=?", (r.node_id,))
+        if not done:
+            return  # another thread gave it back first
+        self._warm(r)
+        log.info("node back in its pool", extra={"pool_id": r.pool_id, "node_id": r.node_id})
 
     # ---------------------------------------------------------------------------- extras
 
@@ -802,7 +1077,7 @@ class LocalSparkProvisioner:
         """Every process of the node is the one started (pid and create time) and running."""
         if r.lost_s is not None:
             return False
-        if len(r.procs) < r.expected_procs and time.time() - r.created_s >= 30:
+        if len(r.procs) < r.expected_procs and time.time() - max(r.created_s, r.phase_s) >= 30:
             return False  # a crash between the spawns of start_driver left it half-made
         # The agent does not make the node: a dead agent only means no heartbeats.
         return all(_live(p.pid, p.ctime) is not None for p in r.procs if p.name != "agent")
@@ -819,6 +1094,10 @@ class LocalSparkProvisioner:
         if pids:
             attrs["pid"] = pids[0]
             attrs["pids"] = ",".join(pids)
+        if r.disk_bytes:
+            attrs["disk_total_bytes"] = str(r.disk_bytes)
+        if r.pool_id:
+            attrs["instance_pool_id"] = r.pool_id
         return Node(
             node_id=r.node_id,
             role="driver" if r.role == "driver" else "worker",
@@ -833,7 +1112,7 @@ class LocalSparkProvisioner:
 
     def _advance_cluster(self, cluster_id: str) -> None:
         every = self._load(cluster_id)
-        recs = [r for r in every if r.phase != "active"]
+        recs = [r for r in every if r.phase not in ("active", "idle")]
         if not recs:
             return
         master = None
@@ -843,10 +1122,14 @@ class LocalSparkProvisioner:
             self._advance(r, master)
 
     def _advance(self, r: _Rec, master: dict[str, Any] | None) -> bool:
-        """One step of a removal; True when the node is gone (its record deleted)."""
+        """One step of a removal; True when the node is gone (its record deleted, or a pool
+        node back in its pool)."""
         members = self._members(r)
         if not members:
-            self._delete(r)
+            if r.phase == "returning":
+                self._rewarm(r)
+            else:
+                self._delete(r)
             return True
         now = time.time()
         if r.phase == "decommissioning":
@@ -858,7 +1141,7 @@ class LocalSparkProvisioner:
             if (acknowledged and not _has_executors(members)) or (
                 now - r.phase_s >= self._decommission_timeout_s
             ):
-                self._terminate(r, "terminating", now, members)
+                self._terminate(r, _ending(r), now, members)
         elif r.kill_s is None and r.term_s is not None and now - r.term_s >= self._kill_grace_s:
             self._signal(r, signal.SIGKILL, members)
             r.kill_s = now
@@ -941,9 +1224,7 @@ class LocalSparkProvisioner:
     def _reap_loop(self) -> None:
         while not self._closed.wait(0.5):
             with self._lock:
-                with self._db() as db:
-                    rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE phase!='active'")
-                    busy = [row[0] for row in rows]
+                busy = self._busy()
                 if not busy:
                     self._reaper = None
                     return
@@ -956,9 +1237,13 @@ class LocalSparkProvisioner:
 
     # ---------------------------------------------------------------------------- spawning
 
+    def _home(self, r: _Rec) -> str:
+        """A node's directories live under its cluster, or under its pool (for good)."""
+        return f"pool-{r.pool_id}" if r.pool_id else r.cluster_id
+
     def _dirs(self, r: _Rec) -> tuple[Path, Path]:
-        node_dir = self.data_dir / "nodes" / r.cluster_id / r.node_id
-        log_dir = self.data_dir / "logs" / r.cluster_id / r.node_id
+        node_dir = self.data_dir / "nodes" / self._home(r) / r.node_id
+        log_dir = self.data_dir / "logs" / self._home(r) / r.node_id
         for d in (node_dir / "scratch", node_dir / "work", log_dir):
             d.mkdir(parents=True, exist_ok=True)
         return node_dir, log_dir
@@ -969,7 +1254,7 @@ class LocalSparkProvisioner:
         name: str,
         argv: list[str],
         conf: Mapping[str, str],
-        req: NodeRequest,
+        req: NodeRequest | None,
         daemon_memory: str,
         *,
         wait_port: int | None = None,
@@ -981,6 +1266,10 @@ class LocalSparkProvisioner:
         lines = ["# written by sparkplane (LocalSparkProvisioner)\n"]
         lines += [_props_line(k, v) for k, v in sorted(conf.items())]
         (conf_dir / "spark-defaults.conf").write_text("".join(lines), encoding="utf-8")
+        for name, content in (req.conf_files if req else {}).items():
+            if Path(name).name != name or name == "spark-defaults.conf":
+                raise ValueError(f"bad configuration file name {name!r}")
+            (conf_dir / name).write_text(content, encoding="utf-8")
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
         env.update(
@@ -990,7 +1279,8 @@ class LocalSparkProvisioner:
                 "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS if self._tune_jvms else "",
             }
         )
-        env.update({k: v for k, v in req.spark_env_vars.items() if k not in PINNED_ENV})
+        if req is not None:
+            env.update({k: v for k, v in req.spark_env_vars.items() if k not in PINNED_ENV})
         env.update(
             {
                 "JAVA_HOME": str(self.java.home),
@@ -1072,91 +1362,104 @@ class LocalSparkProvisioner:
     def _load(self, cluster_id: str) -> list[_Rec]:
         with self._db() as db:
             rows = db.execute(
-                "SELECT node_id, cluster_id, role, start_ms, created_s, procs, ports, attrs,"
-                " phase, phase_s, term_s, kill_s, ready_s, lost_s FROM nodes"
+                f"SELECT {_COLS} FROM nodes"
                 " WHERE cluster_id=? ORDER BY role!='driver', start_ms, node_id",
                 (cluster_id,),
             ).fetchall()
-        return [
-            _Rec(
-                node_id=row[0],
-                cluster_id=row[1],
-                role=row[2],
-                start_ms=row[3],
-                created_s=row[4],
-                procs=[_Proc(**p) for p in json.loads(row[5])],
-                ports=json.loads(row[6]),
-                attrs=json.loads(row[7]),
-                phase=row[8],
-                phase_s=row[9],
-                term_s=row[10],
-                kill_s=row[11],
-                ready_s=row[12],
-                lost_s=row[13],
-            )
-            for row in rows
-        ]
+        return [_rec(row) for row in rows]
 
-    def _new_record(self, cluster_id: str, node_id: str, role: str, names: Sequence[str]) -> _Rec:
-        """Insert the node with freshly allocated ports (one transaction: two provisioners over
-        the same data_dir never hand out a port twice)."""
-        lo, hi = self._port_range
-        span = hi - lo
-        now = time.time()
+    def _load_pool(self, pool_id: str) -> list[_Rec]:
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT {_COLS} FROM nodes WHERE pool_id=? ORDER BY start_ms, node_id",
+                (pool_id,),
+            ).fetchall()
+        return [_rec(row) for row in rows]
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: provisioners over the same data_dir take
+        turns, so ports and pool capacity are never handed out twice)."""
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                used = {row[0] for row in db.execute("SELECT port FROM ports")}
-                row = db.execute("SELECT value FROM meta WHERE key='next_port'").fetchone()
-                cursor = int(row[0]) if row else random.randrange(lo, hi)
-                ports: dict[str, int] = {}
-                for _ in range(span):
-                    if len(ports) == len(names):
-                        break
-                    port = lo + (cursor - lo) % span
-                    cursor = port + 1
-                    if port not in used and _port_free(port):
-                        ports[names[len(ports)]] = port
-                if len(ports) < len(names):
-                    raise RuntimeError(f"no free port left in {self._port_range}")
-                rec = _Rec(
-                    node_id=node_id,
-                    cluster_id=cluster_id,
-                    role=role,
-                    start_ms=self._now_ms(),
-                    created_s=now,
-                    procs=[],
-                    ports=ports,
-                    attrs={},
-                    phase="active",
-                    phase_s=now,
-                )
-                db.executemany(
-                    "INSERT INTO ports(port, node_id, cluster_id) VALUES (?, ?, ?)",
-                    [(port, node_id, cluster_id) for port in ports.values()],
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_port', ?)",
-                    (str(cursor),),
-                )
-                db.execute(
-                    "INSERT INTO nodes(node_id, cluster_id, role, start_ms, created_s, procs,"
-                    " ports, attrs, phase, phase_s) VALUES (?, ?, ?, ?, ?, '[]', ?, '{}', ?, ?)",
-                    (
-                        node_id,
-                        cluster_id,
-                        role,
-                        rec.start_ms,
-                        now,
-                        json.dumps(ports),
-                        "active",
-                        now,
-                    ),
-                )
-                db.execute("COMMIT")
+                yield db
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            db.execute("COMMIT")
+
+    def _new_record(
+        self,
+        cluster_id: str,
+        node_id: str,
+        role: str,
+        names: Sequence[str],
+        *,
+        pool_id: str | None = None,
+        db: sqlite3.Connection | None = None,
+    ) -> _Rec:
+        """Insert the node with freshly allocated ports (in `db`'s open transaction, or one of
+        its own)."""
+        if db is None:
+            with self._tx() as tx:
+                return self._new_record(cluster_id, node_id, role, names, pool_id=pool_id, db=tx)
+        lo, hi = self._port_range
+        span = hi - lo
+        now = time.time()
+        used = {row[0] for row in db.execute("SELECT port FROM ports")}
+        row = db.execute("SELECT value FROM meta WHERE key='next_port'").fetchone()
+        cursor = int(row[0]) if row else random.randrange(lo, hi)
+        ports: dict[str, int] = {}
+        for _ in range(span):
+            if len(ports) == len(names):
+                break
+            port = lo + (cursor - lo) % span
+            cursor = port + 1
+            if port not in used and _port_free(port):
+                ports[names[len(ports)]] = port
+        if len(ports) < len(names):
+            raise RuntimeError(f"no free port left in {self._port_range}")
+        rec = _Rec(
+            node_id=node_id,
+            cluster_id=cluster_id,
+            role=role,
+            start_ms=self._now_ms(),
+            created_s=now,
+            procs=[],
+            ports=ports,
+            attrs={},
+            phase="idle" if role == "pool" else "active",
+            phase_s=now,
+            pool_id=pool_id,
+            idle_since_ms=self._now_ms() if role == "pool" else None,
+            disk_bytes=self._scratch_quota,
+        )
+        db.executemany(
+            "INSERT INTO ports(port, node_id, cluster_id) VALUES (?, ?, ?)",
+            [(port, node_id, cluster_id) for port in ports.values()],
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('next_port', ?)", (str(cursor),)
+        )
+        db.execute(
+            "INSERT INTO nodes(node_id, cluster_id, role, start_ms, created_s, procs, ports,"
+            " attrs, phase, phase_s, pool_id, idle_since_ms, disk_bytes)"
+            " VALUES (?, ?, ?, ?, ?, '[]', ?, '{}', ?, ?, ?, ?, ?)",
+            (
+                node_id,
+                cluster_id,
+                role,
+                rec.start_ms,
+                now,
+                json.dumps(ports),
+                rec.phase,
+                now,
+                pool_id,
+                rec.idle_since_ms,
+                rec.disk_bytes,
+            ),
+        )
         return rec
 
     def _update(self, r: _Rec, **values: Any) -> None:
@@ -1182,13 +1485,42 @@ class LocalSparkProvisioner:
             db.execute("DELETE FROM ports WHERE node_id=?", (r.node_id,))
             db.execute("DELETE FROM nodes WHERE node_id=?", (r.node_id,))
             db.execute("COMMIT")
-        node_dir = self.data_dir / "nodes" / r.cluster_id / r.node_id
+        node_dir = self.data_dir / "nodes" / self._home(r) / r.node_id
         shutil.rmtree(node_dir / "scratch", ignore_errors=True)  # shuffle files; logs stay
         log.info("node gone", extra={"cluster_id": r.cluster_id, "node_id": r.node_id})
 
 
 PORTS_DRIVER = ("master", "master_ui", "connect", "app_ui")
 PORTS_WORKER = ("worker", "worker_ui")
+# A pool node can become either.
+PORTS_POOL = PORTS_DRIVER + PORTS_WORKER
+
+
+def _ending(r: _Rec) -> str:
+    """The phase of a node whose processes are being stopped for good or for its pool."""
+    return "returning" if r.pool_id else "terminating"
+
+
+def _rec(row: Sequence[Any]) -> _Rec:
+    return _Rec(
+        node_id=row[0],
+        cluster_id=row[1],
+        role=row[2],
+        start_ms=row[3],
+        created_s=row[4],
+        procs=[_Proc(**p) for p in json.loads(row[5])],
+        ports=json.loads(row[6]),
+        attrs=json.loads(row[7]),
+        phase=row[8],
+        phase_s=row[9],
+        term_s=row[10],
+        kill_s=row[11],
+        ready_s=row[12],
+        lost_s=row[13],
+        pool_id=row[14],
+        idle_since_ms=row[15],
+        disk_bytes=row[16],
+    )
 
 
 def _worker_states(master: Mapping[str, Any] | None) -> dict[int, str]:

@@ -2,18 +2,46 @@
 
 It exercises the whole lifecycle flow (and the benchmarks) without real machines. Nodes are
 kept on disk, so they survive a restart of the control plane like real nodes would.
+
+A node is ready at `ready_ms` (STARTING before, RUNNING after) and, once asked to stop, gone
+at `stop_ms`. Times are compared with the clock when the nodes are read; nothing runs in the
+background.
+
+Instance pools: a pool node has a `pool_id`. While no cluster uses it (`cluster_id` '') it is
+PENDING_IDLE until `ready_ms`, then IDLE since `idle_since_ms`. A cluster takes idle nodes
+first (a warm node is ready after `warm_boot_s`, a new one after `boot_s`) and starts new pool
+nodes while the pool is under its max_capacity. A pool node a cluster lets go is RETURNING
+until `stop_ms`, then warms up again (PENDING_IDLE for `warm_boot_s`) instead of being
+deleted; removing an idle node (remove_idle) deletes it after `stop_s`. Taking and adding
+check the pool's size and write in one `BEGIN IMMEDIATE` transaction, so that concurrent
+callers (threads or processes) never exceed max_capacity.
+
+Every node has a local disk of `disk_bytes` (shown as the `disk_total_bytes` attribute);
+grow_storage only ever grows it.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from shared.ports import Node, NodeRequest, NodeType, SparkVersion
+from shared.ports import (
+    Node,
+    NodeRequest,
+    NodeStatus,
+    NodeType,
+    PoolCapacityReached,
+    PoolNode,
+    PoolNodeStatus,
+    PoolRequest,
+    SparkVersion,
+)
 
 NODE_TYPES = [
     NodeType("rec-small", 2, 4096, "Record node, 2 cores, 4 GB"),
@@ -25,6 +53,17 @@ SPARK_VERSIONS = [
     SparkVersion("4.1.x-scala2.12", "4.1 (Apache Spark 4.1.4, Scala 2.12 key alias)"),
 ]
 
+# Columns added after the first version of the table (added to existing files on open).
+_ADDED_COLUMNS = {"pool_id": "TEXT", "idle_since_ms": "INTEGER", "disk_bytes": "INTEGER"}
+_COLUMNS = "node_id, cluster_id, role, start_ms, ready_ms, stop_ms, lost, disk_bytes"
+# The pool nodes that count against max_capacity: all but the lost ones and those being
+# removed (a returning node is still in a cluster, so it counts).
+_LIVE = "pool_id=? AND lost=0 AND (stop_ms IS NULL OR cluster_id!='')"
+# The pool nodes no cluster uses (taken in this order: IDLE first, longest idle first).
+_UNUSED = "pool_id=? AND cluster_id='' AND stop_ms IS NULL AND lost=0"
+
+Row = tuple[str, str, str, int, int, int | None, int, int | None]
+
 
 class RecordProvisioner:
     def __init__(
@@ -33,21 +72,31 @@ class RecordProvisioner:
         *,
         boot_s: float = 1.0,
         stop_s: float = 0.2,
+        warm_boot_s: float = 0.1,
+        disk_bytes: int = 64 * 2**30,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.boot_ms = int(boot_s * 1000)
         self.stop_ms = int(stop_s * 1000)
+        self.warm_boot_ms = int(warm_boot_s * 1000)
+        self.disk_bytes = disk_bytes
         self._clock = clock or (lambda: int(time.time() * 1000))
         self._local = threading.local()
-        with self._db() as db:
+        with self._tx() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS nodes (cluster_id TEXT, node_id TEXT PRIMARY KEY,"
                 " role TEXT, start_ms INTEGER, ready_ms INTEGER, stop_ms INTEGER,"
                 " lost INTEGER DEFAULT 0)"
             )
+            have = {r[1] for r in db.execute("PRAGMA table_info(nodes)")}
+            for name, sql_type in _ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE nodes ADD COLUMN {name} {sql_type}")
             db.execute("CREATE INDEX IF NOT EXISTS nodes_cluster ON nodes(cluster_id)")
+            db.execute("CREATE INDEX IF NOT EXISTS nodes_pool ON nodes(pool_id)")
+            db.execute("CREATE INDEX IF NOT EXISTS nodes_stop ON nodes(stop_ms)")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -58,36 +107,65 @@ class RecordProvisioner:
             self._local.db = db
         return db
 
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (taken at once, so a read in it is not stale when writing)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _settle(self, db: sqlite3.Connection, now: int) -> None:
+        """Apply the stops that are due: pool nodes a cluster let go warm up again, the other
+        stopped nodes are gone. (Each statement is safe on its own, in or out of a
+        transaction.)"""
+        db.execute(
+            "UPDATE nodes SET cluster_id='', role='worker', ready_ms=stop_ms+?,"
+            " idle_since_ms=stop_ms+?, stop_ms=NULL"
+            " WHERE stop_ms<=? AND pool_id IS NOT NULL AND cluster_id!=''",
+            (self.warm_boot_ms, self.warm_boot_ms, now),
+        )
+        db.execute(
+            "DELETE FROM nodes WHERE stop_ms<=? AND (pool_id IS NULL OR cluster_id='')", (now,)
+        )
+
     def node_types(self) -> list[NodeType]:
         return list(NODE_TYPES)
 
     def spark_versions(self) -> list[SparkVersion]:
         return list(SPARK_VERSIONS)
 
+    @staticmethod
+    def _rows(db: sqlite3.Connection, clause: str, args: Sequence[object]) -> list[Row]:
+        return db.execute(f"SELECT {_COLUMNS} FROM nodes WHERE {clause}", args).fetchall()
+
+    @staticmethod
+    def _node(row: Row, now: int) -> Node:
+        node_id, _, role, start_ms, ready_ms, stop_ms, lost, disk_bytes = row
+        status: NodeStatus
+        if stop_ms is not None:
+            status = "STOPPING"
+        elif lost:
+            status = "LOST"
+        elif ready_ms <= now:
+            status = "RUNNING"
+        else:
+            status = "STARTING"
+        attrs = {} if disk_bytes is None else {"disk_total_bytes": str(disk_bytes)}
+        return Node(node_id, role, status, start_ms, instance_id=node_id, attrs=attrs)  # type: ignore[arg-type]
+
     def observe(self, cluster_id: str) -> list[Node]:
         now = self._clock()
         db = self._db()
-        db.execute(
-            "DELETE FROM nodes WHERE cluster_id=? AND stop_ms IS NOT NULL AND stop_ms<=?",
-            (cluster_id, now),
+        self._settle(db, now)
+        rows = self._rows(
+            db, "cluster_id=? ORDER BY role='worker', start_ms, node_id", (cluster_id,)
         )
-        rows = db.execute(
-            "SELECT node_id, role, start_ms, ready_ms, stop_ms, lost FROM nodes"
-            " WHERE cluster_id=? ORDER BY role='worker', start_ms, node_id",
-            (cluster_id,),
-        ).fetchall()
-        out = []
-        for node_id, role, start_ms, ready_ms, stop_ms, lost in rows:
-            if stop_ms is not None:
-                status = "STOPPING"
-            elif lost:
-                status = "LOST"
-            elif ready_ms <= now:
-                status = "RUNNING"
-            else:
-                status = "STARTING"
-            out.append(Node(node_id, role, status, start_ms, instance_id=node_id))
-        return out
+        return [self._node(r, now) for r in rows]
 
     def _add(self, cluster_id: str, role: str, count: int) -> list[Node]:
         now = self._clock()
@@ -96,15 +174,74 @@ class RecordProvisioner:
             for _ in range(count)
         ]
         self._db().executemany(
-            "INSERT INTO nodes(cluster_id,node_id,role,start_ms,ready_ms) VALUES (?,?,?,?,?)",
-            [(cluster_id, n.node_id, role, now, now + self.boot_ms) for n in nodes],
+            "INSERT INTO nodes(cluster_id,node_id,role,start_ms,ready_ms,disk_bytes)"
+            " VALUES (?,?,?,?,?,?)",
+            [
+                (cluster_id, n.node_id, role, now, now + self.boot_ms, self.disk_bytes)
+                for n in nodes
+            ],
         )
         return nodes
 
+    def _take(self, cluster_id: str, pool: PoolRequest, role: str, count: int) -> list[Node]:
+        """Give `count` nodes of the pool to the cluster: idle ones first, then new ones."""
+        with self._tx() as db:
+            now = self._clock()
+            self._settle(db, now)
+            unused = db.execute(
+                f"SELECT node_id FROM nodes WHERE {_UNUSED}"
+                " ORDER BY ready_ms>?, idle_since_ms, node_id LIMIT ?",
+                (pool.pool_id, now, count),
+            ).fetchall()
+            new = count - len(unused)
+            room = self._room(db, pool)
+            if new > room:
+                raise PoolCapacityReached(
+                    f"Instance pool {pool.pool_id} has {len(unused)} idle node(s) and room for "
+                    f"{room} more (max_capacity {pool.max_capacity}): {count} were asked for."
+                )
+            # A warm node runs its Spark role soon; a node still warming up when it is
+            # taken is ready when both are done.
+            db.executemany(
+                "UPDATE nodes SET cluster_id=?, role=?, ready_ms=MAX(ready_ms, ?) WHERE node_id=?",
+                [(cluster_id, role, now + self.warm_boot_ms, r[0]) for r in unused],
+            )
+            created = [self._new_pool_node_id(pool) for _ in range(new)]
+            db.executemany(
+                "INSERT INTO nodes(cluster_id,node_id,role,start_ms,ready_ms,pool_id,disk_bytes)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [
+                    (cluster_id, n, role, now, now + self.boot_ms, pool.pool_id, self.disk_bytes)
+                    for n in created
+                ],
+            )
+            ids = [r[0] for r in unused] + created
+            rows = {r[0]: r for r in self._rows(db, "cluster_id=?", (cluster_id,))}
+        return [self._node(rows[n], now) for n in ids]
+
+    @staticmethod
+    def _new_pool_node_id(pool: PoolRequest) -> str:
+        return f"{pool.pool_id}-p-{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def _room(db: sqlite3.Connection, pool: PoolRequest) -> int:
+        """How many more nodes the pool may start (call it in the transaction that starts
+        them)."""
+        if pool.max_capacity is None:
+            return sys.maxsize
+        (live,) = db.execute(
+            f"SELECT COUNT(*) FROM nodes WHERE {_LIVE}", (pool.pool_id,)
+        ).fetchone()
+        return pool.max_capacity - live
+
     def start_driver(self, req: NodeRequest) -> Node:
+        if req.driver_pool is not None:
+            return self._take(req.cluster_id, req.driver_pool, "driver", 1)[0]
         return self._add(req.cluster_id, "driver", 1)[0]
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
+        if req.pool is not None:
+            return self._take(req.cluster_id, req.pool, "worker", count)
         return self._add(req.cluster_id, "worker", count)
 
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
@@ -121,7 +258,76 @@ class RecordProvisioner:
         )
 
     def cluster_ids(self) -> set[str]:
-        return {r[0] for r in self._db().execute("SELECT DISTINCT cluster_id FROM nodes")}
+        db = self._db()
+        self._settle(db, self._clock())
+        rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE cluster_id!=''")
+        return {r[0] for r in rows}
+
+    # Local storage.
+
+    def grow_storage(self, cluster_id: str, node_id: str, total_bytes: int) -> None:
+        self._db().execute(
+            "UPDATE nodes SET disk_bytes=MAX(COALESCE(disk_bytes, 0), ?)"
+            " WHERE cluster_id=? AND node_id=?",
+            (total_bytes, cluster_id, node_id),
+        )
+
+    # Instance pools.
+
+    def pool_nodes(self, pool_id: str) -> list[PoolNode]:
+        now = self._clock()
+        db = self._db()
+        self._settle(db, now)
+        rows = db.execute(
+            "SELECT node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms"
+            " FROM nodes WHERE pool_id=? ORDER BY start_ms, node_id",
+            (pool_id,),
+        ).fetchall()
+        out = []
+        for node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms in rows:
+            status: PoolNodeStatus
+            if stop_ms is not None:
+                status = "RETURNING" if cluster_id else "STOPPING"
+            elif lost:
+                status = "LOST"
+            elif cluster_id:
+                status = "USED" if ready_ms <= now else "PENDING_USED"
+            else:
+                status = "IDLE" if ready_ms <= now else "PENDING_IDLE"
+            out.append(PoolNode(node_id, status, cluster_id, start_ms, idle_since_ms or 0))
+        return out
+
+    def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:
+        with self._tx() as db:
+            now = self._clock()
+            ready = now + self.boot_ms
+            nodes = [
+                PoolNode(self._new_pool_node_id(req), "PENDING_IDLE", "", now, ready)
+                for _ in range(max(0, min(count, self._room(db, req))))
+            ]
+            db.executemany(
+                "INSERT INTO nodes(cluster_id,node_id,role,start_ms,ready_ms,pool_id,"
+                "idle_since_ms,disk_bytes) VALUES ('',?,'worker',?,?,?,?,?)",
+                [(n.node_id, now, ready, req.pool_id, ready, self.disk_bytes) for n in nodes],
+            )
+        return nodes
+
+    def remove_idle(self, pool_id: str, node_ids: Sequence[str]) -> None:
+        with self._tx() as db:
+            now = self._clock()
+            self._settle(db, now)
+            # A lost node no cluster uses goes too.
+            db.executemany(
+                "UPDATE nodes SET stop_ms=? WHERE pool_id=? AND node_id=? AND cluster_id=''"
+                " AND stop_ms IS NULL",
+                [(now + self.stop_ms, pool_id, n) for n in node_ids],
+            )
+
+    def pool_ids(self) -> set[str]:
+        db = self._db()
+        self._settle(db, self._clock())
+        rows = db.execute("SELECT DISTINCT pool_id FROM nodes WHERE pool_id IS NOT NULL")
+        return {r[0] for r in rows}
 
     # Test and chaos hook: a node dies (like a process killed or a VM evicted).
     def lose_node(self, node_id: str) -> None:

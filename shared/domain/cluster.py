@@ -225,6 +225,10 @@ class Cluster(BaseModel):
     running_since: int = 0
     # The autoscaler's last change (shared.domain.autoscale.ScalingMemory as a dict).
     scaling_memory: dict[str, Any] | None = None
+    # Local storage (enable_elastic_disk): the disk size last asked for each node, and the
+    # nodes that reached the largest size (reported once).
+    disk_targets: dict[str, int] = Field(default_factory=dict)
+    disk_at_limit: list[str] = Field(default_factory=list)
     # Every write bumps the generation; events carry it so they are written exactly once.
     generation: int = 0
     pending_events: list[dict[str, Any]] = Field(default_factory=list)
@@ -458,3 +462,55 @@ def pin(c: Cluster, *, pinned: bool, user: str, now: int) -> Cluster:
     c = c.model_copy(deep=True)
     c.pinned = pinned
     return _bump(c, [(EventType.PINNED if pinned else EventType.UNPINNED, {"user": user})], now)
+
+
+def disk_steps(
+    c: Cluster,
+    *,
+    grown: Mapping[str, tuple[int, int, int]],
+    at_limit: Mapping[str, tuple[int, int]],
+    failed: Mapping[str, str] | None = None,
+    now: int,
+) -> Cluster:
+    """Record local-storage steps: `grown` node -> (previous size, new size, free bytes) with
+    EXPANDED_DISK, `at_limit` node -> (size, free bytes) with DID_NOT_EXPAND_DISK (once per
+    node), `failed` node -> error with FAILED_TO_EXPAND_DISK."""
+    new_limits = {n: v for n, v in at_limit.items() if n not in c.disk_at_limit}
+    if not grown and not new_limits and not failed:
+        return c
+    c = c.model_copy(deep=True)
+    events: list[tuple[EventType, dict[str, Any]]] = []
+    for node_id, (previous, size, free) in sorted(grown.items()):
+        c.disk_targets[node_id] = size
+        events.append(
+            (
+                EventType.EXPANDED_DISK,
+                {
+                    "instance_id": node_id,
+                    "previous_disk_size": previous,
+                    "disk_size": size,
+                    "free_space": free,
+                },
+            )
+        )
+    for node_id, (size, free) in sorted(new_limits.items()):
+        c.disk_at_limit.append(node_id)
+        events.append(
+            (
+                EventType.DID_NOT_EXPAND_DISK,
+                {
+                    "instance_id": node_id,
+                    "disk_size": size,
+                    "free_space": free,
+                    "did_not_expand_reason": "The node's local storage is at its largest size.",
+                },
+            )
+        )
+    for node_id, error in sorted((failed or {}).items()):
+        events.append(
+            (
+                EventType.FAILED_TO_EXPAND_DISK,
+                {"instance_id": node_id, "did_not_expand_reason": error[:500]},
+            )
+        )
+    return _bump(c, events, now)

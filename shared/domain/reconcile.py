@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.domain.cluster import Cluster, TerminationReason, _bump, _move
-from shared.domain.events import EventType
+from shared.domain.events import EventType, event
 from shared.domain.states import State
 from shared.ports import Node
 
@@ -243,3 +243,47 @@ def _terminated_message(reason: TerminationReason | None) -> str:
         minutes = reason.parameters.get("inactivity_duration_min", "?")
         return f"Inactive cluster terminated (inactive for {minutes} minutes)."
     return f"Cluster terminated. Reason: {reason.code}"
+
+
+def nodes_unavailable(
+    p: Plan, *, code: str, message: str, live_workers: int, now: int, **params: str
+) -> Plan:
+    """A step of the plan could not get nodes (an instance pool at max_capacity, a pool that
+    is gone, a provisioner that cannot use pools). A starting cluster fails with `code`; a
+    running one stays at the size it has, with an ADD_NODES_FAILED event."""
+    c = p.cluster.model_copy(deep=True)
+    events: list[tuple[EventType, dict[str, Any]]] = []
+    if c.state in (State.RUNNING, State.RESIZING):
+        reason = {"code": code, "type": "CLIENT_ERROR", "parameters": dict(params)}
+        events.append(
+            (
+                EventType.ADD_NODES_FAILED,
+                {
+                    "current_num_workers": live_workers,
+                    "target_num_workers": c.target_workers,
+                    "reason": reason,
+                },
+            )
+        )
+        c.target_workers = live_workers
+        c.resize_from = None
+        c.remove_hint = []
+        _move(c, State.RUNNING, now, f"Could not add nodes: {message}")
+    elif c.desired == "RUNNING":
+        _fail(c, now, code, "CLIENT_ERROR", message, **params)
+        events.append((EventType.TERMINATING, {"reason": c.termination_reason.model_dump()}))  # type: ignore[union-attr]
+    else:
+        return p
+    if p.changed:
+        # The plan's own events are pending already: these follow them in the same write.
+        base = len(c.pending_events)
+        c.pending_events = [
+            *c.pending_events,
+            *(
+                event(c.cluster_id, t, now, f"{c.generation}-{base + i}", d)
+                for i, (t, d) in enumerate(events)
+            ),
+        ]
+    else:
+        _bump(c, events, now)
+    return Plan(cluster=c, actions=[], changed=True, requeue=True)

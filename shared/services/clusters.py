@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from shared.domain import cluster as dom
+from shared.domain import serverless
 from shared.domain.cluster import Cluster
 from shared.domain.events import wire as event_wire
+from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, ResourceDoesNotExist
 from shared.ports import (
@@ -107,6 +109,10 @@ class Catalog:
         )
 
 
+class PoolLookup(Protocol):
+    def active(self, workspace_id: str, pool_id: Any) -> Pool: ...
+
+
 class ClusterService:
     def __init__(
         self,
@@ -115,9 +121,12 @@ class ClusterService:
         catalog: Catalog,
         clock: Clock,
         settings: Settings,
+        *,
+        pools: PoolLookup | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
+        self.pools = pools
         self.catalog = catalog
         self.clock = clock
         self.settings = settings
@@ -158,8 +167,54 @@ class ClusterService:
 
     # ---------------------------------------------------------------- commands
 
+    def spec(self, p: Principal, body: Mapping[str, Any]) -> dom.ClusterSpec:
+        """The effective spec of a create or edit body: a serverless pool's derived settings,
+        an instance pool's node types, Databricks' defaults; or INVALID_PARAMETER_VALUE."""
+        marked = serverless.is_serverless_body(body)
+        spec = dom.parse_spec({"spark_version": "", **body} if marked else body)
+        if serverless.is_serverless(spec):
+            worker = self.catalog.node_types.get(spec.node_type_id or "")
+            if worker is None:
+                raise InvalidParameterValue(
+                    "A serverless pool needs node_type_id, a worker type listed by "
+                    "GET /api/2.1/clusters/list-node-types."
+                )
+            spec = serverless.prepare(
+                spec,
+                worker=worker,
+                driver=self.catalog.node_types.get(spec.driver_node_type_id or ""),
+                default_spark_version=next(iter(self.catalog.spark_versions), ""),
+            )
+        if spec.driver_instance_pool_id and not spec.instance_pool_id:
+            raise InvalidParameterValue("driver_instance_pool_id needs instance_pool_id as well.")
+        if spec.instance_pool_id:
+            if self.pools is None:
+                raise InvalidParameterValue("Instance pools are not available here.")
+            pool = self.pools.active(p.workspace_id, spec.instance_pool_id)
+            driver_pool = (
+                self.pools.active(p.workspace_id, spec.driver_instance_pool_id)
+                if spec.driver_instance_pool_id
+                else pool
+            )
+            for field, value, want in (
+                ("node_type_id", spec.node_type_id, pool.spec.node_type_id),
+                ("driver_node_type_id", spec.driver_node_type_id, driver_pool.spec.node_type_id),
+            ):
+                if value is not None and value != want:
+                    raise InvalidParameterValue(
+                        f"{field} {value} differs from the instance pool's node type {want}: "
+                        f"leave {field} out when the nodes come from a pool."
+                    )
+            spec = spec.model_copy(
+                update={
+                    "node_type_id": pool.spec.node_type_id,
+                    "driver_node_type_id": driver_pool.spec.node_type_id,
+                }
+            )
+        return self.catalog.validate(spec)
+
     def create(self, p: Principal, body: Mapping[str, Any]) -> str:
-        spec = self.catalog.validate(dom.parse_spec(body))
+        spec = self.spec(p, body)
         idem = body.get("idempotency_token")
         now = self.clock.now_ms()
         cluster_id = dom.new_cluster_id(now)
@@ -187,7 +242,7 @@ class ClusterService:
         return cluster_id
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
-        spec = self.catalog.validate(dom.parse_spec(body))
+        spec = self.spec(p, body)
         now = self.clock.now_ms()
         self.mutate(p, body.get("cluster_id"), lambda c: dom.edit(c, spec, user=p.user, now=now))
 

@@ -277,9 +277,9 @@ class JobService:
 
     # ----------------------------------------------------------------------------- validation
 
-    def _check_spec(self, spec: dict[str, Any], where: str) -> None:
+    def _check_spec(self, p: Principal, spec: dict[str, Any], where: str) -> None:
         try:
-            self.clusters.catalog.validate(cdom.parse_spec(spec))
+            self.clusters.spec(p, spec)
         except InvalidParameterValue as e:
             raise InvalidParameterValue(f"{where}: {e.message}") from None
 
@@ -292,7 +292,7 @@ class JobService:
         dom.validate_settings(
             s,
             now_ms=self.clock.now_ms(),
-            check_cluster_spec=self._check_spec,
+            check_cluster_spec=lambda spec, where: self._check_spec(p, spec, where),
             check_existing_cluster=existing,
             submit=submit,
         )
@@ -1042,7 +1042,8 @@ class JobService:
         if self.clusters.repo.load(ws, a.cluster_id) is not None:
             return
         try:
-            spec = self.clusters.catalog.validate(cdom.parse_spec(a.spec))
+            owner = Principal(ws, run.creator_user_name, "job-run")
+            spec = self.clusters.spec(owner, a.spec)
         except InvalidParameterValue as e:
             self._create_errors[a.cluster_id] = e.message
             return

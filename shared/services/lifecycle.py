@@ -8,11 +8,22 @@ from dataclasses import replace
 from typing import Any
 
 from shared.domain import reconcile as rec
+from shared.domain import serverless, storage
 from shared.domain.cluster import Cluster
 from shared.domain.states import TRANSITIONAL, State
-from shared.ports import Bus, Clock, NodeRequest, PreconditionFailed, Provisioner
+from shared.ports import (
+    Bus,
+    Clock,
+    Node,
+    NodeRequest,
+    PoolCapacityReached,
+    PreconditionFailed,
+    Provisioner,
+    ProvisionerUnsupported,
+)
 from shared.services.auth import Auth
 from shared.services.clusters import ClusterRepo, reconcile_message
+from shared.services.pools import PoolService
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.lifecycle")
@@ -34,7 +45,12 @@ def node_request(c: Cluster) -> NodeRequest:
         spark_conf=dict(s.spark_conf),
         spark_env_vars=dict(s.spark_env_vars),
         tags={**s.custom_tags, "ClusterId": c.cluster_id, "Vendor": "sparkplane"},
+        conf_files=serverless.conf_files(s),
     )
+
+
+class PoolGone(Exception):
+    """The instance pool a cluster names was deleted."""
 
 
 class Lifecycle:
@@ -46,8 +62,10 @@ class Lifecycle:
         clock: Clock,
         settings: Settings,
         auth: Auth,
+        pools: PoolService,
     ) -> None:
         self.auth = auth
+        self.pools = pools
         self.repo = repo
         self.bus = bus
         self.provisioner = provisioner
@@ -57,9 +75,12 @@ class Lifecycle:
 
     def handle(self, body: bytes) -> None:
         msg: dict[str, Any] = json.loads(body)
-        if msg.get("type") != "reconcile":
+        if msg.get("type") == "reconcile":
+            self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+        elif msg.get("type") == "pool":
+            self.pools.reconcile(str(msg["workspace_id"]), str(msg["pool_id"]))
+        else:
             raise ValueError(f"unknown lifecycle message type {msg.get('type')!r}")
-        self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
 
     def reconcile(self, workspace_id: str, cluster_id: str) -> None:
         for _ in range(10):
@@ -70,7 +91,10 @@ class Lifecycle:
             nodes = self.provisioner.observe(cluster_id)
             now = self.clock.now_ms()
             p = rec.plan(cluster, nodes, now=now)
-            self._carry_out(p)
+            try:
+                self._carry_out(p)
+            except (PoolCapacityReached, PoolGone, ProvisionerUnsupported) as e:
+                p = self._nodes_unavailable(p, nodes, e, now)
             try:
                 if p.delete_document:
                     self.auth.revoke_all(agent_scope(cluster_id))
@@ -93,16 +117,59 @@ class Lifecycle:
     def _carry_out(self, p: rec.Plan) -> None:
         c = p.cluster
         req = node_request(c)
+        pooled = {i for i in (c.spec.instance_pool_id, c.spec.driver_instance_pool_id) if i}
         for a in p.actions:
             match a:
                 case rec.StopCluster():
                     self.provisioner.stop_cluster(c.cluster_id)
                 case rec.StartDriver():
-                    self.provisioner.start_driver(replace(req, agent_env=self._agent_env(c)))
+                    driver_pool = c.spec.driver_instance_pool_id or c.spec.instance_pool_id
+                    self.provisioner.start_driver(
+                        replace(
+                            req,
+                            agent_env=self._agent_env(c),
+                            driver_pool=self._pool(c, driver_pool),
+                        )
+                    )
                 case rec.AddWorkers(count=n):
-                    self.provisioner.add_workers(req, n)
+                    env = self._agent_env(c) if storage.elastic(c.spec) else {}
+                    pool = self._pool(c, c.spec.instance_pool_id)
+                    self.provisioner.add_workers(replace(req, agent_env=env, pool=pool), n)
                 case rec.RemoveWorkers(node_ids=ids):
                     self.provisioner.remove_workers(c.cluster_id, ids)
+        if p.actions and pooled:
+            # Nodes were taken from or given back to a pool: its stats and idle count change.
+            for pool_id in pooled:
+                self.pools.kick_id(
+                    c.workspace_id,
+                    pool_id,
+                    f"pool-use:{pool_id}:{c.cluster_id}:{c.generation}:{len(p.actions)}",
+                )
+
+    def _pool(self, c: Cluster, pool_id: str | None):  # type: ignore[no-untyped-def]
+        if not pool_id:
+            return None
+        got = self.pools.load(c.workspace_id, pool_id)
+        if got is None or got[0].state != "ACTIVE":
+            raise PoolGone(f"Instance pool {pool_id} does not exist any more.")
+        return self.pools.request(got[0])
+
+    def _nodes_unavailable(
+        self, p: rec.Plan, nodes: list[Node], e: Exception, now: int
+    ) -> rec.Plan:
+        pool_id = p.cluster.spec.instance_pool_id or p.cluster.spec.driver_instance_pool_id or ""
+        code = {
+            PoolCapacityReached: "INSTANCE_POOL_MAX_CAPACITY_REACHED",
+            PoolGone: "INSTANCE_POOL_NOT_FOUND",
+        }.get(type(e), "INSTANCE_POOL_CLUSTER_FAILURE")
+        live = sum(1 for n in nodes if n.role == "worker" and n.status in ("STARTING", "RUNNING"))
+        log.warning(
+            "nodes unavailable",
+            extra={"cluster_id": p.cluster.cluster_id, "code": code, "pool_id": pool_id},
+        )
+        return rec.nodes_unavailable(
+            p, code=code, message=str(e), live_workers=live, now=now, instance_pool_id=pool_id
+        )
 
     def _agent_env(self, c: Cluster) -> dict[str, str]:
         """The driver's agent reports with a token of its own cluster (revoked at the end)."""
@@ -174,4 +241,4 @@ class Lifecycle:
         for cid in orphans:
             self.provisioner.stop_cluster(cid)
         purged = store.purge_expired()
-        return {"kicked": kicked, "orphans": len(orphans), "purged": purged}
+        return {"kicked": kicked, "orphans": len(orphans), "purged": purged, **self.pools.sweep()}

@@ -7,6 +7,7 @@ the pure functions of shared/domain/autoscale.py; this module only feeds and app
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -18,10 +19,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.domain import autoscale as pol
 from shared.domain import cluster as dom
+from shared.domain import storage
 from shared.domain.cluster import Cluster
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
-from shared.ports import AlreadyExists, Clock, PreconditionFailed, Store
+from shared.ports import AlreadyExists, Clock, PreconditionFailed, Provisioner, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ACTIVITY, ClusterRepo, ClusterService
 from shared.settings import Settings
@@ -29,6 +31,8 @@ from shared.settings import Settings
 log = logging.getLogger("sparkplane.utilization")
 
 SAMPLE = "sample"
+# The latest local-disk report of each node (partition: cluster, id: node).
+DISK = "disk"
 _TS_MAX = 10**13
 
 
@@ -39,6 +43,12 @@ class WorkerIn(BaseModel):
     cached_bytes: int = Field(default=0, ge=0)
     disk_used_bytes: int = Field(default=0, ge=0)
     disk_total_bytes: int = Field(default=0, ge=0)
+
+
+class DiskIn(BaseModel):
+    node_id: str = Field(min_length=1, max_length=200)
+    used_bytes: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
 
 
 class SampleIn(BaseModel):
@@ -95,8 +105,14 @@ class Utilization:
         clusters: ClusterService,
         clock: Clock,
         settings: Settings,
+        provisioner: Provisioner | None = None,
     ) -> None:
         self.store = store
+        self.provisioner = provisioner
+        self.storage_params = storage.StorageParams(
+            min_step_bytes=settings.storage_min_step_mb * 2**20,
+            max_total_bytes=settings.storage_max_gb * 2**30,
+        )
         self.repo = repo
         self.clusters = clusters
         self.clock = clock
@@ -111,16 +127,42 @@ class Utilization:
         if p.role != "agent" or cluster_id != p.scope:
             raise PermissionDenied("This token may only report for its own cluster.")
         try:
-            sample = SampleIn.model_validate(body.get("sample") or {})
+            # The driver's agent sends a Spark sample (and its node's disk); a worker's node
+            # agent only its disk.
+            sample = SampleIn.model_validate(body["sample"]) if "sample" in body else None
+            disk = DiskIn.model_validate(body["disk"]) if body.get("disk") else None
         except ValidationError as e:
-            raise InvalidParameterValue(f"Invalid sample: {e.errors()[0]['msg']}") from None
+            raise InvalidParameterValue(f"Invalid report: {e.errors()[0]['msg']}") from None
+        except TypeError:
+            raise InvalidParameterValue("Invalid report: sample and disk are objects.") from None
+        if sample is None and disk is None:
+            raise InvalidParameterValue("A heartbeat carries a sample, a disk report or both.")
         now = self.clock.now_ms()
-        doc = {"ts_ms": now, **sample.model_dump()}
-        sid = f"{_TS_MAX - now:013d}-{secrets.token_hex(2)}"
-        self.store.create(SAMPLE, cluster_id, sid, doc, ttl_s=self.settings.sample_ttl_s)
-        if to_sample(now, doc).busy:
-            self._touch(cluster_id, now)
+        if sample is not None:
+            doc = {"ts_ms": now, **sample.model_dump()}
+            sid = f"{_TS_MAX - now:013d}-{secrets.token_hex(2)}"
+            self.store.create(SAMPLE, cluster_id, sid, doc, ttl_s=self.settings.sample_ttl_s)
+            if to_sample(now, doc).busy:
+                self._touch(cluster_id, now)
+        if disk is not None:
+            self._put_disk(cluster_id, {"ts_ms": now, **disk.model_dump()})
         return {}
+
+    def _put_disk(self, cluster_id: str, body: dict[str, Any]) -> None:
+        """The node's latest report replaces the previous one (one writer per node)."""
+        node_id = body["node_id"]
+        for _ in range(5):
+            rec = self.store.get(DISK, cluster_id, node_id)
+            try:
+                if rec is None:
+                    self.store.create(
+                        DISK, cluster_id, node_id, body, ttl_s=self.settings.sample_ttl_s
+                    )
+                else:
+                    self.store.replace(DISK, cluster_id, node_id, body, etag=rec.etag)
+                return
+            except (AlreadyExists, PreconditionFailed):
+                continue
 
     def _touch(self, cluster_id: str, now: int) -> None:
         """Record the last busy moment; the heartbeats of one cluster are its only writer."""
@@ -152,15 +194,94 @@ class Utilization:
     # ------------------------------------------------------------------ timers
 
     def autoscale_tick(self) -> dict[str, int]:
+        """The autoscaler timer: worker counts of autoscale clusters, then local storage of
+        clusters with elastic disk."""
         now = self.clock.now_ms()
         changed = 0
         looked = 0
-        for r in self.store.scan("cluster", field="state", values=[State.RUNNING.value]):
-            if not r.body.get("spec", {}).get("autoscale") or r.body.get("desired") != "RUNNING":
+        disks = 0
+        for r in self.store.scan(
+            "cluster", field="state", values=[State.RUNNING.value, State.RESIZING.value]
+        ):
+            if r.body.get("desired") != "RUNNING":
+                continue
+            spec = r.body.get("spec", {})
+            if spec.get("enable_elastic_disk"):
+                disks += self._storage_one(r.body, now)
+            if not spec.get("autoscale") or r.body.get("state") != State.RUNNING.value:
                 continue
             looked += 1
             changed += self._autoscale_one(r.body, now)
-        return {"clusters": looked, "changed": changed}
+        return {"clusters": looked, "changed": changed, "disk_steps": disks}
+
+    def _storage_one(self, b: dict[str, Any], now: int) -> int:
+        """Grow a node's local disk before it runs out (EXPANDED_DISK), say once when it can't
+        grow further (DID_NOT_EXPAND_DISK); a growth asked for but not seen yet is asked again
+        (the provisioner's grow is idempotent)."""
+        if self.provisioner is None:
+            return 0
+        cluster_id = b["cluster_id"]
+        nodes = {e["node_id"] for e in b.get("executors", [])}
+        if b.get("driver"):
+            nodes.add(b["driver"]["node_id"])
+        targets: dict[str, int] = b.get("disk_targets") or {}
+        grown: dict[str, tuple[int, int, int]] = {}
+        at_limit: dict[str, tuple[int, int]] = {}
+        page = self.store.list(DISK, cluster_id, page_size=1000, page_token=None)
+        for r in page.items:
+            if r.id not in nodes:
+                continue  # a node that is gone
+            report = storage.DiskReport(
+                node_id=r.id,
+                used_bytes=r.body["used_bytes"],
+                total_bytes=r.body["total_bytes"],
+                ts_ms=r.body["ts_ms"],
+            )
+            d = storage.decide(report, targets.get(r.id), self.storage_params)
+            if d.grow_to is not None:
+                previous = max(report.total_bytes, targets.get(r.id) or 0)
+                grown[r.id] = (previous, d.grow_to, d.free_bytes)
+            elif d.at_limit:
+                at_limit[r.id] = (report.total_bytes, d.free_bytes)
+            elif d.reapply:
+                self._grow(cluster_id, r.id, targets[r.id])
+        if not grown and not set(at_limit) - set(b.get("disk_at_limit") or []):
+            return 0
+        system = Principal(b["workspace_id"], "storage-monitor", "system")
+
+        def command(cur: Cluster) -> Cluster:
+            return dom.disk_steps(cur, grown=grown, at_limit=at_limit, now=now)
+
+        try:
+            self.clusters.mutate(system, cluster_id, command)
+        except Exception:
+            log.exception("disk step failed", extra={"cluster_id": cluster_id})
+            return 0
+        failed = {}
+        for node_id, (_, size, _) in grown.items():
+            error = self._grow(cluster_id, node_id, size)
+            if error:
+                failed[node_id] = error
+        if failed:
+            with contextlib.suppress(Exception):
+                self.clusters.mutate(
+                    system,
+                    cluster_id,
+                    lambda cur: dom.disk_steps(cur, grown={}, at_limit={}, failed=failed, now=now),
+                )
+        return len(grown) + len(at_limit)
+
+    def _grow(self, cluster_id: str, node_id: str, size: int) -> str | None:
+        assert self.provisioner is not None
+        try:
+            self.provisioner.grow_storage(cluster_id, node_id, size)
+        except Exception as e:
+            log.exception("grow storage failed", extra={"cluster_id": cluster_id})
+            return f"{type(e).__name__}: {e}"
+        log.info(
+            "storage grown", extra={"cluster_id": cluster_id, "node_id": node_id, "bytes": size}
+        )
+        return None
 
     def _autoscale_one(self, b: dict[str, Any], now: int) -> int:
         """Decide on the raw document (the tick reads every running cluster, so it skips

@@ -1,5 +1,17 @@
-"""The agent's summary of Spark's REST payloads."""
+"""The agent's summary of Spark's REST payloads, its disk reports and its heartbeats."""
 
+import json
+import os
+import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared import agent
 from shared.agent import summarize, worker_key
 
 
@@ -53,3 +65,205 @@ def test_summary_of_two_apps() -> None:
 def test_idle_cluster_and_worker_key_fallback() -> None:
     assert summarize([])["running_tasks"] == 0
     assert worker_key({"hostPort": "10.0.0.5:4000"}) == "10.0.0.5:4000"
+
+
+# -- local disk reports and node mode -----------------------------------------------------------
+
+
+def test_used_bytes_sums_the_files_under_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "blockmgr-1" / "0a").mkdir(parents=True)
+    (tmp_path / "blockmgr-1" / "0a" / "shuffle_0_0_0.data").write_bytes(b"x" * 1000)
+    (tmp_path / "blockmgr-1" / "0a" / "shuffle_0_0_0.index").write_bytes(b"x" * 24)
+    (tmp_path / "spark-abc").mkdir()
+    (tmp_path / "spark-abc" / "temp_shuffle").write_bytes(b"x" * 5)
+    (tmp_path / "empty").mkdir()
+    # A symbolic link is not followed (it would count the target twice, or outside files).
+    (tmp_path / "link").symlink_to(tmp_path / "blockmgr-1")
+    assert agent.used_bytes(str(tmp_path)) == 1029
+    assert agent.used_bytes(str(tmp_path / "empty")) == 0
+    with pytest.raises(FileNotFoundError):
+        agent.used_bytes(str(tmp_path / "missing"))
+
+
+def test_used_bytes_tolerates_entries_vanishing_during_the_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "gone-dir").mkdir()
+    (tmp_path / "gone-dir" / "f").write_bytes(b"x" * 10)
+    (tmp_path / "gone-file").write_bytes(b"x" * 100)
+    (tmp_path / "stays").write_bytes(b"x" * 7)
+    real_scandir = os.scandir
+
+    def scandir_then_delete(path: str) -> Any:
+        # List the directory, then delete entries before the walk reads them (what Spark does
+        # when a shuffle is cleaned up meanwhile).
+        entries = list(real_scandir(path))
+        if path == str(tmp_path):
+            (tmp_path / "gone-file").unlink()
+            shutil.rmtree(tmp_path / "gone-dir")
+
+        class It:
+            def __iter__(self) -> Any:
+                return iter(entries)
+
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *_: object) -> None:
+                return None
+
+        return It()
+
+    monkeypatch.setattr(agent.os, "scandir", scandir_then_delete)
+    assert agent.used_bytes(str(tmp_path)) == 7
+
+
+def test_measure_disk_quota_file_and_scratch_dir_fallback(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "f").write_bytes(b"x" * 300)
+    quota = tmp_path / "quota"
+    quota.write_text("1073741824\n")
+    env = {
+        "SPARKPLANE_NODE_ID": "node-1",
+        "SPARKPLANE_SCRATCH_DIR": str(scratch),
+        "SPARKPLANE_DISK_QUOTA_FILE": str(quota),
+    }
+    assert agent.measure_disk(env) == {
+        "node_id": "node-1",
+        "used_bytes": 300,
+        "total_bytes": 1073741824,
+    }
+    # The provisioner grows the quota: the next report says so.
+    quota.write_text("2147483648")
+    assert agent.measure_disk(env)["total_bytes"] == 2147483648  # type: ignore[index]
+    # Without a quota file: the file system's size. SPARK_LOCAL_DIRS' first entry as the dir.
+    env = {"SPARKPLANE_NODE_ID": "node-1", "SPARK_LOCAL_DIRS": f"{scratch},{tmp_path}/other"}
+    assert agent.scratch_dir(env) == str(scratch)
+    assert agent.measure_disk(env) == {
+        "node_id": "node-1",
+        "used_bytes": 300,
+        "total_bytes": shutil.disk_usage(scratch).total,
+    }
+    # No directory (or no node id): no disk object.
+    assert agent.measure_disk({"SPARKPLANE_NODE_ID": "node-1"}) is None
+    assert agent.measure_disk({"SPARKPLANE_SCRATCH_DIR": str(scratch)}) is None
+    assert agent.scratch_dir({"SPARK_LOCAL_DIRS": ""}) is None
+    # An unreadable quota is an error (the heartbeat then goes without a disk object).
+    quota.write_text("lots")
+    with pytest.raises(ValueError):
+        agent.measure_disk({**env, "SPARKPLANE_DISK_QUOTA_FILE": str(quota)})
+    with pytest.raises(FileNotFoundError):  # not written yet
+        agent.measure_disk({**env, "SPARKPLANE_DISK_QUOTA_FILE": str(tmp_path / "nope")})
+
+
+class ControlPlane:
+    """A tiny HTTP server on loopback standing in for the control plane (and, for the driver
+    agent, for the Spark UI's application list). It stops the agent after `want` heartbeats."""
+
+    def __init__(self, stop: threading.Event, want: int = 1) -> None:
+        self.heartbeats: list[tuple[str, dict[str, Any]]] = []
+        seen = self.heartbeats
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers["Content-Length"])
+                seen.append((self.headers["Authorization"], json.loads(self.rfile.read(n))))
+                self._reply(b"{}")
+                if len(seen) >= want:
+                    stop.set()
+
+            def do_GET(self) -> None:
+                self._reply(b"[]" if self.path.startswith("/api/v1/applications") else b"{}")
+
+            def _reply(self, data: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_agent(env: dict[str, str], want: int = 1) -> list[tuple[str, dict[str, Any]]]:
+    stop = threading.Event()
+    cp = ControlPlane(stop, want)
+    try:
+        t = threading.Thread(
+            target=agent.run,
+            args=(stop, {"SPARKPLANE_CONTROL_PLANE_URL": cp.url, **env}),
+            daemon=True,
+        )
+        t.start()
+        t.join(timeout=20)
+        stop.set()
+        t.join(timeout=5)
+        assert not t.is_alive()
+        return cp.heartbeats
+    finally:
+        cp.close()
+
+
+def _node_env(tmp_path: Path) -> dict[str, str]:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "shuffle.data").write_bytes(b"x" * 4096)
+    (tmp_path / "quota").write_text("10737418240")
+    (tmp_path / "token").write_text("agent-token\n")
+    return {
+        "SPARKPLANE_CLUSTER_ID": "0101-000000-abcdefgh",
+        "SPARKPLANE_AGENT_TOKEN_FILE": str(tmp_path / "token"),
+        "SPARKPLANE_NODE_ID": "w-1",
+        "SPARKPLANE_SCRATCH_DIR": str(scratch),
+        "SPARKPLANE_DISK_QUOTA_FILE": str(tmp_path / "quota"),
+        "SPARKPLANE_HEARTBEAT_S": "0.05",
+    }
+
+
+def test_node_mode_posts_only_the_disk(tmp_path: Path) -> None:
+    beats = run_agent(_node_env(tmp_path), want=2)
+    assert len(beats) == 2
+    auth, body = beats[0]
+    assert auth == "Bearer agent-token"
+    assert body == {
+        "cluster_id": "0101-000000-abcdefgh",
+        "disk": {"node_id": "w-1", "used_bytes": 4096, "total_bytes": 10737418240},
+    }
+
+
+def test_driver_posts_sample_and_disk(tmp_path: Path) -> None:
+    stop = threading.Event()
+    spark_ui = ControlPlane(stop)  # answers GET /api/v1/applications with no application
+    try:
+        beats = run_agent({**_node_env(tmp_path), "SPARKPLANE_SPARK_UI_URL": spark_ui.url})
+    finally:
+        spark_ui.close()
+    (_, body) = beats[0]
+    assert body["disk"] == {"node_id": "w-1", "used_bytes": 4096, "total_bytes": 10737418240}
+    assert body["sample"] == summarize([])
+
+
+def test_driver_with_spark_down_still_reports_the_disk(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, not listening: refused
+        beats = run_agent({**_node_env(tmp_path), "SPARKPLANE_SPARK_UI_URL": closed})
+    assert set(beats[0][1]) == {"cluster_id", "disk"}
+
+
+def test_nothing_to_report_returns_at_once(tmp_path: Path) -> None:
+    env = _node_env(tmp_path)
+    del env["SPARKPLANE_SCRATCH_DIR"]
+    stop = threading.Event()
+    agent.run(stop, {"SPARKPLANE_CONTROL_PLANE_URL": "http://127.0.0.1:9", **env})
+    assert not stop.is_set()

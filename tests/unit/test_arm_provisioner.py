@@ -7,7 +7,10 @@ with `Azure-AsyncOperation` on a deployment PUT, provisioningState Accepted -> R
 Succeeded as time passes (`tick()`) or as an operation is polled, 202 with `Location` on
 deletes, 409 where ARM refuses (a deployment already running, a NIC still attached), and tag
 filtered listings that, like ARM, leave the tags out. When a deployment succeeds it makes what
-the template would make, so observe() has VMs and scale-set instances to read back.
+the template would make, so observe() has VMs and scale-set instances to read back. VMs and
+instances carry a storage profile: a PATCH of a VM replaces its data disk list, a PUT of a
+scale-set instance replaces its model's, new empty disks get a managed disk id, and the VM is
+Updating (409 to a second update) until time passes.
 
 The tests assert request by request what the provisioner sends for a workspace create, a
 cluster create, a resize, a terminate and a workspace delete, and that no call waits on a long
@@ -18,10 +21,13 @@ calls see the progress.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import itertools
 import json
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
+import yaml
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._requests_basic import RestRequestsTransportResponse
@@ -38,13 +45,18 @@ from requests.structures import CaseInsensitiveDict
 
 from shared.adapters.arm import (
     COMPUTE_API,
+    DATA_DISK_SKU,
     ArmProvisioner,
+    DataDiskLimitReached,
     WorkspaceNotReady,
     cluster_deployment,
+    data_disk_bytes,
+    max_data_disks,
+    new_data_disks,
     node_status,
     sanitize_tags,
 )
-from shared.ports import NodeRequest
+from shared.ports import NodeRequest, PoolRequest, ProvisionerUnsupported
 from shared.settings import Settings
 
 SUB = "00000000-0000-0000-0000-000000000001"
@@ -164,8 +176,10 @@ class FakeArm(HttpTransport):
                         if (other.get("attached_to") or "").lower() == key:
                             del self.resources[rid]
                 return
+            if r["properties"]["provisioningState"] == "Updating":
+                r["properties"]["provisioningState"] = "Succeeded"
             for iid, inst in list(r.get("instances", {}).items()):
-                if inst["state"] == "Creating":
+                if inst["state"] in ("Creating", "Updating"):
                     inst["state"] = "Succeeded"
                 elif inst["state"] == "Deleting":
                     del r["instances"][iid]
@@ -215,6 +229,7 @@ class FakeArm(HttpTransport):
             props={
                 "timeCreated": "2030-01-01T00:00:00.1234567+00:00",
                 "hardwareProfile": {"vmSize": params["driverVmSize"]},
+                "storageProfile": _storage(f"{prefix}-driver_OsDisk", []),
                 "networkProfile": {"networkInterfaces": [{"id": nic}]},
             },
         )
@@ -261,7 +276,7 @@ class FakeArm(HttpTransport):
         while len(live) < capacity:
             iid = str(vmss["next"])
             vmss["next"] += 1
-            inst[iid] = {"state": "Succeeded" if ready else "Creating"}
+            inst[iid] = {"state": "Succeeded" if ready else "Creating", "dataDisks": []}
             live.append(iid)
         for iid in sorted(live, key=int, reverse=True)[: max(0, len(live) - capacity)]:
             inst[iid]["state"] = "Deleting"
@@ -294,8 +309,9 @@ class FakeArm(HttpTransport):
             r = self.resources.get(key)
             if r is None:
                 return "Succeeded"
-            busy = r["properties"]["provisioningState"] == "Deleting" or any(
-                v["state"] in ("Creating", "Deleting") for v in r.get("instances", {}).values()
+            busy = r["properties"]["provisioningState"] in ("Deleting", "Updating") or any(
+                v["state"] in ("Creating", "Deleting", "Updating")
+                for v in r.get("instances", {}).values()
             )
             return "Running" if busy else "Succeeded"
         return "Succeeded"
@@ -455,6 +471,21 @@ class FakeArm(HttpTransport):
                 return 200, {"value": self._instances(r, q)}, {}
             if child == ["networkinterfaces"] and method == "GET":
                 return 200, {"value": self._vmss_nics(r)}, {}
+            if len(child) == 2 and child[0] == "virtualmachines":
+                inst = r["instances"].get(child[1])
+                if inst is None:
+                    return _err(404, "NotFound")
+                if method == "GET":
+                    return 200, self._instance(r, child[1], q), {}
+                if method == "PUT":  # scale-set instances have no PATCH
+                    if inst["state"] != "Succeeded":
+                        return _err(409, "OperationNotAllowed")
+                    name = f"{r['name']}_{child[1]}"
+                    disks = body["properties"]["storageProfile"].get("dataDisks") or []
+                    inst["dataDisks"] = _made(disks, name, r["id"])
+                    inst["state"] = "Updating"
+                    return 202, None, self._op(("resource", base_id.lower()))
+                return _err(405, "MethodNotAllowed")
             if child == ["delete"] and method == "POST":
                 ids = body["instanceIds"]
                 for iid in ids:
@@ -469,6 +500,14 @@ class FakeArm(HttpTransport):
         if method == "PATCH":
             if body.get("sku", {}).get("capacity") is not None:
                 self._scale(r, int(body["sku"]["capacity"]))
+            storage = (body.get("properties") or {}).get("storageProfile")
+            if storage is not None:
+                if r["properties"]["provisioningState"] != "Succeeded":
+                    return _err(409, "OperationNotAllowed")
+                # A PATCH replaces arrays: a disk left out of the list is detached.
+                disks = _made(storage.get("dataDisks") or [], r["name"], r["id"])
+                r["properties"]["storageProfile"]["dataDisks"] = disks
+                r["properties"]["provisioningState"] = "Updating"
             return 200, self._res_json(r, q), self._op(("resource", base_id.lower()))
         if method == "DELETE":
             holder = r.get("attached_to")
@@ -490,23 +529,30 @@ class FakeArm(HttpTransport):
         return out
 
     def _instances(self, vmss: dict[str, Any], q: dict[str, str]) -> list[dict[str, Any]]:
-        out = []
-        for iid, inst in sorted(vmss["instances"].items(), key=lambda kv: int(kv[0])):
-            props: dict[str, Any] = {
-                "provisioningState": inst["state"],
-                "timeCreated": f"2030-01-01T00:01:{int(iid):02d}.0000000+00:00",
-            }
-            if q.get("$expand") == "instanceView":
-                props["instanceView"] = _view(inst["state"])
-            out.append(
-                {
-                    "instanceId": iid,
-                    "name": f"{vmss['name']}_{iid}",
-                    "id": f"{vmss['id']}/virtualMachines/{iid}",
-                    "properties": props,
-                }
-            )
-        return out
+        return [self._instance(vmss, iid, q) for iid in sorted(vmss["instances"], key=int)]
+
+    def _instance(self, vmss: dict[str, Any], iid: str, q: dict[str, str]) -> dict[str, Any]:
+        inst = vmss["instances"][iid]
+        name = f"{vmss['name']}_{iid}"
+        props: dict[str, Any] = {
+            "latestModelApplied": True,
+            "provisioningState": inst["state"],
+            "timeCreated": f"2030-01-01T00:01:{int(iid):02d}.0000000+00:00",
+            "hardwareProfile": {},
+            "storageProfile": _storage(f"{name}_OsDisk", inst["dataDisks"]),
+        }
+        if q.get("$expand") == "instanceView":
+            props["instanceView"] = _view(inst["state"])
+        return {
+            "instanceId": iid,
+            "name": name,
+            "id": f"{vmss['id']}/virtualMachines/{iid}",
+            "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+            "location": vmss["location"],
+            "tags": dict(vmss["tags"]),
+            "sku": {"name": vmss["sku"]["name"], "tier": vmss["sku"]["tier"]},
+            "properties": props,
+        }
 
     def _vmss_nics(self, vmss: dict[str, Any]) -> list[dict[str, Any]]:
         return [
@@ -535,8 +581,50 @@ def _rg(resource_id: str) -> str:
     return parts[3].lower()
 
 
+def _storage(os_disk: str, data_disks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "osDisk": {
+            "osType": "Linux",
+            "name": os_disk,
+            "createOption": "FromImage",
+            "caching": "ReadWrite",
+            "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
+            "diskSizeGB": 30,
+        },
+        "dataDisks": [dict(d) for d in data_disks],
+    }
+
+
+def _made(disks: list[dict[str, Any]], vm_name: str, vm_id: str) -> list[dict[str, Any]]:
+    """A data disk list as ARM keeps it: LUNs unique, new empty disks made (named, with a
+    managed disk id), the ones already there kept as they are."""
+    luns = [d["lun"] for d in disks]
+    assert len(luns) == len(set(luns)), f"two disks on one LUN: {luns}"
+    rgp = vm_id.split("/providers/")[0] + "/providers"
+    out = []
+    for d in disks:
+        d = json.loads(json.dumps(d))
+        managed = d.setdefault("managedDisk", {})
+        if "id" not in managed:
+            assert d["createOption"] == "Empty" and d["diskSizeGB"] <= 32767, d
+            d["name"] = f"{vm_name}_lun_{d['lun']}_{next(_DISK_IDS)}"
+            managed["id"] = f"{rgp}/Microsoft.Compute/disks/{d['name']}"
+            d.setdefault("caching", "None")
+            d.setdefault("toBeDetached", False)
+        out.append(d)
+    return out
+
+
+_DISK_IDS = itertools.count(1)
+
+
 def _view(state: str) -> dict[str, Any]:
-    power = {"Succeeded": "running", "Creating": "starting", "Deleting": "stopping"}
+    power = {
+        "Succeeded": "running",
+        "Updating": "running",
+        "Creating": "starting",
+        "Deleting": "stopping",
+    }
     return {
         "statuses": [
             {"code": f"ProvisioningState/{state.lower()}"},
@@ -1337,3 +1425,299 @@ def test_a_configured_control_plane_url_wins_over_the_agent_environment(
     put = arm.take()[-1]
     text = base64.b64decode(put.body["properties"]["parameters"]["customData"]["value"]).decode()
     assert "SPARKPLANE_CONTROL_PLANE_URL=https://sp.example.net\n" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Local storage: managed data disks attached to a node's VM.
+
+GIB = 1 << 30
+DRIVER = f"sp-{CID}-driver"
+INSTANCE_1 = f"{VMSS_ID}/virtualMachines/1"
+
+
+def running_cluster(arm: FakeArm, prov: ArmProvisioner, workers: int = 2) -> None:
+    ready_workspace(arm, prov)
+    req = request_for()
+    prov.start_driver(req)
+    arm.tick(2)
+    prov.observe(CID)
+    prov.add_workers(req, workers)
+    arm.tick()
+    prov.observe(CID)
+    arm.take()
+
+
+def new_disk(lun: int, gib: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "lun": lun,
+        "createOption": "Empty",
+        "diskSizeGB": gib,
+        "caching": "None",
+        "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
+        **extra,
+    }
+
+
+def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    running_cluster(arm, prov)
+    prov.grow_storage(CID, f"{W}_1", 100 * GIB + 1)  # whole GiB, rounded up
+    recs = arm.take()
+    assert shape(recs) == [("GET", INSTANCE_1), ("PUT", INSTANCE_1)]
+    assert [r.api_version for r in recs] == [COMPUTE_API] * 2
+    put = recs[1].body
+    # The instance's model as read (a PUT replaces it), with the disk added.
+    assert (put["location"], put["sku"]["name"]) == ("westeurope", "Standard_D4ds_v5")
+    assert put["properties"]["storageProfile"]["osDisk"]["name"] == f"{W}_1_OsDisk"
+    assert put["properties"]["storageProfile"]["dataDisks"] == [new_disk(0, 101)]
+    no_polling(recs)
+
+    # Asked again while ARM attaches it: the model lists the disk, nothing is sent.
+    prov.grow_storage(CID, f"{W}_1", 101 * GIB)
+    assert shape(arm.take()) == [("GET", INSTANCE_1)]
+
+    # observe() reports each node's data disks from what it reads anyway.
+    nodes = {n.node_id: n for n in prov.observe(CID)}
+    assert shape(arm.take()) == [
+        ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
+        ("GET", f"{RG_PATH}/resources"),
+        ("GET", VM_ID),
+        ("GET", NIC_ID),
+        ("GET", f"{VMSS_ID}/virtualMachines"),
+        ("GET", f"{VMSS_ID}/networkInterfaces"),
+    ]
+    assert nodes[f"{W}_1"].status == "RUNNING"  # Updating, and running
+    assert {n: node.attrs.get("disk_total_bytes") for n, node in nodes.items()} == {
+        DRIVER: "0",
+        f"{W}_0": "0",
+        f"{W}_1": str(101 * GIB),
+    }
+
+    # Growing further keeps the disk there (as read) and takes the next LUN.
+    arm.tick()
+    prov.grow_storage(CID, f"{W}_1", 150 * GIB)
+    recs = arm.take()
+    assert shape(recs) == [("GET", INSTANCE_1), ("PUT", INSTANCE_1)]
+    first, second = recs[1].body["properties"]["storageProfile"]["dataDisks"]
+    assert first["managedDisk"]["id"].startswith(f"{RG_ID}/Microsoft.Compute/disks/{W}_1_lun_0")
+    assert second == new_disk(1, 49)
+    arm.tick()
+    [n1] = [n for n in prov.observe(CID) if n.node_id == f"{W}_1"]
+    assert n1.attrs["disk_total_bytes"] == str(150 * GIB)
+
+
+def test_growing_the_driver_patches_its_vm(arm: FakeArm, prov: ArmProvisioner) -> None:
+    running_cluster(arm, prov, workers=0)
+    prov.grow_storage(CID, DRIVER, 50 * GIB)
+    recs = arm.take()
+    assert shape(recs) == [("GET", VM_ID), ("PATCH", VM_ID)]
+    assert recs[1].api_version == COMPUTE_API
+    # The disk goes with the VM: it carries no ClusterId tag for stop_cluster to find.
+    assert recs[1].body == {
+        "properties": {"storageProfile": {"dataDisks": [new_disk(0, 50, deleteOption="Delete")]}}
+    }
+    no_polling(recs)
+
+    prov.grow_storage(CID, DRIVER, 50 * GIB)  # already there
+    assert shape(arm.take()) == [("GET", VM_ID)]
+    # More while the VM is still updating: ARM refuses, and a later call grows it.
+    prov.grow_storage(CID, DRIVER, 80 * GIB)
+    assert shape(arm.take()) == [("GET", VM_ID), ("PATCH", VM_ID)]
+    assert data_disk_bytes(arm.resources[VM_ID.lower()]["properties"]) == 50 * GIB
+    arm.tick()
+    prov.grow_storage(CID, DRIVER, 80 * GIB)
+    recs = arm.take()
+    kept, added = recs[1].body["properties"]["storageProfile"]["dataDisks"]
+    assert kept["managedDisk"]["id"].startswith(f"{RG_ID}/Microsoft.Compute/disks/{DRIVER}_lun_0")
+    assert added == new_disk(1, 30, deleteOption="Delete")
+
+
+def test_new_disks_take_the_free_luns_and_keep_the_disks_there(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    running_cluster(arm, prov, workers=0)
+    vm = arm.resources[VM_ID.lower()]
+    there = _made(
+        [new_disk(0, 100), new_disk(2, 50), new_disk(3, 20, toBeDetached=True)], DRIVER, VM_ID
+    )
+    vm["properties"]["storageProfile"]["dataDisks"] = there
+    [driver] = prov.observe(CID)
+    assert driver.attrs["disk_total_bytes"] == str(150 * GIB)  # the detaching one is not counted
+    arm.take()
+    prov.grow_storage(CID, DRIVER, 400 * GIB)
+    recs = arm.take()
+    assert recs[1].body["properties"]["storageProfile"]["dataDisks"] == [
+        *there,
+        new_disk(1, 250, deleteOption="Delete"),
+    ]
+
+
+def test_a_node_at_its_vm_sizes_disk_limit_is_refused_without_a_request(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    running_cluster(arm, prov)
+    vmss = arm.resources[VMSS_ID.lower()]
+    # A Standard_D4ds_v5 takes 8 data disks.
+    vmss["instances"]["1"]["dataDisks"] = _made(
+        [new_disk(i, 10) for i in range(8)], f"{W}_1", VMSS_ID
+    )
+    prov.grow_storage(CID, f"{W}_1", 80 * GIB)  # enough already
+    assert shape(arm.take()) == [("GET", INSTANCE_1)]
+    with pytest.raises(DataDiskLimitReached, match="at most 8") as e:
+        prov.grow_storage(CID, f"{W}_1", 100 * GIB)
+    assert isinstance(e.value, ProvisionerUnsupported)
+    assert "Standard_D4ds_v5" in str(e.value) and f"{W}_1" in str(e.value)
+    assert shape(arm.take()) == [("GET", INSTANCE_1)]
+
+
+def test_growing_what_is_no_vm_sends_nothing(arm: FakeArm, prov: ArmProvisioner) -> None:
+    running_cluster(arm, prov)
+    prov.grow_storage(CID, f"{W}_0", 0)
+    prov.grow_storage(CID, f"{CID}-worker-pending-0", 10 * GIB)
+    prov.grow_storage(CID, "someone-else_1", 10 * GIB)
+    assert arm.take() == []
+    # A worker that went since the last observation.
+    del arm.resources[VMSS_ID.lower()]["instances"]["1"]
+    prov.grow_storage(CID, f"{W}_1", 10 * GIB)
+    assert shape(arm.take()) == [("GET", INSTANCE_1)]
+    # One the last observation did not list yet is found by its name.
+    vmss = arm.resources[VMSS_ID.lower()]
+    vmss["instances"]["7"] = {"state": "Succeeded", "dataDisks": []}
+    prov.grow_storage(CID, f"{W}_7", 10 * GIB)
+    instance_7 = f"{VMSS_ID}/virtualMachines/7"
+    assert shape(arm.take()) == [("GET", instance_7), ("PUT", instance_7)]
+
+
+def test_new_data_disks_sizes_and_limits() -> None:
+    assert new_data_disks([], 0, max_disks=8) == []
+    # Above Azure's largest disk: as few disks as that allows, of equal size.
+    assert [(d["lun"], d["diskSizeGB"]) for d in new_data_disks([], 40000 * GIB, max_disks=8)] == [
+        (0, 20000),
+        (1, 20000),
+    ]
+    assert max_data_disks("Standard_D4ds_v5") == 8
+    assert max_data_disks("standard_d16ds_v5") == 32
+    assert max_data_disks("Standard_X1") == 64  # unknown sizes: Azure's most
+    full = [new_disk(i, 1) for i in range(63)]
+    assert [d["lun"] for d in new_data_disks(full, 64 * GIB, max_disks=64)] == [63]
+    with pytest.raises(DataDiskLimitReached, match="2 more would be needed"):
+        new_data_disks(full, 65000 * GIB, max_disks=64)
+    assert data_disk_bytes({}) is None
+    assert data_disk_bytes({"storageProfile": {"dataDisks": [{"lun": 0}]}}) is None
+
+
+def test_data_disks_are_of_the_templates_disk_type() -> None:
+    t = json.loads((ROOT / "infra" / "templates" / "cluster.json").read_text())
+    types = {
+        r["properties"]
+        .get("storageProfile", {})
+        .get("osDisk", {})
+        .get("managedDisk", {})
+        .get("storageAccountType")
+        for r in t["resources"]
+        if r["type"] == "Microsoft.Compute/virtualMachines"
+    }
+    assert types == {DATA_DISK_SKU}
+
+
+# --------------------------------------------------------------------------------------------
+# Instance pools: not on ARM yet.
+
+
+def test_instance_pools_are_refused_with_a_message_users_can_act_on(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    ready_workspace(arm, prov)
+    pool = PoolRequest("pool-1", "ws1", "Standard_D4ds_v5", "4.1.x-scala2.13")
+    assert prov.pool_nodes("pool-1") == []
+    assert prov.pool_ids() == set()
+    calls = [
+        lambda: prov.add_idle(pool, 2),
+        lambda: prov.remove_idle("pool-1", ["n1"]),
+        lambda: prov.start_driver(request_for(driver_pool=pool)),
+        lambda: prov.start_driver(request_for(pool=pool)),
+        lambda: prov.add_workers(request_for(pool=pool), 2),
+    ]
+    for call in calls:
+        with pytest.raises(ProvisionerUnsupported) as e:
+            call()
+        msg = str(e.value)
+        assert msg.startswith("Instance pools are not available with the Azure Resource Manager")
+        assert "Create clusters without instance_pool_id" in msg
+    assert arm.take() == []
+
+
+# --------------------------------------------------------------------------------------------
+# Conf files: in customData, written out by the bootstrap.
+
+FAIR = """<?xml version="1.0"?>
+<allocations>
+  <pool name="etl"><schedulingMode>FAIR</schedulingMode><weight>2</weight></pool>
+</allocations>
+"""
+
+
+def _conf_files_of(put: Rec) -> str:
+    text = base64.b64decode(put.body["properties"]["parameters"]["customData"]["value"]).decode()
+    m = re.search(r"^\s*SPARKPLANE_CONF_FILES=(\S+)$", text, re.MULTILINE)
+    assert m, "no SPARKPLANE_CONF_FILES line"
+    return m.group(1)
+
+
+def test_conf_files_reach_the_nodes_in_custom_data(
+    arm: FakeArm, templates: Path, tmp_path: Path
+) -> None:
+    cloud_init = ROOT / "infra" / "bootstrap" / "cloud-init.yaml"
+    prov = make(arm, templates, arm_cloud_init=str(cloud_init))
+    ready_workspace(arm, prov)
+    files = {"fairscheduler.xml": FAIR, "log4j2.properties": "rootLogger.level = warn\n"}
+    prov.start_driver(request_for(conf_files=files))
+    value = _conf_files_of(arm.take()[-1])
+    assert json.loads(gzip.decompress(base64.b64decode(value))) == files
+
+    # The node end: the bootstrap's writer puts them in the Spark conf directory.
+    doc = yaml.safe_load(cloud_init.read_text())
+    [writer] = [f["content"] for f in doc["write_files"] if f["path"].endswith("conf_files.py")]
+    script = tmp_path / "write_conf_files.py"
+    script.write_text(writer)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(script), str(conf)],
+        env={"SPARKPLANE_CONF_FILES": value},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_text() for p in conf.iterdir()} == files
+    # It checks the names too, and writes nothing when one is not a plain file name.
+    bad = {"a.xml": "x", "../escape": "x"}
+    payload = base64.b64encode(gzip.compress(json.dumps(bad).encode())).decode()
+    other = tmp_path / "other"
+    other.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(script), str(other)],
+        env={"SPARKPLANE_CONF_FILES": payload},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0 and "not a conf file: '../escape'" in r.stderr
+    assert list(other.iterdir()) == [] and not (tmp_path / "escape").exists()
+
+    # No files: an empty object, still filled in.
+    prov.stop_cluster(CID)
+    arm.tick(2)
+    arm.take()
+    prov.start_driver(request_for())
+    assert json.loads(gzip.decompress(base64.b64decode(_conf_files_of(arm.take()[-1])))) == {}
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a/b.xml", ".hidden", "spark-defaults.conf"])
+def test_a_conf_file_that_is_no_plain_file_name_is_refused(
+    arm: FakeArm, prov: ArmProvisioner, name: str
+) -> None:
+    ready_workspace(arm, prov)
+    with pytest.raises(ValueError, match="plain file name"):
+        prov.start_driver(request_for(conf_files={name: "x"}))
+    assert [r for r in arm.take() if r.method == "PUT"] == []

@@ -35,6 +35,7 @@ from shared.ports import EventQuery, OutMessage
 from shared.services.auth import Auth, Principal
 from shared.services.clusters import Catalog, ClusterService
 from shared.services.lifecycle import Lifecycle
+from shared.services.pools import PoolService
 from shared.settings import Settings
 
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "rec-small"}
@@ -96,9 +97,17 @@ class World:
         self.prov = RecordProvisioner(
             self.root / "records.db", boot_s=BOOT_S, stop_s=STOP_S, clock=self.clock.now_ms
         )
-        self.svc = ClusterService(self.store, self.bus, Catalog(self.prov), self.clock, s)
+        catalog = Catalog(self.prov)
+        pools = PoolService(self.store, self.bus, catalog, self.prov, self.clock, s)
+        self.svc = ClusterService(self.store, self.bus, catalog, self.clock, s, pools=pools)
         self.lifecycle = Lifecycle(
-            self.svc.repo, self.bus, self.prov, self.clock, s, auth=Auth(self.store, self.clock)
+            self.svc.repo,
+            self.bus,
+            self.prov,
+            self.clock,
+            s,
+            auth=Auth(self.store, self.clock),
+            pools=pools,
         )
 
     # ------------------------------------------------------------------ commands

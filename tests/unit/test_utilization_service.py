@@ -16,6 +16,7 @@ from shared.ports import OutMessage
 from shared.services.auth import Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.lifecycle import Lifecycle
+from shared.services.pools import PoolService
 from shared.services.utilization import Utilization
 from shared.settings import Settings
 
@@ -43,15 +44,21 @@ class World:
         self.store = SqliteStore(tmp / "store.db", clock=self.clock.now_ms)
         self.bus = RecordingBus()
         self.prov = RecordProvisioner(tmp / "records.db", boot_s=1, clock=self.clock.now_ms)
+        catalog = Catalog(self.prov)
+        self.pools = PoolService(
+            self.store, self.bus, catalog, self.prov, self.clock, self.settings
+        )
         self.clusters = ClusterService(
-            self.store, self.bus, Catalog(self.prov), self.clock, self.settings
+            self.store, self.bus, catalog, self.clock, self.settings, pools=self.pools
         )
         self.repo = ClusterRepo(self.store, self.settings)
         self.auth = Auth(self.store, self.clock)
         self.lifecycle = Lifecycle(
-            self.repo, self.bus, self.prov, self.clock, self.settings, self.auth
+            self.repo, self.bus, self.prov, self.clock, self.settings, self.auth, self.pools
         )
-        self.util = Utilization(self.store, self.repo, self.clusters, self.clock, self.settings)
+        self.util = Utilization(
+            self.store, self.repo, self.clusters, self.clock, self.settings, self.prov
+        )
         self.auth.ensure_workspace("w", "w")
         self.user = self.auth.authenticate("Bearer " + self.auth.issue_token("w", user="u")[0])
 
@@ -112,7 +119,7 @@ def test_backlog_scales_up_with_events_and_a_reconcile(world: World) -> None:
         )
         world.clock.ms += 5000
     sent = len(world.bus.sent)
-    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 1}
+    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 1, "disk_steps": 0}
     got = world.clusters.get(world.user, cid)
     assert got["state"] == "RESIZING"
     types = [e["type"] for e in world.events(cid)]
@@ -129,7 +136,7 @@ def test_backlog_scales_up_with_events_and_a_reconcile(world: World) -> None:
 
 def test_no_samples_no_change(world: World) -> None:
     world.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
-    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 0}
+    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 0, "disk_steps": 0}
 
 
 def test_idle_cluster_is_terminated_busy_one_never(tmp_path: Path) -> None:

@@ -1,0 +1,524 @@
+"""The `Provisioner` contract, instance pools and local storage: every adapter passes it.
+
+Add an adapter by adding one entry to `_ADAPTERS`: a function that builds an `Adapter` (the
+provisioner, how long its slowest transition may take, how to close it). The tests run on
+the wall clock and poll with `wait` until a condition holds, so slow real adapters fit too;
+they use fresh pool and cluster ids, so they may share a backend with other tests.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from shared.adapters.records import RecordProvisioner
+from shared.ports import (
+    NodeRequest,
+    PoolCapacityReached,
+    PoolRequest,
+    Provisioner,
+)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Adapter:
+    provisioner: Provisioner
+    # The longest any transition (boot, warm boot, stop) may take.
+    timeout_s: float
+    # Kill a node (a test hook); None: the adapter cannot.
+    lose_node: Callable[[str], None] | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def _records(tmp_path: Path) -> Adapter:
+    p = RecordProvisioner(tmp_path / "records.db", boot_s=0.1, stop_s=0.1, warm_boot_s=0.05)
+    return Adapter(p, timeout_s=5.0, lose_node=p.lose_node)
+
+
+_ADAPTERS: dict[str, Callable[[Path], Adapter]] = {"records": _records}
+
+
+@pytest.fixture(params=sorted(_ADAPTERS))
+def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Adapter]:
+    a = _ADAPTERS[request.param](tmp_path)
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@pytest.fixture
+def prov(adapter: Adapter) -> Provisioner:
+    return adapter.provisioner
+
+
+@dataclass
+class Wait:
+    timeout_s: float
+    interval_s: float = 0.01
+
+    def until(self, probe: Callable[[], T], done: Callable[[T], bool], what: str = "") -> T:
+        """Poll `probe` until `done(value)`; the last value is in the failure message."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            value = probe()
+            if done(value):
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {self.timeout_s}s: {what}; last: {value!r}")
+            time.sleep(self.interval_s)
+
+    def equals(self, probe: Callable[[], T], expected: T) -> T:
+        return self.until(probe, lambda v: v == expected, f"expected {expected!r}")
+
+
+@pytest.fixture
+def wait(adapter: Adapter) -> Wait:
+    return Wait(adapter.timeout_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_pool(prov: Provisioner, max_capacity: int | None = None) -> PoolRequest:
+    return PoolRequest(
+        pool_id=f"pool-{uuid.uuid4().hex[:10]}",
+        workspace_id="w-contract",
+        node_type_id=prov.node_types()[0].node_type_id,
+        spark_version=prov.spark_versions()[0].key,
+        max_capacity=max_capacity,
+    )
+
+
+def new_cluster(
+    prov: Provisioner, pool: PoolRequest | None = None, driver_pool: PoolRequest | None = None
+) -> NodeRequest:
+    node_type = prov.node_types()[0].node_type_id
+    return NodeRequest(
+        cluster_id=f"c-{uuid.uuid4().hex[:10]}",
+        workspace_id="w-contract",
+        node_type_id=node_type,
+        driver_node_type_id=node_type,
+        spark_version=prov.spark_versions()[0].key,
+        pool=pool,
+        driver_pool=driver_pool,
+    )
+
+
+def pool_view(prov: Provisioner, pool_id: str) -> dict[str, tuple[str, str]]:
+    """node_id -> (status, cluster_id)."""
+    return {n.node_id: (n.status, n.cluster_id) for n in prov.pool_nodes(pool_id)}
+
+
+def cluster_view(prov: Provisioner, cluster_id: str) -> dict[str, str]:
+    """node_id -> status."""
+    return {n.node_id: n.status for n in prov.observe(cluster_id)}
+
+
+def idle_pool(
+    prov: Provisioner, wait: Wait, count: int, max_capacity: int | None = None
+) -> tuple[PoolRequest, list[str]]:
+    """A pool with `count` IDLE nodes; returns it and their ids, in the order they started."""
+    pool = new_pool(prov, max_capacity)
+    ids = [n.node_id for n in prov.add_idle(pool, count)]
+    assert len(ids) == count
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {n: ("IDLE", "") for n in ids})
+    return pool, ids
+
+
+def disk_bytes(prov: Provisioner, cluster_id: str, node_id: str) -> int:
+    (node,) = [n for n in prov.observe(cluster_id) if n.node_id == node_id]
+    return int(node.attrs.get("disk_total_bytes", "0"))
+
+
+# --------------------------------------------------------------------------------------------
+# Idle nodes
+
+
+def test_add_idle_starts_pending_idle_nodes_that_become_idle(prov: Provisioner, wait: Wait) -> None:
+    pool = new_pool(prov)
+    before = now_ms()
+    added = prov.add_idle(pool, 2)
+    ids = [n.node_id for n in added]
+    assert len(set(ids)) == 2
+    assert {n.status for n in added} == {"PENDING_IDLE"}
+    assert {n.cluster_id for n in added} == {""}
+    assert pool_view(prov, pool.pool_id) == {n: ("PENDING_IDLE", "") for n in ids}
+
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {n: ("IDLE", "") for n in ids})
+    for n in prov.pool_nodes(pool.pool_id):
+        assert before <= n.start_ms <= n.idle_since_ms <= now_ms()
+    assert pool.pool_id in prov.pool_ids()
+
+
+def test_add_idle_never_exceeds_max_capacity(prov: Provisioner, wait: Wait) -> None:
+    pool = new_pool(prov, max_capacity=3)
+    assert len(prov.add_idle(pool, 2)) == 2
+    assert len(prov.add_idle(pool, 5)) == 1
+    assert prov.add_idle(pool, 1) == []
+    assert len(prov.pool_nodes(pool.pool_id)) == 3
+
+    # Used nodes count too.
+    ids = [n.node_id for n in prov.pool_nodes(pool.pool_id)]
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {n: ("IDLE", "") for n in ids})
+    req = new_cluster(prov, pool=pool)
+    prov.add_workers(req, 2)
+    assert prov.add_idle(pool, 1) == []
+
+    # A node being removed does not: its place can be taken at once.
+    (idle,) = [n for n, (status, _) in pool_view(prov, pool.pool_id).items() if status == "IDLE"]
+    prov.remove_idle(pool.pool_id, [idle])
+    assert pool_view(prov, pool.pool_id)[idle] == ("STOPPING", "")
+    assert len(prov.add_idle(pool, 3)) == 1
+
+
+def test_add_idle_from_two_threads_never_exceeds_max_capacity(prov: Provisioner) -> None:
+    # Several rounds, many nodes per call: a check and start that are not one step would
+    # interleave in some round.
+    for _ in range(10):
+        pool = new_pool(prov, max_capacity=30)
+        barrier = threading.Barrier(2)
+
+        def add(pool: PoolRequest = pool, barrier: threading.Barrier = barrier) -> int:
+            barrier.wait(timeout=10)
+            return len(prov.add_idle(pool, 20))
+
+        with ThreadPoolExecutor(2) as ex:
+            futures = [ex.submit(add) for _ in range(2)]
+            got = sorted(f.result(timeout=30) for f in futures)
+        assert got == [10, 20]
+        assert len(prov.pool_nodes(pool.pool_id)) == 30
+
+
+# --------------------------------------------------------------------------------------------
+# Taking nodes
+
+
+def test_driver_takes_an_idle_node(prov: Provisioner, wait: Wait) -> None:
+    pool, (idle,) = idle_pool(prov, wait, 1)
+    req = new_cluster(prov, driver_pool=pool)
+
+    driver = prov.start_driver(req)
+    assert (driver.node_id, driver.role) == (idle, "driver")
+    assert cluster_view(prov, req.cluster_id)[idle] in ("STARTING", "RUNNING")
+    assert pool_view(prov, pool.pool_id)[idle] in (
+        ("PENDING_USED", req.cluster_id),
+        ("USED", req.cluster_id),
+    )
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), {idle: "RUNNING"})
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {idle: ("USED", req.cluster_id)})
+    assert [n.role for n in prov.observe(req.cluster_id)] == ["driver"]
+    assert req.cluster_id in prov.cluster_ids()
+
+
+def test_a_new_pool_node_is_pending_used_until_it_runs(prov: Provisioner, wait: Wait) -> None:
+    pool = new_pool(prov)
+    req = new_cluster(prov, pool=pool)
+    (worker,) = prov.add_workers(req, 1)
+    assert worker.status == "STARTING"
+    assert pool_view(prov, pool.pool_id) == {worker.node_id: ("PENDING_USED", req.cluster_id)}
+    assert cluster_view(prov, req.cluster_id) == {worker.node_id: "STARTING"}
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), {worker.node_id: "RUNNING"})
+    assert pool_view(prov, pool.pool_id) == {worker.node_id: ("USED", req.cluster_id)}
+
+
+def test_idle_nodes_are_taken_longest_idle_first_then_pending_ones(
+    prov: Provisioner, wait: Wait
+) -> None:
+    pool, (first,) = idle_pool(prov, wait, 1)
+    (second,) = [n.node_id for n in prov.add_idle(pool, 1)]
+    wait.until(lambda: pool_view(prov, pool.pool_id)[second], lambda v: v == ("IDLE", ""))
+    (pending,) = [n.node_id for n in prov.add_idle(pool, 1)]
+    assert pool_view(prov, pool.pool_id)[pending] == ("PENDING_IDLE", "")
+
+    req = new_cluster(prov, pool=pool)
+    taken = [prov.add_workers(req, 1)[0].node_id for _ in range(3)]
+    assert taken == [first, second, pending]
+    assert len(prov.pool_nodes(pool.pool_id)) == 3
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), dict.fromkeys(taken, "RUNNING"))
+    assert pool_view(prov, pool.pool_id) == {n: ("USED", req.cluster_id) for n in taken}
+
+
+def test_workers_beyond_the_idle_nodes_are_new_pool_nodes(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 2, max_capacity=4)
+    req = new_cluster(prov, pool=pool)
+
+    workers = prov.add_workers(req, 3)
+    ids = [w.node_id for w in workers]
+    assert len(set(ids)) == 3
+    assert set(idle) < set(ids)
+    assert {w.role for w in workers} == {"worker"}
+    assert set(pool_view(prov, pool.pool_id)) == set(ids)
+    assert {c for _, c in pool_view(prov, pool.pool_id).values()} == {req.cluster_id}
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), dict.fromkeys(ids, "RUNNING"))
+    assert pool_view(prov, pool.pool_id) == {n: ("USED", req.cluster_id) for n in ids}
+    # One more fits, two do not.
+    with pytest.raises(PoolCapacityReached):
+        prov.add_workers(req, 2)
+    assert len(prov.add_workers(req, 1)) == 1
+    assert len(prov.pool_nodes(pool.pool_id)) == 4
+
+
+def test_capacity_reached_takes_nothing(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 2, max_capacity=3)
+    req = new_cluster(prov, pool=pool)
+
+    with pytest.raises(PoolCapacityReached):
+        prov.add_workers(req, 4)
+    assert pool_view(prov, pool.pool_id) == {n: ("IDLE", "") for n in idle}
+    assert prov.observe(req.cluster_id) == []
+    assert req.cluster_id not in prov.cluster_ids()
+
+    # Exactly the room left fits.
+    assert set(idle) < {w.node_id for w in prov.add_workers(req, 3)}
+
+    other = new_cluster(prov, driver_pool=pool)
+    with pytest.raises(PoolCapacityReached):
+        prov.start_driver(other)
+    assert prov.observe(other.cluster_id) == []
+    assert {c for _, c in pool_view(prov, pool.pool_id).values()} == {req.cluster_id}
+
+
+def test_a_full_pool_without_idle_nodes_refuses_a_driver(prov: Provisioner) -> None:
+    pool = new_pool(prov, max_capacity=1)
+    first = new_cluster(prov, driver_pool=pool)
+    prov.start_driver(first)
+    second = new_cluster(prov, driver_pool=pool)
+    with pytest.raises(PoolCapacityReached):
+        prov.start_driver(second)
+    assert prov.observe(second.cluster_id) == []
+    assert len(prov.pool_nodes(pool.pool_id)) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Giving nodes back
+
+
+def test_removed_workers_return_to_the_pool(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 2)
+    old_idle_since = {n.node_id: n.idle_since_ms for n in prov.pool_nodes(pool.pool_id)}
+    req = new_cluster(prov, pool=pool)
+    prov.add_workers(req, 2)
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), dict.fromkeys(idle, "RUNNING"))
+    gone, kept = idle
+
+    before = now_ms()
+    prov.remove_workers(req.cluster_id, [gone])
+    assert cluster_view(prov, req.cluster_id) == {gone: "STOPPING", kept: "RUNNING"}
+    assert pool_view(prov, pool.pool_id)[gone] == ("RETURNING", req.cluster_id)
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), {kept: "RUNNING"})
+    wait.until(lambda: pool_view(prov, pool.pool_id)[gone], lambda v: v == ("IDLE", ""))
+    assert pool_view(prov, pool.pool_id)[kept] == ("USED", req.cluster_id)
+    (back,) = [n for n in prov.pool_nodes(pool.pool_id) if n.node_id == gone]
+    assert back.idle_since_ms > old_idle_since[gone]
+    assert before <= back.idle_since_ms <= now_ms()
+
+    # The same node serves the next cluster.
+    other = new_cluster(prov, pool=pool)
+    assert [w.node_id for w in prov.add_workers(other, 1)] == [gone]
+    wait.equals(lambda: cluster_view(prov, other.cluster_id), {gone: "RUNNING"})
+
+
+def test_stopped_cluster_returns_its_pool_nodes(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 1)
+    req = new_cluster(prov, pool=pool, driver_pool=pool)
+    driver = prov.start_driver(req)
+    workers = prov.add_workers(req, 2)  # one new pool node each (no idle node left)
+    ids = [driver.node_id] + [w.node_id for w in workers]
+    assert driver.node_id == idle[0]
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), dict.fromkeys(ids, "RUNNING"))
+
+    before = now_ms()
+    prov.stop_cluster(req.cluster_id)
+    assert cluster_view(prov, req.cluster_id) == dict.fromkeys(ids, "STOPPING")
+    assert pool_view(prov, pool.pool_id) == {n: ("RETURNING", req.cluster_id) for n in ids}
+
+    wait.equals(lambda: prov.observe(req.cluster_id), [])
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {n: ("IDLE", "") for n in ids})
+    assert all(n.idle_since_ms >= before for n in prov.pool_nodes(pool.pool_id))
+    assert req.cluster_id not in prov.cluster_ids()
+    assert pool.pool_id in prov.pool_ids()
+
+
+def test_stopped_cluster_with_a_fresh_driver_and_pool_workers(
+    prov: Provisioner, wait: Wait
+) -> None:
+    pool = new_pool(prov)
+    req = new_cluster(prov, pool=pool)
+    driver = prov.start_driver(req)
+    (worker,) = prov.add_workers(req, 1)
+    assert set(pool_view(prov, pool.pool_id)) == {worker.node_id}
+    wait.equals(
+        lambda: cluster_view(prov, req.cluster_id),
+        {driver.node_id: "RUNNING", worker.node_id: "RUNNING"},
+    )
+
+    prov.stop_cluster(req.cluster_id)
+    wait.equals(lambda: prov.observe(req.cluster_id), [])
+    # The driver is gone, the worker is back in the pool.
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {worker.node_id: ("IDLE", "")})
+
+
+# --------------------------------------------------------------------------------------------
+# Removing idle nodes
+
+
+def test_remove_idle_leaves_taken_nodes_alone(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 2)
+    (pending,) = [n.node_id for n in prov.add_idle(pool, 1)]
+    req = new_cluster(prov, pool=pool)
+    (taken,) = [w.node_id for w in prov.add_workers(req, 1)]
+    (spare,) = set(idle) - {taken}
+
+    prov.remove_idle(pool.pool_id, [*idle, pending])
+    view = pool_view(prov, pool.pool_id)
+    assert view[spare] == ("STOPPING", "")
+    assert view[pending] == ("STOPPING", "")
+    assert view[taken][1] == req.cluster_id
+    assert view[taken][0] in ("PENDING_USED", "USED")
+
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {taken: ("USED", req.cluster_id)})
+    assert cluster_view(prov, req.cluster_id) == {taken: "RUNNING"}
+
+
+def test_pool_ids_and_cluster_ids(prov: Provisioner, wait: Wait) -> None:
+    pool, idle = idle_pool(prov, wait, 2)
+    empty = new_pool(prov)
+    assert pool.pool_id in prov.pool_ids()
+    assert empty.pool_id not in prov.pool_ids()
+    assert "" not in prov.cluster_ids()
+
+    req = new_cluster(prov, pool=pool)
+    prov.add_workers(req, 1)
+    assert req.cluster_id in prov.cluster_ids()
+    assert "" not in prov.cluster_ids()
+
+    prov.stop_cluster(req.cluster_id)
+    wait.until(prov.cluster_ids, lambda ids: req.cluster_id not in ids, "cluster gone")
+    wait.equals(lambda: pool_view(prov, pool.pool_id), {n: ("IDLE", "") for n in idle})
+
+    prov.remove_idle(pool.pool_id, idle)
+    wait.until(prov.pool_ids, lambda ids: pool.pool_id not in ids, "pool gone")
+    assert prov.pool_nodes(pool.pool_id) == []
+
+
+def test_a_lost_pool_node_is_lost_in_both_views(
+    adapter: Adapter, prov: Provisioner, wait: Wait
+) -> None:
+    if adapter.lose_node is None:
+        pytest.skip("the adapter cannot kill a node")
+    pool, idle = idle_pool(prov, wait, 2)
+    req = new_cluster(prov, pool=pool)
+    (taken,) = [w.node_id for w in prov.add_workers(req, 1)]
+    (spare,) = set(idle) - {taken}
+    adapter.lose_node(taken)
+    adapter.lose_node(spare)
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), {taken: "LOST"})
+    assert pool_view(prov, pool.pool_id) == {taken: ("LOST", req.cluster_id), spare: ("LOST", "")}
+
+
+# --------------------------------------------------------------------------------------------
+# Local storage
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pool"])
+def test_grow_storage_grows_and_never_shrinks(prov: Provisioner, wait: Wait, pooled: bool) -> None:
+    req = new_cluster(prov, pool=new_pool(prov) if pooled else None)
+    prov.start_driver(req)
+    (worker,) = prov.add_workers(req, 1)
+    start = disk_bytes(prov, req.cluster_id, worker.node_id)
+    bigger = start + 10 * 2**30
+
+    prov.grow_storage(req.cluster_id, worker.node_id, bigger)
+    wait.until(lambda: disk_bytes(prov, req.cluster_id, worker.node_id), lambda b: b == bigger)
+    prov.grow_storage(req.cluster_id, worker.node_id, bigger)  # idempotent
+    prov.grow_storage(req.cluster_id, worker.node_id, max(start - 2**30, 1))  # never shrinks
+    assert disk_bytes(prov, req.cluster_id, worker.node_id) == bigger
+    # The other node is untouched.
+    (driver,) = [n for n in prov.observe(req.cluster_id) if n.role == "driver"]
+    assert disk_bytes(prov, req.cluster_id, driver.node_id) == start
+
+
+def test_nodes_report_their_disk_size(prov: Provisioner) -> None:
+    req = new_cluster(prov)
+    prov.start_driver(req)
+    (node,) = prov.observe(req.cluster_id)
+    assert int(node.attrs["disk_total_bytes"]) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Without pools
+
+
+def test_nodes_without_pool_are_fresh_and_are_not_kept(prov: Provisioner, wait: Wait) -> None:
+    pools_before = prov.pool_ids()
+    req = new_cluster(prov)
+    driver = prov.start_driver(req)
+    workers = prov.add_workers(req, 2)
+    assert (driver.role, {w.role for w in workers}) == ("driver", {"worker"})
+    ids = [driver.node_id] + [w.node_id for w in workers]
+    assert len(set(ids)) == 3
+    assert cluster_view(prov, req.cluster_id) == dict.fromkeys(ids, "STARTING")
+    assert prov.pool_ids() == pools_before
+
+    wait.equals(lambda: cluster_view(prov, req.cluster_id), dict.fromkeys(ids, "RUNNING"))
+    assert prov.observe(req.cluster_id)[0].node_id == driver.node_id
+
+    prov.remove_workers(req.cluster_id, [ids[1]])
+    assert cluster_view(prov, req.cluster_id)[ids[1]] == "STOPPING"
+    wait.until(lambda: cluster_view(prov, req.cluster_id), lambda v: ids[1] not in v)
+
+    prov.stop_cluster(req.cluster_id)
+    wait.equals(lambda: prov.observe(req.cluster_id), [])
+    assert req.cluster_id not in prov.cluster_ids()
+    assert prov.pool_ids() == pools_before
+
+
+# --------------------------------------------------------------------------------------------
+# RecordProvisioner only: a file written before pools and storage existed keeps working.
+
+
+def test_records_migrates_an_older_file(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE nodes (cluster_id TEXT, node_id TEXT PRIMARY KEY, role TEXT,"
+        " start_ms INTEGER, ready_ms INTEGER, stop_ms INTEGER, lost INTEGER DEFAULT 0)"
+    )
+    t = now_ms()
+    db.execute("INSERT INTO nodes VALUES ('c1', 'c1-d-1', 'driver', ?, ?, NULL, 0)", (t, t))
+    db.commit()
+    db.close()
+
+    prov = RecordProvisioner(path, boot_s=0.05, stop_s=0.05)
+    assert [(n.node_id, n.status, dict(n.attrs)) for n in prov.observe("c1")] == [
+        ("c1-d-1", "RUNNING", {})
+    ]
+    assert prov.cluster_ids() == {"c1"}
+    assert prov.pool_ids() == set()
+    prov.grow_storage("c1", "c1-d-1", 2**30)
+    assert prov.observe("c1")[0].attrs == {"disk_total_bytes": str(2**30)}
+    # Opening it again (columns there now) changes nothing.
+    again = RecordProvisioner(path)
+    assert [n.node_id for n in again.observe("c1")] == ["c1-d-1"]
