@@ -122,7 +122,9 @@ def _provisioner(s: Settings) -> Provisioner:
     if s.provisioner == "local":
         from shared.adapters.local_spark import LocalSparkProvisioner
 
-        return LocalSparkProvisioner(s.data_dir / "local_spark")
+        return LocalSparkProvisioner(
+            s.data_dir / "local_spark", scratch_quota_bytes=s.local_scratch_mb * 2**20
+        )
     if s.provisioner == "arm":
         from shared.adapters.arm import ArmProvisioner
 

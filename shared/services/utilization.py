@@ -133,8 +133,6 @@ class Utilization:
             disk = DiskIn.model_validate(body["disk"]) if body.get("disk") else None
         except ValidationError as e:
             raise InvalidParameterValue(f"Invalid report: {e.errors()[0]['msg']}") from None
-        except TypeError:
-            raise InvalidParameterValue("Invalid report: sample and disk are objects.") from None
         if sample is None and disk is None:
             raise InvalidParameterValue("A heartbeat carries a sample, a disk report or both.")
         now = self.clock.now_ms()

@@ -232,3 +232,47 @@ def test_end_of_a_downsize_is_saved_even_when_the_snapshot_is_already_current() 
     assert seen.state == State.RESIZING
     p = rec.plan(seen, nodes(workers=("RUNNING",)), now=3)
     assert p.cluster.state == State.RUNNING and p.changed
+
+
+def test_a_starting_cluster_without_pool_nodes_fails_with_the_pool_reason() -> None:
+    c = new(instance_pool_id="P")
+    p = rec.plan(c, [], now=2000)
+    assert p.actions == [rec.StartDriver(), rec.AddWorkers(2)]
+    out = rec.nodes_unavailable(
+        p,
+        code="INSTANCE_POOL_MAX_CAPACITY_REACHED",
+        message="full",
+        live_workers=0,
+        now=2000,
+        instance_pool_id="P",
+    )
+    c2 = out.cluster
+    assert c2.state == State.TERMINATING and c2.desired == "TERMINATED"
+    assert c2.termination_reason.code == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
+    assert c2.termination_reason.type == "CLIENT_ERROR"
+    assert c2.termination_reason.parameters == {"instance_pool_id": "P"}
+    assert out.actions == [] and out.requeue and out.changed
+    # a new version with its own events (ids distinct)
+    ids = [e["id"] for e in c2.pending_events]
+    assert len(ids) == len(set(ids)) and c2.pending_events[-1]["type"] == "TERMINATING"
+    # the next reconcile stops what it took and ends TERMINATED with the reason kept
+    done = rec.plan(c2, [], now=3000).cluster
+    assert done.state == State.TERMINATED
+    assert done.termination_reason.code == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
+
+
+def test_a_running_cluster_that_cannot_grow_keeps_its_size_with_add_nodes_failed() -> None:
+    c = running(new(num_workers=1, instance_pool_id="P"), workers=1)
+    c = dom.resize(c, num_workers=3, autoscale=None, user="u", now=5000)
+    p = rec.plan(c, nodes(workers=("RUNNING",)), now=6000)
+    assert p.actions == [rec.AddWorkers(2)]
+    out = rec.nodes_unavailable(
+        p, code="INSTANCE_POOL_MAX_CAPACITY_REACHED", message="full", live_workers=1, now=6000
+    )
+    c2 = out.cluster
+    assert (c2.state, c2.target_workers, c2.desired) == (State.RUNNING, 1, "RUNNING")
+    [failed] = [e for e in c2.pending_events if e["type"] == "ADD_NODES_FAILED"]
+    assert failed["details"]["target_num_workers"] == 3
+    assert failed["details"]["reason"]["code"] == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
+    # converged at the size it has: the next plan does nothing
+    assert rec.plan(c2, nodes(workers=("RUNNING",)), now=7000).actions == []

@@ -11,7 +11,7 @@ import pytest
 from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.states import State
-from shared.errors import PermissionDenied
+from shared.errors import InvalidParameterValue, PermissionDenied
 from shared.ports import OutMessage
 from shared.services.auth import Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
@@ -193,3 +193,60 @@ def test_sweep_notices_a_dead_worker_and_the_reconcile_replaces_it(world: World)
     assert victim not in {e["node_id"] for e in got["executors"]}
     lost = [e for e in world.events(cid) if e["type"] == "NODES_LOST"]
     assert len(lost) == 1 and lost[0]["details"]["instance_id"] == victim
+
+
+def test_local_storage_grows_before_a_node_runs_out_with_an_event_per_step(
+    tmp_path: Path,
+) -> None:
+    w = World(tmp_path, storage_min_step_mb=1, storage_max_gb=128)
+    cid = w.running_cluster(num_workers=1, enable_elastic_disk=True)
+    plain = w.running_cluster(num_workers=1)
+    worker = w.clusters.get(w.user, cid)["executors"][0]["node_id"]
+    agent = w.agent(cid)
+    gib = 2**30
+
+    def report(used: float, total: int, node: str = worker, cluster: str = cid) -> None:
+        w.util.heartbeat(
+            agent if cluster == cid else w.agent(cluster),
+            {
+                "cluster_id": cluster,
+                "disk": {"node_id": node, "used_bytes": int(used), "total_bytes": total},
+            },
+        )
+
+    def disk() -> int:
+        return int(w.prov.observe(cid)[1].attrs["disk_total_bytes"])
+
+    assert disk() == 64 * gib  # the record provisioner's nodes start with 64 GiB
+    report(0.5 * 64 * gib, 64 * gib)
+    assert w.util.autoscale_tick()["disk_steps"] == 0  # half full: nothing to do
+    report(0.8 * 64 * gib, 64 * gib)
+    assert w.util.autoscale_tick()["disk_steps"] == 1
+    [grown] = [e for e in w.events(cid) if e["type"] == "EXPANDED_DISK"]
+    assert grown["details"]["instance_id"] == worker
+    assert grown["details"]["previous_disk_size"] == 64 * gib
+    assert grown["details"]["disk_size"] == 128 * gib == disk()  # the provisioner grew it
+    # the agent still reports the old size (the tick ran before its next report): no new step
+    assert w.util.autoscale_tick()["disk_steps"] == 0
+    # full again at the largest size: DID_NOT_EXPAND_DISK, once
+    report(0.9 * 128 * gib, 128 * gib)
+    assert w.util.autoscale_tick()["disk_steps"] == 1
+    assert w.util.autoscale_tick()["disk_steps"] == 0
+    kinds = [e["type"] for e in w.events(cid)]
+    assert (kinds.count("EXPANDED_DISK"), kinds.count("DID_NOT_EXPAND_DISK")) == (1, 1)
+    # reports of unknown nodes and of clusters without elastic disk change nothing
+    report(10 * gib, gib, node="gone")
+    report(10 * gib, gib, cluster=plain, node="x")
+    assert w.util.autoscale_tick()["disk_steps"] == 0
+    assert not [e for e in w.events(plain) if "DISK" in e["type"]]
+
+
+def test_a_heartbeat_needs_a_sample_or_a_disk_report(world: World) -> None:
+    cid = world.running_cluster(num_workers=1)
+    agent = world.agent(cid)
+    with pytest.raises(InvalidParameterValue, match="sample, a disk report or both"):
+        world.util.heartbeat(agent, {"cluster_id": cid})
+    with pytest.raises(InvalidParameterValue, match="Invalid report"):
+        world.util.heartbeat(agent, {"cluster_id": cid, "disk": {"node_id": "n", "used_bytes": -1}})
+    with pytest.raises(InvalidParameterValue, match="Invalid report"):
+        world.util.heartbeat(agent, {"cluster_id": cid, "disk": [1]})

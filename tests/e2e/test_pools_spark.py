@@ -1,0 +1,216 @@
+"""Instance pools and serverless pools with real local Spark, driven by databricks-sdk.
+
+- An instance pool keeps 2 warm idle nodes; a cluster from it runs on exactly those nodes, the
+  nodes come back to the pool when it terminates, and a cluster larger than max_capacity fails
+  with INSTANCE_POOL_MAX_CAPACITY_REACHED.
+- A serverless pool (autoscale 1..3) under two Spark Connect users: both users' jobs run side
+  by side (fair scheduling), both finish, the pool grows and shrinks within its bounds, and a
+  worker's local storage grows as its shuffle files fill it (EXPANDED_DISK).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from databricks.sdk.service.compute import AutoScale, State
+
+from devhost.process import DevhostProcess
+from shared.adapters.local_spark import LocalSparkProvisioner
+
+pytestmark = pytest.mark.spark
+
+T = timedelta(minutes=4)
+PARAMS = {
+    "expected_boot_s": 0,
+    "down_hold_s": 8,
+    "down_half_life_s": 0,
+    "down_interval_s": 4,
+    "stateful_down_window_s": 8,
+    "stale_after_s": 30,
+    "max_sample_gap_s": 10,
+}
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[DevhostProcess]:
+    h = DevhostProcess(
+        tmp_path / "data",
+        env={
+            "SPARKPLANE_PROVISIONER": "local",
+            "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
+            "SPARKPLANE_HEARTBEAT_S": "2",
+            "SPARKPLANE_AUTOSCALE_SCHEDULE": "*/2 * * * * *",
+            "SPARKPLANE_AUTOSCALE_PARAMS": json.dumps(PARAMS),
+            # small scratch quotas and steps, so a few MB of shuffle files make them grow
+            "SPARKPLANE_LOCAL_SCRATCH_MB": "4",
+            "SPARKPLANE_STORAGE_MIN_STEP_MB": "4",
+        },
+    ).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+        h.kill_leftovers()
+
+
+def wait(what: str, cond: Callable[[], Any], timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess) -> None:
+    from pyspark.sql import SparkSession
+
+    w = host.client()
+    version = w.clusters.select_spark_version(scala="2.13")
+    pool_id = w.instance_pools.create(
+        instance_pool_name="warm", node_type_id="local-small", min_idle_instances=2, max_capacity=3
+    ).instance_pool_id
+    prov = LocalSparkProvisioner(host.data_dir / "local_spark")
+    try:
+
+        def idle() -> set[str]:
+            return {n.node_id for n in prov.pool_nodes(pool_id) if n.status == "IDLE"}
+
+        warm = wait("2 warm idle nodes", lambda: (ids := idle()) and len(ids) == 2 and ids)
+        s = w.instance_pools.get(pool_id).stats
+        assert (s.idle_count, s.used_count) == (2, None) or (s.idle_count, s.used_count) == (2, 0)
+
+        c = w.clusters.create_and_wait(
+            cluster_name="pooled",
+            spark_version=version,
+            instance_pool_id=pool_id,
+            num_workers=1,
+            timeout=T,
+        )
+        used = {c.driver.node_id, *(e.node_id for e in c.executors)}
+        assert used == warm  # the cluster runs on the nodes that were idle
+        spark = SparkSession.builder.remote(c.default_tags["SparkConnectUrl"]).getOrCreate()
+        try:
+            assert spark.range(100).selectExpr("sum(id)").collect()[0][0] == 4950
+        finally:
+            spark.stop()
+        wait(
+            "used 2 and the pool topped up to its capacity",
+            lambda: (
+                (x := w.instance_pools.get(pool_id).stats).used_count == 2
+                and (x.idle_count or 0) + (x.pending_idle_count or 0) == 1
+            ),
+        )
+
+        w.clusters.delete_and_wait(cluster_id=c.cluster_id, timeout=T)
+        wait("the cluster's nodes back in the pool, warm", lambda: used <= idle())
+
+        big = w.clusters.create(
+            cluster_name="big", spark_version=version, instance_pool_id=pool_id, num_workers=3
+        ).cluster_id
+        g = w.clusters.wait_get_cluster_terminated(big, timeout=T)
+        assert g.termination_reason.code.value == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
+
+        pids = [p for n in prov.node_pids("").values() for p in n]
+        assert pids  # the idle nodes' warm masters
+        w.instance_pools.delete(pool_id)
+        wait("the pool's nodes terminated", lambda: prov.pool_nodes(pool_id) == [], 60)
+        assert not [p for p in pids if psutil.pid_exists(p) and _not_zombie(p)]
+    finally:
+        prov.close()
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_serverless_pool_serves_two_users_and_sizes_compute_and_storage(
+    host: DevhostProcess,
+) -> None:
+    from pyspark.sql import SparkSession
+
+    w = host.client()
+    c = w.clusters.create_and_wait(
+        cluster_name="shared",
+        spark_version="",
+        node_type_id="local-small",
+        autoscale=AutoScale(min_workers=1, max_workers=3),
+        spark_conf={"spark.databricks.cluster.profile": "serverless"},
+        timeout=T,
+    )
+    cid = c.cluster_id
+    assert len(c.executors) == 1 and c.enable_elastic_disk
+    url = c.default_tags["SparkConnectUrl"]
+    ui = c.default_tags["SparkUiUrl"].rstrip("/")
+    users = [SparkSession.builder.remote(url).create() for _ in range(2)]
+    assert users[0].conf.get("spark.scheduler.mode") == "FAIR"
+    assert users[1].conf.get("spark.dynamicAllocation.shuffleTracking.enabled") == "true"
+    results: dict[int, int] = {}
+
+    def load(i: int) -> None:
+        # 30 tasks of 2 s per user: a backlog on one 1-core worker
+        rows = (
+            users[i]
+            .range(0, 30, 1, 30)
+            .selectExpr("reflect('java.lang.Thread', 'sleep', cast(2000 as bigint)) AS s")
+        )
+        results[i] = rows.selectExpr("count(s) AS n").collect()[0]["n"]
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(1)
+    sizes: list[int] = []
+    side_by_side = False
+    deadline = time.monotonic() + 300
+    with httpx.Client(timeout=5) as http:
+        app = http.get(f"{ui}/api/v1/applications").json()[0]["id"]
+        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+            g = w.clusters.get(cid)
+            sizes.append(len(g.executors or []))
+            stages = http.get(f"{ui}/api/v1/applications/{app}/stages?status=active").json()
+            running = [s for s in stages if s.get("numActiveTasks", 0) > 0]
+            side_by_side = side_by_side or len(running) >= 2
+            time.sleep(1)
+    for t in threads:
+        t.join(60)
+    assert results == {0: 30, 1: 30}
+    assert min(sizes) >= 1 and max(sizes) <= 3
+    assert max(sizes) > 1, sizes  # grew under the two users' backlog
+    assert side_by_side  # the fair scheduler ran both users' jobs at the same time
+
+    # shuffle files fill the workers' scratch space: their storage grows, with events
+    df = users[0].range(0, 400_000, 1, 4).selectExpr("id % 97 AS k", "uuid() AS u")
+    assert df.repartition(4, "k").selectExpr("count(u) AS n").collect()[0]["n"] == 400_000
+
+    def events(kind: str) -> list[Any]:
+        return [e for e in w.clusters.events(cluster_id=cid, limit=500) if e.type.value == kind]
+
+    grown = wait("EXPANDED_DISK", lambda: events("EXPANDED_DISK"), 60)
+    assert all(e.details.disk_size > e.details.previous_disk_size for e in grown)
+    for u in users:
+        u.stop()
+
+    # back to the minimum when the users are done
+    wait(
+        "back to 1 worker",
+        lambda: (g := w.clusters.get(cid)).state == State.RUNNING and len(g.executors) == 1,
+        180,
+    )
+    targets = [e.details.target_num_workers for e in reversed(events("RESIZING"))]
+    assert max(targets) > 1 and targets[-1] == 1 and all(1 <= t <= 3 for t in targets)
+    w.clusters.permanent_delete(cid)
