@@ -56,6 +56,13 @@ def json_body(req: func.HttpRequest) -> dict[str, Any]:
         raise MalformedRequest(f"Malformed JSON request body: {e}") from None
     if not isinstance(body, dict):
         raise MalformedRequest("The request body must be a JSON object.")
+    try:
+        # JSON may escape lone surrogates ("\ud800"): not text any store or node can keep.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedRequest(
+            "The request body has a string that is not valid Unicode (a lone surrogate)."
+        ) from None
     return body
 
 

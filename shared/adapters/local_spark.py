@@ -1266,10 +1266,10 @@ class LocalSparkProvisioner:
         lines = ["# written by sparkplane (LocalSparkProvisioner)\n"]
         lines += [_props_line(k, v) for k, v in sorted(conf.items())]
         (conf_dir / "spark-defaults.conf").write_text("".join(lines), encoding="utf-8")
-        for name, content in (req.conf_files if req else {}).items():
-            if Path(name).name != name or name == "spark-defaults.conf":
-                raise ValueError(f"bad configuration file name {name!r}")
-            (conf_dir / name).write_text(content, encoding="utf-8")
+        for file_name, content in (req.conf_files if req else {}).items():
+            if Path(file_name).name != file_name or file_name == "spark-defaults.conf":
+                raise ValueError(f"bad configuration file name {file_name!r}")
+            (conf_dir / file_name).write_text(content, encoding="utf-8")
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
         env.update(

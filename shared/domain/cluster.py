@@ -52,7 +52,7 @@ class ClusterSpec(BaseModel):
     instance_pool_id: str | None = None
     driver_instance_pool_id: str | None = None
     policy_id: str | None = None
-    enable_elastic_disk: bool | None = None
+    enable_elastic_disk: bool | None = Field(default=None, strict=True)
     runtime_engine: Literal["STANDARD", "PHOTON", "NULL"] | None = None
     data_security_mode: str | None = None
     single_user_name: str | None = None

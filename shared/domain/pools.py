@@ -36,7 +36,8 @@ class PoolSpec(BaseModel):
         default=None, ge=0, le=10_000, strict=True
     )
     custom_tags: dict[str, str] = Field(default_factory=dict)
-    enable_elastic_disk: bool | None = None
+    # strict: 0, "yes", "off", ... are not booleans (the SDK sends JSON true/false).
+    enable_elastic_disk: bool | None = Field(default=None, strict=True)
     preloaded_spark_versions: list[str] = Field(default_factory=list, max_length=1)
 
     def wire(self) -> dict[str, Any]:
@@ -75,6 +76,15 @@ def parse_spec(
     if len(spec.custom_tags) > 45:
         raise InvalidParameterValue("A pool can have at most 45 custom tags.")
     return spec
+
+
+def pool_id_of(value: Any) -> str:
+    """The instance_pool_id of an edit, delete or get request, or INVALID_PARAMETER_VALUE."""
+    if value is None or value == "":
+        raise InvalidParameterValue("Missing required field: instance_pool_id")
+    if not isinstance(value, str):
+        raise InvalidParameterValue("Invalid value for field instance_pool_id: must be a string")
+    return value
 
 
 def new_pool_id(now_ms: int) -> str:

@@ -101,8 +101,7 @@ class PoolService:
         )
 
     def _get(self, p: Principal, pool_id: Any) -> tuple[Pool, Record]:
-        if not isinstance(pool_id, str) or not pool_id:
-            raise InvalidParameterValue("Missing required field: instance_pool_id")
+        pool_id = dom.pool_id_of(pool_id)
         got = self.load(p.workspace_id, pool_id)
         if got is None or got[0].state == "DELETED":
             raise ResourceDoesNotExist(f"Instance pool {pool_id} does not exist.")
@@ -157,28 +156,33 @@ class PoolService:
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
         spec = self._spec(body)
-        for _ in range(20):
-            pool, rec = self._get(p, body.get("instance_pool_id"))
-            if spec.node_type_id != pool.spec.node_type_id:
-                raise InvalidParameterValue(
-                    "node_type_id of an instance pool cannot be changed "
-                    f"(it is {pool.spec.node_type_id})."
-                )
-            renamed = spec.instance_pool_name != pool.spec.instance_pool_name
-            if renamed:
-                self._claim_name(p, spec.instance_pool_name, pool.instance_pool_id)
-            new = pool.model_copy(update={"spec": spec})
-            try:
-                out = self.store.replace(
-                    KIND, p.workspace_id, pool.instance_pool_id, new.doc(), etag=rec.etag
-                )
-            except PreconditionFailed:
-                continue
-            if renamed:
-                self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
-            self.kick(new, f"pool-cmd:{pool.instance_pool_id}:{out.etag}")
-            return
-        raise PreconditionFailed("instance pool changed too often; retry")
+        claimed = ""
+        try:
+            for _ in range(20):
+                pool, rec = self._get(p, body.get("instance_pool_id"))
+                if spec.node_type_id != pool.spec.node_type_id:
+                    raise InvalidParameterValue(
+                        "node_type_id of an instance pool cannot be changed "
+                        f"(it is {pool.spec.node_type_id})."
+                    )
+                renamed = spec.instance_pool_name != pool.spec.instance_pool_name
+                if renamed and not claimed:
+                    self._claim_name(p, spec.instance_pool_name, pool.instance_pool_id)
+                    claimed = pool.instance_pool_id
+                new = pool.model_copy(update={"spec": spec})
+                try:
+                    out = self._save(new, rec)
+                except PreconditionFailed:
+                    continue
+                claimed = ""
+                if renamed:
+                    self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
+                self.kick(new, f"pool-cmd:{pool.instance_pool_id}:{out.etag}")
+                return
+            raise PreconditionFailed("instance pool changed too often; retry")
+        finally:
+            if claimed:  # the edit did not land: the new name stays free
+                self._release_name(p, spec.instance_pool_name, claimed)
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
         """The pool is DELETED at once (clusters can no longer use it); its idle nodes are

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceAlreadyExists
 from databricks.sdk.service.compute import AutoScale, State
@@ -170,6 +172,33 @@ def test_bad_pool_requests_get_databricks_errors(host: DevhostProcess) -> None:
     w.instance_pools.create(instance_pool_name="a", node_type_id="rec-small")
     names = sorted(p.instance_pool_name for p in w.instance_pools.list())
     assert names == ["a", "b"]
+
+    # regressions, in raw JSON (the SDK cannot send them): a lone surrogate as the pool id was a
+    # 500 (now refused for every API as not text); a non-boolean enable_elastic_disk and a
+    # lone surrogate in a tag were accepted
+    url, auth = host.url + "/api/2.0/instance-pools", {"Authorization": f"Bearer {host.token}"}
+    spec = {"instance_pool_name": "c", "node_type_id": "rec-small"}
+    for op, body, code in (
+        ("delete", {"instance_pool_id": "\ud800"}, "MALFORMED_REQUEST"),
+        ("edit", {**spec, "instance_pool_id": "x\udc00"}, "MALFORMED_REQUEST"),
+        ("create", {**spec, "custom_tags": {"\ud800": "v"}}, "MALFORMED_REQUEST"),
+        ("create", {**spec, "enable_elastic_disk": 0}, "INVALID_PARAMETER_VALUE"),
+        ("edit", {**spec, "instance_pool_id": 7}, "INVALID_PARAMETER_VALUE"),
+    ):
+        # json.dumps escapes a lone surrogate as \ud800, which json.loads reads back
+        raw = json.dumps(body)
+        r = httpx.post(
+            f"{url}/{op}", content=raw, headers={**auth, "Content-Type": "application/json"}
+        )
+        assert r.status_code == 400, (op, raw, r.text)
+        assert r.json()["error_code"] == code and r.json()["message"]
+    r = httpx.post(
+        host.url + "/api/2.1/clusters/delete",
+        content=json.dumps({"cluster_id": "\ud800"}),
+        headers=auth,
+    )
+    assert (r.status_code, r.json()["error_code"]) == (400, "MALFORMED_REQUEST")
+    assert sorted(p.instance_pool_name for p in w.instance_pools.list()) == ["a", "b"]
 
 
 def test_a_pool_deleted_under_a_cluster_keeps_it_running_until_it_ends(

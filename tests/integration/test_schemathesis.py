@@ -75,7 +75,8 @@ def bearer(token: str) -> dict[str, str]:
 
 @dataclass
 class Target:
-    """The devhost under fuzzing, its tokens, and clusters for the generated requests to hit."""
+    """The devhost under fuzzing, its tokens, and clusters and instance pools for the generated
+    requests to hit."""
 
     host: DevhostProcess
     user: str
@@ -83,6 +84,8 @@ class Target:
     spark_versions: list[str]
     node_types: list[str]
     clusters: list[str]
+    # instance pool id -> its node type (an edit cannot change it)
+    pools: dict[str, str] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     killed: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -99,6 +102,17 @@ class Target:
         )
         r.raise_for_status()
         return str(r.json()["cluster_id"])
+
+    def create_pool(self, node_type_id: str, **spec: Any) -> str:
+        name = f"fuzz-pool-{len(self.pools)}-{time.monotonic_ns()}"
+        body = {"instance_pool_name": name, "node_type_id": node_type_id, **spec}
+        r = httpx.post(
+            self.host.url + "/api/2.0/instance-pools/create", json=body, headers=bearer(self.user)
+        )
+        r.raise_for_status()
+        pool_id = str(r.json()["instance_pool_id"])
+        self.pools[pool_id] = node_type_id
+        return pool_id
 
     def settle(self, cluster_id: str, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -165,6 +179,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             h.url + "/api/2.1/clusters/delete", json={"cluster_id": t.clusters[2]}, headers=headers
         ).raise_for_status()
         _wait_state(h.url, user, t.clusters[2], "TERMINATED")
+        # Pools for the pool operations (and pooled clusters) to hit: one with warm nodes.
+        t.create_pool(t.node_types[0], min_idle_instances=1, max_capacity=4)
+        t.create_pool(t.node_types[-1])
         watchdog = threading.Thread(target=t.watch_memory, name="rss-watchdog", daemon=True)
         watchdog.start()
         yield t
@@ -199,12 +216,22 @@ def _aim(case: Any, t: Target) -> None:
         ):
             if key in body:
                 body[key] = _pick(body[key], choices)
+        if "instance_pool_id" in body:
+            body["instance_pool_id"] = _pick(body["instance_pool_id"], list(t.pools))
+            if case.path.endswith("/instance-pools/edit") and "node_type_id" in body:
+                # The pool's own node type (changing it is a 400), so edits get past that rule.
+                body["node_type_id"] = t.pools.get(body["instance_pool_id"], body["node_type_id"])
+        versions = body.get("preloaded_spark_versions")
+        if isinstance(versions, list):
+            body["preloaded_spark_versions"] = [_pick(v, t.spark_versions) for v in versions]
         if case.path.endswith(SETTLED_ONLY) and body.get("cluster_id") in t.clusters:
             # Earlier cases keep the clusters restarting and resizing; let this one settle
             # (a second at most with the record provisioner) so valid commands get through.
             t.settle(body["cluster_id"])
     if isinstance(case.query, dict) and "cluster_id" in case.query:
         case.query["cluster_id"] = _pick(case.query["cluster_id"], t.clusters)
+    if isinstance(case.query, dict) and "instance_pool_id" in case.query:
+        case.query["instance_pool_id"] = _pick(case.query["instance_pool_id"], list(t.pools))
 
 
 @schema.parametrize()
@@ -222,6 +249,11 @@ def test_api_conforms_to_its_openapi_document(case: Any, target: Target) -> None
         gone = case.body["cluster_id"]
         if gone in target.clusters:
             target.clusters[target.clusters.index(gone)] = target.create_cluster(num_workers=0)
+    if case.path.endswith("/instance-pools/delete") and response.status_code == 200:
+        # The same for pools.
+        node_type = target.pools.pop(case.body["instance_pool_id"], None)
+        if node_type is not None:
+            target.create_pool(node_type)
 
 
 def test_fuzzing_left_the_devhost_healthy(target: Target) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from function_app import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +55,16 @@ def test_devhost_route_templates() -> None:
     assert compile_route("files/{*path}").match("files/a/b/c") == {"path": "a/b/c"}
     assert compile_route("items/{id?}").match("items") == {}
     assert compile_route("items/{id?}").match("items/7") == {"id": "7"}
+
+
+def test_a_lone_surrogate_in_a_json_body_is_a_malformed_request() -> None:
+    import azure.functions as func
+
+    from functions.http import json_body
+    from shared.errors import MalformedRequest
+
+    req = func.HttpRequest("POST", "/x", body=b'{"cluster_id": "\\ud800"}', headers={})
+    with pytest.raises(MalformedRequest, match="lone surrogate"):
+        json_body(req)
+    ok = func.HttpRequest("POST", "/x", body='{"n": "\\u00e9t\u00e9"}'.encode(), headers={})
+    assert json_body(ok) == {"n": "\u00e9t\u00e9"}

@@ -128,6 +128,14 @@ def test_stats_count_returning_nodes_as_pending_idle() -> None:
             "Invalid spark version 9",
         ),
         ({"instance_pool_name": "x" * 101, "node_type_id": "n"}, "instance_pool_name"),
+        # regression: lax booleans (0, "yes", "off") were accepted
+        *(
+            (
+                {"instance_pool_name": "p", "node_type_id": "n", "enable_elastic_disk": v},
+                "enable_elastic_disk",
+            )
+            for v in (0, 1, "yes", "off", "true")
+        ),
     ],
 )
 def test_bad_requests_are_refused_with_the_field_named(body: dict, message: str) -> None:
@@ -154,3 +162,17 @@ def test_server_fields_in_a_request_are_ignored_and_unknown_ones_kept() -> None:
 def test_pool_ids_have_the_databricks_shape() -> None:
     pid = pools.new_pool_id(0)
     assert pid.startswith("0101-000000-") and "-pool-" in pid
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "Missing required field: instance_pool_id"),
+        ("", "Missing required field: instance_pool_id"),
+        (5, "instance_pool_id: must be a string"),
+    ],
+)
+def test_bad_pool_ids_are_refused(value: object, message: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        pools.pool_id_of(value)
+    assert pools.pool_id_of("0101-000000-abc-pool-x") == "0101-000000-abc-pool-x"
