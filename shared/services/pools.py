@@ -275,6 +275,12 @@ class PoolService:
                 except ProvisionerUnsupported as e:
                     errors.append(str(e))
                     plan.requeue = False  # nothing will change by itself: the timer retries
+            if plan.gone:
+                # Deleted, and its last node is gone: nothing refers to the pool any more.
+                with contextlib.suppress(NotFound, PreconditionFailed):
+                    self.store.delete(KIND, workspace_id, pool_id, etag=rec.etag)
+                log.info("pool removed", extra={"pool_id": pool_id})
+                return
             if plan.add_idle or plan.remove_idle:
                 plan.stats = dom.stats(self.provisioner.pool_nodes(pool_id))
             new = pool.model_copy(update={"stats": plan.stats, "errors": errors})
@@ -300,8 +306,6 @@ class PoolService:
         kicked = 0
         for r in self.store.scan(KIND, field="state", values=["ACTIVE", "STOPPED", "DELETED"]):
             known.add(r.id)
-            if r.body.get("state") == "DELETED" and not any(r.body.get("stats", {}).values()):
-                continue
             self.kick_id(r.pk, r.id, f"pool-sweep:{r.id}:{bucket}")
             kicked += 1
         orphans = self.provisioner.pool_ids() - known

@@ -17,6 +17,8 @@ from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
 from shared.adapters.records import RecordProvisioner
+from shared.adapters.sqlite_store import SqliteStore
+from shared.services.auth import LOCAL_WORKSPACE
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -210,6 +212,8 @@ def test_a_pool_deleted_under_a_cluster_keeps_it_running_until_it_ends(
     ).instance_pool_id
     c = w.clusters.create_and_wait(spark_version=V, instance_pool_id=pid, num_workers=1, timeout=T)
     w.instance_pools.delete(pid)
+    store = SqliteStore(host.data_dir / "store.db")
+    assert store.get("instance_pool", LOCAL_WORKSPACE, pid).body["state"] == "DELETED"
     prov = RecordProvisioner(host.data_dir / "records.db")
     wait(
         "idle nodes of the deleted pool gone",
@@ -219,6 +223,11 @@ def test_a_pool_deleted_under_a_cluster_keeps_it_running_until_it_ends(
     w.clusters.delete_and_wait(cluster_id=c.cluster_id, timeout=T)
     # its nodes come back to a pool that is gone: they are terminated
     wait("no node left", lambda: prov.pool_nodes(pid) == [])
+    # then the pool's document goes too
+    wait(
+        "the pool document removed",
+        lambda: store.get("instance_pool", LOCAL_WORKSPACE, pid) is None,
+    )
     # and a start can no longer get nodes from it
     w.clusters.start(c.cluster_id)
     c = w.clusters.wait_get_cluster_terminated(c.cluster_id, timeout=T)
