@@ -69,8 +69,14 @@ role after boot, and nodes get their role from cloud-init at creation. The pool 
 
 `NodeRequest.conf_files` (files for each node's Spark conf directory) travel in customData too:
 the `CONF_FILES` placeholder is base64 of the gzipped JSON object, which the bootstrap writes
-out (infra/bootstrap/cloud-init.yaml, write_conf_files.py). `spark_conf` does not reach the
-nodes of this provisioner (yet): the bootstrap writes spark-defaults.conf itself.
+out (infra/bootstrap/cloud-init.yaml, write_conf_files.py). So do `spark_conf` (`SPARK_CONF`)
+and `spark_env_vars` (`SPARK_ENV`), encoded the same way and always filled (`{}` when empty):
+the node's write_spark_conf.py merges spark_conf into the spark-defaults.conf it writes, its
+own settings winning where they are pinned (addresses, ports, the master URL, the local dirs:
+a pinned key of spark_conf is dropped, as the local provisioner does), and writes
+spark_env_vars to the environment file the Spark units read before the node's own. A variable
+the node sets itself (`PINNED_SPARK_ENV`, `SPARKPLANE_*`), a name that is no variable name, or
+a value with a line break is refused here, before the deployment is sent, and again on the node.
 
 The ports give `observe`, `remove_workers` and `stop_cluster` a cluster id only, so the group
 of a cluster is remembered from `start_driver`/`add_workers` and otherwise found again with
@@ -103,6 +109,11 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
+from shared.domain.cluster import (
+    PINNED_SPARK_ENV,
+    RESERVED_SPARK_ENV_PREFIX,
+    spark_env_problem,
+)
 from shared.ports import (
     Node,
     NodeRequest,
@@ -210,6 +221,10 @@ POOLS_UNSUPPORTED = (
 CONF_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RESERVED_CONF_FILES = frozenset({"spark-defaults.conf", "spark-env.sh"})
 
+# spark_env_vars: what the node's environment files can carry (the Spark units' systemd
+# EnvironmentFile), other than the variables the bootstrap sets itself or Spark takes the
+# node's addresses, ports and directories from. infra/bootstrap/cloud-init.yaml
+# (write_spark_conf.py) checks the same on the node.
 WorkspaceStatus = Literal["PROVISIONING", "READY", "FAILED", "DELETING", "NOT_FOUND"]
 
 
@@ -332,7 +347,37 @@ def conf_files_value(files: Mapping[str, str]) -> str:
                 f"conf file {name!r}: a plain file name is expected (letters, digits, '.', '_', "
                 f"'-'), other than {', '.join(sorted(RESERVED_CONF_FILES))}"
             )
-    text = json.dumps(dict(sorted(files.items())), separators=(",", ":"))
+    return _packed(files)
+
+
+def spark_conf_value(conf: Mapping[str, str]) -> str:
+    """The SPARK_CONF placeholder's value: the cluster's spark_conf, packed like CONF_FILES.
+    Any key and value can be written to spark-defaults.conf (the node escapes them); pinned
+    keys are dropped on the node."""
+    for key, value in conf.items():
+        if not isinstance(key, str) or not key.strip() or not isinstance(value, str):
+            raise ValueError(f"spark_conf {key!r}: keys must be non-empty strings, values strings")
+    return _packed(conf)
+
+
+def spark_env_value(env: Mapping[str, str]) -> str:
+    """The SPARK_ENV placeholder's value: the cluster's spark_env_vars, packed like CONF_FILES.
+    Raises ValueError when a variable cannot be set on the nodes (spark_env_problem)."""
+    problems = [spark_env_problem(k, v) for k, v in sorted(env.items())]
+    if any(problems):
+        raise ValueError(
+            "spark_env_vars cannot be set on the nodes: "
+            + "; ".join(p for p in problems if p)
+            + f" (sparkplane sets {', '.join(sorted(PINNED_SPARK_ENV))} and every "
+            f"{RESERVED_SPARK_ENV_PREFIX}* variable itself)"
+        )
+    return _packed(env)
+
+
+def _packed(obj: Mapping[str, str]) -> str:
+    """base64 of the gzipped JSON object (base64 only has characters a node's environment file
+    can carry)."""
+    text = json.dumps(dict(sorted(obj.items())), separators=(",", ":"))
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
@@ -1049,6 +1094,8 @@ class ArmProvisioner:
                 "AGENT_SOURCE_URL": self.agent_source_url,
                 "AGENT_SOURCE_SHA256": self.agent_source_sha256,
                 "CONF_FILES": conf_files_value(req.conf_files),
+                "SPARK_CONF": spark_conf_value(req.spark_conf),
+                "SPARK_ENV": spark_env_value(req.spark_env_vars),
             },
         )
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import psutil
 
+from shared.domain.cluster import spark_env_problem
 from shared.ports import (
     Clock,
     Node,
@@ -126,14 +127,6 @@ PINNED_CONF = (
     "spark.worker.ui.port",
     "spark.connect.grpc.binding.address",
     "spark.connect.grpc.binding.port",
-)
-PINNED_ENV = (
-    "SPARK_HOME",
-    "SPARK_CONF_DIR",
-    "SPARK_LOCAL_IP",
-    "SPARK_WORKER_DIR",
-    "SPARK_NO_DAEMONIZE",
-    "JAVA_HOME",
 )
 # Spark's worker decommissioning signal (spark.worker.decommission.signal defaults to PWR).
 # Platforms without SIGPWR (macOS) remove workers with SIGTERM instead.
@@ -519,6 +512,7 @@ class LocalSparkProvisioner:
             [rec] = self._take(req.driver_pool, req.cluster_id, "driver", 1)
         else:
             rec = self._new_record(req.cluster_id, uuid.uuid4().hex, "driver", PORTS_DRIVER)
+        warm = self._leader(rec, "master") is not None
         try:
             self._run_driver(rec, req, worker_type, driver_type)
         except BaseException:
@@ -530,7 +524,7 @@ class LocalSparkProvisioner:
                 "cluster_id": req.cluster_id,
                 "node_id": rec.node_id,
                 "master_url": rec.attrs["master_url"],
-                "warm": bool(rec.procs and rec.procs[0].name == "master" and rec.pool_id),
+                "warm": warm,
             },
         )
         return self._node(rec, "STARTING")
@@ -1280,7 +1274,8 @@ class LocalSparkProvisioner:
             }
         )
         if req is not None:
-            env.update({k: v for k, v in req.spark_env_vars.items() if k not in PINNED_ENV})
+            # (the API refuses these names; a request made elsewhere cannot move them either)
+            env.update({k: v for k, v in req.spark_env_vars.items() if not spark_env_problem(k, v)})
         env.update(
             {
                 "JAVA_HOME": str(self.java.home),

@@ -300,6 +300,9 @@ class PoolService:
     def sweep(self) -> dict[str, int]:
         """Kick every pool (idle nodes expire with time, not with a message) and terminate the
         idle nodes of pools no document knows."""
+        # Nodes first, documents second: a pool's document is written before its first node,
+        # so a node seen here belongs to a document the scan below sees.
+        owners = self.provisioner.pool_ids()
         now = self.clock.now_ms()
         bucket = now // max(1, int(self.settings.stuck_after_s * 1000) // 2 or 1)
         known: set[str] = set()
@@ -308,7 +311,7 @@ class PoolService:
             known.add(r.id)
             self.kick_id(r.pk, r.id, f"pool-sweep:{r.id}:{bucket}")
             kicked += 1
-        orphans = self.provisioner.pool_ids() - known
+        orphans = owners - known
         for pool_id in orphans:
             idle = [
                 n.node_id

@@ -26,6 +26,9 @@ import io
 import itertools
 import json
 import re
+import runpy
+import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -55,6 +58,12 @@ from shared.adapters.arm import (
     new_data_disks,
     node_status,
     sanitize_tags,
+)
+from shared.domain.cluster import (
+    PINNED_SPARK_ENV,
+    RESERVED_SPARK_ENV_PREFIX,
+    SPARK_ENV_NAME,
+    spark_env_problem,
 )
 from shared.ports import NodeRequest, PoolRequest, ProvisionerUnsupported
 from shared.settings import Settings
@@ -1721,3 +1730,315 @@ def test_a_conf_file_that_is_no_plain_file_name_is_refused(
     with pytest.raises(ValueError, match="plain file name"):
         prov.start_driver(request_for(conf_files={name: "x"}))
     assert [r for r in arm.take() if r.method == "PUT"] == []
+
+
+# --------------------------------------------------------------------------------------------
+# spark_conf and spark_env_vars: in customData, merged by the bootstrap's write_spark_conf.py.
+
+CLOUD_INIT_PATH = ROOT / "infra" / "bootstrap" / "cloud-init.yaml"
+CONNECT_35 = "org.apache.spark:spark-connect_2.12:3.5.7"
+# What bootstrap.sh hands write_spark_conf.py on a driver node (Spark 3.5: no Connect jar).
+DRIVER_NODE = {
+    "SPARKPLANE_ROLE": "driver",
+    "SPARKPLANE_NODE_IP": "10.0.0.4",
+    "SPARKPLANE_DRIVER_HOST": "10.0.0.4",
+    "SPARKPLANE_CLUSTER_ID": CID,
+    "SPARKPLANE_LOCAL_DIRS": "/mnt/spark",
+    "SPARKPLANE_DRIVER_MEMORY_MB": "8192",
+    "SPARKPLANE_CONNECT_PACKAGE": CONNECT_35,
+}
+WORKER_NODE = {**DRIVER_NODE, "SPARKPLANE_ROLE": "worker", "SPARKPLANE_NODE_IP": "10.0.0.5"}
+ODD_KEY = "spark.hadoop.odd key=a:b#c!d"
+ODD_VALUE = " lead\\dir\\ line1\nline2\r\ttab\f ünï #!=:\x01 end\\"
+USER_CONF = {
+    # The serverless profile's kind of settings.
+    "spark.scheduler.mode": "FAIR",
+    "spark.dynamicAllocation.enabled": "true",
+    "spark.executor.memory": "14745m",
+    # A node default the user may change.
+    "spark.driver.memory": "2g",
+    # Pinned: the node's own values stay (or, with none, Spark's default).
+    "spark.master": "local[*]",
+    "spark.driver.host": "1.2.3.4",
+    "spark.ui.port": "4050",
+    "spark.local.dir": "/tmp/elsewhere",
+    "spark.connect.grpc.binding.port": "15003",
+    "spark.connect.grpc.binding.address": "0.0.0.0",
+    # Added to the Connect package.
+    "spark.jars.packages": "io.delta:delta-spark_2.12:3.3.0",
+    ODD_KEY: ODD_VALUE,
+}
+# The keys of USER_CONF the node keeps for itself, and what it writes on a driver.
+PINNED_GIVEN = {
+    "spark.master",
+    "spark.driver.host",
+    "spark.ui.port",
+    "spark.local.dir",
+    "spark.connect.grpc.binding.port",
+    "spark.connect.grpc.binding.address",
+}
+DRIVER_KEYS = {
+    "spark.master",
+    "spark.master.rest.enabled",
+    "spark.driver.host",
+    "spark.ui.port",
+    "spark.local.dir",
+    "spark.connect.grpc.binding.port",
+    "spark.app.name",
+    "spark.driver.memory",
+    "spark.decommission.enabled",
+    "spark.storage.decommission.enabled",
+    "spark.storage.decommission.shuffleBlocks.enabled",
+    "spark.storage.decommission.rddBlocks.enabled",
+    "spark.worker.cleanup.enabled",
+    "spark.ui.showConsoleProgress",
+    "spark.jars.packages",
+}
+USER_ENV = {
+    "PYSPARK_PYTHON": "/opt/sparkplane/venv/bin/python",
+    "GREETING": "say \"hi\" to $HOME and `id` \\ $(echo run) 'q' \\",
+    "EMPTY": "",
+}
+
+
+def _placeholder(put: Rec, name: str) -> str:
+    text = base64.b64decode(put.body["properties"]["parameters"]["customData"]["value"]).decode()
+    m = re.search(rf"^\s*SPARKPLANE_{name}=(\S+)$", text, re.MULTILINE)
+    assert m, f"no SPARKPLANE_{name} line"
+    return m.group(1)
+
+
+def _unpacked(value: str) -> Any:
+    return json.loads(gzip.decompress(base64.b64decode(value)))
+
+
+def _node_file(path: str) -> str:
+    doc = yaml.safe_load(CLOUD_INIT_PATH.read_text())
+    [content] = [f["content"] for f in doc["write_files"] if f["path"] == path]
+    return str(content)
+
+
+@pytest.fixture
+def spark_conf_script(tmp_path: Path) -> Path:
+    script = tmp_path / "write_spark_conf.py"
+    script.write_text(_node_file("/usr/local/lib/sparkplane/write_spark_conf.py"))
+    return script
+
+
+def write_spark_conf(
+    script: Path, out: Path, node: dict[str, str], conf: str, env: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs the node's write_spark_conf.py as bootstrap.sh does, into `out`."""
+    out.mkdir()
+    return subprocess.run(
+        [sys.executable, str(script), str(out), str(out / "spark-user.env")],
+        env={**node, "SPARKPLANE_SPARK_CONF": conf, "SPARKPLANE_SPARK_ENV": env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def _java_properties(path: Path, tmp_path: Path) -> dict[str, str] | None:
+    """The file as java.util.Properties loads it (as Spark does, with a UTF-8 reader); None
+    without a JDK."""
+    java = shutil.which("java")
+    if java is None:
+        return None
+    src = tmp_path / "Props.java"
+    src.write_text(
+        """import java.io.*;
+import java.nio.charset.StandardCharsets;
+import java.util.*;
+
+public class Props {
+  public static void main(String[] args) throws Exception {
+    Properties p = new Properties();
+    try (Reader r = new InputStreamReader(new FileInputStream(args[0]), StandardCharsets.UTF_8)) {
+      p.load(r);
+    }
+    HexFormat h = HexFormat.of();
+    for (String k : new TreeSet<>(p.stringPropertyNames())) {
+      System.out.println(h.formatHex(k.getBytes(StandardCharsets.UTF_8)) + " "
+          + h.formatHex(p.getProperty(k).getBytes(StandardCharsets.UTF_8)));
+    }
+  }
+}
+"""
+    )
+    r = subprocess.run([java, str(src), str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = {}
+    for line in r.stdout.splitlines():
+        k, _, v = line.partition(" ")
+        out[bytes.fromhex(k).decode()] = bytes.fromhex(v).decode()
+    return out
+
+
+def _sourced(env_file: Path) -> dict[str, str]:
+    """USER_ENV's variables of an environment file as bash reads it; for NAME="..." lines that
+    is how systemd's EnvironmentFile reads them too (in double quotes a backslash escapes only a
+    backslash, a double quote, a backquote and a dollar sign, and nothing is expanded by
+    systemd)."""
+    r = subprocess.run(
+        ["bash", "-c", 'set -a; . "$1"; env -0', "bash", str(env_file)],
+        env={},
+        capture_output=True,
+        check=True,
+    )
+    pairs = [item.split(b"=", 1) for item in r.stdout.split(b"\0") if item]
+    return {k.decode(): v.decode() for k, v in pairs if k.decode() in USER_ENV}
+
+
+def test_spark_conf_and_env_reach_the_nodes_spark_defaults_and_environment(
+    arm: FakeArm, templates: Path, tmp_path: Path, spark_conf_script: Path
+) -> None:
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for(spark_conf=USER_CONF, spark_env_vars=USER_ENV))
+    put = arm.take()[-1]
+    conf, env = _placeholder(put, "SPARK_CONF"), _placeholder(put, "SPARK_ENV")
+    assert _unpacked(conf) == USER_CONF and _unpacked(env) == USER_ENV
+
+    # The node end, a driver: the bootstrap's merge of its settings and the cluster's.
+    r = write_spark_conf(spark_conf_script, tmp_path / "driver", DRIVER_NODE, conf, env)
+    assert r.returncode == 0, r.stderr
+    assert all(k in r.stderr for k in PINNED_GIVEN), r.stderr  # said, on the node's log
+    defaults = tmp_path / "driver" / "spark-defaults.conf"
+    text = defaults.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0].startswith("#")
+    for line in [
+        # the cluster's
+        "spark.scheduler.mode=FAIR",
+        "spark.dynamicAllocation.enabled=true",
+        "spark.executor.memory=14745m",
+        "spark.driver.memory=2g",
+        f"spark.jars.packages={CONNECT_35},io.delta:delta-spark_2.12:3.3.0",
+        # the node's, pinned
+        "spark.master=spark://10.0.0.4:7077",
+        "spark.driver.host=10.0.0.4",
+        "spark.ui.port=4040",
+        "spark.local.dir=/mnt/spark",
+        "spark.connect.grpc.binding.port=15002",
+        "spark.master.rest.enabled=false",
+        # the node's defaults
+        f"spark.app.name=sparkplane {CID}",
+        "spark.decommission.enabled=true",
+        # escaped: blanks and separators of the key, the value's leading blank, backslashes
+        # (one at the end too: no line continuation), line breaks and controls.
+        "spark.hadoop.odd\\ key\\=a\\:b\\#c\\!d="
+        "\\ lead\\\\dir\\\\ line1\\nline2\\r\\ttab\\f ünï #!=:\\u0001 end\\\\",
+    ]:
+        assert line in lines, line
+    assert "local[*]" not in text and "1.2.3.4" not in text and "0.0.0.0" not in text
+    # One line a key: the cluster's but the pinned ones, and the node's.
+    assert len(lines) == len(set(lines)) == 1 + len({*USER_CONF} - PINNED_GIVEN | DRIVER_KEYS)
+    assert stat.S_IMODE(defaults.stat().st_mode) == 0o640
+    props = _java_properties(defaults, tmp_path)
+    if props is not None:  # what Spark's loader reads back
+        assert props[ODD_KEY] == ODD_VALUE
+        assert props["spark.master"] == "spark://10.0.0.4:7077"
+        assert props["spark.scheduler.mode"] == "FAIR"
+        assert len(props) == len(lines) - 1
+
+    # The environment file the Spark units read first: the values exactly, nothing run.
+    env_file = tmp_path / "driver" / "spark-user.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert _sourced(env_file) == USER_ENV
+
+    # mount-data-disks.sh still finds spark.local.dir to add a disk to.
+    mount = _node_file("/usr/local/lib/sparkplane/mount-data-disks.sh")
+    [expr] = re.findall(r'sed -i "(s\|\^spark\\\.local\\\.dir[^"]*)" "\$DEFAULTS"', mount)
+    expr = expr.replace("$dirs", "/mnt/spark,/mnt/spark-0")
+    after = subprocess.run(
+        ["sed", "-e", expr, str(defaults)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [a for a in after if a not in lines] == ["spark.local.dir=/mnt/spark,/mnt/spark-0"]
+
+    # A worker: the master URL pinned, no driver settings, the user's packages as they are.
+    r = write_spark_conf(spark_conf_script, tmp_path / "worker", WORKER_NODE, conf, env)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "worker" / "spark-defaults.conf").read_text().splitlines()
+    assert "spark.master=spark://10.0.0.4:7077" in lines
+    assert "spark.scheduler.mode=FAIR" in lines
+    assert "spark.jars.packages=io.delta:delta-spark_2.12:3.3.0" in lines
+    assert not [x for x in lines if x.startswith(("spark.driver.host", "spark.ui.port"))]
+    assert "spark.driver.memory=2g" in lines  # the user's, as on any Spark node
+
+    # None given: empty objects, still filled in, and a node with its own settings only.
+    prov.stop_cluster(CID)
+    arm.tick(2)
+    arm.take()
+    prov.start_driver(request_for(spark_conf={}, spark_env_vars={}))
+    put = arm.take()[-1]
+    conf, env = _placeholder(put, "SPARK_CONF"), _placeholder(put, "SPARK_ENV")
+    assert _unpacked(conf) == {} and _unpacked(env) == {}
+    node = {**DRIVER_NODE, "SPARKPLANE_CONNECT_PACKAGE": ""}
+    r = write_spark_conf(spark_conf_script, tmp_path / "plain", node, conf, env)
+    assert r.returncode == 0 and r.stderr == ""
+    lines = (tmp_path / "plain" / "spark-defaults.conf").read_text().splitlines()
+    assert "spark.driver.memory=8192m" in lines
+    assert not [x for x in lines if x.startswith("spark.jars.packages")]
+    assert (tmp_path / "plain" / "spark-user.env").read_text().count("\n") == 1  # the comment
+
+
+BAD_ENV = [
+    {"SPARK_HOME": "/elsewhere"},
+    {"JAVA_HOME": "/usr/lib/jvm/other"},
+    {"SPARK_CONF_DIR": "/tmp"},
+    {"SPARK_LOCAL_IP": "0.0.0.0"},
+    {"SPARK_LOCAL_DIRS": "/tmp"},
+    {"SPARKPLANE_NODE_IP": "1.2.3.4"},
+    {"BAD NAME": "x"},
+    {"A=B": "x"},
+    {"1ABC": "x"},
+    {"": "x"},
+    {"MULTI": "line1\nSPARK_HOME=/elsewhere"},
+    {"CR": "a\rb"},
+    {"NUL": "a\0b"},
+]
+
+
+@pytest.mark.parametrize("env", BAD_ENV, ids=repr)
+def test_spark_env_vars_the_nodes_cannot_carry_are_refused_before_the_deployment(
+    arm: FakeArm, prov: ArmProvisioner, env: dict[str, str]
+) -> None:
+    ready_workspace(arm, prov)
+    name = next(iter(env))
+    with pytest.raises(ValueError, match="spark_env_vars cannot be set on the nodes") as e:
+        prov.start_driver(request_for(spark_env_vars={"FINE": "1", **env}))
+    assert repr(name)[1:-1] in str(e.value) and "FINE" not in str(e.value)
+    assert [r for r in arm.take() if r.method == "PUT"] == []
+
+
+def test_the_node_refuses_them_too_and_writes_nothing(
+    tmp_path: Path, spark_conf_script: Path
+) -> None:
+    for i, env in enumerate(BAD_ENV):
+        payload = base64.b64encode(gzip.compress(json.dumps({"FINE": "1", **env}).encode()))
+        out = tmp_path / f"n{i}"
+        r = write_spark_conf(spark_conf_script, out, DRIVER_NODE, "", payload.decode())
+        assert r.returncode != 0 and "refused" in r.stderr, env
+        assert list(out.iterdir()) == [], env
+
+
+def test_the_node_and_the_provisioner_pin_the_same_settings(spark_conf_script: Path) -> None:
+    script = runpy.run_path(str(spark_conf_script))
+    assert script["PINNED_ENV"] == PINNED_SPARK_ENV
+    assert script["ENV_PREFIX"] == RESERVED_SPARK_ENV_PREFIX
+    assert script["ENV_NAME"].pattern == SPARK_ENV_NAME.pattern
+    for env in [*BAD_ENV, {"PYSPARK_PYTHON": "/x"}, {"X": 'a "b" $c'}]:
+        [(k, v)] = env.items()
+        assert (script["env_problem"](k, v) is None) == (spark_env_problem(k, v) is None), env
+    # Whatever the node sets for itself is pinned: every spark.env variable of bootstrap.sh
+    # and every setting the node writes where spark_conf may not.
+    bootstrap = _node_file("/usr/local/lib/sparkplane/bootstrap.sh")
+    m = re.search(r"cat > /etc/sparkplane/spark\.env << EOF\n(.*?)\nEOF", bootstrap, re.DOTALL)
+    assert m
+    names = [line.split("=", 1)[0] for line in m.group(1).splitlines()]
+    assert names and all(
+        n in PINNED_SPARK_ENV or n.startswith(RESERVED_SPARK_ENV_PREFIX) for n in names
+    )
+    for node in (DRIVER_NODE, WORKER_NODE):
+        _, pinned = script["node_conf"](node)
+        assert set(pinned) <= script["PINNED_CONF"]

@@ -276,3 +276,19 @@ def test_a_running_cluster_that_cannot_grow_keeps_its_size_with_add_nodes_failed
     assert failed["details"]["reason"]["code"] == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
     # converged at the size it has: the next plan does nothing
     assert rec.plan(c2, nodes(workers=("RUNNING",)), now=7000).actions == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SPARK_HOME": "/x"}, "SPARK_HOME is set by sparkplane"),
+        ({"SPARKPLANE_AGENT_TOKEN": "x"}, "SPARKPLANE_AGENT_TOKEN is set by sparkplane"),
+        ({"1X": "1"}, "not an environment variable name"),
+        ({"A-B": "1"}, "not an environment variable name"),
+        ({"X": "a\nb"}, "line break"),
+    ],
+)
+def test_spark_env_vars_the_nodes_cannot_take_are_refused(env: dict, message: str) -> None:
+    with pytest.raises(InvalidParameterValue, match=message):
+        spec(spark_env_vars=env)
+    assert spec(spark_env_vars={"MY_FLAG": "a b=c"}).spark_env_vars == {"MY_FLAG": "a b=c"}
