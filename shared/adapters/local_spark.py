@@ -803,8 +803,12 @@ class LocalSparkProvisioner:
     # ---------------------------------------------------------------------------- pools
 
     def pool_nodes(self, pool_id: str) -> list[PoolNode]:
+        """The pool's nodes. A node taken by a cluster is USED once it runs its Spark role,
+        whether or not observe() of its cluster saw that first (the master of each cluster
+        with a node not known to run yet is asked once)."""
         _reap()
         out: list[PoolNode] = []
+        masters: dict[str, dict[str, Any] | None] = {}
         for r in self._load_pool(pool_id):
             status: str
             if r.phase == "idle":
@@ -821,6 +825,11 @@ class LocalSparkProvisioner:
                 if not self._alive(r):
                     status = "LOST"
                 else:
+                    if r.ready_s is None:
+                        if r.cluster_id not in masters:
+                            driver = self._driver(self._load(r.cluster_id))
+                            masters[r.cluster_id] = self._master_json(driver)
+                        self._active_status(r, True, masters[r.cluster_id])  # sets ready_s
                     status = "USED" if r.ready_s is not None else "PENDING_USED"
             elif self._advance(r, None):
                 if r.phase == "idle":  # given back just now: warm again soon
