@@ -135,7 +135,8 @@ RESPONSE_ONLY_FIELDS = frozenset(
 )
 
 
-def _fmt_validation(e: ValidationError) -> str:
+def validation_message(e: ValidationError) -> str:
+    """A pydantic error as the API's message, naming the field."""
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "body"
     if err["type"] == "missing":
@@ -153,14 +154,14 @@ def parse_spec(body: Mapping[str, Any]) -> ClusterSpec:
     try:
         return ClusterSpec.model_validate(data)
     except ValidationError as e:
-        raise InvalidParameterValue(_fmt_validation(e)) from None
+        raise InvalidParameterValue(validation_message(e)) from None
 
 
 def parse_autoscale(value: Any) -> AutoScale:
     try:
         return AutoScale.model_validate(value)
     except ValidationError as e:
-        raise InvalidParameterValue(_fmt_validation(e)) from None
+        raise InvalidParameterValue(validation_message(e)) from None
 
 
 def validate_size(num_workers: int | None, autoscale: AutoScale | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.domain.cluster import validation_message
 from shared.errors import InvalidParameterValue
 from shared.ports import PoolNode
 
@@ -44,14 +45,6 @@ class PoolSpec(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _fmt(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "body"
-    if err["type"] == "missing":
-        return f"Missing required field: {loc}"
-    return f"Invalid value for field {loc}: {err['msg']}"
-
-
 def parse_spec(
     body: Mapping[str, Any], *, node_types: set[str], spark_versions: set[str]
 ) -> PoolSpec:
@@ -59,7 +52,7 @@ def parse_spec(
     try:
         spec = PoolSpec.model_validate(data)
     except ValidationError as e:
-        raise InvalidParameterValue(_fmt(e)) from None
+        raise InvalidParameterValue(validation_message(e)) from None
     if spec.node_type_id not in node_types:
         raise InvalidParameterValue(
             f"Node type {spec.node_type_id} is not supported (node_type_id). "
