@@ -127,6 +127,15 @@ def stats(nodes: Sequence[PoolNode]) -> dict[str, int]:
     return count
 
 
+def room(pool: Pool) -> int | None:
+    """How many more nodes clusters can take from the pool (its idle nodes and the new ones
+    max_capacity allows), by its last stats; None: no limit."""
+    if pool.spec.max_capacity is None:
+        return None
+    taken = pool.stats.get("used_count", 0) + pool.stats.get("pending_used_count", 0)
+    return max(0, pool.spec.max_capacity - taken)
+
+
 @dataclass
 class PoolPlan:
     add_idle: int = 0

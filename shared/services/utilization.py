@@ -19,13 +19,16 @@ from pydantic import BaseModel, Field, ValidationError
 
 from shared.domain import autoscale as pol
 from shared.domain import cluster as dom
+from shared.domain import pools as pools_dom
 from shared.domain import storage
 from shared.domain.cluster import Cluster
+from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
 from shared.ports import AlreadyExists, Clock, PreconditionFailed, Provisioner, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ACTIVITY, ClusterRepo, ClusterService
+from shared.services.pools import KIND as POOL_KIND
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.utilization")
@@ -281,6 +284,17 @@ class Utilization:
         )
         return None
 
+    def _max_workers(self, b: dict[str, Any], current: int) -> int:
+        """autoscale.max_workers, or less when the cluster's instance pool cannot give that
+        many more nodes (growing past it would only fail with ADD_NODES_FAILED)."""
+        auto = b["spec"]["autoscale"]
+        pool_id = b["spec"].get("instance_pool_id")
+        rec = self.store.get(POOL_KIND, b["workspace_id"], pool_id) if pool_id else None
+        left = pools_dom.room(Pool.model_validate(rec.body)) if rec else None
+        if left is None:
+            return int(auto["max_workers"])
+        return max(auto["min_workers"], min(auto["max_workers"], current + left))
+
     def _autoscale_one(self, b: dict[str, Any], now: int) -> int:
         """Decide on the raw document (the tick reads every running cluster, so it skips
         model validation); only a change goes through the cluster service."""
@@ -298,7 +312,7 @@ class Utilization:
         d = pol.decide_size(
             samples,
             auto["min_workers"],
-            auto["max_workers"],
+            self._max_workers(b, current),
             current,
             slots,
             memory,

@@ -250,3 +250,34 @@ def test_a_heartbeat_needs_a_sample_or_a_disk_report(world: World) -> None:
         world.util.heartbeat(agent, {"cluster_id": cid, "disk": {"node_id": "n", "used_bytes": -1}})
     with pytest.raises(InvalidParameterValue, match="Invalid report"):
         world.util.heartbeat(agent, {"cluster_id": cid, "disk": [1]})
+
+
+def test_autoscaling_from_a_pool_grows_only_as_far_as_the_pool_can_give(world: World) -> None:
+    pool_id = world.pools.create(
+        world.user,
+        {"instance_pool_name": "p", "node_type_id": "rec-small", "max_capacity": 4},
+    )["instance_pool_id"]
+    cid = world.running_cluster(
+        instance_pool_id=pool_id, autoscale={"min_workers": 1, "max_workers": 8}
+    )
+    world.pools.reconcile("w", pool_id)  # stats: driver + 1 worker used, room for 2 more
+    assert world.pools.get(world.user, pool_id)["stats"]["used_count"] == 2
+    agent = world.agent(cid)
+    for _ in range(3):
+        world.util.heartbeat(
+            agent,
+            {
+                "cluster_id": cid,
+                "sample": {"running_tasks": 2, "pending_tasks": 50, "total_slots": 2},
+            },
+        )
+        world.clock.ms += 5000
+    assert world.util.autoscale_tick()["changed"] == 1
+    resizing = next(e for e in world.events(cid) if e["type"] == "RESIZING")
+    assert resizing["details"]["target_num_workers"] == 3  # not 8: 1 + the pool's 2
+    for _ in range(4):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    got = world.clusters.get(world.user, cid)
+    assert got["state"] == "RUNNING" and len(got["executors"]) == 3
+    assert "ADD_NODES_FAILED" not in [e["type"] for e in world.events(cid)]
