@@ -12,11 +12,19 @@ Heartbeat body: {"cluster_id": ..., "sample": {...}, "disk": {"node_id", "used_b
 Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
 application's UI, e.g. http://127.0.0.1:4040; unset on worker nodes), SPARKPLANE_HEARTBEAT_S
-(default 10). Disk: SPARKPLANE_NODE_ID, SPARKPLANE_SCRATCH_DIR (else the first entry of
-SPARK_LOCAL_DIRS), SPARKPLANE_DISK_QUOTA_FILE (a file holding the disk's size in bytes, which
-the provisioner grows; unset: the size of the file system holding the directory).
+(default 10). Disk: SPARKPLANE_NODE_ID (the node id the control plane knows the node by),
+SPARKPLANE_SCRATCH_DIR (a comma-separated list of directories; else SPARK_LOCAL_DIRS, the
+Spark local dirs), SPARKPLANE_DISK_QUOTA_FILE (a file holding the disk's size in bytes, which
+the provisioner grows; unset: the sizes of the distinct file systems holding the directories).
 
-The same module is what the Azure node bootstrap installs and starts on the node VMs.
+A node's disk is all its Spark local dirs: used is the size of the files under them, total the
+quota or the file systems' sizes (each counted once). In Azure that is the VM's temporary disk
+plus each data disk the control plane attached, which is also what the ARM provisioner counts
+when it grows a node (shared/adapters/arm.py).
+
+The same module is what the Azure node bootstrap installs and starts on the node VMs
+(infra/bootstrap/cloud-init.yaml): on the driver, and on the workers of clusters with
+autoscaling local storage, in node mode.
 """
 
 from __future__ import annotations
@@ -106,13 +114,17 @@ def collect(client: httpx.Client, ui_url: str) -> dict[str, Any]:
     return summarize(apps)
 
 
+def local_dirs(env: Mapping[str, str]) -> list[str]:
+    """The node's Spark local dirs: SPARKPLANE_SCRATCH_DIR, else SPARK_LOCAL_DIRS (each a
+    comma-separated list), blanks and repeats left out; empty when neither names one."""
+    given = env.get("SPARKPLANE_SCRATCH_DIR", "").strip() or env.get("SPARK_LOCAL_DIRS", "")
+    return list(dict.fromkeys(d.strip() for d in given.split(",") if d.strip()))
+
+
 def scratch_dir(env: Mapping[str, str]) -> str | None:
-    """The node's Spark scratch directory: SPARKPLANE_SCRATCH_DIR, else the first entry of
-    SPARK_LOCAL_DIRS (a comma-separated list), else None."""
-    if d := env.get("SPARKPLANE_SCRATCH_DIR", "").strip():
-        return d
-    first = env.get("SPARK_LOCAL_DIRS", "").split(",")[0].strip()
-    return first or None
+    """The node's first Spark local dir (see `local_dirs`), or None."""
+    dirs = local_dirs(env)
+    return dirs[0] if dirs else None
 
 
 def used_bytes(root: str) -> int:
@@ -146,25 +158,66 @@ def used_bytes(root: str) -> int:
     return total
 
 
-def total_bytes(root: str, quota_file: str | None) -> int:
-    """The disk's size: the integer in `quota_file` when given, else the file system's size."""
+def _outermost(roots: Sequence[str]) -> list[str]:
+    """`roots` less those that repeat another one or lie inside another one (symbolic links
+    resolved): their files would be counted twice."""
+    real = [os.path.realpath(r) for r in roots]
+    out = []
+    for i, (r, rr) in enumerate(zip(roots, real, strict=True)):
+        inside = any(rr.startswith(o.rstrip("/") + "/") for o in real if o != rr)
+        if not inside and rr not in real[:i]:
+            out.append(r)
+    return out
+
+
+def used_bytes_of(roots: Sequence[str]) -> int:
+    """The total size of the files under all of `roots` (a directory inside another, or named
+    twice, counted once). Raises OSError when one of them is missing or unreadable."""
+    return sum(used_bytes(r) for r in _outermost(roots))
+
+
+def filesystems_bytes(roots: Sequence[str]) -> int:
+    """What the file systems holding `roots` add up to, each counted once (by st_dev): two
+    local dirs on the temporary disk are one disk."""
+    sizes: dict[int, int] = {}
+    for r in roots:
+        dev = _device(r)
+        if dev not in sizes:
+            sizes[dev] = shutil.disk_usage(r).total
+    return sum(sizes.values())
+
+
+def _device(path: str) -> int:
+    """The file system (device number) holding `path`."""
+    return os.stat(path).st_dev
+
+
+def total_bytes(roots: str | Sequence[str], quota_file: str | None) -> int:
+    """The disk's size: the integer in `quota_file` when given, else the size of the file
+    systems holding `roots` (one directory or several)."""
     if quota_file:
         return int(Path(quota_file).read_text().strip())
-    return shutil.disk_usage(root).total
+    return filesystems_bytes([roots] if isinstance(roots, str) else roots)
 
 
 def measure_disk(env: Mapping[str, str]) -> dict[str, Any] | None:
-    """The `disk` object of a heartbeat, or None when the node has no scratch directory or no
-    SPARKPLANE_NODE_ID. Raises OSError/ValueError when the directory or the quota file cannot be
-    read."""
-    root = scratch_dir(env)
+    """The `disk` object of a heartbeat, or None when the node has no Spark local dir or no
+    SPARKPLANE_NODE_ID.
+
+    A local dir that does not exist is left out, as Spark leaves out a local dir it cannot
+    create; none existing raises FileNotFoundError. Raises OSError/ValueError when a directory
+    or the quota file cannot be read."""
+    roots = local_dirs(env)
     node_id = env.get("SPARKPLANE_NODE_ID", "")
-    if root is None or not node_id:
+    if not roots or not node_id:
         return None
+    present = [r for r in roots if os.path.isdir(r)]
+    if not present:
+        raise FileNotFoundError(f"no Spark local dir exists: {', '.join(roots)}")
     return {
         "node_id": node_id,
-        "used_bytes": used_bytes(root),
-        "total_bytes": total_bytes(root, env.get("SPARKPLANE_DISK_QUOTA_FILE")),
+        "used_bytes": used_bytes_of(present),
+        "total_bytes": total_bytes(present, env.get("SPARKPLANE_DISK_QUOTA_FILE")),
     }
 
 
@@ -174,7 +227,7 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
     token_file = env.get("SPARKPLANE_AGENT_TOKEN_FILE")
     token = Path(token_file).read_text().strip() if token_file else env["SPARKPLANE_AGENT_TOKEN"]
     ui = env.get("SPARKPLANE_SPARK_UI_URL") or None
-    disk_wanted = scratch_dir(env) is not None
+    disk_wanted = bool(local_dirs(env))
     if disk_wanted and not env.get("SPARKPLANE_NODE_ID"):
         log.warning("SPARKPLANE_NODE_ID is not set: no disk reports")
         disk_wanted = False

@@ -40,6 +40,17 @@ cluster: the request carries no worker count); `add_workers` meanwhile does noth
 the scale set exists sets its capacity. A redeploy is never used to resize or repair: the
 driver VM's customData cannot change after creation, and each start issues a new agent token.
 
+Agents: the driver always runs the cluster agent (Spark utilization and its disk). The
+deployment's customData has NODE_AGENT=0, so its workers run none. When `add_workers` gets an
+`agent_env` (the lifecycle passes one for clusters with autoscaling local storage), the capacity
+PATCH also sets the scale set model's customData: the same cloud-init with that agent
+environment, NODE_AGENT=1, ROLE=worker and DRIVER_HOST (the driver's IP, read by observe())
+filled in. A scale set's customData can change, unlike a VM's; new instances boot with it and
+the ones there keep theirs (the upgrade policy is Manual). Such a worker runs the agent in node
+mode (disk reports only). Every node's agent gets its node id from the instance metadata
+service (compute.name: the driver VM's name, `<scale set>_<instance id>` for a worker), the
+ids observe() reports.
+
 Resize sets the scale set's `sku.capacity` with a PATCH through the generic resources API
 rather than redeploying the cluster template: one resource-provider operation instead of a
 deployment that re-evaluates the driver too, no `DeploymentActive` conflict while an earlier
@@ -54,14 +65,18 @@ ClusterId=C in the group (compute first; a NIC or disk still attached answers 40
 a later pass) and deletes the deployment record. Deleting a workspace deletes its group
 (force-deleting VMs and scale sets).
 
-Local storage: `grow_storage` attaches empty managed data disks (StandardSSD_LRS, like the
-template's OS disks) to the node's VM until their sizes add up to the total asked for: a PUT of
-the worker's scale-set instance (scale-set instances have no PATCH; the body is the instance as
-read, its `storageProfile.dataDisks` extended) or a PATCH of the driver VM's
-`storageProfile.dataDisks` (the whole list: a PATCH replaces arrays). Only managed data disks
-count, not the OS disk nor the VM's temporary disk; observe() reports their total as
-`Node.attrs["disk_total_bytes"]` (read from the same responses, no extra request). The node
-formats and mounts a new disk itself (infra/bootstrap/cloud-init.yaml, mount-data-disks.sh).
+Local storage: a node's local storage is what its agent measures, the file systems of its Spark
+local dirs: the VM's temporary disk (the first local dir, /mnt/spark) plus each data disk
+attached for it. `grow_storage` attaches empty managed data disks (StandardSSD_LRS, like the
+template's OS disks) to the node's VM until the temporary disk (TEMP_DISK_GIB, by VM size) and
+the data disks add up to the total asked for: a PUT of the worker's scale-set instance
+(scale-set instances have no PATCH; the body is the instance as read, its
+`storageProfile.dataDisks` extended) or a PATCH of the driver VM's `storageProfile.dataDisks`
+(the whole list: a PATCH replaces arrays). The OS disk does not count. observe() reports the
+same sum, temporary disk plus data disks, as `Node.attrs["disk_total_bytes"]` (read from the
+same responses, no extra request). The node formats and mounts a new disk itself
+(infra/bootstrap/cloud-init.yaml, mount-data-disks.sh). The sizes are nominal GiB: a file
+system shows a little less than its disk, so an agent reports slightly below what was asked.
 
 Instance pools are not built on ARM: a warm VM would need a node agent that learns its cluster
 role after boot, and nodes get their role from cloud-init at creation. The pool methods answer
@@ -205,6 +220,23 @@ DATA_DISK_LIMITS = {
     "standard_f8s_v2": 16,
     "standard_l8s_v3": 16,
 }
+# The temporary (resource) disk of each VM size of the catalog, in GiB: Microsoft's published
+# figures ("Temp storage (SSD) GiB", "Temp disk (GiB)" for Lsv3) in the Azure VM size tables
+# (learn.microsoft.com/azure/virtual-machines/: ddv5-ddsv5-series, edv5-edsv5-series,
+# fsv2-series, lsv3-series), not measured here. The bootstrap puts the first Spark local dir on
+# it (/mnt/spark), so it is part of a node's local storage. The Lsv3 NVMe disks are not
+# mounted, so they do not count. Other sizes count as having none: growing them attaches data
+# disks for the whole size asked for.
+TEMP_DISK_GIB = {
+    "standard_d4ds_v5": 150,
+    "standard_d8ds_v5": 300,
+    "standard_d16ds_v5": 600,
+    "standard_d32ds_v5": 1200,
+    "standard_e8ds_v5": 300,
+    "standard_e16ds_v5": 600,
+    "standard_f8s_v2": 64,
+    "standard_l8s_v3": 80,
+}
 # The disk type of the template's OS disks (infra/templates/cluster.json).
 DATA_DISK_SKU = "StandardSSD_LRS"
 
@@ -321,8 +353,10 @@ def custom_data(template: str, values: Mapping[str, str]) -> str:
     (infra/bootstrap/cloud-init.yaml) with the provisioner's placeholders filled.
 
     Each `__SPARKPLANE_<NAME>__` with a non-empty value is replaced; an empty one is left for
-    the bootstrap to treat as "not given". ROLE and DRIVER_HOST are the cluster template's to
-    fill (only it knows which resource is the driver and the driver's address). The values
+    the bootstrap to treat as "not given". In the deployment's customData, ROLE and DRIVER_HOST
+    are the cluster template's to fill (only it knows which resource is the driver and the
+    driver's address); the scale set's own customData for workers with the node agent
+    (`ArmProvisioner.add_workers`) is filled whole here, the driver's address read back. The values
     land in files the bootstrap sources with bash, so only characters that cannot end or
     extend a shell assignment are accepted.
     """
@@ -409,24 +443,28 @@ def new_data_disks(
     max_disks: int,
     node: str = "the node",
     vm_size: str = "",
+    temp_bytes: int = 0,
 ) -> list[dict[str, Any]]:
-    """The empty data disks to add to a VM that has `disks` so their sizes add up to
-    `total_bytes` (whole GiB, rounded up): none when they do already, else as few as Azure's
-    largest disk allows, of equal size, on the lowest free LUNs. Raises DataDiskLimitReached
-    when the VM would have more than `max_disks`."""
+    """The empty data disks to add to a VM that has `disks` and a temporary disk of
+    `temp_bytes` so that its local storage (the temporary disk plus the data disks) adds up to
+    `total_bytes`: data disks worth total - temporary disk - data disks there (whole GiB,
+    rounded up; never negative). None when they do already, else as few as Azure's largest disk
+    allows, of equal size, on the lowest free LUNs. Raises DataDiskLimitReached when the VM
+    would have more than `max_disks`."""
     live = [d for d in disks if not d.get("toBeDetached")]
     have = sum(int(d.get("diskSizeGB") or 0) for d in live)
-    want = -(-total_bytes // GIB)
+    want = -(-max(0, total_bytes - temp_bytes) // GIB)
     need = want - have
     if need <= 0:
         return []
     count = -(-need // MAX_DISK_GIB)
     if len(disks) + count > max_disks:
         size = f"a {vm_size} VM" if vm_size else "the VM"
+        temp = f"a {temp_bytes // GIB} GiB temporary disk and " if temp_bytes else ""
         raise DataDiskLimitReached(
-            f"The local storage of {node} cannot grow to {want} GiB: it has {len(disks)} data "
-            f"disks ({have} GiB), {count} more would be needed and {size} takes at most "
-            f"{max_disks}. Use a node type with more local storage."
+            f"The local storage of {node} cannot grow to {-(-total_bytes // GIB)} GiB: it has "
+            f"{temp}{len(disks)} data disks ({have} GiB), {count} more would be needed and "
+            f"{size} takes at most {max_disks}. Use a node type with more local storage."
         )
     size_gib = -(-need // count)
     used = {int(d["lun"]) for d in disks if d.get("lun") is not None}
@@ -447,8 +485,20 @@ def max_data_disks(vm_size: str) -> int:
     return DATA_DISK_LIMITS.get(vm_size.lower(), MAX_DATA_DISKS)
 
 
-def _disk_attrs(props: Mapping[str, Any]) -> dict[str, str]:
-    total = data_disk_bytes(props)
+def temp_disk_bytes(vm_size: str) -> int:
+    """The VM size's temporary disk (TEMP_DISK_GIB); 0 for a size not in the table."""
+    return TEMP_DISK_GIB.get(vm_size.lower(), 0) * GIB
+
+
+def local_storage_bytes(props: Mapping[str, Any], vm_size: str) -> int | None:
+    """A node's local storage as its agent measures it and grow_storage counts it: the VM
+    size's temporary disk plus the data disks of its model; None when the model does not tell."""
+    data = data_disk_bytes(props)
+    return None if data is None else temp_disk_bytes(vm_size) + data
+
+
+def _disk_attrs(props: Mapping[str, Any], vm_size: str) -> dict[str, str]:
+    total = local_storage_bytes(props, vm_size)
     return {} if total is None else {"disk_total_bytes": str(total)}
 
 
@@ -472,6 +522,8 @@ class _Seen:
     vm: _Res | None = None
     vmss: _Res | None = None
     capacity: int = 0
+    # The driver's private IP (the workers' DRIVER_HOST), when the driver VM has one.
+    driver_ip: str = ""
     # worker node id -> scale-set instance id
     instances: dict[str, str] = field(default_factory=dict)
 
@@ -693,6 +745,12 @@ class ArmProvisioner:
         return Node(f"{req.cluster_id}-driver-pending", "driver", "STARTING", self._now_ms())
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
+        """Raises the scale set's capacity by `count`. With `req.agent_env` (clusters with
+        autoscaling local storage) the same PATCH gives the scale set's model a customData whose
+        workers run the node agent (`_worker_custom_data`); new instances boot with it, the ones
+        there keep theirs (a scale set's customData reaches only the instances created after it
+        changed). Without, the model keeps the customData it has: the deployment's, whose
+        workers run no agent."""
         if req.pool is not None:
             raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
         group = self.group_name(req.workspace_id)
@@ -705,7 +763,15 @@ class ArmProvisioner:
             # is not making one, observe() reports the cluster's driver lost: a redeploy cannot
             # mend it, since a VM's customData (the driver's cloud-init) is immutable.
             return []
-        self._set_capacity(seen, seen.capacity + count)
+        custom = None
+        if req.agent_env:
+            if not seen.driver_ip:
+                # The workers' customData names the driver; without its address yet (or any
+                # more), no worker is added and the next reconcile asks again.
+                log.info("%s: the driver has no address yet; workers wait", req.cluster_id)
+                return []
+            custom = self._worker_custom_data(req, seen.driver_ip)
+        self._set_capacity(seen, seen.capacity + count, custom_data=custom)
         now = self._now_ms()
         return [
             Node(f"{req.cluster_id}-worker-pending-{i}", "worker", "STARTING", now)
@@ -798,7 +864,8 @@ class ArmProvisioner:
     # ------------------------------------------------------------------------ local storage
 
     def grow_storage(self, cluster_id: str, node_id: str, total_bytes: int) -> None:
-        """Attaches empty managed data disks to the node's VM until its data disks add up to
+        """Attaches empty managed data disks to the node's VM until its local storage (the VM
+        size's temporary disk plus its data disks, what the node's agent reports) adds up to
         `total_bytes` (see `new_data_disks`): one GET of the VM's model, then (when it has too
         little) one PUT of the scale-set instance or PATCH of the driver VM, not waited for.
         The model lists a disk as soon as ARM accepted it, so a repeated call sends nothing.
@@ -829,7 +896,12 @@ class ArmProvisioner:
         else:
             vm_size = str((props.get("hardwareProfile") or {}).get("vmSize") or "")
         add = new_data_disks(
-            disks, total_bytes, max_disks=max_data_disks(vm_size), node=node_id, vm_size=vm_size
+            disks,
+            total_bytes,
+            max_disks=max_data_disks(vm_size),
+            node=node_id,
+            vm_size=vm_size,
+            temp_bytes=temp_disk_bytes(vm_size),
         )
         if not add:
             return
@@ -909,6 +981,7 @@ class ArmProvisioner:
         if vm is not None:
             seen.vm = vm
             driver = self._driver(vm)
+            seen.driver_ip = driver.private_ip
             settled = dep_state is not None and not seen.deploying
             if settled and vmss is None and driver.status != "STOPPING":
                 # The deployment is over and there is no scale set (it failed, or was
@@ -971,7 +1044,7 @@ class ArmProvisioner:
             start,
             private_ip=ip,
             instance_id=vm.name,
-            attrs=_disk_attrs(props),
+            attrs=_disk_attrs(props, str((props.get("hardwareProfile") or {}).get("vmSize") or "")),
         )
 
     def _workers(self, vmss: _Res, seen: _Seen) -> list[Node]:
@@ -980,6 +1053,7 @@ class ArmProvisioner:
         )
         deleting = (vmss.provisioning_state or "") == "Deleting"
         ips = self._vmss_ips(vmss.id) if vms else {}
+        set_size = str((vmss.sku or {}).get("name") or "")
         out = []
         for v in vms:
             props = v.get("properties") or {}
@@ -999,7 +1073,7 @@ class ArmProvisioner:
                     start,
                     private_ip=ips.get(instance_id, ""),
                     instance_id=name,
-                    attrs=_disk_attrs(props),
+                    attrs=_disk_attrs(props, str((v.get("sku") or {}).get("name") or set_size)),
                 )
             )
         out.sort(key=lambda n: (n.start_ms, n.node_id))
@@ -1062,7 +1136,7 @@ class ArmProvisioner:
             "workerVmSize": req.node_type_id,
             "workerCount": workers,
             "subnetId": ws.subnet_id,
-            "customData": self._custom_data(req),
+            "customData": self._custom_data(req, {"NODE_AGENT": "0"}),
             "tags": tags,
         }
         if self.admin_public_key:
@@ -1074,7 +1148,16 @@ class ArmProvisioner:
                 seen = self._seen[req.cluster_id] = _Seen(group=group, at=self._clock())
             seen.deployment_state = "Accepted"
 
-    def _custom_data(self, req: NodeRequest) -> str:
+    def _worker_custom_data(self, req: NodeRequest, driver_ip: str) -> str:
+        """The customData of the scale set's model for workers that run the node agent: the
+        cluster's cloud-init with `req.agent_env` (control-plane URL, cluster id, agent token),
+        NODE_AGENT=1 (the agent runs in node mode: disk reports only) and the two placeholders
+        the cluster template fills for the deployment's copy (ROLE, DRIVER_HOST)."""
+        return self._custom_data(
+            req, {"NODE_AGENT": "1", "ROLE": "worker", "DRIVER_HOST": driver_ip}
+        )
+
+    def _custom_data(self, req: NodeRequest, extra: Mapping[str, str]) -> str:
         with self._lock:
             template = self._templates.get("cloud-init")
         if template is None:
@@ -1096,14 +1179,19 @@ class ArmProvisioner:
                 "CONF_FILES": conf_files_value(req.conf_files),
                 "SPARK_CONF": spark_conf_value(req.spark_conf),
                 "SPARK_ENV": spark_env_value(req.spark_env_vars),
+                **extra,
             },
         )
 
-    def _set_capacity(self, seen: _Seen, capacity: int) -> None:
+    def _set_capacity(self, seen: _Seen, capacity: int, *, custom_data: str | None = None) -> None:
+        """PATCHes the scale set's capacity and, when given, its model's customData (one
+        operation: the instances it adds are made from the new model)."""
         assert seen.vmss is not None
         sku = seen.vmss.sku or {}
+        model = {"virtualMachineProfile": {"osProfile": {"customData": custom_data}}}
         body = GenericResource(
-            sku=Sku(name=sku.get("name"), tier=sku.get("tier"), capacity=capacity)
+            sku=Sku(name=sku.get("name"), tier=sku.get("tier"), capacity=capacity),
+            properties=model if custom_data is not None else None,
         )
         try:
             self.rm.resources.begin_update_by_id(

@@ -7,6 +7,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -137,7 +138,8 @@ def test_measure_disk_quota_file_and_scratch_dir_fallback(tmp_path: Path) -> Non
     # The provisioner grows the quota: the next report says so.
     quota.write_text("2147483648")
     assert agent.measure_disk(env)["total_bytes"] == 2147483648  # type: ignore[index]
-    # Without a quota file: the file system's size. SPARK_LOCAL_DIRS' first entry as the dir.
+    # Without a quota file: the file system's size. SPARK_LOCAL_DIRS names the dirs; one that
+    # does not exist is left out (Spark leaves it out too).
     env = {"SPARKPLANE_NODE_ID": "node-1", "SPARK_LOCAL_DIRS": f"{scratch},{tmp_path}/other"}
     assert agent.scratch_dir(env) == str(scratch)
     assert agent.measure_disk(env) == {
@@ -155,6 +157,72 @@ def test_measure_disk_quota_file_and_scratch_dir_fallback(tmp_path: Path) -> Non
         agent.measure_disk({**env, "SPARKPLANE_DISK_QUOTA_FILE": str(quota)})
     with pytest.raises(FileNotFoundError):  # not written yet
         agent.measure_disk({**env, "SPARKPLANE_DISK_QUOTA_FILE": str(tmp_path / "nope")})
+
+
+def _local_dirs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Three Spark local dirs (the temp disk's and two data disks', say) with files in them."""
+    a, b, c = tmp_path / "mnt" / "spark", tmp_path / "mnt" / "spark-0", tmp_path / "spark-1"
+    for d, n in ((a, 100), (b, 20), (c, 3)):
+        (d / "blockmgr-1" / "0a").mkdir(parents=True)
+        (d / "blockmgr-1" / "0a" / "shuffle_0_0_0.data").write_bytes(b"x" * n)
+    return a, b, c
+
+
+def test_the_disk_is_all_the_spark_local_dirs(tmp_path: Path) -> None:
+    a, b, c = _local_dirs(tmp_path)
+    env = {"SPARKPLANE_NODE_ID": "w-1", "SPARK_LOCAL_DIRS": f" {a}, {b},,{c} "}
+    assert agent.local_dirs(env) == [str(a), str(b), str(c)]
+    # Every dir's files; the three dirs are on one file system here: its size, counted once.
+    assert agent.measure_disk(env) == {
+        "node_id": "w-1",
+        "used_bytes": 123,
+        "total_bytes": shutil.disk_usage(a).total,
+    }
+    # A dir named twice, under another name (a symbolic link) or inside another one: its files
+    # are counted once.
+    (tmp_path / "alias").symlink_to(b)
+    twice = f"{a},{b},{tmp_path}/alias,{a}/blockmgr-1,{c},{a}"
+    assert agent.local_dirs({"SPARK_LOCAL_DIRS": twice}) == [
+        str(a),
+        str(b),
+        f"{tmp_path}/alias",
+        f"{a}/blockmgr-1",
+        str(c),
+    ]
+    disk = agent.measure_disk({**env, "SPARK_LOCAL_DIRS": twice})
+    assert disk is not None and disk["used_bytes"] == 123
+    # SPARKPLANE_SCRATCH_DIR, a list too, wins over SPARK_LOCAL_DIRS.
+    env2 = {**env, "SPARKPLANE_SCRATCH_DIR": f"{b},{c}"}
+    assert agent.local_dirs(env2) == [str(b), str(c)]
+    assert agent.measure_disk(env2)["used_bytes"] == 23  # type: ignore[index]
+    # None of them there (yet): an error, and the heartbeat goes without a disk object.
+    with pytest.raises(FileNotFoundError):
+        agent.measure_disk({**env, "SPARK_LOCAL_DIRS": f"{tmp_path}/x,{tmp_path}/y"})
+
+
+def test_each_file_system_is_counted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = _local_dirs(tmp_path)
+    # The temp disk holds a; b and c are two data disks (mount points), as on an Azure node.
+    device = {str(a): 1, str(b): 2, str(c): 3, f"{a}/blockmgr-1": 1}
+    size = {1: 150 << 30, 2: 64 << 30, 3: 32 << 30}
+    monkeypatch.setattr(agent, "_device", lambda p: device[p])
+    monkeypatch.setattr(
+        agent.shutil, "disk_usage", lambda p: SimpleNamespace(total=size[device[p]])
+    )
+    assert agent.filesystems_bytes([str(a), str(b), str(c)]) == (150 + 64 + 32) << 30
+    # Two dirs on the temp disk are one disk.
+    assert agent.filesystems_bytes([str(a), f"{a}/blockmgr-1", str(b)]) == (150 + 64) << 30
+    env = {"SPARKPLANE_NODE_ID": "w-1", "SPARK_LOCAL_DIRS": f"{a},{b},{c}"}
+    assert agent.measure_disk(env) == {
+        "node_id": "w-1",
+        "used_bytes": 123,
+        "total_bytes": (150 + 64 + 32) << 30,
+    }
+    # The quota file, when given, is the size whatever the file systems (local provisioner).
+    quota = tmp_path / "quota"
+    quota.write_text("1073741824\n")
+    env["SPARKPLANE_DISK_QUOTA_FILE"] = str(quota)
+    assert agent.measure_disk(env)["total_bytes"] == 1 << 30  # type: ignore[index]
 
 
 class ControlPlane:
@@ -238,6 +306,17 @@ def test_node_mode_posts_only_the_disk(tmp_path: Path) -> None:
     assert body == {
         "cluster_id": "0101-000000-abcdefgh",
         "disk": {"node_id": "w-1", "used_bytes": 4096, "total_bytes": 10737418240},
+    }
+
+
+def test_node_mode_reports_over_every_local_dir(tmp_path: Path) -> None:
+    a, b, c = _local_dirs(tmp_path)
+    env = {**_node_env(tmp_path), "SPARKPLANE_SCRATCH_DIR": "", "SPARK_LOCAL_DIRS": f"{a},{b},{c}"}
+    del env["SPARKPLANE_DISK_QUOTA_FILE"]
+    (_, body), *_ = run_agent(env)
+    assert body == {
+        "cluster_id": "0101-000000-abcdefgh",
+        "disk": {"node_id": "w-1", "used_bytes": 123, "total_bytes": shutil.disk_usage(a).total},
     }
 
 

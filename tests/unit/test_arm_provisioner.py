@@ -10,7 +10,9 @@ filtered listings that, like ARM, leave the tags out. When a deployment succeeds
 the template would make, so observe() has VMs and scale-set instances to read back. VMs and
 instances carry a storage profile: a PATCH of a VM replaces its data disk list, a PUT of a
 scale-set instance replaces its model's, new empty disks get a managed disk id, and the VM is
-Updating (409 to a second update) until time passes.
+Updating (409 to a second update) until time passes. A scale set keeps its model's customData
+(the deployment's, with ROLE and DRIVER_HOST filled as cluster.json does, or the one a PATCH
+set) and each instance the one of the model it was made from; like ARM, no GET returns it.
 
 The tests assert request by request what the provisioner sends for a workspace create, a
 cluster create, a resize, a terminate and a workspace delete, and that no call waits on a long
@@ -46,9 +48,13 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest._requests_basic import RestRequestsTransportResponse
 from requests.structures import CaseInsensitiveDict
 
+from shared import agent as agent_module
 from shared.adapters.arm import (
     COMPUTE_API,
+    DATA_DISK_LIMITS,
     DATA_DISK_SKU,
+    NODE_TYPES,
+    TEMP_DISK_GIB,
     ArmProvisioner,
     DataDiskLimitReached,
     WorkspaceNotReady,
@@ -58,6 +64,7 @@ from shared.adapters.arm import (
     new_data_disks,
     node_status,
     sanitize_tags,
+    temp_disk_bytes,
 )
 from shared.domain.cluster import (
     PINNED_SPARK_ENV,
@@ -253,6 +260,12 @@ class FakeArm(HttpTransport):
             existing = self.resources[vmss.lower()]
             existing["instances"] = {}
             existing["next"] = 0
+        # What cluster.json gives the scale set's model: the deployment's customData with the
+        # two per-node placeholders filled.
+        text = base64.b64decode(params["customData"]).decode()
+        text = text.replace("__SPARKPLANE_ROLE__", "worker")
+        text = text.replace("__SPARKPLANE_DRIVER_HOST__", "10.0.0.4")
+        existing["custom_data"] = base64.b64encode(text.encode()).decode()
         self._scale(existing, int(params["workerCount"]), ready=True)
 
     def _put_res(
@@ -285,7 +298,11 @@ class FakeArm(HttpTransport):
         while len(live) < capacity:
             iid = str(vmss["next"])
             vmss["next"] += 1
-            inst[iid] = {"state": "Succeeded" if ready else "Creating", "dataDisks": []}
+            inst[iid] = {
+                "state": "Succeeded" if ready else "Creating",
+                "dataDisks": [],
+                "customData": vmss.get("custom_data"),
+            }
             live.append(iid)
         for iid in sorted(live, key=int, reverse=True)[: max(0, len(live) - capacity)]:
             inst[iid]["state"] = "Deleting"
@@ -507,6 +524,11 @@ class FakeArm(HttpTransport):
         if method == "GET":
             return 200, self._res_json(r, q), {}
         if method == "PATCH":
+            model = (body.get("properties") or {}).get("virtualMachineProfile")
+            if model is not None:
+                assert rtype == "microsoft.compute/virtualmachinescalesets", rtype
+                assert set(model) == {"osProfile"} and set(model["osProfile"]) == {"customData"}
+                r["custom_data"] = model["osProfile"]["customData"]  # before new instances
             if body.get("sku", {}).get("capacity") is not None:
                 self._scale(r, int(body["sku"]["capacity"]))
             storage = (body.get("properties") or {}).get("storageProfile")
@@ -891,6 +913,9 @@ def test_delete_workspace_deletes_the_group_without_waiting(
 def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvisioner) -> None:
     ready_workspace(arm, prov)
     req = request_for()
+    # add_workers as the lifecycle calls it for a cluster without autoscaling local storage:
+    # no agent environment (the workers run no agent).
+    wreq = request_for(agent_env={})
 
     # ---- first reconcile of a new cluster: nothing anywhere yet
     assert prov.observe(CID) == []
@@ -934,7 +959,7 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     )  # ROLE and DRIVER_HOST are the template's; no agent source configured: left unfilled
     no_polling(recs)
 
-    assert prov.add_workers(req, 2) == []  # the deployment makes the set; nothing sent
+    assert prov.add_workers(wreq, 2) == []  # the deployment makes the set; nothing sent
     assert arm.take() == []
 
     # ---- the deployment runs: a driver on its way, no workers yet
@@ -970,7 +995,7 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     assert recs[2].query == {"$expand": "instanceView"} and recs[2].api_version == COMPUTE_API
 
     # ---- workers: one PATCH of the scale set's capacity
-    added = prov.add_workers(req, 2)
+    added = prov.add_workers(wreq, 2)
     assert [(n.role, n.status) for n in added] == [("worker", "STARTING")] * 2
     recs = arm.take()
     assert shape(recs) == [("PATCH", VMSS_ID)]
@@ -993,7 +1018,7 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     assert shape(arm.take())[-1] == ("GET", f"{VMSS_ID}/networkInterfaces")
 
     # ---- resize up: capacity 3
-    prov.add_workers(req, 1)
+    prov.add_workers(wreq, 1)
     recs = arm.take()
     assert shape(recs) == [("PATCH", VMSS_ID)]
     assert recs[0].body["sku"]["capacity"] == 3
@@ -1442,15 +1467,18 @@ def test_a_configured_control_plane_url_wins_over_the_agent_environment(
 GIB = 1 << 30
 DRIVER = f"sp-{CID}-driver"
 INSTANCE_1 = f"{VMSS_ID}/virtualMachines/1"
+# The temporary disks of request_for()'s sizes (part of a node's local storage): the workers'
+# Standard_D4ds_v5 and the driver's Standard_D8ds_v5.
+W_TEMP = 150 * GIB
+D_TEMP = 300 * GIB
 
 
 def running_cluster(arm: FakeArm, prov: ArmProvisioner, workers: int = 2) -> None:
     ready_workspace(arm, prov)
-    req = request_for()
-    prov.start_driver(req)
+    prov.start_driver(request_for())
     arm.tick(2)
     prov.observe(CID)
-    prov.add_workers(req, workers)
+    prov.add_workers(request_for(agent_env={}), workers)  # workers without the node agent
     arm.tick()
     prov.observe(CID)
     arm.take()
@@ -1471,7 +1499,9 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
     arm: FakeArm, prov: ArmProvisioner
 ) -> None:
     running_cluster(arm, prov)
-    prov.grow_storage(CID, f"{W}_1", 100 * GIB + 1)  # whole GiB, rounded up
+    # Its local storage: the 150 GiB temporary disk, plus data disks for the rest (whole GiB,
+    # rounded up).
+    prov.grow_storage(CID, f"{W}_1", W_TEMP + 100 * GIB + 1)
     recs = arm.take()
     assert shape(recs) == [("GET", INSTANCE_1), ("PUT", INSTANCE_1)]
     assert [r.api_version for r in recs] == [COMPUTE_API] * 2
@@ -1483,7 +1513,7 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
     no_polling(recs)
 
     # Asked again while ARM attaches it: the model lists the disk, nothing is sent.
-    prov.grow_storage(CID, f"{W}_1", 101 * GIB)
+    prov.grow_storage(CID, f"{W}_1", W_TEMP + 101 * GIB)
     assert shape(arm.take()) == [("GET", INSTANCE_1)]
 
     # observe() reports each node's data disks from what it reads anyway.
@@ -1497,15 +1527,16 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
         ("GET", f"{VMSS_ID}/networkInterfaces"),
     ]
     assert nodes[f"{W}_1"].status == "RUNNING"  # Updating, and running
+    # The same sum the agent reports and grow_storage compares: temporary disk + data disks.
     assert {n: node.attrs.get("disk_total_bytes") for n, node in nodes.items()} == {
-        DRIVER: "0",
-        f"{W}_0": "0",
-        f"{W}_1": str(101 * GIB),
+        DRIVER: str(D_TEMP),
+        f"{W}_0": str(W_TEMP),
+        f"{W}_1": str(W_TEMP + 101 * GIB),
     }
 
     # Growing further keeps the disk there (as read) and takes the next LUN.
     arm.tick()
-    prov.grow_storage(CID, f"{W}_1", 150 * GIB)
+    prov.grow_storage(CID, f"{W}_1", W_TEMP + 150 * GIB)
     recs = arm.take()
     assert shape(recs) == [("GET", INSTANCE_1), ("PUT", INSTANCE_1)]
     first, second = recs[1].body["properties"]["storageProfile"]["dataDisks"]
@@ -1513,12 +1544,12 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
     assert second == new_disk(1, 49)
     arm.tick()
     [n1] = [n for n in prov.observe(CID) if n.node_id == f"{W}_1"]
-    assert n1.attrs["disk_total_bytes"] == str(150 * GIB)
+    assert n1.attrs["disk_total_bytes"] == str(W_TEMP + 150 * GIB)
 
 
 def test_growing_the_driver_patches_its_vm(arm: FakeArm, prov: ArmProvisioner) -> None:
     running_cluster(arm, prov, workers=0)
-    prov.grow_storage(CID, DRIVER, 50 * GIB)
+    prov.grow_storage(CID, DRIVER, D_TEMP + 50 * GIB)
     recs = arm.take()
     assert shape(recs) == [("GET", VM_ID), ("PATCH", VM_ID)]
     assert recs[1].api_version == COMPUTE_API
@@ -1528,14 +1559,14 @@ def test_growing_the_driver_patches_its_vm(arm: FakeArm, prov: ArmProvisioner) -
     }
     no_polling(recs)
 
-    prov.grow_storage(CID, DRIVER, 50 * GIB)  # already there
+    prov.grow_storage(CID, DRIVER, D_TEMP + 50 * GIB)  # already there
     assert shape(arm.take()) == [("GET", VM_ID)]
     # More while the VM is still updating: ARM refuses, and a later call grows it.
-    prov.grow_storage(CID, DRIVER, 80 * GIB)
+    prov.grow_storage(CID, DRIVER, D_TEMP + 80 * GIB)
     assert shape(arm.take()) == [("GET", VM_ID), ("PATCH", VM_ID)]
     assert data_disk_bytes(arm.resources[VM_ID.lower()]["properties"]) == 50 * GIB
     arm.tick()
-    prov.grow_storage(CID, DRIVER, 80 * GIB)
+    prov.grow_storage(CID, DRIVER, D_TEMP + 80 * GIB)
     recs = arm.take()
     kept, added = recs[1].body["properties"]["storageProfile"]["dataDisks"]
     assert kept["managedDisk"]["id"].startswith(f"{RG_ID}/Microsoft.Compute/disks/{DRIVER}_lun_0")
@@ -1552,9 +1583,10 @@ def test_new_disks_take_the_free_luns_and_keep_the_disks_there(
     )
     vm["properties"]["storageProfile"]["dataDisks"] = there
     [driver] = prov.observe(CID)
-    assert driver.attrs["disk_total_bytes"] == str(150 * GIB)  # the detaching one is not counted
+    # The detaching one is not counted.
+    assert driver.attrs["disk_total_bytes"] == str(D_TEMP + 150 * GIB)
     arm.take()
-    prov.grow_storage(CID, DRIVER, 400 * GIB)
+    prov.grow_storage(CID, DRIVER, D_TEMP + 400 * GIB)
     recs = arm.take()
     assert recs[1].body["properties"]["storageProfile"]["dataDisks"] == [
         *there,
@@ -1571,12 +1603,15 @@ def test_a_node_at_its_vm_sizes_disk_limit_is_refused_without_a_request(
     vmss["instances"]["1"]["dataDisks"] = _made(
         [new_disk(i, 10) for i in range(8)], f"{W}_1", VMSS_ID
     )
-    prov.grow_storage(CID, f"{W}_1", 80 * GIB)  # enough already
+    prov.grow_storage(CID, f"{W}_1", W_TEMP + 80 * GIB)  # enough already
     assert shape(arm.take()) == [("GET", INSTANCE_1)]
     with pytest.raises(DataDiskLimitReached, match="at most 8") as e:
-        prov.grow_storage(CID, f"{W}_1", 100 * GIB)
+        prov.grow_storage(CID, f"{W}_1", W_TEMP + 100 * GIB)
     assert isinstance(e.value, ProvisionerUnsupported)
     assert "Standard_D4ds_v5" in str(e.value) and f"{W}_1" in str(e.value)
+    assert "cannot grow to 250 GiB: it has a 150 GiB temporary disk and 8 data disks" in str(
+        e.value
+    )
     assert shape(arm.take()) == [("GET", INSTANCE_1)]
 
 
@@ -1593,7 +1628,7 @@ def test_growing_what_is_no_vm_sends_nothing(arm: FakeArm, prov: ArmProvisioner)
     # One the last observation did not list yet is found by its name.
     vmss = arm.resources[VMSS_ID.lower()]
     vmss["instances"]["7"] = {"state": "Succeeded", "dataDisks": []}
-    prov.grow_storage(CID, f"{W}_7", 10 * GIB)
+    prov.grow_storage(CID, f"{W}_7", W_TEMP + 10 * GIB)
     instance_7 = f"{VMSS_ID}/virtualMachines/7"
     assert shape(arm.take()) == [("GET", instance_7), ("PUT", instance_7)]
 
@@ -1614,6 +1649,45 @@ def test_new_data_disks_sizes_and_limits() -> None:
         new_data_disks(full, 65000 * GIB, max_disks=64)
     assert data_disk_bytes({}) is None
     assert data_disk_bytes({"storageProfile": {"dataDisks": [{"lun": 0}]}}) is None
+
+
+def test_the_temporary_disk_is_part_of_the_size_asked_for() -> None:
+    # Asking for total T attaches data disks worth T - temporary disk - data disks there.
+    temp = 150 * GIB
+    assert new_data_disks([], temp, max_disks=8, temp_bytes=temp) == []
+    assert new_data_disks([], 100 * GIB, max_disks=8, temp_bytes=temp) == []  # never negative
+    [d] = new_data_disks([], temp + 1, max_disks=8, temp_bytes=temp)
+    assert (d["lun"], d["diskSizeGB"]) == (0, 1)  # whole GiB, rounded up
+    there = [new_disk(0, 100), new_disk(1, 50, toBeDetached=True)]
+    [d] = new_data_disks(there, temp + 250 * GIB, max_disks=8, temp_bytes=temp)
+    assert (d["lun"], d["diskSizeGB"]) == (2, 150)  # 250 - 100; the detaching one not counted
+    assert new_data_disks(there, temp + 100 * GIB, max_disks=8, temp_bytes=temp) == []
+    # The table: the catalog's sizes, any case; other sizes have none.
+    assert temp_disk_bytes("Standard_D4ds_v5") == temp_disk_bytes("standard_d4ds_v5") == temp
+    assert temp_disk_bytes("Standard_X1") == 0
+
+
+def test_every_catalog_size_has_its_disk_figures() -> None:
+    sizes = {t.node_type_id.lower() for t in NODE_TYPES}
+    assert set(TEMP_DISK_GIB) == sizes == set(DATA_DISK_LIMITS)
+    assert all(gib > 0 for gib in TEMP_DISK_GIB.values())
+
+
+def test_growing_counts_the_temporary_disk(arm: FakeArm, prov: ArmProvisioner) -> None:
+    running_cluster(arm, prov)
+    [w0] = [n for n in prov.observe(CID) if n.node_id == f"{W}_0"]
+    assert w0.attrs["disk_total_bytes"] == str(W_TEMP)  # no data disk yet: the temporary disk
+    arm.take()
+    # What it has already (the control plane's first size is the one the agent reported).
+    prov.grow_storage(CID, f"{W}_0", W_TEMP)
+    assert shape(arm.take()) == [("GET", f"{VMSS_ID}/virtualMachines/0")]
+    # Doubled: one data disk of the temporary disk's size.
+    prov.grow_storage(CID, f"{W}_0", 2 * W_TEMP)
+    recs = arm.take()
+    assert recs[1].body["properties"]["storageProfile"]["dataDisks"] == [new_disk(0, 150)]
+    arm.tick()
+    [w0] = [n for n in prov.observe(CID) if n.node_id == f"{W}_0"]
+    assert w0.attrs["disk_total_bytes"] == str(2 * W_TEMP)
 
 
 def test_data_disks_are_of_the_templates_disk_type() -> None:
@@ -2042,3 +2116,292 @@ def test_the_node_and_the_provisioner_pin_the_same_settings(spark_conf_script: P
     for node in (DRIVER_NODE, WORKER_NODE):
         _, pinned = script["node_conf"](node)
         assert set(pinned) <= script["PINNED_CONF"]
+
+
+# --------------------------------------------------------------------------------------------
+# Node agents on the workers (autoscaling local storage): the scale set's own customData, and
+# the node id an agent reports under.
+
+WORKER_AGENT_ENV = {**AGENT_ENV, "SPARKPLANE_AGENT_TOKEN": "dapi-for-the-workers"}
+
+
+def _text(custom_data: str) -> str:
+    return base64.b64decode(custom_data).decode()
+
+
+def _value(text: str, name: str) -> str:
+    m = re.search(rf"^\s*SPARKPLANE_{name}=(\S*)$", text, re.MULTILINE)
+    assert m, f"no SPARKPLANE_{name} line"
+    return m.group(1)
+
+
+def _deployed(arm: FakeArm, prov: ArmProvisioner) -> str:
+    """Starts the cluster; the deployment's customData (the driver's, and the workers' of a
+    cluster without node agents)."""
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for())
+    put = arm.take()[-1]
+    arm.tick(2)
+    prov.observe(CID)
+    arm.take()
+    return _text(put.body["properties"]["parameters"]["customData"]["value"])
+
+
+def _instances_custom_data(arm: FakeArm) -> list[str]:
+    vmss = arm.resources[VMSS_ID.lower()]
+    return [vmss["instances"][i]["customData"] for i in sorted(vmss["instances"], key=int)]
+
+
+def test_workers_with_an_agent_env_boot_with_the_node_agent(arm: FakeArm, templates: Path) -> None:
+    prov = make(
+        arm,
+        templates,
+        arm_cloud_init=str(CLOUD_INIT_PATH),
+        arm_agent_source_url="https://example.org/sparkplane.tar.gz",
+        arm_agent_source_sha256="ab" * 32,
+    )
+    deployed = _deployed(arm, prov)
+    assert _value(deployed, "NODE_AGENT") == "0"  # the deployment's workers run no agent
+
+    added = prov.add_workers(request_for(agent_env=WORKER_AGENT_ENV), 2)
+    assert [(n.role, n.status) for n in added] == [("worker", "STARTING")] * 2
+    recs = arm.take()
+    assert shape(recs) == [("PATCH", VMSS_ID)]  # one operation: capacity and model
+    body = recs[0].body
+    assert body["sku"] == {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 2}
+    custom = body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    text = _text(custom)
+    # The node-mode agent's environment, and what the template fills in the deployment's copy.
+    assert {
+        name: _value(text, name)
+        for name in ("ROLE", "DRIVER_HOST", "NODE_AGENT", "CLUSTER_ID", "CONTROL_PLANE_URL")
+    } == {
+        "ROLE": "worker",
+        "DRIVER_HOST": "10.0.0.4",  # the driver NIC's, as observe() read it
+        "NODE_AGENT": "1",
+        "CLUSTER_ID": CID,
+        "CONTROL_PLANE_URL": "https://sp.azurewebsites.net",
+    }
+    assert _value(text, "AGENT_TOKEN") == "dapi-for-the-workers"
+    assert re.findall(r"__SPARKPLANE_[A-Z0-9_]+__", text) == []
+    # Otherwise the deployment's cloud-init, unchanged.
+    assert text == (
+        deployed.replace("__SPARKPLANE_ROLE__", "worker")
+        .replace("__SPARKPLANE_DRIVER_HOST__", "10.0.0.4")
+        .replace("SPARKPLANE_NODE_AGENT=0", "SPARKPLANE_NODE_AGENT=1")
+        .replace("dapi0123456789abcdef", "dapi-for-the-workers")
+    )
+    no_polling(recs)
+    # The instances the PATCH made boot with it.
+    assert _instances_custom_data(arm) == [custom, custom]
+
+
+def test_workers_without_an_agent_env_get_no_custom_data(arm: FakeArm, templates: Path) -> None:
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    deployed = _deployed(arm, prov)
+    prov.add_workers(request_for(agent_env={}), 2)
+    recs = arm.take()
+    # Nothing but the capacity: the model keeps the deployment's customData.
+    assert [r.body for r in recs] == [
+        {"sku": {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 2}}
+    ]
+    for custom in _instances_custom_data(arm):
+        text = _text(custom)
+        assert text == deployed.replace("__SPARKPLANE_ROLE__", "worker").replace(
+            "__SPARKPLANE_DRIVER_HOST__", "10.0.0.4"
+        )
+        assert _value(text, "NODE_AGENT") == "0"  # the bootstrap starts no agent on them
+
+
+def test_workers_with_an_agent_env_wait_for_the_drivers_address(
+    arm: FakeArm, templates: Path
+) -> None:
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    _deployed(arm, prov)
+    arm.resources[VM_ID.lower()]["properties"]["provisioningState"] = "Failed"
+    [driver] = prov.observe(CID)
+    assert (driver.status, driver.private_ip) == ("LOST", "")
+    arm.take()
+    assert prov.add_workers(request_for(agent_env=WORKER_AGENT_ENV), 1) == []
+    assert arm.take() == []
+
+
+def test_the_lifecycle_gives_workers_of_an_elastic_disk_cluster_the_node_agent(
+    tmp_path: Path, templates: Path
+) -> None:
+    from shared.adapters.embedded_bus import EmbeddedBus
+    from shared.adapters.sqlite_store import SqliteStore
+    from shared.domain.states import State
+    from shared.services.auth import Principal
+    from shared.wiring import Container, SystemClock
+
+    arm = FakeArm()
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    c = Container(
+        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
+        store=SqliteStore(tmp_path / "store.db"),
+        bus=EmbeddedBus(tmp_path / "bus.db"),
+        provisioner=prov,
+        clock=SystemClock(),
+    )
+    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
+    arm.tick(2)
+    p = Principal("ws1", "admin", "t")
+    cid = c.clusters.create(
+        p,
+        {
+            "cluster_name": "c",
+            "spark_version": "4.1.x-scala2.13",
+            "node_type_id": "Standard_D4ds_v5",
+            "num_workers": 2,
+            "enable_elastic_disk": True,
+        },
+    )
+    for _ in range(8):
+        c.lifecycle.reconcile("ws1", cid)
+        got = c.repo.load("ws1", cid)
+        assert got is not None
+        if got[0].state == State.RUNNING:
+            break
+        arm.tick()
+    assert got[0].state == State.RUNNING
+    vmss_id = VMSS_ID.replace(CID, cid)
+    [patch] = [r for r in arm.requests if (r.method, r.path) == ("PATCH", vmss_id)]
+    assert patch.body["sku"]["capacity"] == 2
+    text = _text(patch.body["properties"]["virtualMachineProfile"]["osProfile"]["customData"])
+    assert (_value(text, "ROLE"), _value(text, "NODE_AGENT")) == ("worker", "1")
+    assert _value(text, "CLUSTER_ID") == cid
+    assert _value(text, "CONTROL_PLANE_URL") == BASE
+    assert _value(text, "AGENT_TOKEN").startswith("dapi")
+
+
+# The node end: node-id.sh asks the instance metadata service for the VM's name.
+
+IMDS_URL = "http://169.254.169.254/metadata/instance?api-version=2021-02-01"
+
+
+def _imds(name: str | None) -> str:
+    compute: dict[str, Any] = {"vmSize": "Standard_D4ds_v5", "location": "westeurope"}
+    if name is not None:
+        compute["name"] = name
+        if "_" in name:
+            compute["vmScaleSetName"] = name.rsplit("_", 1)[0]
+    return json.dumps({"compute": compute, "network": {"interface": []}})
+
+
+@pytest.fixture
+def node_bin(tmp_path: Path) -> Path:
+    """node-id.sh, and a bin directory with a curl that answers like the instance metadata
+    service (imds.json, exit code in curl-rc) and records its arguments (curl-args); python3 is
+    this interpreter."""
+    script = tmp_path / "node-id.sh"
+    script.write_text(_node_file("/usr/local/lib/sparkplane/node-id.sh"))
+    script.chmod(0o755)  # as cloud-init writes it
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    curl = stub / "curl"
+    curl.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$@" > {tmp_path}/curl-args\n'
+        f"rc=$(cat {tmp_path}/curl-rc 2> /dev/null || echo 0)\n"
+        f'[[ "$rc" == 0 ]] && cat {tmp_path}/imds.json\n'
+        'exit "$rc"\n'
+    )
+    curl.chmod(0o755)
+    (stub / "python3").symlink_to(sys.executable)
+    return tmp_path
+
+
+def _node_env(node_bin: Path) -> dict[str, str]:
+    return {"PATH": f"{node_bin / 'bin'}:/usr/bin:/bin"}
+
+
+def test_node_id_is_the_vm_name_from_the_instance_metadata_service(node_bin: Path) -> None:
+    def node_id(answer: str, rc: int = 0) -> subprocess.CompletedProcess[str]:
+        (node_bin / "imds.json").write_text(answer)
+        (node_bin / "curl-rc").write_text(str(rc))
+        return subprocess.run(
+            ["bash", str(node_bin / "node-id.sh")],
+            env=_node_env(node_bin),
+            capture_output=True,
+            text=True,
+        )
+
+    # A worker: <scale set>_<instance id>, the node id observe() reports for it.
+    r = node_id(_imds(f"{W}_3"))
+    assert (r.returncode, r.stdout) == (0, f"{W}_3\n"), r.stderr
+    args = (node_bin / "curl-args").read_text().splitlines()
+    assert args[-1] == IMDS_URL
+    assert args[args.index("-H") + 1] == "Metadata:true"
+    # The driver: its VM's name.
+    assert node_id(_imds(DRIVER)).stdout == f"{DRIVER}\n"
+    # No answer, no name, or a name that an environment file could not carry: an error.
+    for answer, rc, said in [
+        ("", 7, "did not answer"),
+        (_imds(None), 0, "no compute.name"),
+        ("not json", 0, "no compute.name"),
+        (_imds("x y;touch /tmp/p"), 0, "unexpected VM name"),
+    ]:
+        r = node_id(answer, rc)
+        assert r.returncode != 0 and r.stdout == "" and said in r.stderr, (answer, r.stderr)
+
+
+def _agent_fragment(node_bin: Path) -> str:
+    """bootstrap.sh's lines that decide whether the node runs the agent and write its
+    agent-node.env (paths moved under node_bin)."""
+    bootstrap = _node_file("/usr/local/lib/sparkplane/bootstrap.sh")
+    decide = re.search(r"^AGENT=no\n.*?AGENT=yes; fi$", bootstrap, re.MULTILINE | re.DOTALL)
+    block = re.search(r"^# The agent's own settings.*?^fi$", bootstrap, re.MULTILINE | re.DOTALL)
+    assert decide and block
+    text = decide.group(0) + "\n" + block.group(0)
+    for path in ("/usr/local/lib/sparkplane/node-id.sh", "/etc/sparkplane/agent-node.env"):
+        assert path in text
+        text = text.replace(path, str(node_bin / Path(path).name))
+    return 'set -euo pipefail\nlog() { echo "$*" >&2; }\n' + text + '\necho "AGENT=$AGENT"\n'
+
+
+@pytest.mark.parametrize(
+    ("role", "node_agent", "imds_up", "agent", "env_file"),
+    [
+        ("worker", "1", True, "yes", f"SPARKPLANE_NODE_ID={W}_3\nSPARKPLANE_SPARK_UI_URL=\n"),
+        ("driver", "0", True, "yes", f"SPARKPLANE_NODE_ID={DRIVER}\n"),
+        ("driver", "__SPARKPLANE_NODE_AGENT__", True, "yes", f"SPARKPLANE_NODE_ID={DRIVER}\n"),
+        ("worker", "0", True, "no", None),
+        ("worker", "__SPARKPLANE_NODE_AGENT__", True, "no", None),
+        # No node id: a worker runs no agent, the driver's reports Spark's load only.
+        ("worker", "1", False, "no", None),
+        ("driver", "0", False, "yes", None),
+    ],
+)
+def test_the_bootstrap_gives_the_agent_its_node_id(
+    node_bin: Path,
+    role: str,
+    node_agent: str,
+    imds_up: bool,
+    agent: str,
+    env_file: str | None,
+) -> None:
+    name = DRIVER if role == "driver" else f"{W}_3"
+    (node_bin / "imds.json").write_text(_imds(name))
+    (node_bin / "curl-rc").write_text("0" if imds_up else "7")
+    r = subprocess.run(
+        ["bash", "-c", _agent_fragment(node_bin)],
+        env={**_node_env(node_bin), "ROLE": role, "SPARKPLANE_NODE_AGENT": node_agent},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"AGENT={agent}\n"
+    written = node_bin / "agent-node.env"
+    assert (written.read_text() if written.exists() else None) == env_file
+    if agent == "no" and imds_up:
+        assert not (node_bin / "curl-args").exists()  # not even asked
+    if env_file is None:
+        return
+    # What the agent makes of its environment (the unit reads spark.env, agent.env, then this
+    # file; a later line wins): the node id, and on a worker node mode.
+    spark_env = {"SPARK_LOCAL_DIRS": str(node_bin), "SPARKPLANE_SPARK_UI_URL": "http://x:4040"}
+    env = {**spark_env, **dict(line.split("=", 1) for line in env_file.splitlines())}
+    disk = agent_module.measure_disk(env)
+    assert disk is not None and disk["node_id"] == name
+    assert bool(env.get("SPARKPLANE_SPARK_UI_URL")) == (role == "driver")
