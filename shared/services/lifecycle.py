@@ -140,7 +140,7 @@ class Lifecycle:
         if p.actions and pooled:
             # Nodes were taken from or given back to a pool: its stats and idle count change.
             for pool_id in pooled:
-                self.pools.kick_id(
+                self.pools.kick(
                     c.workspace_id,
                     pool_id,
                     f"pool-use:{pool_id}:{c.cluster_id}:{c.generation}:{len(p.actions)}",

@@ -150,7 +150,7 @@ class PoolService:
         except BaseException:
             self._release_name(p, spec.instance_pool_name, pool_id)
             raise
-        self.kick(pool, f"pool-cmd:{pool_id}:{rec.etag}")
+        self.kick(p.workspace_id, pool_id, f"pool-cmd:{pool_id}:{rec.etag}")
         log.info("pool created", extra={"pool_id": pool_id, "workspace": p.workspace_id})
         return {"instance_pool_id": pool_id}
 
@@ -177,7 +177,11 @@ class PoolService:
                 claimed = ""
                 if renamed:
                     self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
-                self.kick(new, f"pool-cmd:{pool.instance_pool_id}:{out.etag}")
+                self.kick(
+                    p.workspace_id,
+                    pool.instance_pool_id,
+                    f"pool-cmd:{pool.instance_pool_id}:{out.etag}",
+                )
                 return
             raise PreconditionFailed("instance pool changed too often; retry")
         finally:
@@ -197,7 +201,11 @@ class PoolService:
             except PreconditionFailed:
                 continue
             self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
-            self.kick(new, f"pool-cmd:{pool.instance_pool_id}:{out.etag}")
+            self.kick(
+                p.workspace_id,
+                pool.instance_pool_id,
+                f"pool-cmd:{pool.instance_pool_id}:{out.etag}",
+            )
             return
         raise PreconditionFailed("instance pool changed too often; retry")
 
@@ -244,18 +252,15 @@ class PoolService:
 
     # ---------------------------------------------------------------- reconcile
 
-    def kick(self, pool: Pool, message_id: str, due_ms: int | None = None) -> None:
+    def kick(
+        self, workspace_id: str, pool_id: str, message_id: str, due_ms: int | None = None
+    ) -> None:
+        """Send a pool reconcile; a failed send is not fatal: the reconciler timer re-sends."""
+        msg = pool_message(workspace_id, pool_id, message_id, due_ms)
         try:
-            self.bus.send(
-                self.settings.lifecycle_queue,
-                [pool_message(pool.workspace_id, pool.instance_pool_id, message_id, due_ms)],
-            )
+            self.bus.send(self.settings.lifecycle_queue, [msg])
         except Exception:
-            log.exception("send pool reconcile failed", extra={"pool_id": pool.instance_pool_id})
-
-    def kick_id(self, workspace_id: str, pool_id: str, message_id: str) -> None:
-        msg = pool_message(workspace_id, pool_id, message_id)
-        self.bus.send(self.settings.lifecycle_queue, [msg])
+            log.exception("send pool reconcile failed", extra={"pool_id": pool_id})
 
     def reconcile(self, workspace_id: str, pool_id: str) -> None:
         for _ in range(10):
@@ -294,7 +299,9 @@ class PoolService:
                     continue
             if plan.requeue:
                 due = now + self.interval_ms
-                self.kick(new, f"pool:{pool_id}:{etag}:{due // self.interval_ms}", due)
+                self.kick(
+                    workspace_id, pool_id, f"pool:{pool_id}:{etag}:{due // self.interval_ms}", due
+                )
             return
 
     def sweep(self) -> dict[str, int]:
@@ -309,7 +316,7 @@ class PoolService:
         kicked = 0
         for r in self.store.scan(KIND, field="state", values=["ACTIVE", "STOPPED", "DELETED"]):
             known.add(r.id)
-            self.kick_id(r.pk, r.id, f"pool-sweep:{r.id}:{bucket}")
+            self.kick(r.pk, r.id, f"pool-sweep:{r.id}:{bucket}")
             kicked += 1
         orphans = owners - known
         for pool_id in orphans:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -151,30 +151,34 @@ class Utilization:
 
     def _put_disk(self, cluster_id: str, body: dict[str, Any]) -> None:
         """The node's latest report replaces the previous one (one writer per node)."""
-        node_id = body["node_id"]
-        for _ in range(5):
-            rec = self.store.get(DISK, cluster_id, node_id)
-            try:
-                if rec is None:
-                    self.store.create(
-                        DISK, cluster_id, node_id, body, ttl_s=self.settings.sample_ttl_s
-                    )
-                else:
-                    self.store.replace(DISK, cluster_id, node_id, body, etag=rec.etag)
-                return
-            except (AlreadyExists, PreconditionFailed):
-                continue
+        self._upsert(DISK, cluster_id, body["node_id"], body, ttl_s=self.settings.sample_ttl_s)
 
     def _touch(self, cluster_id: str, now: int) -> None:
         """Record the last busy moment; the heartbeats of one cluster are its only writer."""
+        body = {"cluster_id": cluster_id, "last_activity_ms": now}
+        self._upsert(
+            ACTIVITY, cluster_id, cluster_id, body, newer=lambda old: old["last_activity_ms"] < now
+        )
+
+    def _upsert(
+        self,
+        kind: str,
+        pk: str,
+        id: str,
+        body: dict[str, Any],
+        *,
+        newer: Callable[[dict[str, Any]], bool] = lambda old: True,
+        ttl_s: int | None = None,
+    ) -> None:
+        """Create the document, or replace it when `newer(stored body)`; a concurrent write
+        (a replayed heartbeat) makes it look again."""
         for _ in range(5):
-            rec = self.store.get(ACTIVITY, cluster_id, cluster_id)
-            body = {"cluster_id": cluster_id, "last_activity_ms": now}
+            rec = self.store.get(kind, pk, id)
             try:
                 if rec is None:
-                    self.store.create(ACTIVITY, cluster_id, cluster_id, body)
-                elif rec.body["last_activity_ms"] < now:
-                    self.store.replace(ACTIVITY, cluster_id, cluster_id, body, etag=rec.etag)
+                    self.store.create(kind, pk, id, body, ttl_s=ttl_s)
+                elif newer(rec.body):
+                    self.store.replace(kind, pk, id, body, etag=rec.etag)
                 return
             except (AlreadyExists, PreconditionFailed):
                 continue
