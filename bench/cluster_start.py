@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from databricks.sdk.service.compute import State
@@ -35,9 +36,31 @@ def node_rss_mb(pids: str) -> float:
     return total / 2**20
 
 
-def run(runs: int, workers: int) -> dict[str, object]:
+def start_and_query(w: Any, **create: Any) -> tuple[Any, float, float]:
+    """Create a cluster, poll it to RUNNING, run a Spark Connect query on it: (the cluster as
+    GET returned it when RUNNING, seconds to RUNNING, seconds to the query's result)."""
     from pyspark.sql import SparkSession
 
+    t0 = time.perf_counter()
+    cid = w.clusters.create(**create).cluster_id
+    # Poll every 0.2 s (the SDK waiter backs off 1, 2, 3 ... s between polls, which would
+    # measure its own schedule rather than the control plane).
+    while (c := w.clusters.get(cid)).state != State.RUNNING:
+        if c.state in (State.TERMINATED, State.ERROR):
+            raise RuntimeError(f"cluster failed: {c.state_message}")
+        if time.perf_counter() - t0 > 300:
+            raise TimeoutError("cluster not RUNNING after 300 s")
+        time.sleep(0.2)
+    running_s = time.perf_counter() - t0
+    spark = SparkSession.builder.remote(c.default_tags["SparkConnectUrl"]).getOrCreate()
+    try:
+        assert spark.range(1000).selectExpr("sum(id)").collect()[0][0] == 499500
+    finally:
+        spark.stop()
+    return c, running_s, time.perf_counter() - t0
+
+
+def run(runs: int, workers: int) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="sp-start-"))
     h = DevhostProcess(
         tmp / "data",
@@ -53,28 +76,13 @@ def run(runs: int, workers: int) -> dict[str, object]:
         version = w.clusters.select_spark_version(scala="2.13")
         node = w.clusters.select_node_type(local_disk=False, min_cores=1)
         for i in range(runs):
-            t0 = time.perf_counter()
-            cid = w.clusters.create(
+            c, running_s, first_query_s = start_and_query(
+                w,
                 cluster_name=f"bench-{i}",
                 spark_version=version,
                 node_type_id=node,
                 num_workers=workers,
-            ).cluster_id
-            # Poll every 0.2 s (the SDK waiter backs off 1, 2, 3 ... s between polls, which
-            # would measure its own schedule rather than the control plane).
-            while (c := w.clusters.get(cid)).state != State.RUNNING:
-                if c.state in (State.TERMINATED, State.ERROR):
-                    raise RuntimeError(f"cluster failed: {c.state_message}")
-                if time.perf_counter() - t0 > 300:
-                    raise TimeoutError("cluster not RUNNING after 300 s")
-                time.sleep(0.2)
-            running_s = time.perf_counter() - t0
-            spark = SparkSession.builder.remote(c.default_tags["SparkConnectUrl"]).getOrCreate()
-            try:
-                assert spark.range(1000).selectExpr("sum(id)").collect()[0][0] == 499500
-            finally:
-                spark.stop()
-            first_query_s = time.perf_counter() - t0
+            )
             raw = w.api_client.do(
                 "GET", "/api/2.1/clusters/get", query={"cluster_id": c.cluster_id}
             )

@@ -20,36 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from databricks.sdk.service.compute import State
 from rich.console import Console
 from rich.table import Table
 
+from bench.cluster_start import start_and_query
 from bench.report import emit
 from devhost.process import DevhostProcess
 
 
 def _timed_start(w: Any, name: str, version: str, workers: int, **where: Any) -> dict[str, float]:
-    from pyspark.sql import SparkSession
-
-    t0 = time.perf_counter()
-    cid = w.clusters.create(
-        cluster_name=name, spark_version=version, num_workers=workers, **where
-    ).cluster_id
-    # Poll every 0.2 s (the SDK waiter's back-off would measure its own schedule).
-    while (c := w.clusters.get(cid)).state != State.RUNNING:
-        if c.state in (State.TERMINATED, State.ERROR):
-            raise RuntimeError(f"cluster failed: {c.state_message}")
-        if time.perf_counter() - t0 > 300:
-            raise TimeoutError("cluster not RUNNING after 300 s")
-        time.sleep(0.2)
-    running_s = time.perf_counter() - t0
-    spark = SparkSession.builder.remote(c.default_tags["SparkConnectUrl"]).getOrCreate()
-    try:
-        assert spark.range(1000).selectExpr("sum(id)").collect()[0][0] == 499500
-    finally:
-        spark.stop()
-    first_query_s = time.perf_counter() - t0
-    w.clusters.permanent_delete(cid)
+    c, running_s, first_query_s = start_and_query(
+        w, cluster_name=name, spark_version=version, num_workers=workers, **where
+    )
+    w.clusters.permanent_delete(c.cluster_id)
     return {"running_s": round(running_s, 2), "first_query_s": round(first_query_s, 2)}
 
 
