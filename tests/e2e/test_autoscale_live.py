@@ -15,41 +15,22 @@ import pytest
 from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
+from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
 
 pytestmark = pytest.mark.spark
-
-PARAMS = {
-    # a fast policy for the test: react on the first backlog sample, hold a short window
-    "expected_boot_s": 0,
-    "down_hold_s": 8,
-    "down_half_life_s": 0,
-    "down_interval_s": 4,
-    "stateful_down_window_s": 8,
-    "stale_after_s": 30,
-    "max_sample_gap_s": 10,
-}
 
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[DevhostProcess]:
-    h = DevhostProcess(
-        tmp_path / "data",
-        env={
-            "SPARKPLANE_PROVISIONER": "local",
-            "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
-            "SPARKPLANE_HEARTBEAT_S": "2",
-            "SPARKPLANE_AUTOSCALE_SCHEDULE": "*/2 * * * * *",
-            "SPARKPLANE_IDLE_SCHEDULE": "*/2 * * * * *",
-            "SPARKPLANE_AUTOSCALE_PARAMS": json.dumps(PARAMS),
-            # a "minute" of auto-termination lasts 4 s here: 10 minutes = 40 s
-            "SPARKPLANE_IDLE_MINUTE_S": "4",
-        },
-    ).start()
-    try:
+    env = {
+        "SPARKPLANE_AUTOSCALE_SCHEDULE": "*/2 * * * * *",
+        "SPARKPLANE_IDLE_SCHEDULE": "*/2 * * * * *",
+        "SPARKPLANE_AUTOSCALE_PARAMS": json.dumps(FAST_AUTOSCALE),
+        # a "minute" of auto-termination lasts 4 s here: 10 minutes = 40 s
+        "SPARKPLANE_IDLE_MINUTE_S": "4",
+    }
+    with local_spark_devhost(tmp_path / "data", env) as h:
         yield h
-    finally:
-        h.stop()
-        h.kill_leftovers()
 
 
 def test_scales_with_load_and_terminates_when_idle(host: DevhostProcess) -> None:

@@ -25,41 +25,24 @@ from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
+from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
 
 pytestmark = pytest.mark.spark
 
 T = timedelta(minutes=4)
-PARAMS = {
-    "expected_boot_s": 0,
-    "down_hold_s": 8,
-    "down_half_life_s": 0,
-    "down_interval_s": 4,
-    "stateful_down_window_s": 8,
-    "stale_after_s": 30,
-    "max_sample_gap_s": 10,
-}
 
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[DevhostProcess]:
-    h = DevhostProcess(
-        tmp_path / "data",
-        env={
-            "SPARKPLANE_PROVISIONER": "local",
-            "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
-            "SPARKPLANE_HEARTBEAT_S": "2",
-            "SPARKPLANE_AUTOSCALE_SCHEDULE": "*/2 * * * * *",
-            "SPARKPLANE_AUTOSCALE_PARAMS": json.dumps(PARAMS),
-            # small scratch quotas and steps, so a few MB of shuffle files make them grow
-            "SPARKPLANE_LOCAL_SCRATCH_MB": "4",
-            "SPARKPLANE_STORAGE_MIN_STEP_MB": "4",
-        },
-    ).start()
-    try:
+    env = {
+        "SPARKPLANE_AUTOSCALE_SCHEDULE": "*/2 * * * * *",
+        "SPARKPLANE_AUTOSCALE_PARAMS": json.dumps(FAST_AUTOSCALE),
+        # small scratch quotas and steps, so a few MB of shuffle files make them grow
+        "SPARKPLANE_LOCAL_SCRATCH_MB": "4",
+        "SPARKPLANE_STORAGE_MIN_STEP_MB": "4",
+    }
+    with local_spark_devhost(tmp_path / "data", env) as h:
         yield h
-    finally:
-        h.stop()
-        h.kill_leftovers()
 
 
 def wait(what: str, cond: Callable[[], Any], timeout: float = 120) -> Any:

@@ -18,6 +18,7 @@ from databricks.sdk.errors import NotFound
 from databricks.sdk.service.compute import State
 
 from devhost.process import DevhostProcess
+from tests.e2e.hosts import local_spark_devhost
 
 pytestmark = pytest.mark.spark
 T = timedelta(minutes=4)
@@ -25,19 +26,8 @@ T = timedelta(minutes=4)
 
 @pytest.fixture
 def spark_host(tmp_path: Path) -> Iterator[DevhostProcess]:
-    h = DevhostProcess(
-        tmp_path / "data",
-        env={
-            "SPARKPLANE_PROVISIONER": "local",
-            "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
-            "SPARKPLANE_HEARTBEAT_S": "2",
-        },
-    ).start()
-    try:
+    with local_spark_devhost(tmp_path / "data") as h:
         yield h
-    finally:
-        h.stop()
-        h.kill_leftovers()
 
 
 def alive_workers(master_ui_url: str) -> int:

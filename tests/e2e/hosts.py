@@ -1,0 +1,43 @@
+"""The devhost the real-Spark end-to-end tests run against."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from devhost.process import DevhostProcess
+
+# The local Spark provisioner, reconciled every second, agents reporting every 2 s.
+LOCAL_SPARK = {
+    "SPARKPLANE_PROVISIONER": "local",
+    "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
+    "SPARKPLANE_HEARTBEAT_S": "2",
+}
+# A fast autoscaling policy for tests (SPARKPLANE_AUTOSCALE_PARAMS): react on the first backlog
+# sample, hold a short window before scaling down.
+FAST_AUTOSCALE = {
+    "expected_boot_s": 0,
+    "down_hold_s": 8,
+    "down_half_life_s": 0,
+    "down_interval_s": 4,
+    "stateful_down_window_s": 8,
+    "stale_after_s": 30,
+    "max_sample_gap_s": 10,
+}
+
+
+@contextlib.contextmanager
+def local_spark_devhost(
+    data_dir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[DevhostProcess]:
+    """devhost with real local Spark clusters; on the way out (a failure too) it stops and
+    kills every process started for `data_dir`."""
+    h = DevhostProcess(data_dir, env={**LOCAL_SPARK, **(env or {})})
+    try:
+        yield h.start()
+    finally:
+        try:
+            h.stop()
+        finally:
+            h.kill_leftovers()
