@@ -306,6 +306,86 @@ class Provisioner(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
+# FileStore: each workspace's files (its DBFS root and its workspace files). Paths are what
+# shared/domain/paths.py makes: absolute, normalised POSIX paths ("/dbfs/a/b.py"), never "..",
+# ".", "//", a trailing "/" or NUL; an adapter refuses any other path with ValueError. The root
+# "/" of a workspace always exists. Nothing is ever visible half-written: `write` and
+# `commit_upload` publish a whole file at once.
+
+
+class FileStoreError(Exception):
+    """Base class of file-store failures the callers handle."""
+
+
+class FileMissing(FileStoreError):
+    """The path (or, for write/move/mkdirs, a file standing where a parent directory should
+    be; for commit_upload, a staged block) does not exist."""
+
+
+class FileExists(FileStoreError):
+    """The target exists: a file where overwrite was not asked for, a directory where a file
+    should go, a file where a directory should go, or a move onto an existing path."""
+
+
+class DirectoryNotEmpty(FileStoreError):
+    """A non-recursive delete of a directory that has entries."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    is_dir: bool
+    size: int = 0
+    modified_ms: int = 0
+
+
+class FileStore(Protocol):
+    def write(self, workspace_id: str, path: str, data: bytes, *, overwrite: bool) -> FileInfo:
+        """Write a whole file, making its parent directories."""
+        ...
+
+    def read(self, workspace_id: str, path: str, offset: int = 0, length: int = -1) -> bytes:
+        """Bytes of a file from `offset` (at most `length`; -1: to the end). A directory is
+        FileExists; a missing file FileMissing."""
+        ...
+
+    def stat(self, workspace_id: str, path: str) -> FileInfo: ...
+
+    def list(self, workspace_id: str, path: str) -> list[FileInfo]:
+        """A directory's entries sorted by path (a file: the file itself)."""
+        ...
+
+    def mkdirs(self, workspace_id: str, path: str) -> None:
+        """Make the directory and its parents (an existing directory is fine)."""
+        ...
+
+    def delete(self, workspace_id: str, path: str, *, recursive: bool) -> None: ...
+
+    def move(self, workspace_id: str, src: str, dst: str) -> None:
+        """Rename a file or directory; `dst` must not exist (its parents are made)."""
+        ...
+
+    # Streaming uploads (DBFS create/add-block/close): blocks are staged under an upload id
+    # and published as one file by commit_upload; until then nothing is visible at `path`.
+
+    def stage_block(self, workspace_id: str, upload_id: str, index: int, data: bytes) -> None: ...
+
+    def commit_upload(
+        self, workspace_id: str, upload_id: str, path: str, blocks: int, *, overwrite: bool
+    ) -> FileInfo:
+        """Publish blocks 0..blocks-1 of the upload as the file at `path` and drop them."""
+        ...
+
+    def discard_upload(self, workspace_id: str, upload_id: str) -> None:
+        """Drop an upload's staged blocks (an unknown upload is fine)."""
+        ...
+
+    def delete_workspace(self, workspace_id: str) -> None:
+        """Remove every file, directory and staged block of the workspace."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
 # Submitter: runs a job task's program against a cluster (locally: spark-submit to the
 # cluster's master; with the record provisioner: the Python file alone). Calls return quickly;
 # progress is read back with `status`.
