@@ -385,42 +385,5 @@ class FileStore(Protocol):
         ...
 
 
-# --------------------------------------------------------------------------------------------
-# Submitter: runs a job task's program against a cluster (locally: spark-submit to the
-# cluster's master; with the record provisioner: the Python file alone). Calls return quickly;
-# progress is read back with `status`.
-
-SubmissionState = Literal["RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionStatus:
-    state: SubmissionState
-    exit_code: int | None = None
-    # The tail of the program's standard output and error (for runs/get-output).
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    started_ms: int = 0
-    ended_ms: int | None = None
-
-
-class Submitter(Protocol):
-    def submit(
-        self,
-        key: str,
-        *,
-        master_url: str | None,
-        python_file: str,
-        parameters: Sequence[str],
-        env: Mapping[str, str],
-    ) -> None:
-        """Start the program once per key (a second call with the same key does nothing)."""
-        ...
-
-    def status(self, key: str) -> SubmissionStatus | None: ...
-
-    def cancel(self, key: str) -> None: ...
-
-
 class Clock(Protocol):
     def now_ms(self) -> int: ...

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     stuck_after_s: float = 20.0
     # Record provisioner: how long a node takes to "boot".
     record_boot_s: float = 1.0
+    # Record provisioner: a driver also runs the cluster agent, which runs job tasks (as plain
+    # Python: there is no Spark). Off: clusters are rows only (benchmarks of the control plane).
+    record_agents: bool = True
 
     # Utilization: heartbeats, autoscaling and idle termination.
     # The URL cluster agents post heartbeats to (default: this host's own address).
@@ -82,9 +85,7 @@ class Settings(BaseSettings):
     jobs_setup_timeout_s: float = 1200.0
     # Job clusters not TERMINATED this long after a run's tasks ended: the run ends anyway.
     jobs_cleanup_timeout_s: float = 300.0
-    # Where `dbfs:/` python_file paths live locally; empty = <data_dir>/dbfs.
-    jobs_dbfs_root: str = ""
-    # Seconds between SIGTERM and SIGKILL when a task's process is cancelled.
+    # Seconds between SIGTERM and SIGKILL when the driver's agent cancels a task's process.
     jobs_kill_grace_s: float = 10.0
 
     # Cosmos DB.

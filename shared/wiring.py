@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from shared.adapters.local_submit import LocalSubmitter
 from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, Provisioner, Store
 from shared.services.admin import Admin
@@ -19,6 +18,7 @@ from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
+from shared.services.tasks import TaskService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
 
@@ -81,15 +81,17 @@ class Container:
         )
 
     @cached_property
-    def submitter(self) -> LocalSubmitter:
-        return LocalSubmitter(
-            self.settings.data_dir / "runs", kill_grace_s=self.settings.jobs_kill_grace_s
-        )
+    def tasks(self) -> TaskService:
+        return TaskService(self.store, self.clock, self.read_task_file)
+
+    def read_task_file(self, workspace_id: str, python_file: str) -> bytes:
+        # Until the file service lands: the workspace's files through the FileStore.
+        raise NotImplementedError
 
     @cached_property
     def jobs(self) -> JobService:
         return JobService(
-            self.store, self.bus, self.clusters, self.submitter, self.clock, self.settings
+            self.store, self.bus, self.clusters, self.tasks, self.clock, self.settings
         )
 
 
@@ -131,7 +133,11 @@ def _provisioner(s: Settings) -> Provisioner:
         return ArmProvisioner.from_settings(s)
     from shared.adapters.records import RecordProvisioner
 
-    return RecordProvisioner(s.data_dir / "records.db", boot_s=s.record_boot_s)
+    return RecordProvisioner(
+        s.data_dir / "records.db",
+        boot_s=s.record_boot_s,
+        agents_dir=s.data_dir / "record-agents" if s.record_agents else None,
+    )
 
 
 def build(settings: Settings) -> Container:

@@ -4,7 +4,6 @@ clusters are records, so a task runs as plain `python <file>`)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,7 +18,6 @@ from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceDoesN
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
-from shared.adapters.local_submit import LocalSubmitter
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -57,7 +55,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
     try:
         yield h
     finally:
-        h.stop()
+        h.close()
 
 
 @pytest.fixture(scope="module")
@@ -455,30 +453,3 @@ def test_no_job_cluster_is_left_running(w: WorkspaceClient) -> None:
     assert len(job_clusters) >= 5
     for c in job_clusters:
         assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
-
-
-def test_local_submitter_state_survives_a_restart(tmp_path: Path) -> None:
-    """Submissions are found again by a new LocalSubmitter (a restarted control plane)."""
-    script = tmp_path / "s.py"
-    script.write_text(SLEEP)
-    fail = tmp_path / "f.py"
-    fail.write_text(FAIL)
-    s = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
-    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
-    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
-    s.submit("bad", master_url=None, python_file=str(fail), parameters=["7"], env={})
-    assert s.status("nope") is None
-
-    again = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
-    wait_for("output", lambda: "sleeping" in again.status("long").stdout_tail, timeout=10)
-    assert again.status("long").state == "RUNNING"
-    bad = wait_for("the failure", lambda: (st := again.status("bad")).state != "RUNNING" and st)
-    assert bad.state == "FAILED" and bad.exit_code == 1
-    assert "ValueError: bad input: 7" in bad.stderr_tail and bad.ended_ms
-    pid = int(json.loads((tmp_path / "runs/long/cmd.json").read_text())["pid"])
-    again.cancel("long")
-    st = wait_for("the cancel", lambda: (x := again.status("long")).state != "RUNNING" and x)
-    assert st.state == "CANCELED" and st.exit_code in (None, 143, -15)
-    assert s.status("long").state == "CANCELED"  # (reaps the wrapper, our child)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)  # the whole process group is gone
