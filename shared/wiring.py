@@ -12,7 +12,7 @@ from pathlib import Path
 
 from shared.adapters.local_submit import LocalSubmitter
 from shared.domain.ratelimit import RateLimiter
-from shared.ports import Bus, Clock, Provisioner, Store
+from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
@@ -87,6 +87,10 @@ class Container:
         )
 
     @cached_property
+    def files(self) -> FileStore:
+        return _files(self.settings)
+
+    @cached_property
     def jobs(self) -> JobService:
         return JobService(
             self.store, self.bus, self.clusters, self.submitter, self.clock, self.settings
@@ -132,6 +136,12 @@ def _provisioner(s: Settings) -> Provisioner:
     from shared.adapters.records import RecordProvisioner
 
     return RecordProvisioner(s.data_dir / "records.db", boot_s=s.record_boot_s)
+
+
+def _files(s: Settings) -> FileStore:
+    from shared.adapters.local_files import LocalFileStore
+
+    return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")
 
 
 def build(settings: Settings) -> Container:
