@@ -318,13 +318,14 @@ class FileStoreError(Exception):
 
 
 class FileMissing(FileStoreError):
-    """The path (or, for write/move/mkdirs, a file standing where a parent directory should
-    be; for commit_upload, a staged block) does not exist."""
+    """The path (or, for write/move/commit_upload, a file standing where a parent directory
+    should be; for commit_upload, a staged block) does not exist."""
 
 
 class FileExists(FileStoreError):
     """The target exists: a file where overwrite was not asked for, a directory where a file
-    should go, a file where a directory should go, or a move onto an existing path."""
+    should go, a file where a directory should go (mkdirs through a file, as Databricks'
+    RESOURCE_ALREADY_EXISTS), or a move onto an existing path."""
 
 
 class DirectoryNotEmpty(FileStoreError):

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # "local": real Spark standalone clusters as local processes (the default of `make run`);
     # "records": nodes as database rows that boot after a delay (tests, benchmarks).
     provisioner: Literal["records", "local", "arm"] = "local"
+    # Workspace files (DBFS and workspace files): "local": a 0700 directory per workspace under
+    # files_dir; "blob": Azure Blob Storage (shared/adapters/blob_files.py).
+    files: Literal["local"] = "local"
+    # Root of the local file store; empty = <data_dir>/files.
+    files_dir: str = ""
 
     # Requests per second per token (token bucket; 429 with Retry-After beyond it).
     rate_limit_per_s: float = 100.0

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from shared.domain.ratelimit import RateLimiter
-from shared.ports import Bus, Clock, Provisioner, Store
+from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
@@ -89,6 +89,10 @@ class Container:
         raise NotImplementedError
 
     @cached_property
+    def files(self) -> FileStore:
+        return _files(self.settings)
+
+    @cached_property
     def jobs(self) -> JobService:
         return JobService(
             self.store, self.bus, self.clusters, self.tasks, self.clock, self.settings
@@ -138,6 +142,12 @@ def _provisioner(s: Settings) -> Provisioner:
         boot_s=s.record_boot_s,
         agents_dir=s.data_dir / "record-agents" if s.record_agents else None,
     )
+
+
+def _files(s: Settings) -> FileStore:
+    from shared.adapters.local_files import LocalFileStore
+
+    return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")
 
 
 def build(settings: Settings) -> Container:
