@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from shared.domain.jobs import SubmissionStatus
+from shared.domain.tasks import SubmissionStatus
 
 log = logging.getLogger("sparkplane.task_runner")
 

@@ -86,7 +86,15 @@ class Container:
 
     def read_task_file(self, workspace_id: str, python_file: str) -> bytes:
         # Until the file service lands: the workspace's files through the FileStore.
-        raise NotImplementedError
+        from shared.domain import paths
+        from shared.errors import ResourceDoesNotExist
+        from shared.ports import FileMissing
+
+        root, p = paths.task_file(python_file)
+        try:
+            return self.files.read(workspace_id, paths.store_path(root, p))
+        except FileMissing:
+            raise ResourceDoesNotExist(f"{python_file} does not exist.") from None
 
     @cached_property
     def files(self) -> FileStore:

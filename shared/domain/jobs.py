@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain import paths
 from shared.domain import schedule as sched
+from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue
 
 # ---------------------------------------------------------------------------------------------
@@ -675,23 +676,6 @@ class ClusterView:
 
 MISSING = ClusterView(state="MISSING")
 DEAD = frozenset({"TERMINATING", "TERMINATED", "ERROR", "MISSING"})
-
-
-SubmissionState = Literal["RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionStatus:
-    """A task handed to a driver node, as its agent last reported it. RUNNING also while the
-    agent has not picked it up yet; LOST: the node that ran it is gone."""
-
-    state: SubmissionState
-    exit_code: int | None = None
-    # The tail of the program's standard output and error (for runs/get-output).
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    started_ms: int = 0
-    ended_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

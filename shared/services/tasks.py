@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain.cluster import validation_message
-from shared.domain.jobs import SubmissionStatus
+from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from shared.ports import AlreadyExists, Clock, NotFound, PreconditionFailed, Record, Store
 from shared.services.auth import Principal

@@ -12,6 +12,7 @@ import pytest
 from shared.domain import jobs as dom
 from shared.domain.jobs import LifeCycle as L
 from shared.domain.jobs import Result as R
+from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue
 
 NOW = 1_750_000_000_000  # 2025-06-15
@@ -232,7 +233,7 @@ class Sim:
         )
         self.run = dom.admit(run, now=NOW)
         self.clusters: dict[str, dom.ClusterView] = {}
-        self.subs: dict[str, dom.SubmissionStatus | None] = {}
+        self.subs: dict[str, SubmissionStatus | None] = {}
         self.actions: list[Any] = []
 
     def step(self, dt: int = 100, **timing: int) -> dom.Plan:
@@ -256,7 +257,7 @@ class Sim:
         self.clusters[cid] = dom.ClusterView(state=state, **kw)
 
     def proc(self, key: str, state: str | None, **kw: Any) -> None:
-        self.subs[key] = None if state is None else dom.SubmissionStatus(state=state, **kw)  # type: ignore[arg-type]
+        self.subs[key] = None if state is None else SubmissionStatus(state=state, **kw)  # type: ignore[arg-type]
 
 
 def key_of(run: dom.Run, task_key: str = "t") -> str:
