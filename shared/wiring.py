@@ -16,6 +16,7 @@ from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
@@ -89,6 +90,10 @@ class Container:
     @cached_property
     def files(self) -> FileStore:
         return _files(self.settings)
+
+    @cached_property
+    def files_service(self) -> FilesService:
+        return FilesService(self.files, self.store, self.clock)
 
     @cached_property
     def jobs(self) -> JobService:
