@@ -15,6 +15,7 @@ from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
@@ -82,23 +83,15 @@ class Container:
 
     @cached_property
     def tasks(self) -> TaskService:
-        return TaskService(self.store, self.clock, self.read_task_file)
-
-    def read_task_file(self, workspace_id: str, python_file: str) -> bytes:
-        # Until the file service lands: the workspace's files through the FileStore.
-        from shared.domain import paths
-        from shared.errors import ResourceDoesNotExist
-        from shared.ports import FileMissing
-
-        root, p = paths.task_file(python_file)
-        try:
-            return self.files.read(workspace_id, paths.store_path(root, p))
-        except FileMissing:
-            raise ResourceDoesNotExist(f"{python_file} does not exist.") from None
+        return TaskService(self.store, self.clock, self.files_service.read_task_file)
 
     @cached_property
     def files(self) -> FileStore:
         return _files(self.settings)
+
+    @cached_property
+    def files_service(self) -> FilesService:
+        return FilesService(self.files, self.store, self.clock)
 
     @cached_property
     def jobs(self) -> JobService:

@@ -109,3 +109,16 @@ def task_file(python_file: str, what: str = "python_file") -> tuple[Root, str]:
     if p == "/":
         raise InvalidParameterValue(f"{what} names a directory, not a file: {python_file!r}.")
     return root, p
+
+
+def parent(user_path: str) -> str:
+    """The folder a normal-form path is in ("/" for "/" itself)."""
+    head = user_path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def standard_folders(user: str) -> frozenset[str]:
+    """Workspace folders that exist without being made, as in a Databricks workspace: the
+    root, /Users, /Shared and the caller's home folder /Users/<user>."""
+    home = ("/Users/" + user,) if user and "/" not in user and user not in (".", "..") else ()
+    return frozenset(("/", "/Users", "/Shared", *home))
