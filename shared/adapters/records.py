@@ -78,6 +78,13 @@ Row = tuple[str, str, str, int, int, int | None, int, int | None]
 _AGENTS: dict[int, subprocess.Popen[bytes]] = {}
 
 
+def _reap_agents() -> None:
+    """Collect the exit status of the agents that ended (a zombie would look alive)."""
+    for pid, proc in list(_AGENTS.items()):
+        if proc.poll() is not None:
+            _AGENTS.pop(pid, None)
+
+
 def _alive_agent(d: Path) -> int | None:
     """The pid of the cluster's agent when it still runs (pid and create time match)."""
     try:
@@ -315,9 +322,7 @@ class RecordProvisioner:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-        for pid, proc in list(_AGENTS.items()):
-            if proc.poll() is not None:  # reap the agents that ended
-                _AGENTS.pop(pid, None)
+        _reap_agents()
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
         if req.pool is not None:
@@ -339,6 +344,7 @@ class RecordProvisioner:
         self._stop_agent(cluster_id)
 
     def cluster_ids(self) -> set[str]:
+        _reap_agents()
         db = self._db()
         self._settle(db, self._clock())
         rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE cluster_id!=''")
