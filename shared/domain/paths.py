@@ -10,7 +10,8 @@ Rules, the same for every API and for a job task's file:
 - A path is absolute. Repeated "/" and a trailing "/" are dropped (as Databricks does).
 - "." and ".." segments, NUL and other control characters, backslashes and lone surrogates
   are refused (INVALID_PARAMETER_VALUE): nothing a user writes can name a path outside the
-  workspace's own roots, whatever the adapter underneath does with it.
+  workspace's own roots, whatever the adapter underneath does with it. A name (segment) has
+  at most 255 bytes in UTF-8, as in every file system the adapters write to.
 - A task's python_file is `dbfs:/...` (or the FUSE form `/dbfs/...`) or a workspace path
   (`/Workspace/...`, or any other absolute path, as Databricks reads an absolute python_file
   as a workspace path). Other schemes (`file:`, `s3:`, `abfss:`, ...) are refused: a task runs
@@ -27,6 +28,8 @@ from shared.errors import InvalidParameterValue
 Root = Literal["dbfs", "workspace"]
 
 MAX_PATH = 4096
+# One name (a path segment) in UTF-8 bytes: what file systems and Databricks keep.
+MAX_NAME = 255
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]|[\ud800-\udfff]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -45,6 +48,8 @@ def _segments(path: str, what: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise InvalidParameterValue(f"{what} must not contain '.' or '..' segments: {path!r}.")
+    if any(len(p.encode("utf-8")) > MAX_NAME for p in parts):
+        raise InvalidParameterValue(f"{what} has a name longer than {MAX_NAME} bytes.")
     return parts
 
 

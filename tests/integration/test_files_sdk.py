@@ -328,6 +328,7 @@ ESCAPES = [
     "a/relative",
     "dbfs:relative",
     "",
+    "/" + "n" * 256,  # a name longer than any file system keeps
 ]
 
 
@@ -413,6 +414,9 @@ def test_workspace_files_with_the_sdk(host: DevhostProcess, w: WorkspaceClient) 
     assert "/Users/admin@local" in {o.path for o in w.workspace.list("/Users")}
     w.workspace.upload("/Users/admin@local/home.py", b"1")
     w.workspace.upload("/Shared/shared.py", b"2", language=Language.PYTHON)
+    with pytest.raises(ResourceAlreadyExists):  # a standard folder never becomes a file
+        w.workspace.upload("/Shared", b"x", format=ImportFormat.AUTO, overwrite=True)
+    assert w.workspace.get_status("/Shared").object_type == ObjectType.DIRECTORY
 
     # the JSON import/export of base64 content
     w.workspace.import_(
