@@ -67,7 +67,7 @@ class Container:
 
     @cached_property
     def admin(self) -> Admin:
-        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner)
+        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner, self.files)
 
     @cached_property
     def utilization(self) -> Utilization:

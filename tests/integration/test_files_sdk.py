@@ -506,6 +506,27 @@ def test_workspaces_do_not_see_each_others_files(
     w.workspace.delete("/Shared/iso.py")
 
 
+def test_a_deleted_workspace_takes_its_files_along(host: DevhostProcess) -> None:
+    op = bearer((host.data_dir / "operator-token").read_text().strip())
+    url = host.url + "/api/admin/workspaces"
+
+    def make() -> WorkspaceClient:
+        r = httpx.post(url, json={"name": "c", "workspace_id": "team-c"}, headers=op)
+        assert r.status_code == 200, r.text
+        return client(host.url, r.json()["token_value"])
+
+    c = make()
+    c.dbfs.upload("/kept.txt", io.BytesIO(b"c"))
+    c.workspace.upload("/Shared/kept.py", b"c")
+    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+    c = make()  # the same id again: it starts empty
+    with pytest.raises(NotFound):
+        c.dbfs.get_status("/kept.txt")
+    with pytest.raises(NotFound):
+        c.workspace.get_status("/Shared/kept.py")
+    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+
+
 def test_operator_and_agent_tokens_cannot_reach_the_files(host: DevhostProcess) -> None:
     operator = (host.data_dir / "operator-token").read_text().strip()
     store = SqliteStore(host.data_dir / "store.db")
