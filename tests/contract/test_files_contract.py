@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,32 @@ OTHER = "ws/../2"  # not a path: an opaque id like any other
 MB = 1 << 20
 
 
-def _local(tmp_path: Path, _: dict[str, Any]) -> FileStore:
+def _local(tmp_path: Path, _: pytest.FixtureRequest) -> FileStore:
     from shared.adapters.local_files import LocalFileStore
 
     return LocalFileStore(tmp_path / "files")
 
 
-_BACKENDS: dict[str, Callable[[Path, dict[str, Any]], FileStore]] = {
+def _blob(tmp_path: Path, request: pytest.FixtureRequest) -> FileStore:
+    from shared.adapters.blob_files import BlobFileStore
+
+    azurite = request.getfixturevalue("azurite")  # one Azurite per session (conftest.py)
+    return BlobFileStore.connect(
+        f"files-{uuid.uuid4().hex}",  # each test starts from an empty container
+        connection_string=azurite.connection_string,
+        create_container=True,
+    )
+
+
+_BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], FileStore]] = {
     "local": _local,
+    "blob": _blob,
 }
 
 
 @pytest.fixture(params=sorted(_BACKENDS))
 def files(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]:
-    store = _BACKENDS[request.param](tmp_path, {"request": request})
+    store = _BACKENDS[request.param](tmp_path, request)
     yield store
     for ws in (WS, OTHER):
         store.delete_workspace(ws)
