@@ -46,8 +46,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import hashlib
-import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -67,7 +65,7 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from shared.domain.paths import store_parts
+from shared.domain.paths import id_segment, store_parts
 from shared.ports import DirectoryNotEmpty, FileExists, FileInfo, FileMissing
 
 if TYPE_CHECKING:
@@ -84,15 +82,6 @@ COPY_BLOCK = 100 * 2**20
 # a blob can change between its lookup and its read: such steps are tried this many times.
 ATTEMPTS = 3
 BATCH = 256  # blobs per batch delete (the service's maximum)
-
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def _hashed_name(value: str, prefix_len: int = 32) -> str:
-    """A blob-name segment for an opaque id: readable prefix + hash (as local_files.py)."""
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    readable = _UNSAFE_NAME.sub("", value)[:prefix_len]
-    return f"{readable}-{digest}" if readable else digest
 
 
 def _ms(t: datetime.datetime | None) -> int:
@@ -171,16 +160,14 @@ class BlobFileStore:
 
     @staticmethod
     def _ws(workspace_id: str) -> str:
-        if not isinstance(workspace_id, str) or not workspace_id:
-            raise ValueError("workspace_id must be a non-empty string")
-        return _hashed_name(workspace_id) + "/"
+        return id_segment(workspace_id) + "/"
 
     def _name(self, workspace_id: str, parts: list[str]) -> str:
         """The blob name of a path (for "/": the tree's prefix, ending in "/")."""
         return self._ws(workspace_id) + "files/" + "/".join(parts)
 
     def _upload_prefix(self, workspace_id: str, upload_id: str) -> str:
-        return f"{self._ws(workspace_id)}uploads/{_hashed_name(upload_id, 16)}/"
+        return f"{self._ws(workspace_id)}uploads/{id_segment(upload_id, 16)}/"
 
     # ------------------------------------------------------------------------ lookups
 
