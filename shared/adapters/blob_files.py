@@ -101,12 +101,14 @@ class BlobFileStore:
         *,
         account_key: str | None = None,
         credential: TokenCredential | None = None,
+        copy_block: int = COPY_BLOCK,
     ) -> None:
         if (account_key is None) == (credential is None):
             raise ValueError("BlobFileStore needs either an account key or a token credential")
         self.container = container
         self._account_key = account_key
         self._credential = credential
+        self._copy_block = copy_block
 
     @classmethod
     def connect(
@@ -117,6 +119,7 @@ class BlobFileStore:
         connection_string: str = "",
         credential: TokenCredential | None = None,
         create_container: bool = False,
+        copy_block: int = COPY_BLOCK,
     ) -> BlobFileStore:
         """A store on `container` of the account a connection string (with an account key:
         Azurite, development) or an account URL names; with a URL, `credential` or else
@@ -127,7 +130,7 @@ class BlobFileStore:
             key = getattr(client.credential, "account_key", None)
             if not key:
                 raise ValueError("the files connection string must hold an AccountKey")
-            store = cls(client, account_key=key)
+            store = cls(client, account_key=key, copy_block=copy_block)
         elif account_url:
             if credential is None:
                 from azure.identity import DefaultAzureCredential
@@ -136,6 +139,7 @@ class BlobFileStore:
             store = cls(
                 ContainerClient(account_url, container, credential=credential),
                 credential=credential,
+                copy_block=copy_block,
             )
         else:
             raise ValueError(
@@ -276,14 +280,14 @@ class BlobFileStore:
             ids: list[str] = []
             for name, size in sources:
                 url, extra = self._source_url(name)
-                for offset in range(0, size, COPY_BLOCK):
+                for offset in range(0, size, self._copy_block):
                     block_id = base64.b64encode(f"{nonce}{len(ids):08d}".encode()).decode()
                     try:
                         dest.stage_block_from_url(
                             block_id,
                             url,
                             source_offset=offset,
-                            source_length=min(COPY_BLOCK, size - offset),
+                            source_length=min(self._copy_block, size - offset),
                             **extra,
                         )
                     except ResourceNotFoundError:
