@@ -144,6 +144,10 @@ def _provisioner(s: Settings) -> Provisioner:
 
 
 def _files(s: Settings) -> FileStore:
+    if s.files == "blob":
+        from shared.adapters.blob_files import BlobFileStore
+
+        return BlobFileStore.from_settings(s)
     from shared.adapters.local_files import LocalFileStore
 
     return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")

@@ -20,6 +20,7 @@ Rules, the same for every API and for a job task's file:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -32,6 +33,7 @@ MAX_PATH = 4096
 MAX_NAME = 255
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]|[\ud800-\udfff]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_NOT_NAME_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _segments(path: str, what: str) -> list[str]:
@@ -84,6 +86,18 @@ def store_parts(path: str) -> list[str]:
     if path != "/" + "/".join(parts):
         raise ValueError(f"path is not in normal form: {path!r}.")
     return parts
+
+
+def id_segment(opaque_id: str, readable: int = 32) -> str:
+    """The one path segment (directory or blob-name prefix) a FileStore adapter keeps an opaque
+    id (a workspace's, an upload's) under: up to `readable` of its letters, digits, "-" and "_",
+    then a SHA-256 of the whole id. Never empty, ".", "..", hidden or holding a "/", and two
+    ids share a segment only if their hashes collide: an id is never trusted as a path."""
+    if not isinstance(opaque_id, str) or not opaque_id:
+        raise ValueError("an id must be a non-empty string")
+    digest = hashlib.sha256(opaque_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    prefix = _NOT_NAME_SAFE.sub("", opaque_id)[:readable]
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def user_path(root: Root, stored: str) -> str:
