@@ -643,3 +643,13 @@ def test_legacy_databricks_cli_fs(host: DevhostProcess, w: WorkspaceClient, tmp_
     ok("fs", "rm", "-r", "dbfs:/legacy")
     with pytest.raises(NotFound):
         w.dbfs.get_status("/legacy")
+
+    # its workspace commands: JSON import of base64 content, list, export
+    ok("workspace", "mkdirs", "/Shared/legacy")
+    ok("workspace", "import", "-l", "PYTHON", "-f", "SOURCE", str(small), "/Shared/legacy/s.py")
+    assert "s.py" in ok("workspace", "ls", "/Shared/legacy")
+    ok("workspace", "export", "-o", "/Shared/legacy/s.py", str(tmp_path / "exported.py"))
+    assert (tmp_path / "exported.py").read_bytes() == small.read_bytes()
+    ok("workspace", "rm", "-r", "/Shared/legacy")
+    with pytest.raises(NotFound):
+        w.workspace.get_status("/Shared/legacy")
