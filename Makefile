@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format setup java cosmos-emulator airflow-venv bench clean
+.PHONY: run test lint format setup java cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet ".[dev,spark]"
 	touch $(STAMP)
 
-setup: $(STAMP) java cosmos-emulator airflow-venv
+setup: $(STAMP) java cosmos-emulator azurite airflow-venv
 
 # Spark needs Java 17+; install it where it is missing (Debian/Ubuntu).
 java:
@@ -22,28 +22,44 @@ java:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
 	fi
 
+# `npm ci` of the Node.js package in directory $(1) (for $(2)): Node.js and npm are installed
+# where they are missing (Debian/Ubuntu, as root); without them the tests that need the package
+# skip, except in CI (CI=true), where the target fails instead.
+define npm_ci
+	@if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Node.js and npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+	@if command -v npm >/dev/null; then \
+		echo "npm ci --prefix $(1)"; \
+		npm ci --prefix $(1) --no-audit --no-fund --loglevel=error && touch $@; \
+	elif [ -n "$$CI" ] && [ "$$CI" != "false" ]; then \
+		echo "npm not found: Node.js 20+ and npm are needed for $(2)"; \
+		exit 1; \
+	else \
+		echo "npm not found: $(2) will skip (install Node.js 20+)"; \
+	fi
+endef
+
 # The Cosmos DB stand-in (@vercel/cosmosdb-server) the store contract suite runs against
-# (tests/contract/conftest.py starts it). Needs Node.js 20+ and npm; without them the cosmos
-# contract tests skip, except in CI (CI=true), where this target fails instead.
+# (tests/contract/conftest.py starts it).
 COSMOS_SERVER := tools/cosmosdb-server
 COSMOS_STAMP := $(COSMOS_SERVER)/node_modules/.package-lock.json
 
 cosmos-emulator: $(COSMOS_STAMP)
 
 $(COSMOS_STAMP): $(COSMOS_SERVER)/package.json $(COSMOS_SERVER)/package-lock.json
-	@if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "installing Node.js and npm"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
-	fi
-	@if command -v npm >/dev/null; then \
-		echo "npm ci --prefix $(COSMOS_SERVER)"; \
-		npm ci --prefix $(COSMOS_SERVER) --no-audit --no-fund --loglevel=error && touch $@; \
-	elif [ -n "$$CI" ] && [ "$$CI" != "false" ]; then \
-		echo "npm not found: Node.js 20+ and npm are needed for the Cosmos DB contract tests"; \
-		exit 1; \
-	else \
-		echo "npm not found: the Cosmos DB contract tests will skip (install Node.js 20+)"; \
-	fi
+	$(call npm_ci,$(COSMOS_SERVER),the Cosmos DB contract tests)
+
+# Azurite (npm azurite), the Blob Storage emulator the file-store contract suite runs against
+# (tests/contract/conftest.py starts azurite-blob).
+AZURITE := tools/azurite
+AZURITE_STAMP := $(AZURITE)/node_modules/.package-lock.json
+
+azurite: $(AZURITE_STAMP)
+
+$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
+	$(call npm_ci,$(AZURITE),the Blob Storage (Azurite) contract tests)
 
 # Apache Airflow with its Databricks provider, in a venv of its own: it pins far more than the
 # project's .venv can hold. tests/integration/test_airflow.py drives the control plane with it

@@ -38,6 +38,8 @@ log = logging.getLogger("sparkplane.devhost")
 
 _SETTING = re.compile(r"%([A-Za-z0-9_]+)%")
 MAX_REQUEST_BYTES = 100 << 20  # the Functions host's own request size limit
+# "http://host[:port]" before the path of a request target in absolute-form.
+_ABSOLUTE_FORM = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
 def resolve(value: str) -> str:
@@ -158,6 +160,18 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+def origin_form(scope: dict[str, Any]) -> dict[str, Any]:
+    """A request target in absolute-form (`GET http://host/api/... HTTP/1.1`, what a client
+    sends to a proxy) as the path it names: HTTP/1.1 servers must accept it (RFC 9112 3.2.2).
+    This is how the legacy databricks-cli, which drops the port of its host, reaches a devhost
+    on any port: `HTTP_PROXY=http://127.0.0.1:<port>` (docs/jobs.md)."""
+    m = _ABSOLUTE_FORM.match(scope.get("path", ""))
+    if m is None:
+        return scope
+    path = scope["path"][m.end() :] or "/"
+    return {**scope, "path": path, "raw_path": path.encode("utf-8", "surrogateescape")}
+
+
 def _utc(ms: int | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
@@ -213,7 +227,7 @@ class DevHost:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        request = Request(scope, receive)
+        request = Request(origin_form(scope), receive)
         response = await self.handle_http(request)
         await response(scope, receive, send)
 

@@ -1,6 +1,7 @@
 // sparkplane platform: the control plane's Function App (Flex Consumption, Python 3.11) and what it
 // talks to: Service Bus (the session-enabled cluster-lifecycle and job-runs queues), Cosmos DB (two regions,
 // automatic failover), a storage account for the deployment package and the Functions host,
+// a storage account for the workspaces' files (DBFS and workspace files),
 // Application Insights on a Log Analytics workspace, and role assignments for the app's
 // system-assigned managed identity: no key or connection string anywhere (local auth is off on
 // Service Bus, Cosmos DB, storage and Application Insights).
@@ -103,6 +104,8 @@ var prefix = toLower(namePrefix)
 var functionAppName = 'func-${prefix}-${token}'
 var storageAccountName = take('st${replace(prefix, '-', '')}${token}', 24)
 var deploymentContainerName = 'app-package'
+var filesAccountName = take('stf${replace(prefix, '-', '')}${token}', 24)
+var filesContainerName = 'workspaces'
 var serviceBusFqdn = '${serviceBus.name}.servicebus.windows.net'
 var allTags = union(tags, {
   Vendor: 'sparkplane'
@@ -110,6 +113,7 @@ var allTags = union(tags, {
 
 // Built-in role definition ids.
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var serviceBusDataOwner = '090c5cfd-751d-490a-894a-3ce6f1109419'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
@@ -183,6 +187,74 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage: the workspaces' files (shared/adapters/blob_files.py): one virtual directory per
+// workspace in the 'workspaces' container. Not the workspace's own storage account: that one
+// admits only its workers subnet, which the app (no VNet integration) is not in.
+// ---------------------------------------------------------------------------------------------
+
+resource filesStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  //checkov:skip=CKV_AZURE_35: the Flex Consumption app reaches this account over its public endpoint (no VNet integration in this template); access is Entra ID only (allowSharedKeyAccess false) and only the app's identity holds a data role on it, so the network rule is not what protects it.
+  //checkov:skip=CKV_AZURE_59: same reason: the app has no private network path to the account; public network access with identity-only authentication.
+  //checkov:skip=CKV_AZURE_43: the name is computed ('stf' + the prefix + uniqueString(), cut to 24 lowercase letters and digits), which the check cannot evaluate statically.
+  name: filesAccountName
+  location: location
+  tags: allTags
+  sku: {
+    // Users' files: a copy in the paired region.
+    name: 'Standard_GRS'
+  }
+  kind: 'StorageV2'
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    publicNetworkAccess: 'Enabled'
+    supportsHttpsTrafficOnly: true
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource filesBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: filesStorage
+  name: 'default'
+  properties: {
+    // A deleted or overwritten file can be recovered for a week.
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource filesContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: filesBlobService
+  name: filesContainerName
   properties: {
     publicAccess: 'None'
   }
@@ -520,10 +592,13 @@ var appSettings = {
   SPARKPLANE_AUTOSCALE_SCHEDULE: autoscaleSchedule
   SPARKPLANE_IDLE_SCHEDULE: idleSchedule
   SPARKPLANE_JOBS_SCHEDULE: jobsSchedule
-  // The Azure adapters (shared/wiring.py chooses by these three).
+  // The Azure adapters (shared/wiring.py chooses by these four).
   SPARKPLANE_STORE: 'cosmos'
   SPARKPLANE_BUS: 'servicebus'
   SPARKPLANE_PROVISIONER: 'arm'
+  SPARKPLANE_FILES: 'blob'
+  SPARKPLANE_FILES_ACCOUNT_URL: filesStorage.properties.primaryEndpoints.blob
+  SPARKPLANE_FILES_CONTAINER: filesContainer.name
   // The app package is read-only on Flex Consumption; local files go to the instance's /tmp.
   SPARKPLANE_DATA_DIR: '/tmp/sparkplane'
   SPARKPLANE_COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
@@ -560,6 +635,7 @@ resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: union(appSettings, additionalAppSettings)
   dependsOn: [
     storageBlobOwner
+    filesContributor
     serviceBusOwner
     cosmosContributor
     metricsPublisher
@@ -576,6 +652,18 @@ resource storageBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataOwner)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The workspaces' files: read, write, delete blobs (and read them as the source of Put Block
+// From URL) in the files account, and nothing on any other account.
+resource filesContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(filesStorage.id, functionApp.id, storageBlobDataContributor)
+  scope: filesStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
   }
@@ -730,3 +818,6 @@ output serviceBusFqdn string = serviceBusFqdn
 
 @description('Storage account of the deployment package.')
 output storageAccountName string = storage.name
+
+@description('Storage account of the workspaces\' files (SPARKPLANE_FILES_ACCOUNT_URL).')
+output filesAccountName string = filesStorage.name

@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     # "records": nodes as database rows that boot after a delay (tests, benchmarks).
     provisioner: Literal["records", "local", "arm"] = "local"
     # Workspace files (DBFS and workspace files): "local": a 0700 directory per workspace under
-    # files_dir; "blob": Azure Blob Storage (shared/adapters/blob_files.py).
-    files: Literal["local"] = "local"
+    # files_dir; "blob": a virtual directory per workspace in one Blob Storage container
+    # (shared/adapters/blob_files.py explains why not the workspace's own storage account).
+    files: Literal["local", "blob"] = "local"
     # Root of the local file store; empty = <data_dir>/files.
     files_dir: str = ""
 
@@ -107,6 +108,13 @@ class Settings(BaseSettings):
     cosmos_managed_identity_client_id: str = ""
     # CA bundle to verify the endpoint with (an emulator's own certificate); empty = system CAs.
     cosmos_ca_file: str = ""
+
+    # Blob file store: the account (https://<account>.blob.core.windows.net, Microsoft Entra ID
+    # through DefaultAzureCredential) and its container.
+    files_account_url: str = ""
+    files_container: str = "workspaces"
+    # Development (Azurite): a connection string with an account key instead of the URL.
+    files_connection_string: str = Field(default="", repr=False)
 
     # Service Bus.
     servicebus_fqdn: str = ""

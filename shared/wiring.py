@@ -67,7 +67,7 @@ class Container:
 
     @cached_property
     def admin(self) -> Admin:
-        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner)
+        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner, self.files)
 
     @cached_property
     def utilization(self) -> Utilization:
@@ -146,6 +146,10 @@ def _provisioner(s: Settings) -> Provisioner:
 
 
 def _files(s: Settings) -> FileStore:
+    if s.files == "blob":
+        from shared.adapters.blob_files import BlobFileStore
+
+        return BlobFileStore.from_settings(s)
     from shared.adapters.local_files import LocalFileStore
 
     return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")

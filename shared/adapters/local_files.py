@@ -30,16 +30,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import os
-import re
 import shutil
 import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from shared.domain.paths import store_parts
+from shared.domain.paths import id_segment, store_parts
 from shared.ports import DirectoryNotEmpty, FileExists, FileInfo, FileMissing
 
 _DIR_MODE = 0o700
@@ -51,14 +49,6 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO someone planted must not hang (the fstat then refuses it).
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def _hashed_name(value: str, prefix_len: int = 32) -> str:
-    """A file name for an opaque id: readable prefix + hash; never ".", ".." or hidden."""
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    readable = _UNSAFE_NAME.sub("", value)[:prefix_len]
-    return f"{readable}-{digest}" if readable else digest
 
 
 @contextlib.contextmanager
@@ -162,11 +152,9 @@ class LocalFileStore:
     @contextlib.contextmanager
     def _workspace(self, workspace_id: str, *, create: bool) -> Iterator[int | None]:
         """The workspace directory's fd (None when it does not exist and `create` is off)."""
-        if not isinstance(workspace_id, str) or not workspace_id:
-            raise ValueError("workspace_id must be a non-empty string")
         with _fd(self._root_fd()) as root:
             try:
-                ws = _open_dir(root, _hashed_name(workspace_id), create=create)
+                ws = _open_dir(root, id_segment(workspace_id), create=create)
             except FileNotFoundError:
                 yield None  # nothing was ever written: an empty workspace
                 return
@@ -422,7 +410,7 @@ class LocalFileStore:
             self._area(workspace_id, _STAGING, create=True) as staging,
         ):
             assert uploads is not None and staging is not None
-            with _fd(_open_dir(uploads, _hashed_name(upload_id, 16), create=True)) as upload:
+            with _fd(_open_dir(uploads, id_segment(upload_id, 16), create=True)) as upload:
                 temp, _ = self._write_temp(staging, iter((data,)))
                 try:
                     os.rename(temp, str(index), src_dir_fd=staging, dst_dir_fd=upload)
@@ -436,7 +424,7 @@ class LocalFileStore:
         parts = store_parts(path)
         if blocks < 0:
             raise ValueError("blocks must be >= 0")
-        upload_name = _hashed_name(upload_id, 16)
+        upload_name = id_segment(upload_id, 16)
         with self._area(workspace_id, _UPLOADS, create=True) as uploads:
             assert uploads is not None
             try:
@@ -469,16 +457,14 @@ class LocalFileStore:
         with self._area(workspace_id, _UPLOADS, create=False) as uploads:
             if uploads is not None:
                 with contextlib.suppress(FileNotFoundError):  # unknown upload: nothing to drop
-                    shutil.rmtree(_hashed_name(upload_id, 16), dir_fd=uploads)
+                    shutil.rmtree(id_segment(upload_id, 16), dir_fd=uploads)
 
     def delete_workspace(self, workspace_id: str) -> None:
-        if not isinstance(workspace_id, str) or not workspace_id:
-            raise ValueError("workspace_id must be a non-empty string")
         with _fd(self._root_fd()) as root:
             # Out of sight in one rename (hidden names are never a workspace's), then removed.
             doomed = f".deleting-{uuid.uuid4().hex}"
             try:
-                os.rename(_hashed_name(workspace_id), doomed, src_dir_fd=root, dst_dir_fd=root)
+                os.rename(id_segment(workspace_id), doomed, src_dir_fd=root, dst_dir_fd=root)
             except FileNotFoundError:
                 return  # nothing was ever written, or deleted already
             shutil.rmtree(doomed, dir_fd=root)

@@ -10,7 +10,8 @@ Rules, the same for every API and for a job task's file:
 - A path is absolute. Repeated "/" and a trailing "/" are dropped (as Databricks does).
 - "." and ".." segments, NUL and other control characters, backslashes and lone surrogates
   are refused (INVALID_PARAMETER_VALUE): nothing a user writes can name a path outside the
-  workspace's own roots, whatever the adapter underneath does with it.
+  workspace's own roots, whatever the adapter underneath does with it. A name (segment) has
+  at most 255 bytes in UTF-8, as in every file system the adapters write to.
 - A task's python_file is `dbfs:/...` (or the FUSE form `/dbfs/...`) or a workspace path
   (`/Workspace/...`, or any other absolute path, as Databricks reads an absolute python_file
   as a workspace path). Other schemes (`file:`, `s3:`, `abfss:`, ...) are refused: a task runs
@@ -19,6 +20,7 @@ Rules, the same for every API and for a job task's file:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Literal
 
@@ -27,8 +29,11 @@ from shared.errors import InvalidParameterValue
 Root = Literal["dbfs", "workspace"]
 
 MAX_PATH = 4096
+# One name (a path segment) in UTF-8 bytes: what file systems and Databricks keep.
+MAX_NAME = 255
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]|[\ud800-\udfff]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_NOT_NAME_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _segments(path: str, what: str) -> list[str]:
@@ -45,6 +50,8 @@ def _segments(path: str, what: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     if any(p in (".", "..") for p in parts):
         raise InvalidParameterValue(f"{what} must not contain '.' or '..' segments: {path!r}.")
+    if any(len(p.encode("utf-8")) > MAX_NAME for p in parts):
+        raise InvalidParameterValue(f"{what} has a name longer than {MAX_NAME} bytes.")
     return parts
 
 
@@ -79,6 +86,18 @@ def store_parts(path: str) -> list[str]:
     if path != "/" + "/".join(parts):
         raise ValueError(f"path is not in normal form: {path!r}.")
     return parts
+
+
+def id_segment(opaque_id: str, readable: int = 32) -> str:
+    """The one path segment (directory or blob-name prefix) a FileStore adapter keeps an opaque
+    id (a workspace's, an upload's) under: up to `readable` of its letters, digits, "-" and "_",
+    then a SHA-256 of the whole id. Never empty, ".", "..", hidden or holding a "/", and two
+    ids share a segment only if their hashes collide: an id is never trusted as a path."""
+    if not isinstance(opaque_id, str) or not opaque_id:
+        raise ValueError("an id must be a non-empty string")
+    digest = hashlib.sha256(opaque_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    prefix = _NOT_NAME_SAFE.sub("", opaque_id)[:readable]
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def user_path(root: Root, stored: str) -> str:

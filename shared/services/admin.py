@@ -15,7 +15,7 @@ from shared.errors import (
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
-from shared.ports import Bus, Delivery, Provisioner, Store
+from shared.ports import Bus, Delivery, FileStore, Provisioner, Store
 from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal
 from shared.services.clusters import ClusterService
 
@@ -48,12 +48,14 @@ class Admin:
         clusters: ClusterService,
         bus: Bus,
         provisioner: Provisioner,
+        files: FileStore,
     ) -> None:
         self.auth = auth
         self.store = store
         self.clusters = clusters
         self.bus = bus
         self.provisioner = provisioner
+        self.files = files
 
     # ------------------------------------------------------------------ workspaces
 
@@ -115,6 +117,8 @@ class Admin:
         delete = getattr(self.provisioner, "delete_workspace", None)
         if delete is not None:
             delete(ws)
+        # Its files too: a workspace made again with the same id starts empty.
+        self.files.delete_workspace(ws)
         self.store.delete("workspace", ws, ws)
 
     # ------------------------------------------------------------------ dead letters

@@ -124,7 +124,7 @@ class FilesService:
     def _write(
         self, p: Principal, root: paths.Root, user: str, data: bytes, overwrite: bool
     ) -> None:
-        if user == "/":
+        if user in self._implicit(p, root):  # the root, a standard folder: never a file
             raise self._exists_error(root, user)
         try:
             self.files.write(

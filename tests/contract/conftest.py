@@ -1,5 +1,5 @@
 """Fixtures of the contract suites: the Cosmos DB emulator the store suite's "cosmos" backend
-runs against.
+runs against, and Azurite, the Blob Storage emulator of the file-store suite's "blob" backend.
 
 `@vercel/cosmosdb-server` (npm, installed into tools/cosmosdb-server by `make cosmos-emulator`)
 speaks the Cosmos DB REST protocol and keeps its data in memory. One server runs per test
@@ -7,16 +7,23 @@ session, on a free loopback port, over TLS with a certificate made for the sessi
 client verifies (tools/cosmosdb-server/serve.js starts it). Each test uses a database of its
 own on it.
 
-Where the server cannot run (no Node.js, or the npm package not installed) the cosmos tests
-skip with the reason, except in CI (CI=true), where they fail: CI must test the adapter.
+Azurite (npm `azurite`, installed into tools/azurite by `make azurite`) runs `azurite-blob`
+once per test session on a free loopback port, with its data in a temporary directory; each
+test uses a container of its own. It stops with the session, and with the test process if that
+dies first (the parent-death signal), so no server outlives its tests.
+
+Where a server cannot run (no Node.js, or the npm package not installed) its tests skip with
+the reason, except in CI (CI=true), where they fail: CI must test the adapter.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -31,7 +38,14 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_DIR = REPO_ROOT / "tools" / "cosmosdb-server"
 PACKAGE_DIR = SERVER_DIR / "node_modules" / "@vercel" / "cosmosdb-server"
+AZURITE_MAIN = REPO_ROOT / "tools" / "azurite" / "node_modules" / "azurite" / "dist" / "src"
+AZURITE_MAIN = AZURITE_MAIN / "blob" / "main.js"
 START_TIMEOUT_S = 30.0
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +61,10 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _unavailable(reason: str) -> NoReturn:
+def _unavailable(reason: str, what: str = "Cosmos DB emulator") -> NoReturn:
     if _in_ci():
-        pytest.fail(f"Cosmos DB emulator unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"Cosmos DB emulator unavailable: {reason}")
+        pytest.fail(f"{what} unavailable in CI: {reason}", pytrace=False)
+    pytest.skip(f"{what} unavailable: {reason}")
 
 
 def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -142,6 +156,117 @@ def cosmos_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cosmos
     finally:
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+@dataclass(frozen=True)
+class Azurite:
+    blob_endpoint: str
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.blob_endpoint};"
+        )
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (Linux prctl)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: stopped in the fixture only
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _azurite_port(proc: subprocess.Popen[str], log_path: Path) -> int:
+    """The port of the line Azurite prints once it listens."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT_S
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            seen.append(line)
+            found = re.search(r"listens on https?://[^:/]+:(\d+)", line)
+            if found:
+                return int(found.group(1))
+        if proc.poll() is not None:
+            break
+    log = "".join(seen)[-2000:] + log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"azurite-blob did not start (exit {proc.poll()}):\n{log}")
+
+
+def _wait_until_it_answers(endpoint: str) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient(
+        endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            next(iter(client.list_containers()), None)
+            return
+        except Exception:
+            # Not answering yet (connection refused, 5xx): try again until the deadline.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    what = "Azurite (Blob Storage emulator)"
+    node = shutil.which("node")
+    if node is None:
+        _unavailable("Node.js (node) is not on PATH; install Node.js 20+", what)
+    if not AZURITE_MAIN.is_file():
+        _unavailable(f"{AZURITE_MAIN.relative_to(REPO_ROOT)} is missing; run `make azurite`", what)
+    try:
+        import azure.storage.blob  # noqa: F401
+    except ImportError:
+        _unavailable("the azure-storage-blob package is missing (make setup)", what)
+
+    directory = tmp_path_factory.mktemp("azurite")
+    log_path = directory / "azurite.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                node,
+                str(AZURITE_MAIN),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--location",
+                str(directory / "data"),
+                "--silent",
+                "--loose",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+            ],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        endpoint = f"http://127.0.0.1:{_azurite_port(proc, log_path)}/{AZURITE_ACCOUNT}"
+        _wait_until_it_answers(endpoint)
+        yield Azurite(blob_endpoint=endpoint)
+    finally:
+        assert proc.stdout is not None
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,32 @@ OTHER = "ws/../2"  # not a path: an opaque id like any other
 MB = 1 << 20
 
 
-def _local(tmp_path: Path, _: dict[str, Any]) -> FileStore:
+def _local(tmp_path: Path, _: pytest.FixtureRequest) -> FileStore:
     from shared.adapters.local_files import LocalFileStore
 
     return LocalFileStore(tmp_path / "files")
 
 
-_BACKENDS: dict[str, Callable[[Path, dict[str, Any]], FileStore]] = {
+def _blob(tmp_path: Path, request: pytest.FixtureRequest) -> FileStore:
+    from shared.adapters.blob_files import BlobFileStore
+
+    azurite = request.getfixturevalue("azurite")  # one Azurite per session (conftest.py)
+    return BlobFileStore.connect(
+        f"files-{uuid.uuid4().hex}",  # each test starts from an empty container
+        connection_string=azurite.connection_string,
+        create_container=True,
+    )
+
+
+_BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], FileStore]] = {
     "local": _local,
+    "blob": _blob,
 }
 
 
 @pytest.fixture(params=sorted(_BACKENDS))
 def files(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FileStore]:
-    store = _BACKENDS[request.param](tmp_path, {"request": request})
+    store = _BACKENDS[request.param](tmp_path, request)
     yield store
     for ws in (WS, OTHER):
         store.delete_workspace(ws)
@@ -677,3 +690,69 @@ def test_local_delete_workspace_removes_everything(local: Any, tmp_path: Path) -
     assert len(list((tmp_path / "files").iterdir())) == 1
     local.delete_workspace(OTHER)
     assert list((tmp_path / "files").iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The blob adapter only: blobs it did not write, copies in several ranges.
+
+
+@pytest.fixture
+def blob(request: pytest.FixtureRequest) -> Any:
+    from shared.adapters.blob_files import BlobFileStore
+
+    azurite = request.getfixturevalue("azurite")
+    store = BlobFileStore.connect(
+        f"files-{uuid.uuid4().hex}",
+        connection_string=azurite.connection_string,
+        create_container=True,
+        copy_block=1000,  # Put Block From URL in many small ranges
+    )
+    yield store
+    store.container.delete_container()
+
+
+def test_blob_implicit_directories(blob: Any) -> None:
+    """Blobs put by something else (no directory markers): their prefixes are directories."""
+    from shared.domain.paths import id_segment
+
+    base = f"{id_segment(WS)}/files/dbfs/raw"
+    blob.container.upload_blob(f"{base}/part-0", b"zero")
+    blob.container.upload_blob(f"{base}/sub/part-1", b"one")
+    info = blob.stat(WS, "/dbfs/raw")
+    assert (info.is_dir, info.size) == (True, 0)
+    assert _paths(blob.list(WS, "/")) == ["/dbfs"]
+    listed = blob.list(WS, "/dbfs/raw")
+    assert [(i.path, i.is_dir) for i in listed] == [
+        ("/dbfs/raw/part-0", False),
+        ("/dbfs/raw/sub", True),
+    ]
+    with pytest.raises(FileExists):
+        blob.read(WS, "/dbfs/raw")
+    with pytest.raises(FileExists):
+        blob.write(WS, "/dbfs/raw/sub", b"x", overwrite=True)
+    blob.mkdirs(WS, "/dbfs/raw/sub")  # already a directory
+    with pytest.raises(DirectoryNotEmpty):
+        blob.delete(WS, "/dbfs/raw", recursive=False)
+    blob.move(WS, "/dbfs/raw", "/dbfs/cooked")
+    assert blob.read(WS, "/dbfs/cooked/sub/part-1") == b"one"
+    with pytest.raises(FileMissing):
+        blob.stat(WS, "/dbfs/raw")
+    blob.delete(WS, "/dbfs/cooked", recursive=True)
+    with pytest.raises(FileMissing):
+        blob.stat(WS, "/dbfs/cooked")
+
+
+def test_blob_copies_in_ranges(blob: Any) -> None:
+    data = os.urandom(4321)
+    blob.write(WS, "/dbfs/f", data, overwrite=False)
+    blob.move(WS, "/dbfs/f", "/dbfs/g")
+    assert blob.read(WS, "/dbfs/g") == data
+    blob.stage_block(WS, "up", 0, data[:2500])
+    blob.stage_block(WS, "up", 1, b"")
+    blob.stage_block(WS, "up", 2, data[2500:])
+    info = blob.commit_upload(WS, "up", "/dbfs/h", 3, overwrite=False)
+    assert info.size == len(data)
+    assert blob.read(WS, "/dbfs/h") == data
+    committed = blob.container.get_blob_client(blob._name(WS, ["dbfs", "h"]))
+    # 2500 bytes: 3 ranges; the empty block: none; 1821 bytes: 2 ranges.
+    assert [b["size"] for b in committed.get_block_list()[0]] == [1000, 1000, 500, 1000, 821]

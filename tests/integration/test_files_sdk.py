@@ -1,6 +1,6 @@
-"""DBFS and workspace files through a devhost subprocess, driven by databricks-sdk and plain
-HTTP: uploads of every size, the Databricks errors for bad input with nothing half-written left
-visible, paths that try to leave the workspace, workspace isolation,
+"""DBFS and workspace files through a devhost subprocess, driven by databricks-sdk, plain HTTP
+and the legacy databricks-cli (0.18): uploads of every size, the Databricks errors for bad input
+with nothing half-written left visible, paths that try to leave the workspace, workspace isolation,
 token roles, and the file a job task runs (read_task_file) read back from what was uploaded."""
 
 from __future__ import annotations
@@ -8,9 +8,12 @@ from __future__ import annotations
 import base64
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -325,6 +328,7 @@ ESCAPES = [
     "a/relative",
     "dbfs:relative",
     "",
+    "/" + "n" * 256,  # a name longer than any file system keeps
 ]
 
 
@@ -410,6 +414,9 @@ def test_workspace_files_with_the_sdk(host: DevhostProcess, w: WorkspaceClient) 
     assert "/Users/admin@local" in {o.path for o in w.workspace.list("/Users")}
     w.workspace.upload("/Users/admin@local/home.py", b"1")
     w.workspace.upload("/Shared/shared.py", b"2", language=Language.PYTHON)
+    with pytest.raises(ResourceAlreadyExists):  # a standard folder never becomes a file
+        w.workspace.upload("/Shared", b"x", format=ImportFormat.AUTO, overwrite=True)
+    assert w.workspace.get_status("/Shared").object_type == ObjectType.DIRECTORY
 
     # the JSON import/export of base64 content
     w.workspace.import_(
@@ -499,6 +506,27 @@ def test_workspaces_do_not_see_each_others_files(
     w.workspace.delete("/Shared/iso.py")
 
 
+def test_a_deleted_workspace_takes_its_files_along(host: DevhostProcess) -> None:
+    op = bearer((host.data_dir / "operator-token").read_text().strip())
+    url = host.url + "/api/admin/workspaces"
+
+    def make() -> WorkspaceClient:
+        r = httpx.post(url, json={"name": "c", "workspace_id": "team-c"}, headers=op)
+        assert r.status_code == 200, r.text
+        return client(host.url, r.json()["token_value"])
+
+    c = make()
+    c.dbfs.upload("/kept.txt", io.BytesIO(b"c"))
+    c.workspace.upload("/Shared/kept.py", b"c")
+    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+    c = make()  # the same id again: it starts empty
+    with pytest.raises(NotFound):
+        c.dbfs.get_status("/kept.txt")
+    with pytest.raises(NotFound):
+        c.workspace.get_status("/Shared/kept.py")
+    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+
+
 def test_operator_and_agent_tokens_cannot_reach_the_files(host: DevhostProcess) -> None:
     operator = (host.data_dir / "operator-token").read_text().strip()
     store = SqliteStore(host.data_dir / "store.db")
@@ -549,3 +577,79 @@ def test_read_task_file_reads_what_was_uploaded(host: DevhostProcess, w: Workspa
         store.close()
     w.dbfs.delete("/jobs", recursive=True)
     w.workspace.delete("/Users/admin@local/jobs", recursive=True)
+
+
+# ---------------------------------------------------------------------------- legacy CLI
+
+CLI = Path(sys.executable).with_name("databricks")
+
+
+def legacy_cli(host: DevhostProcess, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The legacy CLI keeps only the scheme and host name of DATABRICKS_HOST (the port is
+    dropped), so it reaches the devhost as its HTTP proxy: devhost serves a request target in
+    absolute-form (`GET http://sparkplane/api/2.0/...`) as the path it names."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DATABRICKS_") and k.lower() not in ("http_proxy", "no_proxy")
+    }
+    env.update(
+        HOME=str(home),
+        DATABRICKS_HOST="http://sparkplane",
+        DATABRICKS_TOKEN=host.token,
+        HTTP_PROXY=host.url,
+    )
+    return subprocess.run(
+        [str(CLI), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_legacy_databricks_cli_fs(host: DevhostProcess, w: WorkspaceClient, tmp_path: Path) -> None:
+    def ok(*args: str) -> str:
+        p = legacy_cli(host, tmp_path, *args)
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p.stdout
+
+    small = tmp_path / "small.py"
+    small.write_bytes(b"print('legacy')\n")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * MB + 7))  # multipart put up, 1 MB reads down
+
+    ok("fs", "mkdirs", "dbfs:/legacy/dir")
+    ok("fs", "cp", str(small), "dbfs:/legacy/small.py")
+    ok("fs", "cp", str(big), "dbfs:/legacy/dir/big.bin")
+    assert w.dbfs.download("/legacy/small.py").read() == small.read_bytes()
+    assert w.dbfs.get_status("/legacy/dir/big.bin").file_size == big.stat().st_size
+
+    assert ok("fs", "ls", "dbfs:/legacy").split() == ["dir", "small.py"]
+    long = ok("fs", "ls", "-l", "dbfs:/legacy/dir")
+    assert "big.bin" in long and str(big.stat().st_size) in long
+
+    down = tmp_path / "down"
+    ok("fs", "cp", "dbfs:/legacy/dir/big.bin", str(down))
+    assert down.read_bytes() == big.read_bytes()
+
+    # without --overwrite an existing file stays; with it, it is replaced
+    small2 = tmp_path / "small2.py"
+    small2.write_bytes(b"print('v2')\n")
+    p = legacy_cli(host, tmp_path, "fs", "cp", str(small2), "dbfs:/legacy/small.py")
+    assert p.returncode != 0 and "RESOURCE_ALREADY_EXISTS" in p.stdout + p.stderr
+    assert w.dbfs.download("/legacy/small.py").read() == small.read_bytes()
+    ok("fs", "cp", "--overwrite", str(small2), "dbfs:/legacy/small.py")
+    assert w.dbfs.download("/legacy/small.py").read() == small2.read_bytes()
+
+    p = legacy_cli(host, tmp_path, "fs", "rm", "dbfs:/legacy")  # not empty, no -r
+    assert p.returncode != 0 and "IO_ERROR" in p.stdout + p.stderr
+    ok("fs", "rm", "-r", "dbfs:/legacy")
+    with pytest.raises(NotFound):
+        w.dbfs.get_status("/legacy")
+
+    # its workspace commands: JSON import of base64 content, list, export
+    ok("workspace", "mkdirs", "/Shared/legacy")
+    ok("workspace", "import", "-l", "PYTHON", "-f", "SOURCE", str(small), "/Shared/legacy/s.py")
+    assert "s.py" in ok("workspace", "ls", "/Shared/legacy")
+    ok("workspace", "export", "-o", "/Shared/legacy/s.py", str(tmp_path / "exported.py"))
+    assert (tmp_path / "exported.py").read_bytes() == small.read_bytes()
+    ok("workspace", "rm", "-r", "/Shared/legacy")
+    with pytest.raises(NotFound):
+        w.workspace.get_status("/Shared/legacy")

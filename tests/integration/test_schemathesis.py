@@ -86,6 +86,10 @@ class Target:
     clusters: list[str]
     # instance pool id -> its node type (an edit cannot change it)
     pools: dict[str, str] = field(default_factory=dict)
+    # DBFS and workspace paths that exist (files and directories), open upload handles
+    dbfs_paths: list[str] = field(default_factory=list)
+    workspace_paths: list[str] = field(default_factory=list)
+    handles: list[int] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     killed: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -113,6 +117,24 @@ class Target:
         pool_id = str(r.json()["instance_pool_id"])
         self.pools[pool_id] = node_type_id
         return pool_id
+
+    def post(self, op: str, body: dict[str, Any]) -> httpx.Response:
+        r = httpx.post(f"{self.host.url}/api/2.0/{op}", json=body, headers=bearer(self.user))
+        r.raise_for_status()
+        return r
+
+    def create_files(self) -> None:
+        self.post("dbfs/mkdirs", {"path": "/fuzz/dir"})
+        self.post("dbfs/put", {"path": "dbfs:/fuzz/a.txt", "contents": "YQ==", "overwrite": True})
+        self.dbfs_paths = ["/fuzz", "/fuzz/dir", "/fuzz/a.txt", "dbfs:/fuzz/a.txt"]
+        self.post("workspace/mkdirs", {"path": "/Shared/fuzz/dir"})
+        self.post("workspace/import", {"path": "/Shared/fuzz/a.py", "content": "YQ=="})
+        self.workspace_paths = ["/Shared/fuzz", "/Shared/fuzz/a.py", "/Workspace/Shared/fuzz/a.py"]
+        self.handles = [self.create_handle() for _ in range(3)]
+
+    def create_handle(self) -> int:
+        n = time.monotonic_ns()
+        return int(self.post("dbfs/create", {"path": f"/fuzz/up-{n}"}).json()["handle"])
 
     def settle(self, cluster_id: str, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -182,6 +204,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         # Pools for the pool operations (and pooled clusters) to hit: one with warm nodes.
         t.create_pool(t.node_types[0], min_idle_instances=1, max_capacity=4)
         t.create_pool(t.node_types[-1])
+        # Files and upload handles for the DBFS and Workspace API operations.
+        t.create_files()
         watchdog = threading.Thread(target=t.watch_memory, name="rss-watchdog", daemon=True)
         watchdog.start()
         yield t
@@ -199,6 +223,19 @@ def _pick(value: Any, choices: list[str]) -> Any:
         return value
     h = zlib.crc32(value.encode("utf-8", "surrogatepass"))
     return value if h % 4 == 0 else choices[h % len(choices)]
+
+
+def _pick_handle(value: Any, handles: list[int]) -> Any:
+    """The same for upload handles (int64s)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not handles:
+        return value
+    return value if value % 4 == 0 else handles[value % len(handles)]
+
+
+def _file_paths(case: Any, t: Target) -> list[str]:
+    if "/api/2.0/dbfs/" in case.path:
+        return t.dbfs_paths
+    return t.workspace_paths if "/api/2.0/workspace/" in case.path else []
 
 
 # Commands that only apply to a settled (RUNNING or TERMINATED) cluster.
@@ -221,6 +258,11 @@ def _aim(case: Any, t: Target) -> None:
             if case.path.endswith("/instance-pools/edit") and "node_type_id" in body:
                 # The pool's own node type (changing it is a 400), so edits get past that rule.
                 body["node_type_id"] = t.pools.get(body["instance_pool_id"], body["node_type_id"])
+        for key in ("path", "source_path", "destination_path"):
+            if key in body:
+                body[key] = _pick(body[key], _file_paths(case, t))
+        if "handle" in body:
+            body["handle"] = _pick_handle(body["handle"], t.handles)
         versions = body.get("preloaded_spark_versions")
         if isinstance(versions, list):
             body["preloaded_spark_versions"] = [_pick(v, t.spark_versions) for v in versions]
@@ -232,6 +274,8 @@ def _aim(case: Any, t: Target) -> None:
         case.query["cluster_id"] = _pick(case.query["cluster_id"], t.clusters)
     if isinstance(case.query, dict) and "instance_pool_id" in case.query:
         case.query["instance_pool_id"] = _pick(case.query["instance_pool_id"], list(t.pools))
+    if isinstance(case.query, dict) and "path" in case.query:
+        case.query["path"] = _pick(case.query["path"], _file_paths(case, t))
 
 
 @schema.parametrize()
@@ -254,6 +298,12 @@ def test_api_conforms_to_its_openapi_document(case: Any, target: Target) -> None
         node_type = target.pools.pop(case.body["instance_pool_id"], None)
         if node_type is not None:
             target.create_pool(node_type)
+    closed = case.body.get("handle") if isinstance(case.body, dict) else None
+    closed = closed if case.path.endswith("/dbfs/close") else None
+    if closed in target.handles:
+        # And for upload handles: a close ends its handle, whether it published or not.
+        target.handles.remove(closed)
+        target.handles.append(target.create_handle())
 
 
 def test_fuzzing_left_the_devhost_healthy(target: Target) -> None:

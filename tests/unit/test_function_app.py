@@ -57,6 +57,18 @@ def test_devhost_route_templates() -> None:
     assert compile_route("items/{id?}").match("items/7") == {"id": "7"}
 
 
+def test_devhost_serves_a_request_target_in_absolute_form_as_its_path() -> None:
+    # What a client sends to a proxy (RFC 9112 3.2.2): how the legacy CLI reaches devhost.
+    from devhost.host import origin_form
+
+    scope = {"type": "http", "path": "http://sparkplane/api/2.0/dbfs/list", "raw_path": b""}
+    assert origin_form(scope)["path"] == "/api/2.0/dbfs/list"
+    assert origin_form({**scope, "path": "https://h:8/"})["path"] == "/"
+    assert origin_form({**scope, "path": "http://h"})["path"] == "/"
+    for plain in ("/api/2.0/dbfs/list", "/http://x/api"):
+        assert origin_form({**scope, "path": plain})["path"] == plain
+
+
 def test_a_lone_surrogate_in_a_json_body_is_a_malformed_request() -> None:
     import azure.functions as func
 

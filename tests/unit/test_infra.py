@@ -398,8 +398,10 @@ def test_bicep_function_app(bicep: dict[str, Any]) -> None:
     fac = config["properties"]["functionAppConfig"]
     assert fac["runtime"] == {"name": "python", "version": "3.11"}
     assert fac["deployment"]["storage"]["authentication"]["type"] == "SystemAssignedIdentity"
-    (storage,) = _by_type(bicep, "Microsoft.Storage/storageAccounts").values()
-    assert _config(storage)["properties"]["allowSharedKeyAccess"] is False
+    accounts = _by_type(bicep, "Microsoft.Storage/storageAccounts")
+    assert set(accounts) == {"storage", "filesStorage"}
+    for account in accounts.values():
+        assert _config(account)["properties"]["allowSharedKeyAccess"] is False
     assert set(bicep["outputs"]) >= {"functionAppHostname", "cosmosEndpoint", "serviceBusFqdn"}
 
 
@@ -407,12 +409,13 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
     text = MAIN_BICEP.read_text()
     role_ids = {
         "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+        "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
         "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
         "Cosmos DB Built-in Data Contributor": "00000000-0000-0000-0000-000000000002",
     }
     for name, guid in role_ids.items():
         assert guid in text, name
-    assert len(_by_type(bicep, "Microsoft.Authorization/roleAssignments")) >= 3
+    assert len(_by_type(bicep, "Microsoft.Authorization/roleAssignments")) >= 4
     assert _by_type(bicep, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
     (module,) = bicep["modules"].values()
     assert module["detail"]["path"] == "modules/provisioner-rbac.bicep"
@@ -422,6 +425,66 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
     assert "*" not in perms["actions"]
     assert "Microsoft.Storage/storageAccounts/listKeys/action" in perms["notActions"]
     assert "Microsoft.Resources/subscriptions/resourceGroups/write" in perms["actions"]
+
+
+def _accessor(node: Any) -> list[str]:
+    """`a.b.c` as pycep writes it (nested property accessors) -> ["a", "b", "c"]."""
+    if isinstance(node, str):
+        return [node]
+    operands = node["operator"]["operands"]
+    return [*_accessor(operands["operand_1"]), *_accessor(operands["operand_2"])]
+
+
+def test_bicep_files_account(bicep: dict[str, Any]) -> None:
+    """The blob file store's account: identity only, soft delete, the container the app's
+    settings name, and Storage Blob Data Contributor for the app on this account alone."""
+    files = _config(bicep["resources"]["filesStorage"])
+    props = files["properties"]
+    assert props["allowSharedKeyAccess"] is False
+    assert props["allowBlobPublicAccess"] is False
+    assert props["minimumTlsVersion"] == "TLS1_2"
+    assert props["supportsHttpsTrafficOnly"] is True
+    assert files["sku"]["name"] in ("Standard_GRS", "Standard_RAGRS", "Standard_GZRS")
+
+    (service,) = [
+        _config(r)
+        for r in _by_type(bicep, "Microsoft.Storage/storageAccounts/blobServices").values()
+        if _config(r)["parent"] == "filesStorage"
+    ]
+    retention = service["properties"]["deleteRetentionPolicy"]
+    assert retention["enabled"] is True and retention["days"] >= 7
+
+    container = _config(bicep["resources"]["filesContainer"])
+    assert container["properties"]["publicAccess"] == "None"
+    name = bicep["variables"][container["name"]]["value"]
+    assert name == Settings().files_container
+
+    s = _app_settings(bicep)
+    assert _accessor(s["SPARKPLANE_FILES_ACCOUNT_URL"]) == [
+        "filesStorage",
+        "properties",
+        "primaryEndpoints",
+        "blob",
+    ]
+    assert _accessor(s["SPARKPLANE_FILES_CONTAINER"]) == ["filesContainer", "name"]
+
+    grants = [
+        _config(r)
+        for r in _by_type(bicep, "Microsoft.Authorization/roleAssignments").values()
+        if _config(r).get("scope") == "filesStorage"
+    ]
+    assert len(grants) == 1
+    (grant,) = grants
+    role = grant["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+    assert bicep["variables"][role]["value"] == "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+    assert _accessor(grant["properties"]["principalId"]) == [
+        "functionApp",
+        "identity",
+        "principalId",
+    ]
+    # The app settings wait for the grant, so the app never starts without access.
+    settings = _config(bicep["resources"]["functionAppSettings"])
+    assert "filesContributor" in settings["dependsOn"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,11 +524,14 @@ def test_app_settings_configure_the_azure_adapters(bicep: dict[str, Any]) -> Non
     assert literal["SPARKPLANE_STORE"] == "cosmos"
     assert literal["SPARKPLANE_BUS"] == "servicebus"
     assert literal["SPARKPLANE_PROVISIONER"] == "arm"
+    assert literal["SPARKPLANE_FILES"] == "blob"
     for name in (
         "SPARKPLANE_COSMOS_ENDPOINT",
         "SPARKPLANE_COSMOS_DATABASE",
         "SPARKPLANE_COSMOS_PREFERRED_LOCATIONS",
         "SPARKPLANE_SERVICEBUS_FQDN",
+        "SPARKPLANE_FILES_ACCOUNT_URL",
+        "SPARKPLANE_FILES_CONTAINER",
         "SPARKPLANE_LIFECYCLE_QUEUE",
         "SPARKPLANE_RECONCILER_SCHEDULE",
         "SPARKPLANE_SERVICEBUS__fullyQualifiedNamespace",
