@@ -42,6 +42,7 @@ from shared.ports import (
     PoolRequest,
     SparkVersion,
 )
+from shared.private_files import private_file
 
 NODE_TYPES = [
     NodeType("rec-small", 2, 4096, "Record node, 2 cores, 4 GB"),
@@ -78,6 +79,7 @@ class RecordProvisioner:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # its -wal and -shm files get the same mode
         self.boot_ms = int(boot_s * 1000)
         self.stop_ms = int(stop_s * 1000)
         self.warm_boot_ms = int(warm_boot_s * 1000)
