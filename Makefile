@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format setup java cosmos-emulator bench clean
+.PHONY: run test lint format setup java cosmos-emulator airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet ".[dev,spark]"
 	touch $(STAMP)
 
-setup: $(STAMP) java cosmos-emulator
+setup: $(STAMP) java cosmos-emulator airflow-venv
 
 # Spark needs Java 17+; install it where it is missing (Debian/Ubuntu).
 java:
@@ -44,6 +44,23 @@ $(COSMOS_STAMP): $(COSMOS_SERVER)/package.json $(COSMOS_SERVER)/package-lock.jso
 	else \
 		echo "npm not found: the Cosmos DB contract tests will skip (install Node.js 20+)"; \
 	fi
+
+# Apache Airflow with its Databricks provider, in a venv of its own: it pins far more than the
+# project's .venv can hold. tests/integration/test_airflow.py drives the control plane with it
+# (a subprocess), and skips without it, except in CI (CI=true), where it fails instead.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_REQS := tools/airflow/requirements.txt
+AIRFLOW_CONSTRAINTS := tools/airflow/constraints.txt
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+
+airflow-venv: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r $(AIRFLOW_REQS) -c $(AIRFLOW_CONSTRAINTS)
+	touch $@
 
 run: setup
 	$(PY) -m devhost

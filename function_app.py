@@ -3,7 +3,15 @@
 import azure.functions as func
 
 import functions.jobs_api as jobs_api
-from functions import admin_api, clusters_api, lifecycle, pools_api, utilization
+from functions import (
+    admin_api,
+    agent_api,
+    clusters_api,
+    files_api,
+    lifecycle,
+    pools_api,
+    utilization,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(clusters_api.bp)
@@ -12,3 +20,5 @@ app.register_functions(admin_api.bp)
 app.register_functions(utilization.bp)
 app.register_functions(jobs_api.bp)
 app.register_functions(pools_api.bp)
+app.register_functions(files_api.bp)
+app.register_functions(agent_api.bp)

@@ -381,6 +381,8 @@ class Trial:
             self.data_dir,
             env={
                 "SPARKPLANE_RECORD_BOOT_S": str(boot_s),
+                # clusters are rows only: no agent process per driver (no job runs here)
+                "SPARKPLANE_RECORD_AGENTS": "false",
                 "SPARKPLANE_RECONCILE_INTERVAL_S": "0.3",
                 "SPARKPLANE_RECONCILER_SCHEDULE": "*/2 * * * * *",
                 "SPARKPLANE_STUCK_AFTER_S": "3",

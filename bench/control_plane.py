@@ -100,6 +100,8 @@ def run(n: int, clients: int, get_clients: int, boot_s: float) -> dict[str, floa
         tmp / "data",
         env={
             "SPARKPLANE_RECORD_BOOT_S": str(boot_s),
+            # clusters are rows only: no agent process per driver (no job runs here)
+            "SPARKPLANE_RECORD_AGENTS": "false",
             "SPARKPLANE_RECONCILE_INTERVAL_S": "0.5",
             "SPARKPLANE_LOG_LEVEL": "WARNING",
             # the production timer period (the tests' devhost runs it every 2 s)

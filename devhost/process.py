@@ -101,18 +101,31 @@ class DevhostProcess:
             self.proc.wait(10)
             raise
 
+    def close(self) -> None:
+        """Stop the host and every node process it left running (a test's clean-up)."""
+        try:
+            self.stop()
+        finally:
+            self.kill_leftovers()
+
     def kill_leftovers(self) -> int:
         """Kill processes started for this data directory that outlived it (the nodes of a
-        test that failed before deleting its clusters); returns how many."""
+        test that failed before deleting its clusters), with their descendants (a job task
+        runs in a process group of its own under the driver's agent); returns how many."""
         import psutil
 
-        killed = 0
+        doomed: dict[int, psutil.Process] = {}
         for p in psutil.process_iter(["environ"]):
             try:
                 env = p.info["environ"] or {}
                 if env.get("SPARKPLANE_DATA_DIR", "").startswith(str(self.data_dir)):
-                    p.kill()
-                    killed += 1
+                    doomed[p.pid] = p
+                    doomed.update((c.pid, c) for c in p.children(recursive=True))
             except psutil.Error:
-                continue
-        return killed
+                continue  # ended meanwhile, or not ours to read
+        for p in doomed.values():
+            try:
+                p.kill()
+            except psutil.Error:
+                continue  # ended meanwhile
+        return len(doomed)

@@ -44,10 +44,15 @@ def error(e: ApiError) -> func.HttpResponse:
     return respond(e.body(), e.status)
 
 
-def json_body(req: func.HttpRequest) -> dict[str, Any]:
+def json_body(
+    req: func.HttpRequest,
+    max_bytes: int = MAX_BODY_BYTES,
+    too_large: type[ApiError] = TooLarge,
+) -> dict[str, Any]:
+    """The JSON object of a request body of at most `max_bytes` (beyond: `too_large`)."""
     raw = req.get_body() or b""
-    if len(raw) > MAX_BODY_BYTES:
-        raise TooLarge(f"Request body is larger than {MAX_BODY_BYTES} bytes.")
+    if len(raw) > max_bytes:
+        raise too_large(f"Request body is larger than {max_bytes} bytes.")
     if not raw.strip():
         return {}
     try:
@@ -90,7 +95,8 @@ def api(
     role: Role,
     run: Callable[[Container, Principal], Any],
 ) -> func.HttpResponse:
-    """Authenticate (the token's role must match), rate-limit per token, run, answer JSON."""
+    """Authenticate (the token's role must match), rate-limit per token, run, answer JSON
+    (or, when `run` makes one, its own response: a file's raw bytes)."""
 
     def go() -> func.HttpResponse:
         c = container()
@@ -103,6 +109,8 @@ def api(
             e = RequestLimitExceeded("Too many requests for this token; retry later.")
             return respond(e.body(), e.status, {"Retry-After": str(max(1, math.ceil(wait)))})
         result = run(c, p)
+        if isinstance(result, func.HttpResponse):
+            return result
         return respond(result if result is not None else {})
 
     return guarded(go)

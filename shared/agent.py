@@ -2,8 +2,10 @@
 
     python -m shared.agent
 
-On the driver node it reads Spark's REST API and posts utilization samples; on every node that
-has a Spark scratch directory it also reports the node's local disk (autoscaling local storage).
+On the driver node it reads Spark's REST API and posts utilization samples, and runs the
+cluster's job tasks (shared/agent_tasks.py, when SPARKPLANE_TASKS_DIR is set); on every node
+that has a Spark scratch directory it also reports the node's local disk (autoscaling local
+storage).
 A worker node runs it without SPARKPLANE_SPARK_UI_URL ("node mode"): disk reports only.
 
 Heartbeat body: {"cluster_id": ..., "sample": {...}, "disk": {"node_id", "used_bytes",
@@ -221,24 +223,32 @@ def measure_disk(env: Mapping[str, str]) -> dict[str, Any] | None:
     }
 
 
+def agent_token(env: Mapping[str, str]) -> str:
+    token_file = env.get("SPARKPLANE_AGENT_TOKEN_FILE")
+    return Path(token_file).read_text().strip() if token_file else env["SPARKPLANE_AGENT_TOKEN"]
+
+
+def control_plane(env: Mapping[str, str], timeout: float = 10) -> httpx.Client:
+    """A client of the control plane that carries the cluster's agent token."""
+    return httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {agent_token(env)}"})
+
+
 def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
     url = env["SPARKPLANE_CONTROL_PLANE_URL"].rstrip("/") + "/api/sparkplane/agent/heartbeat"
     cluster_id = env["SPARKPLANE_CLUSTER_ID"]
-    token_file = env.get("SPARKPLANE_AGENT_TOKEN_FILE")
-    token = Path(token_file).read_text().strip() if token_file else env["SPARKPLANE_AGENT_TOKEN"]
     ui = env.get("SPARKPLANE_SPARK_UI_URL") or None
     disk_wanted = bool(local_dirs(env))
     if disk_wanted and not env.get("SPARKPLANE_NODE_ID"):
         log.warning("SPARKPLANE_NODE_ID is not set: no disk reports")
         disk_wanted = False
     if ui is None and not disk_wanted:
-        log.error("nothing to report: neither SPARKPLANE_SPARK_UI_URL nor a scratch directory")
+        log.info("no heartbeats: neither SPARKPLANE_SPARK_UI_URL nor a scratch directory")
         return
     period = float(env.get("SPARKPLANE_HEARTBEAT_S", "10"))
     disk_error = ""
     with (
         httpx.Client(timeout=5) as spark,
-        httpx.Client(timeout=10, headers={"Authorization": f"Bearer {token}"}) as cp,
+        control_plane(env) as cp,
     ):
         while not stop.is_set():
             started = time.monotonic()
@@ -265,7 +275,11 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
             if "sample" in body or "disk" in body:
                 try:
                     r = cp.post(url, json=body)
-                    if not r.is_success:
+                    if r.status_code == 401:
+                        # The cluster ended and its agent tokens were revoked.
+                        log.info("agent token revoked: stopping")
+                        stop.set()
+                    elif not r.is_success:
                         log.warning("heartbeat refused", extra={"status": r.status_code})
                 except httpx.HTTPError as e:
                     log.warning("heartbeat failed", extra={"error": type(e).__name__})
@@ -279,7 +293,19 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(stop)
+    threads = [threading.Thread(target=run, args=(stop,), name="heartbeats")]
+    if os.environ.get("SPARKPLANE_TASKS_DIR"):
+        from shared import agent_tasks
+
+        def tasks() -> None:
+            with control_plane(os.environ) as cp:
+                agent_tasks.run(stop, cp, os.environ)
+
+        threads.append(threading.Thread(target=tasks, name="tasks"))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 if __name__ == "__main__":

@@ -68,3 +68,39 @@ class TooLarge(ApiError):
 class ResourceAlreadyExists(ApiError):
     status = 409
     error_code = "RESOURCE_ALREADY_EXISTS"
+
+
+# DBFS and the Workspace API answer these with 400, RESOURCE_ALREADY_EXISTS included.
+
+
+class FileAlreadyExists(ResourceAlreadyExists):
+    status = 400
+
+
+class MaxBlockSizeExceeded(ApiError):
+    status = 400
+    error_code = "MAX_BLOCK_SIZE_EXCEEDED"
+
+
+class MaxReadSizeExceeded(ApiError):
+    status = 400
+    error_code = "MAX_READ_SIZE_EXCEEDED"
+
+
+class MaxNotebookSizeExceeded(ApiError):
+    status = 400
+    error_code = "MAX_NOTEBOOK_SIZE_EXCEEDED"
+
+
+class IoError(ApiError):
+    """DBFS: a non-recursive delete of a directory that has entries."""
+
+    status = 400
+    error_code = "IO_ERROR"
+
+
+class DirectoryNotEmpty(ApiError):
+    """Workspace API: a non-recursive delete of a directory that has entries."""
+
+    status = 400
+    error_code = "DIRECTORY_NOT_EMPTY"

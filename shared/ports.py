@@ -318,13 +318,14 @@ class FileStoreError(Exception):
 
 
 class FileMissing(FileStoreError):
-    """The path (or, for write/move/mkdirs, a file standing where a parent directory should
-    be; for commit_upload, a staged block) does not exist."""
+    """The path (or, for write/move/commit_upload, a file standing where a parent directory
+    should be; for commit_upload, a staged block) does not exist."""
 
 
 class FileExists(FileStoreError):
     """The target exists: a file where overwrite was not asked for, a directory where a file
-    should go, a file where a directory should go, or a move onto an existing path."""
+    should go, a file where a directory should go (mkdirs through a file, as Databricks'
+    RESOURCE_ALREADY_EXISTS), or a move onto an existing path."""
 
 
 class DirectoryNotEmpty(FileStoreError):
@@ -383,43 +384,6 @@ class FileStore(Protocol):
     def delete_workspace(self, workspace_id: str) -> None:
         """Remove every file, directory and staged block of the workspace."""
         ...
-
-
-# --------------------------------------------------------------------------------------------
-# Submitter: runs a job task's program against a cluster (locally: spark-submit to the
-# cluster's master; with the record provisioner: the Python file alone). Calls return quickly;
-# progress is read back with `status`.
-
-SubmissionState = Literal["RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
-
-
-@dataclass(frozen=True, slots=True)
-class SubmissionStatus:
-    state: SubmissionState
-    exit_code: int | None = None
-    # The tail of the program's standard output and error (for runs/get-output).
-    stdout_tail: str = ""
-    stderr_tail: str = ""
-    started_ms: int = 0
-    ended_ms: int | None = None
-
-
-class Submitter(Protocol):
-    def submit(
-        self,
-        key: str,
-        *,
-        master_url: str | None,
-        python_file: str,
-        parameters: Sequence[str],
-        env: Mapping[str, str],
-    ) -> None:
-        """Start the program once per key (a second call with the same key does nothing)."""
-        ...
-
-    def status(self, key: str) -> SubmissionStatus | None: ...
-
-    def cancel(self, key: str) -> None: ...
 
 
 class Clock(Protocol):

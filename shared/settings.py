@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     # "local": real Spark standalone clusters as local processes (the default of `make run`);
     # "records": nodes as database rows that boot after a delay (tests, benchmarks).
     provisioner: Literal["records", "local", "arm"] = "local"
+    # Workspace files (DBFS and workspace files): "local": a 0700 directory per workspace under
+    # files_dir; "blob": Azure Blob Storage (shared/adapters/blob_files.py).
+    files: Literal["local"] = "local"
+    # Root of the local file store; empty = <data_dir>/files.
+    files_dir: str = ""
 
     # Requests per second per token (token bucket; 429 with Retry-After beyond it).
     rate_limit_per_s: float = 100.0
@@ -45,6 +50,9 @@ class Settings(BaseSettings):
     stuck_after_s: float = 20.0
     # Record provisioner: how long a node takes to "boot".
     record_boot_s: float = 1.0
+    # Record provisioner: a driver also runs the cluster agent, which runs job tasks (as plain
+    # Python: there is no Spark). Off: clusters are rows only (benchmarks of the control plane).
+    record_agents: bool = True
 
     # Utilization: heartbeats, autoscaling and idle termination.
     # The URL cluster agents post heartbeats to (default: this host's own address).
@@ -82,9 +90,7 @@ class Settings(BaseSettings):
     jobs_setup_timeout_s: float = 1200.0
     # Job clusters not TERMINATED this long after a run's tasks ended: the run ends anyway.
     jobs_cleanup_timeout_s: float = 300.0
-    # Where `dbfs:/` python_file paths live locally; empty = <data_dir>/dbfs.
-    jobs_dbfs_root: str = ""
-    # Seconds between SIGTERM and SIGKILL when a task's process is cancelled.
+    # Seconds between SIGTERM and SIGKILL when the driver's agent cancels a task's process.
     jobs_kill_grace_s: float = 10.0
 
     # Cosmos DB.

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from shared.adapters.local_submit import LocalSubmitter
 from shared.domain.ratelimit import RateLimiter
-from shared.ports import Bus, Clock, Provisioner, Store
+from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
+from shared.services.tasks import TaskService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
 
@@ -81,15 +82,21 @@ class Container:
         )
 
     @cached_property
-    def submitter(self) -> LocalSubmitter:
-        return LocalSubmitter(
-            self.settings.data_dir / "runs", kill_grace_s=self.settings.jobs_kill_grace_s
-        )
+    def tasks(self) -> TaskService:
+        return TaskService(self.store, self.clock, self.files_service.read_task_file)
+
+    @cached_property
+    def files(self) -> FileStore:
+        return _files(self.settings)
+
+    @cached_property
+    def files_service(self) -> FilesService:
+        return FilesService(self.files, self.store, self.clock)
 
     @cached_property
     def jobs(self) -> JobService:
         return JobService(
-            self.store, self.bus, self.clusters, self.submitter, self.clock, self.settings
+            self.store, self.bus, self.clusters, self.tasks, self.clock, self.settings
         )
 
 
@@ -131,7 +138,17 @@ def _provisioner(s: Settings) -> Provisioner:
         return ArmProvisioner.from_settings(s)
     from shared.adapters.records import RecordProvisioner
 
-    return RecordProvisioner(s.data_dir / "records.db", boot_s=s.record_boot_s)
+    return RecordProvisioner(
+        s.data_dir / "records.db",
+        boot_s=s.record_boot_s,
+        agents_dir=s.data_dir / "record-agents" if s.record_agents else None,
+    )
+
+
+def _files(s: Settings) -> FileStore:
+    from shared.adapters.local_files import LocalFileStore
+
+    return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")
 
 
 def build(settings: Settings) -> Container:

@@ -15,4 +15,4 @@ def devhost(tmp_path: Path) -> Iterator[DevhostProcess]:
     try:
         yield h
     finally:
-        h.stop()
+        h.close()

@@ -616,8 +616,10 @@ class LocalSparkProvisioner:
         token_file = node_dir / "agent-token"
         write_private(token_file, env.pop("SPARKPLANE_AGENT_TOKEN", ""))
         env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
-        if "spark_ui_url" in rec.attrs:
+        if "spark_ui_url" in rec.attrs:  # the driver: heartbeats and the cluster's job tasks
             env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
+            env["SPARKPLANE_CONNECT_URL"] = rec.attrs["connect_url"]
+            env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
         env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
         env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])

@@ -18,18 +18,29 @@ callers (threads or processes) never exceed max_capacity.
 
 Every node has a local disk of `disk_bytes` (shown as the `disk_total_bytes` attribute);
 grow_storage only ever grows it.
+
+With `agents_dir`, a driver row also runs the one real part of a driver node: the cluster agent
+(`python -m shared.agent`, a process group of its own), which runs the cluster's job tasks as
+plain Python (there is no Spark). stop_cluster stops it (SIGTERM: the agent ends its tasks).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 from shared.ports import (
     Node,
@@ -64,6 +75,27 @@ _LIVE = "pool_id=? AND lost=0 AND (stop_ms IS NULL OR cluster_id!='')"
 _UNUSED = "pool_id=? AND cluster_id='' AND stop_ms IS NULL AND lost=0"
 
 Row = tuple[str, str, str, int, int, int | None, int, int | None]
+# The agents this process started (reaped when they end: a zombie would look alive).
+_AGENTS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap_agents() -> None:
+    """Collect the exit status of the agents that ended (a zombie would look alive)."""
+    for pid, proc in list(_AGENTS.items()):
+        if proc.poll() is not None:
+            _AGENTS.pop(pid, None)
+
+
+def _alive_agent(d: Path) -> int | None:
+    """The pid of the cluster's agent when it still runs (pid and create time match)."""
+    try:
+        info = json.loads((d / "agent.json").read_text())
+        p = psutil.Process(int(info["pid"]))
+        if p.status() != psutil.STATUS_ZOMBIE and abs(p.create_time() - info["create_time"]) < 0.01:
+            return p.pid
+    except (OSError, ValueError, KeyError, psutil.Error):
+        pass  # no agent file, or its process is gone
+    return None
 
 
 class RecordProvisioner:
@@ -76,8 +108,10 @@ class RecordProvisioner:
         warm_boot_s: float = 0.1,
         disk_bytes: int = 64 * 2**30,
         clock: Callable[[], int] | None = None,
+        agents_dir: Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self.agents_dir = agents_dir
         self.path.parent.mkdir(parents=True, exist_ok=True)
         private_file(self.path)  # its -wal and -shm files get the same mode
         self.boot_ms = int(boot_s * 1000)
@@ -238,8 +272,59 @@ class RecordProvisioner:
 
     def start_driver(self, req: NodeRequest) -> Node:
         if req.driver_pool is not None:
-            return self._take(req.cluster_id, req.driver_pool, "driver", 1)[0]
-        return self._add(req.cluster_id, "driver", 1)[0]
+            node = self._take(req.cluster_id, req.driver_pool, "driver", 1)[0]
+        else:
+            node = self._add(req.cluster_id, "driver", 1)[0]
+        if self.agents_dir is not None and req.agent_env:
+            self._start_agent(req.cluster_id, req.agent_env)
+        return node
+
+    def _agent_dir(self, cluster_id: str) -> Path:
+        assert self.agents_dir is not None
+        if not cluster_id or "/" in cluster_id or cluster_id in (".", ".."):
+            raise ValueError(f"bad cluster id {cluster_id!r}")
+        return self.agents_dir / cluster_id
+
+    def _start_agent(self, cluster_id: str, agent_env: Mapping[str, str]) -> None:
+        """The driver's agent, once per cluster (a replayed start_driver finds it running)."""
+        d = self._agent_dir(cluster_id)
+        if _alive_agent(d) is not None:
+            return
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        env = {
+            k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") if k in os.environ
+        }
+        env.update(agent_env)
+        token_file = d / "agent-token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(env.pop("SPARKPLANE_AGENT_TOKEN", ""))
+        env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
+        env["SPARKPLANE_TASKS_DIR"] = str(d / "tasks")
+        env["SPARKPLANE_DATA_DIR"] = str(self.agents_dir.parent)  # (found by devhost's clean-up)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        with open(d / "agent.log", "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "shared.agent"],
+                cwd=d,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        _AGENTS[proc.pid] = proc
+        info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+        (d / "agent.json").write_text(json.dumps(info))
+
+    def _stop_agent(self, cluster_id: str) -> None:
+        if self.agents_dir is None:
+            return
+        pid = _alive_agent(self._agent_dir(cluster_id))
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        _reap_agents()
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
         if req.pool is not None:
@@ -258,8 +343,10 @@ class RecordProvisioner:
             "UPDATE nodes SET stop_ms=? WHERE cluster_id=? AND stop_ms IS NULL",
             (self._clock() + self.stop_ms, cluster_id),
         )
+        self._stop_agent(cluster_id)
 
     def cluster_ids(self) -> set[str]:
+        _reap_agents()
         db = self._db()
         self._settle(db, self._clock())
         rows = db.execute("SELECT DISTINCT cluster_id FROM nodes WHERE cluster_id!=''")

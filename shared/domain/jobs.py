@@ -16,14 +16,14 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.domain import paths
 from shared.domain import schedule as sched
+from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue
-from shared.ports import SubmissionStatus
 
 # ---------------------------------------------------------------------------------------------
 # Enums (the values databricks-sdk knows: an unknown value would make its waiters spin).
@@ -177,9 +177,6 @@ def parse_tasks(tasks: Any) -> list[Task]:
     return parse_settings({"tasks": tasks}).tasks
 
 
-_PY_SCHEMES = ("file:", "dbfs:/")
-
-
 def validate_settings(
     s: JobSettings,
     *,
@@ -209,12 +206,10 @@ def validate_settings(
             raise InvalidParameterValue(
                 f"{where}: only spark_python_task is supported by this control plane (got {kind})."
             )
-        pf = t.spark_python_task.python_file
-        if not (pf.startswith("/") or pf.startswith(_PY_SCHEMES)):
-            raise InvalidParameterValue(
-                f"{where}: python_file must be an absolute path, a file:/ URI or a dbfs:/ path, "
-                f"got '{pf}'."
-            )
+        try:
+            paths.task_file(t.spark_python_task.python_file)
+        except InvalidParameterValue as e:
+            raise InvalidParameterValue(f"{where}: {e.message}") from None
         computes = [
             k
             for k in ("existing_cluster_id", "new_cluster", "job_cluster_key")
@@ -672,7 +667,6 @@ class ClusterView:
     """What the run needs to know of a cluster document ("MISSING": there is none)."""
 
     state: str
-    master_url: str | None = None
     message: str = ""
     reason: str | None = None
     spark_context_id: int | None = None
@@ -681,7 +675,7 @@ class ClusterView:
 
 
 MISSING = ClusterView(state="MISSING")
-_DEAD = frozenset({"TERMINATING", "TERMINATED", "ERROR", "MISSING"})
+DEAD = frozenset({"TERMINATING", "TERMINATED", "ERROR", "MISSING"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -708,9 +702,12 @@ class TerminateCluster:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
+    """Hand the task to the agent on the cluster's driver node (the control plane never runs
+    it): the agent fetches `python_file` from the workspace's files and runs it there."""
+
     key: str
     cluster_id: str
-    master_url: str | None
+    workspace_id: str
     python_file: str
     parameters: tuple[str, ...]
     env: Mapping[str, str]
@@ -719,6 +716,7 @@ class Submit:
 @dataclass(frozen=True, slots=True)
 class CancelSubmission:
     key: str
+    cluster_id: str
 
 
 Action = EnsureCluster | StartCluster | TerminateCluster | Submit | CancelSubmission
@@ -827,15 +825,6 @@ def reference_context(r: Run, a: Attempt) -> dict[str, str]:
     for k, v in params.items():
         ctx[f"job.parameters.{k}"] = v
     return ctx
-
-
-def resolve_python_file(python_file: str, dbfs_root: Path) -> str:
-    """file:/x and /x are local paths; dbfs:/x lives under the local DBFS root."""
-    if python_file.startswith("dbfs:/"):
-        return str(dbfs_root / python_file.removeprefix("dbfs:/").lstrip("/"))
-    if python_file.startswith("file:"):
-        return "/" + python_file.removeprefix("file:").lstrip("/")
-    return python_file
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
@@ -958,7 +947,6 @@ def advance(
     *,
     now: int,
     new_cluster_id: Callable[[], str],
-    dbfs_root: Path = Path("/dbfs"),
     timing: Timing | None = None,
 ) -> Plan:
     """The next step of an admitted run (pure)."""
@@ -1045,11 +1033,10 @@ def advance(
                 actions,
                 now=now,
                 new_cluster_id=new_cluster_id,
-                dbfs_root=dbfs_root,
                 timing=timing,
             )
         elif a.state == L.RUNNING:
-            _running(r, a, t, view, obs, actions, now=now, dbfs_root=dbfs_root)
+            _running(r, a, t, view, obs, actions, now=now)
         if a.final and should_retry(t, a) and r.stop is None:
             retry = _new_attempt(r, a, t, now)
             if retry is not None:
@@ -1061,7 +1048,7 @@ def advance(
             continue
         st = obs.submissions.get(a.submission_key)
         if st is not None and st.state == "RUNNING":
-            actions.append(CancelSubmission(a.submission_key))
+            actions.append(CancelSubmission(a.submission_key, a.cluster_id or ""))
         else:
             a.process_done = True
             if st is not None:
@@ -1130,7 +1117,6 @@ def _setup(
     *,
     now: int,
     new_cluster_id: Callable[[], str],
-    dbfs_root: Path,
     timing: Timing,
 ) -> None:
     """A PENDING attempt: get its cluster RUNNING, then submit."""
@@ -1168,7 +1154,7 @@ def _setup(
             return
     else:
         cid = a.cluster_id or r.clusters.get(ck)
-        if cid is None or (a.cluster_id is None and view(cid).state in _DEAD - {"MISSING"}):
+        if cid is None or (a.cluster_id is None and view(cid).state in DEAD - {"MISSING"}):
             cid = new_cluster_id()
             r.clusters[ck] = cid
             r.owned_clusters.append(cid)
@@ -1179,7 +1165,7 @@ def _setup(
             actions.append(EnsureCluster(cid, cluster_spec_for(r, t)))
             _setup_deadline(a, cid, now=now, timing=timing)
             return
-        if v.state in _DEAD:
+        if v.state in DEAD:
             reason = f" ({v.reason})" if v.reason else ""
             _finish(
                 a,
@@ -1202,7 +1188,7 @@ def _setup(
     a.exec_start = now
     a.submission_key = key
     a.spark_context_id = v.spark_context_id
-    actions.append(_submit(r, a, t, v, dbfs_root))
+    actions.append(_submit(r, a, t, v))
 
 
 def _setup_deadline(a: Attempt, cid: str, *, now: int, timing: Timing) -> None:
@@ -1218,7 +1204,7 @@ def _setup_deadline(a: Attempt, cid: str, *, now: int, timing: Timing) -> None:
         )
 
 
-def _submit(r: Run, a: Attempt, t: Task, v: ClusterView, dbfs_root: Path) -> Submit:
+def _submit(r: Run, a: Attempt, t: Task, v: ClusterView) -> Submit:
     assert t.spark_python_task is not None and a.submission_key and a.cluster_id
     params = r.python_params if r.python_params is not None else t.spark_python_task.parameters
     env = {
@@ -1235,8 +1221,8 @@ def _submit(r: Run, a: Attempt, t: Task, v: ClusterView, dbfs_root: Path) -> Sub
     return Submit(
         key=a.submission_key,
         cluster_id=a.cluster_id,
-        master_url=v.master_url,
-        python_file=resolve_python_file(t.spark_python_task.python_file, dbfs_root),
+        workspace_id=r.workspace_id,
+        python_file=t.spark_python_task.python_file,
         parameters=tuple(render_parameters(params, reference_context(r, a))),
         env=env,
     )
@@ -1251,13 +1237,12 @@ def _running(
     actions: list[Action],
     *,
     now: int,
-    dbfs_root: Path,
 ) -> None:
     """A RUNNING attempt: read its submission's status."""
     assert a.submission_key is not None
     st = obs.submissions.get(a.submission_key)
     v = view(a.cluster_id)
-    if (st is None or st.state == "RUNNING") and v.state in _DEAD:
+    if (st is None or st.state in ("RUNNING", "LOST")) and v.state in DEAD:
         reason = f" ({v.reason})" if v.reason else ""
         _finish(
             a,
@@ -1269,7 +1254,7 @@ def _running(
         )
         return
     if st is None:
-        actions.append(_submit(r, a, t, v, dbfs_root))  # not started yet (a crash): again
+        actions.append(_submit(r, a, t, v))  # not started yet (a crash): again
         return
     if st.state == "RUNNING":
         if t.timeout_seconds and a.exec_start and now - a.exec_start >= t.timeout_seconds * 1000:

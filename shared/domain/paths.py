@@ -68,6 +68,19 @@ def store_path(root: Root, user_path: str) -> str:
     return f"/{root}" + ("" if user_path == "/" else user_path)
 
 
+def store_parts(path: str) -> list[str]:
+    """The segments of a file-store path ([] for "/"). ValueError unless the path is in the
+    normal form `store_path` makes, so a path that skipped the API's normalisation is refused
+    by every FileStore adapter, never reinterpreted (defence in depth)."""
+    try:
+        parts = _segments(path, "path")
+    except InvalidParameterValue as e:
+        raise ValueError(e.message) from None  # the adapters' contract: ValueError
+    if path != "/" + "/".join(parts):
+        raise ValueError(f"path is not in normal form: {path!r}.")
+    return parts
+
+
 def user_path(root: Root, stored: str) -> str:
     """The inverse of `store_path`."""
     rest = stored.removeprefix(f"/{root}")
@@ -96,3 +109,16 @@ def task_file(python_file: str, what: str = "python_file") -> tuple[Root, str]:
     if p == "/":
         raise InvalidParameterValue(f"{what} names a directory, not a file: {python_file!r}.")
     return root, p
+
+
+def parent(user_path: str) -> str:
+    """The folder a normal-form path is in ("/" for "/" itself)."""
+    head = user_path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+def standard_folders(user: str) -> frozenset[str]:
+    """Workspace folders that exist without being made, as in a Databricks workspace: the
+    root, /Users, /Shared and the caller's home folder /Users/<user>."""
+    home = ("/Users/" + user,) if user and "/" not in user and user not in (".", "..") else ()
+    return frozenset(("/", "/Users", "/Shared", *home))

@@ -21,7 +21,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from shared.domain import cluster as cdom
@@ -38,10 +37,10 @@ from shared.ports import (
     PreconditionFailed,
     Record,
     Store,
-    Submitter,
 )
 from shared.services.auth import Principal
 from shared.services.clusters import ACTIVITY, ClusterService
+from shared.services.tasks import TaskService
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.jobs")
@@ -176,14 +175,14 @@ class JobService:
         store: Store,
         bus: Bus,
         clusters: ClusterService,
-        submitter: Submitter,
+        tasks: TaskService,
         clock: Clock,
         settings: Settings,
     ) -> None:
         self.store = store
         self.bus = bus
         self.clusters = clusters
-        self.submitter = submitter
+        self.tasks = tasks
         self.clock = clock
         self.settings = settings
         self.poll_ms = max(1, int(settings.jobs_poll_interval_s * 1000))
@@ -194,9 +193,6 @@ class JobService:
             setup_timeout_ms=int(settings.jobs_setup_timeout_s * 1000),
             cleanup_timeout_ms=int(settings.jobs_cleanup_timeout_s * 1000),
         )
-        self.dbfs_root = (
-            Path(settings.jobs_dbfs_root) if settings.jobs_dbfs_root else settings.data_dir / "dbfs"
-        ).resolve()
         self.base_url = f"http://{settings.host}:{settings.port}"
         self._slot_lock = threading.Lock()
         self._last_slot = 0
@@ -881,8 +877,9 @@ class JobService:
         if a is None:
             return out
         logs, error, trace = a.logs, a.error, a.error_trace
-        if a.submission_key and not a.process_done:
-            st = self.submitter.status(a.submission_key)
+        if a.submission_key and a.cluster_id and not a.process_done:
+            gone = self._view(run.workspace_id, a.cluster_id).state in dom.DEAD
+            st = self.tasks.status(a.cluster_id, a.submission_key, cluster_gone=gone)
             if st is not None:
                 logs = st.stdout_tail
                 if st.state not in ("RUNNING", "SUCCEEDED") and not error:
@@ -929,7 +926,6 @@ class JobService:
                     obs,
                     now=now,
                     new_cluster_id=lambda: cdom.new_cluster_id(self.clock.now_ms()),
-                    dbfs_root=self.dbfs_root,
                     timing=self.timing,
                 )
                 if plan.changed:
@@ -966,7 +962,6 @@ class JobService:
         c = got[0]
         return dom.ClusterView(
             state=c.state.value,
-            master_url=(c.driver or {}).get("master_url"),
             message=c.state_message,
             reason=c.termination_reason.code if c.termination_reason else None,
             spark_context_id=c.spark_context_id,
@@ -980,16 +975,20 @@ class JobService:
         ids |= {t.existing_cluster_id for t in run.settings.tasks if t.existing_cluster_id}
         clusters = {cid: self._view(run.workspace_id, cid) for cid in ids}
         subs = {
-            a.submission_key: self.submitter.status(a.submission_key)
+            a.submission_key: self.tasks.status(
+                a.cluster_id,
+                a.submission_key,
+                cluster_gone=clusters[a.cluster_id].state in dom.DEAD,
+            )
             for a in run.tasks
-            if a.submission_key and not a.process_done
+            if a.submission_key and a.cluster_id and not a.process_done
         }
         return dom.Observed(clusters=clusters, submissions=subs)
 
     def _mark_busy(self, run: dom.Run) -> None:
         """A running task is activity of its cluster, as Databricks counts it: the idle timer
-        reads the same `activity` document the cluster agent's heartbeats write (the agent sees
-        only the driver's own Spark application, not a spark-submit job's)."""
+        reads the same `activity` document the cluster agent's heartbeats write (a task that
+        runs plain Python between its Spark queries shows no Spark activity)."""
         now = self.clock.now_ms()
         for cid in {a.cluster_id for a in run.tasks if a.state == L.RUNNING and a.cluster_id}:
             try:
@@ -1018,15 +1017,16 @@ class JobService:
                     case dom.TerminateCluster(cluster_id=cid):
                         self.clusters.terminate_for_job(p, cid)
                     case dom.Submit():
-                        self.submitter.submit(
+                        self.tasks.submit(
                             action.key,
-                            master_url=action.master_url,
+                            cluster_id=action.cluster_id,
+                            workspace_id=action.workspace_id,
                             python_file=action.python_file,
-                            parameters=list(action.parameters),
+                            parameters=action.parameters,
                             env=action.env,
                         )
-                    case dom.CancelSubmission(key=key):
-                        self.submitter.cancel(key)
+                    case dom.CancelSubmission(key=key, cluster_id=cid):
+                        self.tasks.cancel(cid, key)
             except ApiError as e:
                 log.warning(
                     "run action refused",

@@ -186,6 +186,7 @@ class Lifecycle:
             "SPARKPLANE_CLUSTER_ID": c.cluster_id,
             "SPARKPLANE_AGENT_TOKEN": token,
             "SPARKPLANE_HEARTBEAT_S": str(self.settings.heartbeat_s),
+            "SPARKPLANE_KILL_GRACE_S": str(self.settings.jobs_kill_grace_s),
         }
 
     def schedule(self, c: Cluster, etag: str) -> None:

@@ -1,20 +1,27 @@
-"""End-to-end: scheduled jobs on real local Spark clusters, driven by databricks-sdk against a
-devhost with the local Spark provisioner (Java 17+ and the pyspark distribution needed).
+"""End-to-end: jobs on real local Spark clusters, driven by databricks-sdk against a devhost with
+the local Spark provisioner (Java 17+ and the pyspark distribution needed).
 
-A job scheduled every minute runs a PySpark script on a new job cluster (spark-submit to the
-cluster's standalone master); a PERIODIC run finishes SUCCESS and the result file holds the
-right sum; run_now_and_wait works; a failing script gives FAILED with the Spark error in
-state_message; cancel works; no job cluster is left running.
+The code comes the way users bring it: uploaded with `w.dbfs.upload` and `w.workspace.upload`.
+Every task runs on its cluster's driver node, started by the driver's agent, inside the
+cluster's one Spark application (SPARK_REMOTE: its Spark Connect server), with the clusters'
+default settings: no `spark.cores.max` or other setting makes room for a second application.
+
+- a scheduled job on a job cluster runs a `/Workspace/...` file: a PERIODIC run and a run-now
+  finish SUCCESS with the Spark result in runs/get-output;
+- runs/submit of a `dbfs:/` file on a new cluster: SUCCESS; a failing script: FAILED with the
+  Spark error; a cancel kills the task's process group;
+- a task on an all-purpose cluster while a notebook-like Spark Connect session is attached
+  runs to SUCCESS, and its process is a descendant of the driver node's agent, not of the
+  control plane, and sees none of the control plane's environment;
+- no job cluster is left running.
 
 Run: .venv/bin/python -m pytest -m spark tests/e2e/test_jobs_spark.py -s
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import io
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -24,14 +31,15 @@ from typing import TypeVar
 import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.service import compute, jobs
+from databricks.sdk.service import compute, jobs, workspace
 
 from devhost.process import DevhostProcess
+from tests.e2e.hosts import local_spark_devhost
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 try:
-    from shared.adapters.local_spark import ENV_DATA_DIR, JavaRequirementError, check_java
+    from shared.adapters.local_spark import JavaRequirementError, check_java
 
     check_java()
 except (ImportError, JavaRequirementError) as e:  # pragma: no cover - depends on the machine
@@ -40,37 +48,32 @@ except (ImportError, JavaRequirementError) as e:  # pragma: no cover - depends o
 V = "4.1.x-scala2.13"
 T = timedelta(minutes=5)
 X = TypeVar("X")
+# Planted in the control plane's environment: no task may see it.
+PROBE = "SPARKPLANE_TEST_HOST_SECRET"
 
-# The driver node's Spark Connect server is an application of the cluster's master too: capped
-# at one core and a small executor, it leaves the worker's other core to the job's application.
-SPARK_CONF = {"spark.cores.max": "1", "spark.executor.memory": "512m"}
-
-SUM = """
+SUM = b"""
 import sys
 from pyspark.sql import SparkSession
 
 spark = SparkSession.builder.appName("sparkplane-e2e").getOrCreate()
-n = int(sys.argv[2])
-total = spark.range(1, n + 1).selectExpr("sum(id) AS s").collect()[0]["s"]
-with open(sys.argv[1], "w") as f:
-    f.write(str(total))
-print("total", total)
-spark.stop()
+n = int(sys.argv[1])
+print("total", spark.range(1, n + 1).selectExpr("sum(id) AS s").collect()[0]["s"])
 """
-FAIL = """
+FAIL = b"""
 from pyspark.sql import SparkSession
 
 spark = SparkSession.builder.appName("sparkplane-e2e-fail").getOrCreate()
 spark.sql("SELECT * FROM no_such_table").collect()
 """
-SLEEP = """
+SLEEP = b"""
 import time
 from pyspark.sql import SparkSession
 
 spark = SparkSession.builder.appName("sparkplane-e2e-sleep").getOrCreate()
-print("started", flush=True)
+print("started", spark.range(3).count(), flush=True)
 time.sleep(600)
 """
+WS_SUM = "/Users/admin@local/jobs/sum.py"
 
 
 def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 300) -> X:
@@ -84,82 +87,50 @@ def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 300) -> X:
         time.sleep(1)
 
 
-def job_cluster() -> compute.ClusterSpec:
-    return compute.ClusterSpec(
-        spark_version=V, node_type_id="local-medium", num_workers=1, spark_conf=SPARK_CONF
-    )
-
-
-def _kill_leftovers(data_dir: Path) -> None:
-    """Teardown, also after a failure: task processes and the data dir's Spark processes."""
-    for info in (data_dir / "runs").glob("*/cmd.json"):
-        with contextlib.suppress(ValueError, KeyError, ProcessLookupError, PermissionError):
-            os.killpg(int(json.loads(info.read_text())["pid"]), signal.SIGKILL)
-    marker = str(data_dir.resolve())
-    for p in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
-            if p.environ().get(ENV_DATA_DIR) == marker:
-                os.killpg(p.pid, signal.SIGKILL)
+def new_cluster() -> compute.ClusterSpec:
+    # Default settings: no spark_conf at all.
+    return compute.ClusterSpec(spark_version=V, node_type_id="local-medium", num_workers=1)
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
-    data = tmp_path_factory.mktemp("jobs-spark") / "data"
-    h = DevhostProcess(
-        data,
-        env={
-            "SPARKPLANE_PROVISIONER": "local",
-            "SPARKPLANE_RECONCILE_INTERVAL_S": "1",
-            "SPARKPLANE_STUCK_AFTER_S": "30",
-            "SPARKPLANE_JOBS_SCHEDULE": "*/2 * * * * *",
-            "SPARKPLANE_JOBS_POLL_INTERVAL_S": "1",
-            "SPARKPLANE_JOBS_KILL_GRACE_S": "5",
-        },
-    )
-    try:
-        h.start(timeout=120)
+    env = {
+        "SPARKPLANE_STUCK_AFTER_S": "30",
+        "SPARKPLANE_JOBS_SCHEDULE": "*/2 * * * * *",
+        "SPARKPLANE_JOBS_POLL_INTERVAL_S": "1",
+        "SPARKPLANE_JOBS_KILL_GRACE_S": "5",
+        PROBE: "do-not-leak",
+    }
+    with local_spark_devhost(tmp_path_factory.mktemp("jobs-spark") / "data", env) as h:
         yield h
-    finally:
-        try:
-            h.stop()
-        finally:
-            _kill_leftovers(data)
 
 
 @pytest.fixture(scope="module")
 def w(host: DevhostProcess) -> WorkspaceClient:
-    return host.client()
-
-
-@pytest.fixture(scope="module")
-def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("spark-scripts")
-    out = {}
+    c = host.client()
     for name, text in (("sum", SUM), ("fail", FAIL), ("sleep", SLEEP)):
-        (d / f"{name}.py").write_text(text)
-        out[name] = str(d / f"{name}.py")
-    return out
+        c.dbfs.upload(f"/e2e/{name}.py", io.BytesIO(text), overwrite=True)
+    c.workspace.mkdirs(str(Path(WS_SUM).parent))
+    c.workspace.upload(WS_SUM, SUM, format=workspace.ImportFormat.AUTO, overwrite=True)
+    return c
 
 
-def test_a_scheduled_pyspark_job_on_a_job_cluster(
-    w: WorkspaceClient, scripts: dict[str, str], tmp_path: Path
-) -> None:
+def test_a_scheduled_job_runs_a_workspace_file_on_a_job_cluster(w: WorkspaceClient) -> None:
     t0 = time.monotonic()
     job = w.jobs.create(
         name="spark sum",
         schedule=jobs.CronSchedule(
-            quartz_cron_expression="0 * * * * ?",  # every minute
+            quartz_cron_expression="0/20 * * * * ?",
             timezone_id="UTC",
             pause_status=jobs.PauseStatus.UNPAUSED,
         ),
-        job_clusters=[jobs.JobCluster(job_cluster_key="main", new_cluster=job_cluster())],
+        job_clusters=[jobs.JobCluster(job_cluster_key="main", new_cluster=new_cluster())],
         tasks=[
             jobs.Task(
                 task_key="sum",
                 job_cluster_key="main",
                 spark_python_task=jobs.SparkPythonTask(
-                    python_file=scripts["sum"],
-                    parameters=[str(tmp_path / "{{job.run_id}}.txt"), "1000"],
+                    python_file=f"/Workspace{WS_SUM}", parameters=["1000"]
                 ),
             )
         ],
@@ -168,7 +139,7 @@ def test_a_scheduled_pyspark_job_on_a_job_cluster(
     )
 
     def periodic_done() -> jobs.BaseRun | None:
-        for r in w.jobs.list_runs(job_id=job.job_id):
+        for r in w.jobs.list_runs(job_id=job.job_id, expand_tasks=True):
             if r.trigger == jobs.TriggerType.PERIODIC and r.state.result_state is not None:
                 return r
         return None
@@ -176,23 +147,20 @@ def test_a_scheduled_pyspark_job_on_a_job_cluster(
     periodic = wait_for("a PERIODIC run to finish", periodic_done, timeout=360)
     print(f"\n[jobs e2e] first PERIODIC run finished after {time.monotonic() - t0:.0f}s")
     assert periodic.state.result_state == jobs.RunResultState.SUCCESS, periodic.state
-    assert (tmp_path / f"{periodic.run_id}.txt").read_text() == str(sum(range(1, 1001)))
+    assert "total 500500" in w.jobs.get_run_output(periodic.tasks[0].run_id).logs
     w.jobs.update(
         job.job_id,
         new_settings=jobs.JobSettings(
             schedule=jobs.CronSchedule(
-                quartz_cron_expression="0 * * * * ?",
+                quartz_cron_expression="0/20 * * * * ?",
                 timezone_id="UTC",
                 pause_status=jobs.PauseStatus.PAUSED,
             )
         ),
     )
 
-    run = w.jobs.run_now_and_wait(
-        job.job_id, python_params=[str(tmp_path / "now.txt"), "100"], timeout=T
-    )
+    run = w.jobs.run_now_and_wait(job.job_id, python_params=["100"], timeout=T)
     assert run.state.result_state == jobs.RunResultState.SUCCESS, run.state
-    assert (tmp_path / "now.txt").read_text() == "5050"
     out = w.jobs.get_run_output(run.tasks[0].run_id)
     assert "total 5050" in out.logs
     c = w.clusters.get(run.tasks[0].cluster_instance.cluster_id)
@@ -200,40 +168,125 @@ def test_a_scheduled_pyspark_job_on_a_job_cluster(
     assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
 
 
-def test_a_failing_script_and_a_cancel(w: WorkspaceClient, scripts: dict[str, str]) -> None:
+def test_submitted_dbfs_files_a_failing_script_and_a_cancel(w: WorkspaceClient) -> None:
     run = w.jobs.submit_and_wait(
-        run_name="fails",
+        run_name="sums",
         tasks=[
             jobs.SubmitTask(
+                task_key="sum",
+                new_cluster=new_cluster(),
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file="dbfs:/e2e/sum.py", parameters=["10"]
+                ),
+            ),
+            jobs.SubmitTask(
                 task_key="bad",
-                new_cluster=job_cluster(),
-                spark_python_task=jobs.SparkPythonTask(python_file=scripts["fail"]),
-            )
+                new_cluster=new_cluster(),
+                spark_python_task=jobs.SparkPythonTask(python_file="dbfs:/e2e/fail.py"),
+            ),
         ],
         timeout=T,
     )
-    assert run.state.result_state == jobs.RunResultState.FAILED
-    assert "AnalysisException" in run.state.state_message, run.state.state_message
-    assert "no_such_table" in run.state.state_message
+    by_key = {t.task_key: t for t in run.tasks}
+    assert by_key["sum"].state.result_state == jobs.RunResultState.SUCCESS
+    assert "total 55" in w.jobs.get_run_output(by_key["sum"].run_id).logs
+    bad = by_key["bad"].state
+    assert bad.result_state == jobs.RunResultState.FAILED
+    assert "AnalysisException" in bad.state_message and "no_such_table" in bad.state_message
 
     run_id = w.jobs.submit(
         run_name="sleeps",
         tasks=[
             jobs.SubmitTask(
                 task_key="nap",
-                new_cluster=job_cluster(),
-                spark_python_task=jobs.SparkPythonTask(python_file=scripts["sleep"]),
+                new_cluster=new_cluster(),
+                spark_python_task=jobs.SparkPythonTask(python_file="dbfs:/e2e/sleep.py"),
             )
         ],
     ).run_id
-    wait_for(
-        "the script to start",
-        lambda: (
-            "started" in (w.jobs.get_run_output(w.jobs.get_run(run_id).tasks[0].run_id).logs or "")
-        ),
-    )
+    task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
+    wait_for("the script to start", lambda: "started" in w.jobs.get_run_output(task_run).logs)
+    [proc] = task_processes("sleep.py")
     done = w.jobs.cancel_run_and_wait(run_id, timeout=T)
     assert done.state.result_state == jobs.RunResultState.CANCELED
+    wait_for("the task's process to end", lambda: not proc.is_running(), timeout=30)
+
+
+def task_processes(file_name: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if len(cmd) >= 2 and cmd[1] == file_name and "python" in Path(cmd[0]).name:
+            out.append(p)
+    return out
+
+
+def test_a_task_shares_a_running_cluster_with_a_notebook_session_on_its_driver_node(
+    host: DevhostProcess, w: WorkspaceClient
+) -> None:
+    from pyspark.sql import SparkSession
+
+    c = w.clusters.create_and_wait(
+        cluster_name="shared", spark_version=V, node_type_id="local-medium", num_workers=1
+    )
+    connect_url = c.default_tags["SparkConnectUrl"]
+    spark = SparkSession.builder.remote(connect_url).getOrCreate()
+    try:
+        assert spark.range(10).count() == 10  # a notebook attached, holding the cluster
+        run = w.jobs.submit_and_wait(
+            run_name="beside a notebook",
+            tasks=[
+                jobs.SubmitTask(
+                    task_key="sum",
+                    existing_cluster_id=c.cluster_id,
+                    spark_python_task=jobs.SparkPythonTask(
+                        python_file="dbfs:/e2e/sum.py", parameters=["20"]
+                    ),
+                )
+            ],
+            timeout=T,
+        )
+        assert run.state.result_state == jobs.RunResultState.SUCCESS, run.state
+        assert "total 210" in w.jobs.get_run_output(run.tasks[0].run_id).logs
+        assert spark.range(5).count() == 5  # the notebook's session goes on
+
+        # Where a task runs: under the driver node's agent, with the node's environment.
+        run_id = w.jobs.submit(
+            run_name="where",
+            tasks=[
+                jobs.SubmitTask(
+                    task_key="nap",
+                    existing_cluster_id=c.cluster_id,
+                    spark_python_task=jobs.SparkPythonTask(python_file="dbfs:/e2e/sleep.py"),
+                )
+            ],
+        ).run_id
+        task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
+        wait_for("the script to start", lambda: "started" in w.jobs.get_run_output(task_run).logs)
+        [proc] = task_processes("sleep.py")
+        ancestors = proc.parents()
+        agents = [
+            p
+            for p in ancestors
+            if "shared.agent" in p.cmdline()
+            and p.environ().get("SPARKPLANE_CLUSTER_ID") == c.cluster_id
+        ]
+        assert agents, [p.cmdline() for p in ancestors]
+        assert host.proc is not None
+        assert proc.ppid() != host.proc.pid
+        # Its own process group and session, under the agent's, none of them the host's.
+        assert os.getpgid(proc.pid) not in (os.getpgid(host.proc.pid), os.getpgid(agents[0].pid))
+        assert os.getsid(proc.pid) != os.getsid(host.proc.pid)
+        env = proc.environ()
+        assert env["SPARK_REMOTE"] == connect_url
+        assert PROBE not in env and PROBE in psutil.Process(host.proc.pid).environ()
+        assert not [k for k in env if k.startswith("SPARKPLANE_")], sorted(env)
+        assert Path(proc.cwd()).name == str(task_run)  # its own directory on the node
+        w.jobs.cancel_run_and_wait(run_id, timeout=T)
+        wait_for("the task's process to end", lambda: not proc.is_running(), timeout=30)
+    finally:
+        spark.stop()
+        w.clusters.delete(c.cluster_id)
 
 
 def test_no_job_cluster_is_left_running(w: WorkspaceClient) -> None:
@@ -242,7 +295,7 @@ def test_no_job_cluster_is_left_running(w: WorkspaceClient) -> None:
         return mine if all(c.state == compute.State.TERMINATED for c in mine) else None
 
     clusters = wait_for("every job cluster to terminate", all_terminated, timeout=120)
-    assert len(clusters) >= 2
+    assert len(clusters) >= 3
     assert {c.termination_reason.code for c in clusters} == {
         compute.TerminationReasonCode.JOB_FINISHED
     }

@@ -61,7 +61,7 @@ def test_kill9_while_pending_resizing_and_terminating(tmp_path: Path) -> None:
         assert ev[b]["RESIZING"] == 1 and ev[b]["UPSIZE_COMPLETED"] == 1
         assert ev[c]["TERMINATING"] == 1
     finally:
-        h.stop()
+        h.close()
 
 
 def test_restart_resumes_and_ctrl_c_is_clean(tmp_path: Path) -> None:
@@ -79,4 +79,4 @@ def test_restart_resumes_and_ctrl_c_is_clean(tmp_path: Path) -> None:
         assert w.clusters.wait_get_cluster_running(a, timeout=T).state == State.RUNNING
         assert (h.data_dir / "token").stat().st_mode & 0o777 == 0o600
     finally:
-        h.stop()
+        h.close()

@@ -3,6 +3,7 @@ clusters are records, so a task runs as plain `python <file>`)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -19,9 +20,10 @@ from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceDoesN
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
-from shared.adapters.local_submit import LocalSubmitter
 
 V = "4.1.x-scala2.13"
+# Planted in the control plane's environment: no task may see it.
+PROBE = "AWS_SECRET_ACCESS_KEY"
 T = timedelta(seconds=60)
 X = TypeVar("X")
 
@@ -52,12 +54,13 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
             "SPARKPLANE_JOBS_POLL_INTERVAL_S": "0.3",
             "SPARKPLANE_JOBS_STUCK_AFTER_S": "5",
             "SPARKPLANE_JOBS_KILL_GRACE_S": "2",
+            PROBE: "host-only",
         },
     ).start()
     try:
         yield h
     finally:
-        h.stop()
+        h.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +69,12 @@ def w(host: DevhostProcess) -> WorkspaceClient:
 
 
 @pytest.fixture(scope="module")
-def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("scripts")
+def scripts(w: WorkspaceClient) -> dict[str, str]:
+    """The scripts, uploaded as users do: dbfs:/ paths the driver's agent fetches."""
     out = {}
     for name, text in (("ok", OK), ("fail", FAIL), ("sleep", SLEEP)):
-        (d / f"{name}.py").write_text(text)
-        out[name] = str(d / f"{name}.py")
+        w.dbfs.upload(f"/scripts/{name}.py", io.BytesIO(text.encode()), overwrite=True)
+        out[name] = f"dbfs:/scripts/{name}.py"
     return out
 
 
@@ -96,6 +99,19 @@ def py_task(key: str, file: str, params: list[str], **kw: Any) -> jobs.Task:
         spark_python_task=jobs.SparkPythonTask(python_file=file, parameters=params),
         **kw,
     )
+
+
+def gone(p: psutil.Process) -> bool:
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE  # ended, not yet reaped by its parent
+    except psutil.NoSuchProcess:
+        return True
+
+
+def task_pid(host: DevhostProcess, cluster_id: str, task_run_id: int) -> int:
+    """The pid of a task's process group, from the driver agent's task directory."""
+    info = host.data_dir / "record-agents" / cluster_id / "tasks" / str(task_run_id) / "cmd.json"
+    return int(json.loads(info.read_text())["pid"])
 
 
 def raw(host: DevhostProcess, path: str, **params: Any) -> dict[str, Any]:
@@ -260,9 +276,9 @@ def test_cancel_timeout_and_idempotent_submit(
         "the task to run",
         lambda: w.jobs.get_run(run_id).state.life_cycle_state == jobs.RunLifeCycleState.RUNNING,
     )
-    task_run = w.jobs.get_run(run_id).tasks[0].run_id
-    pid_file = host.data_dir / "runs" / str(task_run) / "cmd.json"
-    pid = int(json.loads(pid_file.read_text())["pid"])
+    task = w.jobs.get_run(run_id).tasks[0]
+    wait_for("its output", lambda: "sleeping" in (w.jobs.get_run_output(task.run_id).logs or ""))
+    pid = task_pid(host, task.cluster_instance.cluster_id, task.run_id)
     run = w.jobs.cancel_run_and_wait(run_id, timeout=T)
     assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
     assert run.state.result_state == jobs.RunResultState.CANCELED
@@ -457,28 +473,110 @@ def test_no_job_cluster_is_left_running(w: WorkspaceClient) -> None:
         assert c.termination_reason.code == compute.TerminationReasonCode.JOB_FINISHED
 
 
-def test_local_submitter_state_survives_a_restart(tmp_path: Path) -> None:
-    """Submissions are found again by a new LocalSubmitter (a restarted control plane)."""
-    script = tmp_path / "s.py"
-    script.write_text(SLEEP)
-    fail = tmp_path / "f.py"
-    fail.write_text(FAIL)
-    s = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
-    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
-    s.submit("long", master_url=None, python_file=str(script), parameters=["60"], env={})
-    s.submit("bad", master_url=None, python_file=str(fail), parameters=["7"], env={})
-    assert s.status("nope") is None
+ENV = """
+import json, os, sys
+print(json.dumps({"env": dict(os.environ), "pid": os.getpid()}), flush=True)
+"""
 
-    again = LocalSubmitter(tmp_path / "runs", kill_grace_s=0.5)
-    wait_for("output", lambda: "sleeping" in again.status("long").stdout_tail, timeout=10)
-    assert again.status("long").state == "RUNNING"
-    bad = wait_for("the failure", lambda: (st := again.status("bad")).state != "RUNNING" and st)
-    assert bad.state == "FAILED" and bad.exit_code == 1
-    assert "ValueError: bad input: 7" in bad.stderr_tail and bad.ended_ms
-    pid = int(json.loads((tmp_path / "runs/long/cmd.json").read_text())["pid"])
-    again.cancel("long")
-    st = wait_for("the cancel", lambda: (x := again.status("long")).state != "RUNNING" and x)
-    assert st.state == "CANCELED" and st.exit_code in (None, 143, -15)
-    assert s.status("long").state == "CANCELED"  # (reaps the wrapper, our child)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)  # the whole process group is gone
+
+def test_a_task_runs_under_its_driver_nodes_agent_not_in_the_control_plane(
+    host: DevhostProcess, w: WorkspaceClient
+) -> None:
+    w.dbfs.upload("/scripts/env.py", io.BytesIO(ENV.encode()), overwrite=True)
+    w.dbfs.upload("/scripts/sleep-env.py", io.BytesIO(SLEEP.encode()), overwrite=True)
+    c = w.clusters.create_and_wait(
+        spark_version=V, node_type_id="rec-small", num_workers=0, spark_env_vars={"MINE": "1"}
+    )
+    run = w.jobs.submit_and_wait(
+        run_name="env",
+        tasks=[
+            jobs.SubmitTask(
+                task_key="env",
+                existing_cluster_id=c.cluster_id,
+                spark_python_task=jobs.SparkPythonTask(python_file="dbfs:/scripts/env.py"),
+            )
+        ],
+        timeout=T,
+    )
+    assert run.state.result_state == jobs.RunResultState.SUCCESS, run.state
+    seen = json.loads(w.jobs.get_run_output(run.tasks[0].run_id).logs.strip().splitlines()[-1])
+    env = seen["env"]
+    assert env["MINE"] == "1" and env["SPARKPLANE_CLUSTER_ID"] == c.cluster_id
+    assert env["DATABRICKS_RUNTIME_VERSION"] == V
+    assert PROBE not in env and "SPARKPLANE_DATA_DIR" not in env
+    assert "SPARKPLANE_AGENT_TOKEN_FILE" not in env and "SPARKPLANE_AGENT_TOKEN" not in env
+
+    run_id = w.jobs.submit(
+        run_name="where",
+        tasks=[
+            jobs.SubmitTask(
+                task_key="nap",
+                existing_cluster_id=c.cluster_id,
+                spark_python_task=jobs.SparkPythonTask(
+                    python_file="dbfs:/scripts/sleep-env.py", parameters=["60"]
+                ),
+            )
+        ],
+    ).run_id
+    task = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0])
+    wait_for("its output", lambda: "sleeping" in (w.jobs.get_run_output(task.run_id).logs or ""))
+    proc = psutil.Process(task_pid(host, c.cluster_id, task.run_id))
+    chain = [proc, *proc.parents()]
+    agents = [p for p in chain if "shared.agent" in p.cmdline()]
+    assert agents, [p.cmdline() for p in chain]
+    assert agents[0].environ()["SPARKPLANE_CLUSTER_ID"] == c.cluster_id
+    assert host.proc is not None and proc.ppid() != host.proc.pid
+    assert os.getsid(proc.pid) != os.getsid(host.proc.pid)
+    w.jobs.cancel_run_and_wait(run_id, timeout=T)
+    w.clusters.permanent_delete(c.cluster_id)
+    # The cluster's end stops its agent (SIGTERM; its tasks end with it).
+    wait_for("the agent to stop", lambda: gone(agents[0]), timeout=30)
+
+
+@pytest.mark.parametrize(
+    "python_file",
+    ["dbfs:/../operator-token", "/Workspace/../../operator-token", "file:/etc/passwd", "s3://b/x"],
+)
+def test_task_files_outside_the_workspace_are_refused(w: WorkspaceClient, python_file: str) -> None:
+    task = jobs.SubmitTask(
+        task_key="t",
+        spark_python_task=jobs.SparkPythonTask(python_file=python_file),
+        new_cluster=cluster(),
+    )
+    with pytest.raises(InvalidParameterValue, match="python_file"):
+        w.jobs.submit(run_name="escape", tasks=[task])
+
+
+def test_host_files_and_scripts_are_never_run_or_shown(
+    host: DevhostProcess, w: WorkspaceClient, tmp_path: Path
+) -> None:
+    """An absolute path names a workspace file (as on Databricks), never a host file: not the
+    operator token, not a standard-library script whose parameters would run code."""
+    marker = tmp_path / "pwned"
+    timeit = str(Path(json.__file__).parent.parent / "timeit.py")
+    secret = (host.data_dir / "operator-token").read_text().strip()
+    tasks = [
+        jobs.SubmitTask(
+            task_key="token",
+            spark_python_task=jobs.SparkPythonTask(
+                python_file=str(host.data_dir / "operator-token")
+            ),
+            new_cluster=cluster(),
+        ),
+        jobs.SubmitTask(
+            task_key="timeit",
+            spark_python_task=jobs.SparkPythonTask(
+                python_file=timeit,
+                parameters=["-s", f"open({str(marker)!r}, 'w').write('x')", "pass"],
+            ),
+            new_cluster=cluster(),
+        ),
+    ]
+    run = w.jobs.submit_and_wait(run_name="host files", tasks=tasks, timeout=T)
+    assert run.state.result_state == jobs.RunResultState.FAILED
+    for t in run.tasks:
+        assert t.state.result_state == jobs.RunResultState.FAILED
+        assert "does not exist" in t.state.state_message, t.state.state_message
+        out = w.jobs.get_run_output(t.run_id)
+        assert secret not in json.dumps(out.as_dict())
+    assert not marker.exists()

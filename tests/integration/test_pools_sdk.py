@@ -34,7 +34,7 @@ def host(tmp_path: Path) -> Iterator[DevhostProcess]:
     try:
         yield h
     finally:
-        h.stop()
+        h.close()
 
 
 def wait(what: str, cond: Callable[[], Any], timeout: float = 30, show: Any = None) -> Any:

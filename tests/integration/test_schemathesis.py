@@ -188,7 +188,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         t._stop.set()
         watchdog.join(5)
     finally:
-        h.stop()
+        h.close()
 
 
 def _pick(value: Any, choices: list[str]) -> Any:
@@ -290,7 +290,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
     try:
         yield h
     finally:
-        h.stop()
+        h.close()
 
 
 def _error(r: httpx.Response, status: int, code: str) -> None:

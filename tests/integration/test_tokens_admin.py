@@ -98,7 +98,7 @@ def test_rate_limit_answers_429_with_retry_after_and_the_sdk_waits(tmp_path: Pat
             list(w.clusters.list())
         assert time.monotonic() - t0 >= 1.0
     finally:
-        h.stop()
+        h.close()
 
 
 def test_poison_message_is_dead_lettered_and_blocks_no_other_cluster(
@@ -174,7 +174,7 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
         op = (h.data_dir / "operator-token").read_text().strip()
         httpx.post(h.url + "/api/admin/workspaces", json={"name": "x"}, headers=bearer(op))
     finally:
-        h.stop()
+        h.close()
     log = h.log.read_text()
     assert "cluster created" in log  # the structured log is really written
     assert h.token in h.out.read_text()  # only the banner on stdout shows the local token

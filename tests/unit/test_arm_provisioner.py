@@ -2423,12 +2423,25 @@ def _agent_fragment(node_bin: Path) -> str:
     return 'set -euo pipefail\nlog() { echo "$*" >&2; }\n' + text + '\necho "AGENT=$AGENT"\n'
 
 
+# The driver's agent also runs the cluster's job tasks, joined to its Spark Connect server.
+DRIVER_TASKS = (
+    "SPARKPLANE_TASKS_DIR=/var/lib/sparkplane-agent/tasks\n"
+    "SPARKPLANE_CONNECT_URL=sc://10.1.0.4:15002\n"
+)
+
+
 @pytest.mark.parametrize(
     ("role", "node_agent", "imds_up", "agent", "env_file"),
     [
         ("worker", "1", True, "yes", f"SPARKPLANE_NODE_ID={W}_3\nSPARKPLANE_SPARK_UI_URL=\n"),
-        ("driver", "0", True, "yes", f"SPARKPLANE_NODE_ID={DRIVER}\n"),
-        ("driver", "__SPARKPLANE_NODE_AGENT__", True, "yes", f"SPARKPLANE_NODE_ID={DRIVER}\n"),
+        ("driver", "0", True, "yes", f"SPARKPLANE_NODE_ID={DRIVER}\n{DRIVER_TASKS}"),
+        (
+            "driver",
+            "__SPARKPLANE_NODE_AGENT__",
+            True,
+            "yes",
+            f"SPARKPLANE_NODE_ID={DRIVER}\n{DRIVER_TASKS}",
+        ),
         ("worker", "0", True, "no", None),
         ("worker", "__SPARKPLANE_NODE_AGENT__", True, "no", None),
         # No node id: a worker runs no agent, the driver's reports Spark's load only.
@@ -2449,7 +2462,12 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
     (node_bin / "curl-rc").write_text("0" if imds_up else "7")
     r = subprocess.run(
         ["bash", "-c", _agent_fragment(node_bin)],
-        env={**_node_env(node_bin), "ROLE": role, "SPARKPLANE_NODE_AGENT": node_agent},
+        env={
+            **_node_env(node_bin),
+            "ROLE": role,
+            "SPARKPLANE_NODE_AGENT": node_agent,
+            "DRIVER_HOST": "10.1.0.4",
+        },
         capture_output=True,
         text=True,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,8 @@ import pytest
 from shared.domain import jobs as dom
 from shared.domain.jobs import LifeCycle as L
 from shared.domain.jobs import Result as R
+from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue
-from shared.ports import SubmissionStatus
 
 NOW = 1_750_000_000_000  # 2025-06-15
 RUN_ID = 1_750_000_000_000_000
@@ -66,7 +65,7 @@ def settings(**kw: Any) -> dom.JobSettings:
         ({"tasks": [{"task_key": "n", "notebook_task": {"notebook_path": "/x"}}]}, "notebook_task"),
         (
             {"tasks": [task(spark_python_task={"python_file": "rel/x.py"})]},
-            "must be an absolute path",
+            "python_file must be absolute",
         ),
         ({"tasks": [task(run_if="SOMETIMES")]}, "run_if must be one of"),
         ({"tasks": [task(task_key="has space")]}, "tasks.0.task_key"),
@@ -245,7 +244,6 @@ class Sim:
             obs,
             now=self.now,
             new_cluster_id=lambda: next(self.ids),
-            dbfs_root=Path("/dbfs-root"),
             timing=dom.Timing(**timing),
         )
         self.run = plan.run
@@ -293,11 +291,14 @@ def test_a_run_on_a_new_cluster_from_start_to_success() -> None:
     sim.cluster("cl-0", "PENDING")
     sim.step()
     assert sim.actions == [] and sim.run.tasks[0].state == L.PENDING
-    sim.cluster("cl-0", "RUNNING", master_url=None, spark_context_id=42)
+    sim.cluster("cl-0", "RUNNING", spark_context_id=42)
     sim.step()
     submit = sim.actions[0]
     assert isinstance(submit, dom.Submit)
-    assert submit.python_file == "/dbfs-root/jobs/x.py" and submit.master_url is None
+    # The task goes to the cluster's driver node as the user wrote it: its agent fetches the
+    # workspace's own file.
+    assert (submit.cluster_id, submit.workspace_id) == ("cl-0", "w")
+    assert submit.python_file == "dbfs:/jobs/x.py"
     assert submit.parameters == (str(RUN_ID), "t", "7", "{{nope}}")
     assert submit.env["SPARKPLANE_TASK_RUN_ID"] == str(RUN_ID + 1)
     assert sim.run.state == L.RUNNING and sim.run.exec_start == sim.now
@@ -388,21 +389,22 @@ def test_a_task_timeout_cancels_the_process_and_may_retry() -> None:
         "CANCELED",
         True,
     )
-    assert sim.actions == [dom.CancelSubmission(key)]
+    assert sim.actions == [dom.CancelSubmission(key, "cl-0")]
     assert sim.run.tasks[1].state == L.WAITING_FOR_RETRY
     # The process is cancelled on every evaluation until it is seen gone.
     sim.step()
-    assert dom.CancelSubmission(key) in sim.actions
+    assert dom.CancelSubmission(key, "cl-0") in sim.actions
     sim.proc(key, "CANCELED", exit_code=143)
     sim.step()
-    assert dom.CancelSubmission(key) not in sim.actions and sim.run.tasks[0].process_done
+    assert dom.CancelSubmission(key, "cl-0") not in sim.actions and sim.run.tasks[0].process_done
 
 
 def test_the_job_timeout_ends_the_run_timedout() -> None:
     sim = Sim(settings(timeout_seconds=30))
     key = run_to_running(sim)
     sim.step(dt=30_000)
-    assert dom.CancelSubmission(key) in sim.actions and dom.TerminateCluster("cl-0") in sim.actions
+    assert dom.CancelSubmission(key, "cl-0") in sim.actions
+    assert dom.TerminateCluster("cl-0") in sim.actions
     sim.proc(key, "CANCELED")
     sim.cluster("cl-0", "TERMINATED")
     sim.step()
@@ -475,7 +477,8 @@ def test_a_job_cluster_that_dies_during_the_run_fails_the_task_and_a_retry_gets_
     key = run_to_running(sim)
     sim.cluster("cl-0", "TERMINATED", reason="DRIVER_UNREACHABLE")
     sim.step()
-    assert sim.run.tasks[0].result == R.FAILED and sim.actions == [dom.CancelSubmission(key)]
+    assert sim.run.tasks[0].result == R.FAILED
+    assert sim.actions == [dom.CancelSubmission(key, "cl-0")]
     sim.proc(key, "CANCELED")
     sim.step()
     assert isinstance(sim.actions[0], dom.EnsureCluster) and sim.actions[0].cluster_id == "cl-1"
@@ -501,11 +504,11 @@ def test_existing_clusters_are_started_once_and_never_terminated() -> None:
     assert sim.actions == [dom.StartCluster("mine")]
     sim.cluster("mine", "PENDING")
     sim.step()
-    sim.cluster("mine", "RUNNING", master_url="spark://127.0.0.1:7077", spark_env_vars={"A": "1"})
+    sim.cluster("mine", "RUNNING", spark_env_vars={"A": "1"})
     sim.step()
     submit = sim.actions[0]
     assert isinstance(submit, dom.Submit)
-    assert submit.master_url == "spark://127.0.0.1:7077" and submit.env["A"] == "1"
+    assert submit.cluster_id == "mine" and submit.env["A"] == "1"
     sim.proc(submit.key, "SUCCEEDED", exit_code=0)
     sim.step()
     assert sim.actions == [] and (sim.run.state, sim.run.result) == (L.TERMINATED, R.SUCCESS)
@@ -610,7 +613,7 @@ def test_cancelling_one_task_run_skips_its_downstream() -> None:
     a_id = sim.run.latest()["a"].run_id
     sim.run = dom.request_cancel(sim.run, now=sim.now, user="u", task_run_id=a_id)
     sim.step()
-    assert dom.CancelSubmission(key_a) in sim.actions
+    assert dom.CancelSubmission(key_a, "cl-0") in sim.actions
     latest = sim.run.latest()
     assert latest["a"].result == R.CANCELED and latest["b"].result == R.UPSTREAM_CANCELED
 
@@ -692,12 +695,45 @@ def test_the_error_of_a_failed_program(stderr: str, stdout: str, error: str) -> 
         assert trace.startswith("Traceback") and got in trace
 
 
-def test_python_file_locations() -> None:
-    root = Path("/data/dbfs")
-    assert dom.resolve_python_file("dbfs:/a/b.py", root) == "/data/dbfs/a/b.py"
-    assert dom.resolve_python_file("file:/a/b.py", root) == "/a/b.py"
-    assert dom.resolve_python_file("file:///a/b.py", root) == "/a/b.py"
-    assert dom.resolve_python_file("/a/b.py", root) == "/a/b.py"
+@pytest.mark.parametrize(
+    "python_file",
+    [
+        "dbfs:/../x.py",
+        "/Workspace/../../etc/passwd",
+        "/dbfs/a/../../x.py",
+        "file:/etc/passwd",
+        "file:///usr/lib/python3/dist-packages/x.py",
+        "s3://bucket/x.py",
+        "rel/x.py",
+        "/a/b\x00.py",
+        "dbfs:/",
+    ],
+)
+def test_task_files_outside_the_workspace_are_refused(python_file: str) -> None:
+    body = {"name": "j", "tasks": [task(spark_python_task={"python_file": python_file})]}
+    with pytest.raises(InvalidParameterValue, match="python_file"):
+        dom.validate_settings(dom.parse_settings(body), now_ms=NOW)
+
+
+def test_task_files_the_workspace_can_hold_are_accepted() -> None:
+    for python_file in ("dbfs:/a/b.py", "/dbfs/a/b.py", "/Workspace/Users/me/etl.py", "/x.py"):
+        s = settings(tasks=[task(spark_python_task={"python_file": python_file})])
+        assert s.tasks[0].spark_python_task is not None
+        assert s.tasks[0].spark_python_task.python_file == python_file
+
+
+def test_a_task_on_a_cluster_that_is_gone_is_not_lost_but_failed_with_its_cluster() -> None:
+    sim = Sim(settings(tasks=[task(existing_cluster_id="mine")]))
+    sim.cluster("mine", "RUNNING")
+    sim.step()
+    submit = sim.actions[0]
+    sim.proc(submit.key, "LOST")
+    sim.cluster("mine", "TERMINATED", reason="USER_REQUEST")
+    sim.step()
+    a = sim.run.tasks[0]
+    assert (a.result, a.code) == (R.FAILED, "CLUSTER_ERROR")
+    assert "was terminated during the run (USER_REQUEST)" in a.message
+    assert a.process_done
 
 
 def test_task_run_ids_belong_to_their_parent() -> None:

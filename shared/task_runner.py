@@ -1,11 +1,12 @@
-"""The local Submitter: runs a job task's Python file as a detached local process.
+"""Runs a job task's program on the node, as a detached process group (the agent's side).
 
-With a master URL (a local Spark standalone cluster) the program is
-`<pyspark>/bin/spark-submit --master <url> --deploy-mode client <file> <params...>`; without
-one (the record provisioner has no Spark) it is `python <file> <params...>`.
+The driver node's agent (shared/agent_tasks.py) hands each task it claims to a TaskRunner:
+`python <file> <params...>` in the task's own directory, with an allowlisted environment (see
+`task_env`) and SPARK_REMOTE pointing at the cluster's own Spark Connect server, so that
+`SparkSession.builder.getOrCreate()` joins the cluster's one Spark application.
 
-Everything is on disk under `<root>/<key>/`, so a restarted control plane finds its running
-and finished submissions again:
+Everything is on disk under `<root>/<key>/`, so a restarted agent finds its running and
+finished tasks again:
 
     cmd.json    the command, its pid and the process's create time (psutil), written at start
     stdout      the program's standard output
@@ -13,10 +14,9 @@ and finished submissions again:
     exit_code   the exit status, written by a small `sh` wrapper when the program ends
     cancel      present once cancel() was called (its content: when SIGTERM was sent)
 
-The process runs in a session (and process group) of its own, so it survives a crash of the
-control plane and a cancel signals the whole group (spark-submit's JVM, the Python driver):
-SIGTERM first, SIGKILL after `kill_grace_s` on a later cancel() call (every call returns
-quickly; the runs' advance calls cancel() until the process is gone).
+The process runs in a session (and process group) of its own: a cancel signals the whole group
+(the Python program and whatever it started): SIGTERM first, SIGKILL after `kill_grace_s` on a
+later cancel() call (every call returns quickly; the agent calls cancel() until it is gone).
 """
 
 from __future__ import annotations
@@ -36,24 +36,19 @@ from typing import Any
 
 import psutil
 
-from shared.ports import SubmissionStatus
+from shared.domain.tasks import SubmissionStatus
 
-log = logging.getLogger("sparkplane.local_submit")
+log = logging.getLogger("sparkplane.task_runner")
 
 TAIL_BYTES = 16 * 1024
-LOOPBACK = "127.0.0.1"
+# What a task inherits from the node (the agent's own environment, itself allowlisted by the
+# provisioner): nothing else of the node reaches user code, the agent's token file included.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "JAVA_HOME", "SPARK_HOME")
 # The wrapper keeps running when its group gets SIGTERM (the trap), waits for the program and
 # writes its exit status atomically. A trapped (not ignored) signal is reset in the child.
 WRAPPER = (
     "trap 'true' TERM INT; \"$@\"; rc=$?; echo $rc > exit_code.tmp && mv exit_code.tmp exit_code"
 )
-
-
-def spark_home() -> Path:
-    """The Spark distribution bundled in the installed pyspark package."""
-    import pyspark
-
-    return Path(pyspark.__file__).parent
 
 
 def _tail(path: Path, limit: int = TAIL_BYTES) -> str:
@@ -75,93 +70,64 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class LocalSubmitter:
-    def __init__(
-        self,
-        root: Path,
-        *,
-        kill_grace_s: float = 10.0,
-        python: str = sys.executable,
-        spark_home_dir: Path | None = None,
-    ) -> None:
+def task_env(node_env: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """A task's environment: INHERITED_ENV of the node, then the task's own (the cluster's
+    validated spark_env_vars, SPARK_REMOTE, the run's ids)."""
+    out = {k: node_env[k] for k in INHERITED_ENV if k in node_env}
+    out.update(env)
+    return out
+
+
+class TaskRunner:
+    def __init__(self, root: Path, *, kill_grace_s: float = 10.0) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.kill_grace_s = kill_grace_s
-        self.python = python
-        self._spark_home = spark_home_dir
         self._lock = threading.Lock()
         # Children of this process, to reap them (a zombie would look alive).
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _dir(self, key: str) -> Path:
-        if not key or "/" in key or key in (".", ".."):
-            raise ValueError(f"bad submission key {key!r}")
+    def dir(self, key: str) -> Path:
+        if not key or "/" in key or key in (".", "..") or "\0" in key:
+            raise ValueError(f"bad task key {key!r}")
         return self.root / key
 
-    def command(
-        self, master_url: str | None, python_file: str, parameters: Sequence[str]
-    ) -> list[str]:
-        if not master_url:
-            return [self.python, python_file, *parameters]
-        home = self._spark_home or spark_home()
-        return [
-            str(home / "bin" / "spark-submit"),
-            "--master",
-            master_url,
-            "--deploy-mode",
-            "client",
-            "--conf",
-            f"spark.driver.host={LOOPBACK}",
-            "--conf",
-            f"spark.driver.bindAddress={LOOPBACK}",
-            "--conf",
-            "spark.ui.showConsoleProgress=false",
-            # Spark's own INFO logging would push the program's output and error out of the
-            # tails that runs/get-output shows.
-            "--conf",
-            "spark.log.level=WARN",
-            python_file,
-            *parameters,
-        ]
+    def known(self, key: str) -> bool:
+        """Whether this node has started the task (also before a restart of the agent)."""
+        return (self.dir(key) / "submitted").exists()
 
     def submit(
         self,
         key: str,
         *,
-        master_url: str | None,
-        python_file: str,
-        parameters: Sequence[str],
+        file_name: str,
+        program: bytes,
+        argv: Sequence[str],
         env: Mapping[str, str],
     ) -> None:
-        d = self._dir(key)
+        """Write the program as `<key>/<file_name>` (0600) and start
+        `python <file_name> <argv...>` once per key."""
+        d = self.dir(key)
+        if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise ValueError(f"bad file name {file_name!r}")
         with self._lock:
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:  # once per key, also across processes
                 fd = os.open(d / "submitted", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 return
             os.close(fd)
-            cmd = self.command(master_url, python_file, parameters)
-            penv = {k: v for k, v in os.environ.items() if not k.startswith("SPARKPLANE_")}
-            if master_url:
-                home = self._spark_home or spark_home()
-                penv = {k: v for k, v in penv.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
-                penv.update(
-                    {
-                        "SPARK_HOME": str(home),
-                        "PYSPARK_PYTHON": self.python,
-                        "PYSPARK_DRIVER_PYTHON": self.python,
-                        "SPARK_LOCAL_IP": LOOPBACK,
-                    }
-                )
-            penv.update(env)
+            fd = os.open(d / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(program)
+            cmd = [sys.executable, file_name, *argv]
             info: dict[str, Any] = {"cmd": cmd, "started_ms": _now_ms()}
             try:
                 with open(d / "stdout", "ab") as out, open(d / "stderr", "ab") as err:
                     proc = subprocess.Popen(
                         ["sh", "-c", WRAPPER, "sh", *cmd],
                         cwd=d,
-                        env=penv,
+                        env=dict(env),
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=err,
@@ -180,7 +146,7 @@ class LocalSubmitter:
             tmp = d / "cmd.json.tmp"
             tmp.write_text(json.dumps(info))
             tmp.replace(d / "cmd.json")
-        log.info("task submitted", extra={"key": key, "pid": proc.pid, "spark": bool(master_url)})
+        log.info("task started", extra={"key": key, "pid": proc.pid})
 
     def _info(self, d: Path) -> dict[str, Any] | None:
         try:
@@ -205,7 +171,7 @@ class LocalSubmitter:
             return False
 
     def status(self, key: str) -> SubmissionStatus | None:
-        d = self._dir(key)
+        d = self.dir(key)
         if not (d / "submitted").exists():
             return None
         info = self._info(d)
@@ -249,7 +215,7 @@ class LocalSubmitter:
     def cancel(self, key: str) -> None:
         """SIGTERM to the process group; SIGKILL on a later call after the grace period. Only
         a process whose pid and create time match is signalled (never a reused pid)."""
-        d = self._dir(key)
+        d = self.dir(key)
         marker = d / "cancel"
         info = self._info(d)
         if info is None or not info.get("pid"):
@@ -272,3 +238,21 @@ class LocalSubmitter:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             log.info("task killed (SIGKILL)", extra={"key": key, "pid": pid})
+
+    def stop_all(self, wait_s: float) -> None:
+        """The node is stopping: SIGTERM every task still running, SIGKILL what is left after
+        `wait_s` (a task must not outlive its node)."""
+        alive = []
+        for d in self.root.iterdir():
+            info = self._info(d)
+            if info and info.get("pid") and self._alive(d.name, info):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(info["pid"]), signal.SIGTERM)
+                alive.append((d.name, info))
+        deadline = time.monotonic() + wait_s
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [(k, i) for k, i in alive if self._alive(k, i)]
+        for _, info in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(info["pid"]), signal.SIGKILL)
