@@ -304,29 +304,31 @@ def accepted_spark_env(spark_env_vars: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in spark_env_vars.items() if spark_env_problem(k, v) is None}
 
 
-def node_path(python: str, java_home: str) -> str:
-    """PATH of a node process: the node's Python's bin dir (its venv), JAVA_HOME/bin, then the
-    system's directories."""
-    dirs = [posixpath.dirname(python), posixpath.join(java_home, "bin"), *SYSTEM_PATH.split(":")]
+def node_path(python: str, java_home: str | None) -> str:
+    """PATH of a node process: the node's Python's bin dir (its venv), JAVA_HOME/bin (a node
+    with Java), then the system's directories."""
+    java_bin = posixpath.join(java_home, "bin") if java_home else ""
+    dirs = [posixpath.dirname(python), java_bin, *SYSTEM_PATH.split(":")]
     return ":".join(dict.fromkeys(d for d in dirs if d))
 
 
 def node_environment(
     *,
     python: str,
-    java_home: str,
+    java_home: str | None,
     home: str,
     settings: Mapping[str, str],
     spark_env_vars: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The whole environment of a node process, from nothing: LANG and PYSPARK_PYTHON (defaults
-    a cluster may change), the cluster's accepted spark_env_vars, then PATH, HOME, JAVA_HOME and
-    the provisioner's `settings`. Raises ValueError when a name of `settings` is one a cluster
-    could set (it belongs in PINNED_SPARK_ENV, or under SPARKPLANE_)."""
+    a cluster may change), the cluster's accepted spark_env_vars, then PATH, HOME, JAVA_HOME
+    (None: a node without Java, the record provisioner's agent) and the provisioner's
+    `settings`. Raises ValueError when a name of `settings` is one a cluster could set (it
+    belongs in PINNED_SPARK_ENV, or under SPARKPLANE_)."""
     pinned = {
         "PATH": node_path(python, java_home),
         "HOME": home,
-        "JAVA_HOME": java_home,
+        **({"JAVA_HOME": java_home} if java_home else {}),
         **settings,
     }
     open_names = sorted(k for k in pinned if spark_env_problem(k, "") is None)

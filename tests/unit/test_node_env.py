@@ -296,6 +296,11 @@ def test_a_platform_setting_a_cluster_could_set_too_is_a_bug() -> None:
     assert _env(settings={"PYTHONPATH": "/src"})["PYTHONPATH"] == "/src"
 
 
+def test_a_node_without_java() -> None:
+    env = _env(java_home=None)
+    assert "JAVA_HOME" not in env and env["PATH"] == f"/opt/venv/bin:{SYSTEM_PATH}"
+
+
 def test_node_path() -> None:
     assert node_path("/v/bin/python", "/j") == f"/v/bin:/j/bin:{SYSTEM_PATH}"
     # No directory twice: the system's Python and a JDK under /usr.
