@@ -40,9 +40,10 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(data_dir / "devhost.lock", "w")  # noqa: SIM115 - held for the process lifetime
+    from shared.private_files import private, private_dir
+
+    data_dir = private_dir(settings.data_dir.resolve())
+    lock = open(data_dir / "devhost.lock", "w", opener=private)  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from shared.private_files import private, private_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,8 +50,11 @@ class DevhostProcess:
         self.out = data_dir / "devhost.out"
 
     def start(self, timeout: float = 60.0) -> DevhostProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as err, open(self.out, "ab") as out:
+        private_dir(self.data_dir)
+        with (
+            open(self.log, "ab", opener=private) as err,
+            open(self.out, "ab", opener=private) as out,
+        ):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "devhost"],
                 cwd=ROOT,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, FileStore, Provisioner, Store
+from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
@@ -156,7 +156,7 @@ def _files(s: Settings) -> FileStore:
 
 
 def build(settings: Settings) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     return Container(
         settings=settings,
         store=_store(settings),
@@ -187,10 +187,7 @@ def _persisted_token(path: Path, issue: Callable[[str | None], str]) -> str:
         issue(token)
         return token
     token = issue(None)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.chmod(path, 0o600)
+    write_private(path, token + "\n")
     return token
 
 

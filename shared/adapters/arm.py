@@ -90,8 +90,9 @@ the node's write_spark_conf.py merges spark_conf into the spark-defaults.conf it
 own settings winning where they are pinned (addresses, ports, the master URL, the local dirs:
 a pinned key of spark_conf is dropped, as the local provisioner does), and writes
 spark_env_vars to the environment file the Spark units read before the node's own. A variable
-the node sets itself (`PINNED_SPARK_ENV`, `SPARKPLANE_*`), a name that is no variable name, or
-a value with a line break is refused here, before the deployment is sent, and again on the node.
+that `spark_env_problem` refuses (shared/domain/node_env.py: what the node sets itself, a name
+that injects code into a shell, the loader, the JVM or Python, a value with a line break) is
+refused here, before the deployment is sent, and again on the node.
 
 The ports give `observe`, `remove_workers` and `stop_cluster` a cluster id only, so the group
 of a cluster is remembered from `start_driver`/`add_workers` and otherwise found again with
@@ -124,11 +125,7 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
-from shared.domain.cluster import (
-    PINNED_SPARK_ENV,
-    RESERVED_SPARK_ENV_PREFIX,
-    spark_env_problem,
-)
+from shared.domain.node_env import spark_env_problem
 from shared.ports import (
     Node,
     NodeRequest,
@@ -253,10 +250,6 @@ POOLS_UNSUPPORTED = (
 CONF_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 RESERVED_CONF_FILES = frozenset({"spark-defaults.conf", "spark-env.sh"})
 
-# spark_env_vars: what the node's environment files can carry (the Spark units' systemd
-# EnvironmentFile), other than the variables the bootstrap sets itself or Spark takes the
-# node's addresses, ports and directories from. infra/bootstrap/cloud-init.yaml
-# (write_spark_conf.py) checks the same on the node.
 WorkspaceStatus = Literal["PROVISIONING", "READY", "FAILED", "DELETING", "NOT_FOUND"]
 
 
@@ -400,10 +393,7 @@ def spark_env_value(env: Mapping[str, str]) -> str:
     problems = [spark_env_problem(k, v) for k, v in sorted(env.items())]
     if any(problems):
         raise ValueError(
-            "spark_env_vars cannot be set on the nodes: "
-            + "; ".join(p for p in problems if p)
-            + f" (sparkplane sets {', '.join(sorted(PINNED_SPARK_ENV))} and every "
-            f"{RESERVED_SPARK_ENV_PREFIX}* variable itself)"
+            "spark_env_vars cannot be set on the nodes: " + "; ".join(p for p in problems if p)
         )
     return _packed(env)
 

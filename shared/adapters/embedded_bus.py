@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.ports import Delivery, LockLost, OutMessage
+from shared.private_files import private_file
 
 MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded"
 
@@ -143,6 +144,7 @@ class EmbeddedBus:
         self.duplicate_window_ms = int(duplicate_window_s) * 1000
         self._now = clock or _wall_clock_ms
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # its -wal and -shm files get the same mode
         self._conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )

@@ -11,6 +11,12 @@ local processes (the default provisioner of `make run`).
 - Every process binds 127.0.0.1 and runs in a session (and process group) of its own: nodes
   outlive a crash of the control plane, and a whole node (the JVM, its executors, their Python
   workers) is signalled at once.
+- Every process starts from an environment built from nothing (`node_environment`,
+  shared/domain/node_env.py): PATH (this interpreter's bin dir, JAVA_HOME/bin, the system's),
+  HOME (the node's directory), LANG=C.UTF-8, PYSPARK_PYTHON (this interpreter), the cluster's
+  accepted spark_env_vars (not for the agent), then the node's Spark and SPARKPLANE_* settings.
+  Nothing of the control plane's own environment (its settings, cloud keys, tokens) reaches a
+  node. The processes run with umask 077.
 - Everything the provisioner knows is on disk (SQLite under `data_dir`), so a new instance
   re-adopts the nodes still running (pid and process create time checked) and reports the dead
   ones LOST. Ports come from an allocation table in the same file and are checked free before
@@ -22,7 +28,7 @@ executors exit), `terminating`/`stopping` (SIGTERM sent; SIGKILL after a grace p
 nodes disappear once no process of theirs is left. The slow steps are carried on by `observe`,
 `cluster_ids` and a small background thread, so every public call returns quickly.
 
-Files under `data_dir`:
+Files under `data_dir` (0700, and so is every directory made here; files 0600):
 
     local_spark.sqlite              nodes and port allocations
     logs/<cluster_id>/<node_id>/    <process>.out and <process>.err (Spark logs to stderr)
@@ -50,13 +56,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from shared.domain.cluster import spark_env_problem
+from shared.domain.node_env import node_environment, spark_env_problem
 from shared.ports import (
     Clock,
     Node,
@@ -67,6 +73,7 @@ from shared.ports import (
     PoolRequest,
     SparkVersion,
 )
+from shared.private_files import PRIVATE_UMASK, private, private_dir, private_file, write_private
 
 log = logging.getLogger("sparkplane.local_spark")
 
@@ -409,9 +416,8 @@ class LocalSparkProvisioner:
                 "(pip install 'pyspark[connect]~=4.1.0')"
             )
         self.spark_version, self.scala_version = spark_build(self.spark_home)
-        self.data_dir = Path(data_dir).resolve()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db_path = self.data_dir / "local_spark.sqlite"
+        self.data_dir = private_dir(Path(data_dir).resolve())
+        self._db_path = private_file(self.data_dir / "local_spark.sqlite")
         if clock is None:
             self._now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
         elif hasattr(clock, "now_ms"):
@@ -603,13 +609,12 @@ class LocalSparkProvisioner:
     def _spawn_agent(self, rec: _Rec, req: NodeRequest) -> None:
         """The cluster agent (shared/agent.py) on the node: on the driver it reads the
         application UI and posts heartbeats; on a worker it reports the node's local disk.
-        Its token goes in a 0600 file, not in the environment."""
+        Its token goes in a 0600 file, not in the environment. The agent is the platform's
+        process: the cluster's spark_env_vars are not in its environment."""
         node_dir, _ = self._dirs(rec)
         env = dict(req.agent_env)
         token_file = node_dir / "agent-token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(env.pop("SPARKPLANE_AGENT_TOKEN", ""))
+        write_private(token_file, env.pop("SPARKPLANE_AGENT_TOKEN", ""))
         env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
         if "spark_ui_url" in rec.attrs:  # the driver: heartbeats and the cluster's job tasks
             env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
@@ -623,7 +628,7 @@ class LocalSparkProvisioner:
             "agent",
             [sys.executable, "-m", "shared.agent"],
             {},
-            req,
+            replace(req, spark_env_vars={}),
             DAEMON_MEMORY,
             extra_env=env,
         )
@@ -799,7 +804,7 @@ class LocalSparkProvisioner:
     def _write_quota(self, r: _Rec) -> None:
         node_dir, _ = self._dirs(r)
         tmp = node_dir / "scratch-quota.tmp"
-        tmp.write_text(str(r.disk_bytes or self._scratch_quota))
+        write_private(tmp, str(r.disk_bytes or self._scratch_quota))
         tmp.replace(node_dir / "scratch-quota")
 
     # ---------------------------------------------------------------------------- pools
@@ -1250,7 +1255,7 @@ class LocalSparkProvisioner:
         node_dir = self.data_dir / "nodes" / self._home(r) / r.node_id
         log_dir = self.data_dir / "logs" / self._home(r) / r.node_id
         for d in (node_dir / "scratch", node_dir / "work", log_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)
         return node_dir, log_dir
 
     def _spawn(
@@ -1266,30 +1271,31 @@ class LocalSparkProvisioner:
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         node_dir, log_dir = self._dirs(r)
-        conf_dir = node_dir / f"conf-{name}"
-        conf_dir.mkdir(parents=True, exist_ok=True)
+        conf_dir = private_dir(node_dir / f"conf-{name}")
         lines = ["# written by sparkplane (LocalSparkProvisioner)\n"]
         lines += [_props_line(k, v) for k, v in sorted(conf.items())]
-        (conf_dir / "spark-defaults.conf").write_text("".join(lines), encoding="utf-8")
+        write_private(conf_dir / "spark-defaults.conf", "".join(lines))
         for file_name, content in (req.conf_files if req else {}).items():
             if Path(file_name).name != file_name or file_name == "spark-defaults.conf":
                 raise ValueError(f"bad configuration file name {file_name!r}")
-            (conf_dir / file_name).write_text(content, encoding="utf-8")
+            write_private(conf_dir / file_name, content)
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
-        env.update(
-            {
-                "PYSPARK_PYTHON": sys.executable,
+        # From nothing (shared/domain/node_env.py): nothing of this process's environment.
+        user_env = req.spark_env_vars if req is not None else {}
+        refused = sorted(k for k, v in user_env.items() if spark_env_problem(k, v))
+        if refused:  # the API refuses them: a request made elsewhere cannot set them either
+            log.warning(
+                "spark_env_vars not set on the node",
+                extra={"cluster_id": r.cluster_id, "names": refused},
+            )
+        env = node_environment(
+            python=sys.executable,
+            java_home=str(self.java.home),
+            home=str(node_dir),
+            spark_env_vars=user_env,
+            settings={
                 "SPARK_DAEMON_MEMORY": daemon_memory,
                 "SPARK_DAEMON_JAVA_OPTS": DAEMON_JAVA_OPTS if self._tune_jvms else "",
-            }
-        )
-        if req is not None:
-            # (the API refuses these names; a request made elsewhere cannot move them either)
-            env.update({k: v for k, v in req.spark_env_vars.items() if not spark_env_problem(k, v)})
-        env.update(
-            {
-                "JAVA_HOME": str(self.java.home),
                 "SPARK_HOME": str(self.spark_home),
                 "SPARK_CONF_DIR": str(conf_dir),
                 "SPARK_LOG_DIR": str(log_dir),
@@ -1303,7 +1309,7 @@ class LocalSparkProvisioner:
                 ENV_CLUSTER: r.cluster_id,
                 ENV_DATA_DIR: str(self.data_dir),
                 **(extra_env or {}),
-            }
+            },
         )
         if wait_port is not None:
             argv = [
@@ -1316,8 +1322,8 @@ class LocalSparkProvisioner:
                 *argv,
             ]
         with (
-            open(log_dir / f"{name}.out", "ab") as out,
-            open(log_dir / f"{name}.err", "ab") as err,
+            open(log_dir / f"{name}.out", "ab", opener=private) as out,
+            open(log_dir / f"{name}.err", "ab", opener=private) as err,
         ):
             popen = subprocess.Popen(
                 argv,
@@ -1328,6 +1334,7 @@ class LocalSparkProvisioner:
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                umask=PRIVATE_UMASK,  # what the node writes under the data dir is private too
             )
         with _CHILDREN_LOCK:
             _CHILDREN[popen.pid] = popen

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import psutil
 
+from shared.domain.node_env import node_environment
 from shared.ports import (
     Node,
     NodeRequest,
@@ -53,6 +54,7 @@ from shared.ports import (
     PoolRequest,
     SparkVersion,
 )
+from shared.private_files import PRIVATE_UMASK, private, private_dir, private_file, write_private
 
 NODE_TYPES = [
     NodeType("rec-small", 2, 4096, "Record node, 2 cores, 4 GB"),
@@ -112,6 +114,7 @@ class RecordProvisioner:
         self.path = Path(path)
         self.agents_dir = agents_dir
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self.path)  # its -wal and -shm files get the same mode
         self.boot_ms = int(boot_s * 1000)
         self.stop_ms = int(stop_s * 1000)
         self.warm_boot_ms = int(warm_boot_s * 1000)
@@ -288,20 +291,19 @@ class RecordProvisioner:
         d = self._agent_dir(cluster_id)
         if _alive_agent(d) is not None:
             return
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        env = {
-            k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") if k in os.environ
-        }
-        env.update(agent_env)
+        private_dir(d)
+        settings = dict(agent_env)
         token_file = d / "agent-token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(env.pop("SPARKPLANE_AGENT_TOKEN", ""))
-        env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
-        env["SPARKPLANE_TASKS_DIR"] = str(d / "tasks")
-        env["SPARKPLANE_DATA_DIR"] = str(self.agents_dir.parent)  # (found by devhost's clean-up)
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-        with open(d / "agent.log", "ab") as out:
+        write_private(token_file, settings.pop("SPARKPLANE_AGENT_TOKEN", ""))
+        settings["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
+        settings["SPARKPLANE_TASKS_DIR"] = str(d / "tasks")
+        settings["SPARKPLANE_DATA_DIR"] = str(self.agents_dir.parent)  # (for devhost's clean-up)
+        settings["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+        # From nothing, like a real node's (shared/domain/node_env.py); no Java here.
+        env = node_environment(
+            python=sys.executable, java_home=None, home=str(d), settings=settings
+        )
+        with open(d / "agent.log", "ab", opener=private) as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.agent"],
                 cwd=d,
@@ -310,10 +312,11 @@ class RecordProvisioner:
                 stdout=out,
                 stderr=out,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,
             )
         _AGENTS[proc.pid] = proc
         info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
-        (d / "agent.json").write_text(json.dumps(info))
+        write_private(d / "agent.json", json.dumps(info))
 
     def _stop_agent(self, cluster_id: str) -> None:
         if self.agents_dir is None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.ports import AlreadyExists, EventQuery, NotFound, Page, PreconditionFailed, Record
+from shared.private_files import private_file
 
 __all__ = ["SqliteStore"]
 
@@ -203,6 +204,7 @@ class SqliteStore:
         self._pool_lock = threading.Lock()
         self._closed = False
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(self._path)  # its -wal and -shm files get the same mode
         # Writers of this process take turns here instead of in SQLite's busy handler.
         self._write_lock = _write_lock_for(self._path)
         conn = self._connect()

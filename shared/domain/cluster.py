@@ -3,7 +3,6 @@ user commands as pure functions (cluster in, cluster and events out)."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -12,48 +11,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain.events import EventType, event
+from shared.domain.node_env import spark_env_problem
 from shared.domain.states import State, check_move
 from shared.errors import InvalidParameterValue, InvalidState
-
-# Environment variables the nodes set themselves (the JVM, Spark's directories, addresses and
-# ports) and the control plane's own prefix: a cluster's spark_env_vars cannot set them.
-SPARK_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-RESERVED_SPARK_ENV_PREFIX = "SPARKPLANE_"
-PINNED_SPARK_ENV = frozenset(
-    {
-        "JAVA_HOME",
-        "SPARK_HOME",
-        "SPARK_CONF_DIR",
-        "SPARK_LOCAL_IP",
-        "SPARK_LOCAL_HOSTNAME",
-        "SPARK_PUBLIC_DNS",
-        "SPARK_LOCAL_DIRS",
-        "SPARK_WORKER_DIR",
-        "SPARK_LOG_DIR",
-        "SPARK_PID_DIR",
-        "SPARK_NO_DAEMONIZE",
-        "SPARK_MASTER_HOST",
-        "SPARK_MASTER_PORT",
-        "SPARK_MASTER_WEBUI_PORT",
-        "SPARK_WORKER_PORT",
-        "SPARK_WORKER_WEBUI_PORT",
-    }
-)
-
-
-def spark_env_problem(name: str, value: str) -> str | None:
-    """Why spark_env_vars cannot carry name=value to the nodes (None: it can)."""
-    if not SPARK_ENV_NAME.fullmatch(name):
-        return (
-            f"{name!r} is not an environment variable name (letters, digits and '_', not "
-            "starting with a digit)"
-        )
-    if name in PINNED_SPARK_ENV or name.startswith(RESERVED_SPARK_ENV_PREFIX):
-        return f"{name} is set by sparkplane on the nodes"
-    if any(c in value for c in "\n\r\0") or any("\ud800" <= c <= "\udfff" for c in value):
-        return f"the value of {name} has a line break, a NUL character or invalid Unicode"
-    return None
-
 
 # The largest cluster this control plane makes (Databricks' own limits are in this range).
 MAX_WORKERS = 10_000

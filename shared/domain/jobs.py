@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain import paths
 from shared.domain import schedule as sched
+from shared.domain.node_env import accepted_spark_env
 from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue
 
@@ -1208,7 +1209,7 @@ def _submit(r: Run, a: Attempt, t: Task, v: ClusterView) -> Submit:
     assert t.spark_python_task is not None and a.submission_key and a.cluster_id
     params = r.python_params if r.python_params is not None else t.spark_python_task.parameters
     env = {
-        **dict(v.spark_env_vars),
+        **accepted_spark_env(v.spark_env_vars),  # (a cluster stored before the rule)
         "SPARKPLANE_JOB_ID": str(r.job_id or ""),
         "SPARKPLANE_RUN_ID": str(r.run_id),
         "SPARKPLANE_TASK_RUN_ID": str(a.run_id),

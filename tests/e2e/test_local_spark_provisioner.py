@@ -348,6 +348,123 @@ def test_cluster_lifecycle(
     assert start_s <= 90
 
 
+# Planted in the control plane's own environment: none may reach a node.
+HOST_ONLY = {
+    "SPARKPLANE_SECRET_PROBE": "x",
+    "AWS_SECRET_ACCESS_KEY": "y",
+    "DATABRICKS_TOKEN": "dapi-host-probe",
+    "AZURE_CLIENT_SECRET": "z",
+}
+
+
+def _role(proc: psutil.Process) -> str:
+    cmd = " ".join(proc.cmdline())
+    for needle, role in (
+        ("shared.agent", "agent"),
+        ("deploy.master.Master", "master"),
+        ("SparkConnectServer", "connect"),
+        ("deploy.worker.Worker", "worker"),
+        ("CoarseGrainedExecutorBackend", "executor"),
+    ):
+        if needle in cmd:
+            return role
+    return "other"
+
+
+def test_nodes_start_from_an_allowlisted_environment(
+    make_provisioner: Callable[[], LocalSparkProvisioner],
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No variable of the control plane's environment reaches a node process (master, Connect
+    server, worker, agent, executors, Python workers); the cluster's accepted spark_env_vars
+    reach the Spark processes as the same characters; names the API refuses (here a request
+    that bypassed it) are dropped and their code never runs. Spark still finds Java and
+    Python, and what the nodes and the provisioner write is owner-only."""
+    ran = tmp_path / "ran"
+    evil = tmp_path / "evil.sh"
+    evil.write_text(f"touch {ran}-bash-env\n")
+    for k, v in HOST_ONLY.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("BASH_ENV", str(evil))  # the host's own: bash would run it too
+    user_env = {
+        "MY_SETTING": f"$(touch {ran}-subst)",
+        "QUOTED": f'a"; touch {ran}-quote; "',
+        "TZ": "UTC",
+    }
+    refused = {
+        "BASH_ENV": str(evil),
+        "LD_PRELOAD": str(tmp_path / "nope.so"),
+        "JAVA_TOOL_OPTIONS": f"-XX:OnOutOfMemoryError=touch {ran}-jvm",
+        "PYTHONSTARTUP": str(evil),
+    }
+    agent_env = {
+        "SPARKPLANE_CONTROL_PLANE_URL": "http://127.0.0.1:9",
+        "SPARKPLANE_CLUSTER_ID": "cluster-env",
+        "SPARKPLANE_AGENT_TOKEN": "dapi-agent-probe",
+        "SPARKPLANE_HEARTBEAT_S": "60",
+    }
+    p = make_provisioner()
+    cid = "cluster-env"
+    req = _req(cid, spark_env_vars={**user_env, **refused}, agent_env=agent_env)
+    driver = p.start_driver(req)
+    (worker,) = p.add_workers(req, 1)
+    nodes = wait_for("driver + worker RUNNING", all_running_n(p, cid, 2), timeout=90)
+    assert nodes
+
+    # A Python UDF: the executor found Java (JAVA_HOME, PATH) and Python (PYSPARK_PYTHON).
+    from pyspark.sql import SparkSession
+    from pyspark.sql.functions import udf
+
+    connect_url = next(n for n in p.observe(cid) if n.role == "driver").attrs["connect_url"]
+    spark = SparkSession.builder.remote(connect_url).getOrCreate()
+    try:
+        plus_one = udf(lambda x: x + 1, "long")
+        assert [r[0] for r in spark.range(3).select(plus_one("id")).collect()] == [1, 2, 3]
+
+        roles: dict[str, list[dict[str, str]]] = {}
+        for node_id, pids in p.node_pids(cid).items():
+            for pid in pids:
+                try:
+                    proc = psutil.Process(pid)
+                    env = proc.environ()
+                    role = _role(proc)
+                except psutil.Error:
+                    continue  # a short-lived child (a Python worker) that ended meanwhile
+                roles.setdefault(role, []).append(env)
+                for name in [*HOST_ONLY, *refused]:
+                    assert name not in env, (role, name)
+                assert "dapi-agent-probe" not in "".join(env.values()), role
+                node_dir = data_dir.resolve() / "nodes" / cid / node_id
+                assert env["HOME"] == str(node_dir), role
+                assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent), role
+                assert env["SPARKPLANE_CLUSTER_ID"] == cid, role
+    finally:
+        spark.stop()
+    assert {"master", "connect", "worker", "agent", "executor"} <= set(roles), set(roles)
+    for role in ("master", "connect", "worker", "executor"):
+        for env in roles[role]:
+            assert {k: env.get(k) for k in user_env} == user_env, role
+            assert env["LANG"] == "C.UTF-8" and env["PYSPARK_PYTHON"] == sys.executable, role
+    for env in roles["agent"]:  # the platform's process: not the cluster's settings
+        assert not set(user_env) & set(env)
+        assert env["SPARKPLANE_CONTROL_PLANE_URL"] == "http://127.0.0.1:9"
+    assert not list(tmp_path.glob("ran*")), "a refused variable or a value ran code"
+
+    # Owner-only: every directory and file under the data dir, Spark's own included.
+    loose = []
+    for dirpath, dirnames, filenames in os.walk(data_dir):
+        for name in [".", *dirnames, *filenames]:
+            path = Path(dirpath) / name
+            mode = path.lstat().st_mode
+            if not path.is_symlink() and mode & 0o077:
+                loose.append(f"{path.relative_to(data_dir)} {oct(mode & 0o777)}")
+    assert not loose, loose
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+    assert driver.node_id != worker.node_id
+
+
 def all_running_n(p: LocalSparkProvisioner, cid: str, n: int) -> Callable[[], bool]:
     def check() -> bool:
         nodes = p.observe(cid)

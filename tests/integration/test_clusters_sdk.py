@@ -144,6 +144,63 @@ def test_errors_map_to_sdk_exceptions(devhost: DevhostProcess) -> None:
     w.clusters.delete(c.cluster_id)  # no-op on a terminated cluster
 
 
+def test_spark_env_vars_that_inject_code_are_refused(devhost: DevhostProcess) -> None:
+    """Create, edit and a job's new_cluster refuse spark_env_vars names that make a shell, the
+    loader or the JVM run code (shared/domain/node_env.py); shell-looking values are data."""
+    from databricks.sdk.service import jobs
+    from databricks.sdk.service.compute import ClusterSpec
+
+    w = devhost.client()
+    bad = [
+        {"BASH_ENV": "$(touch /tmp/sparkplane-pwned)"},
+        {"LD_PRELOAD": "/tmp/evil.so"},
+        {"JAVA_TOOL_OPTIONS": "-javaagent:/tmp/evil.jar"},
+        {"PATH": "/tmp"},
+    ]
+    for env in bad:
+        [name] = env
+        with pytest.raises(InvalidParameterValue, match=f"spark_env_vars: {name} "):
+            w.clusters.create(
+                spark_version=V, node_type_id="rec-small", num_workers=0, spark_env_vars=env
+            )
+    assert list(w.clusters.list()) == []
+
+    inert = {"MY_SETTING": "$(touch /tmp/sparkplane-pwned)", "QUOTED": 'a"; rm -rf /'}
+    c = w.clusters.create(
+        spark_version=V, node_type_id="rec-small", num_workers=0, spark_env_vars=inert
+    )
+    assert w.clusters.get(c.cluster_id).spark_env_vars == inert
+    for env in bad:
+        [name] = env
+        with pytest.raises(InvalidParameterValue, match=f"spark_env_vars: {name} "):
+            w.clusters.edit(
+                cluster_id=c.cluster_id,
+                spark_version=V,
+                node_type_id="rec-small",
+                num_workers=0,
+                spark_env_vars={**inert, **env},
+            )
+    assert w.clusters.get(c.cluster_id).spark_env_vars == inert
+
+    with pytest.raises(InvalidParameterValue, match=r"new_cluster: .*BASH_ENV cannot be set"):
+        w.jobs.create(
+            name="j",
+            tasks=[
+                jobs.Task(
+                    task_key="t",
+                    spark_python_task=jobs.SparkPythonTask(python_file="/x.py"),
+                    new_cluster=ClusterSpec(
+                        spark_version=V,
+                        node_type_id="rec-small",
+                        num_workers=0,
+                        spark_env_vars={"BASH_ENV": "/tmp/x.sh"},
+                    ),
+                )
+            ],
+        )
+    w.clusters.delete(c.cluster_id)
+
+
 def _post(h: DevhostProcess, path: str, content: bytes, token: str | None) -> httpx.Response:
     headers = {"Content-Type": "application/json"}
     if token:

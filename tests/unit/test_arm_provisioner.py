@@ -66,8 +66,14 @@ from shared.adapters.arm import (
     sanitize_tags,
     temp_disk_bytes,
 )
-from shared.domain.cluster import (
+from shared.domain.node_env import (
+    HARMLESS_PYTHON,
     PINNED_SPARK_ENV,
+    PROGRAM_SPARK_ENV,
+    PROGRAM_VALUE,
+    REFUSED_NAMES,
+    REFUSED_PATTERN,
+    REFUSED_PREFIXES,
     RESERVED_SPARK_ENV_PREFIX,
     SPARK_ENV_NAME,
     spark_env_problem,
@@ -1948,19 +1954,49 @@ public class Props {
     return out
 
 
-def _sourced(env_file: Path) -> dict[str, str]:
-    """USER_ENV's variables of an environment file as bash reads it; for NAME="..." lines that
+def _sourced(env_file: Path, names: Any = USER_ENV, cwd: Path | None = None) -> dict[str, str]:
+    """The variables `names` of an environment file as bash reads it; for NAME="..." lines that
     is how systemd's EnvironmentFile reads them too (in double quotes a backslash escapes only a
     backslash, a double quote, a backquote and a dollar sign, and nothing is expanded by
     systemd)."""
     r = subprocess.run(
         ["bash", "-c", 'set -a; . "$1"; env -0', "bash", str(env_file)],
         env={},
+        cwd=cwd,
         capture_output=True,
         check=True,
     )
     pairs = [item.split(b"=", 1) for item in r.stdout.split(b"\0") if item]
-    return {k.decode(): v.decode() for k, v in pairs if k.decode() in USER_ENV}
+    return {k.decode(): v.decode() for k, v in pairs if k.decode() in names}
+
+
+def test_spark_env_values_stay_data_on_the_node(
+    arm: FakeArm, templates: Path, tmp_path: Path, spark_conf_script: Path
+) -> None:
+    """Values a shell would run (command substitution, backquotes, a closing quote and a
+    command) go through customData and the node's environment file as the same characters:
+    read back by bash (and so by systemd's EnvironmentFile, which never runs anything), nothing
+    runs."""
+    ran = tmp_path / "ran"
+    env = {
+        "SUBST": f"$(touch {ran}-subst)",
+        "BACKQUOTE": f"`touch {ran}-backquote`",
+        "QUOTE": f'a"; touch {ran}-quote; "',
+        "SINGLE": f"'; touch {ran}-single; '",
+        "SEMICOLON": f"x; touch {ran}-semicolon",
+        "DOLLARS": "${HOME} $PATH $$ %h %%",
+        "BACKSLASH": "a\\b\\",
+        "BLANKS": "  lead and trail  ",
+    }
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    ready_workspace(arm, prov)
+    prov.start_driver(request_for(spark_env_vars=env))
+    packed = _placeholder(arm.take()[-1], "SPARK_ENV")
+    assert _unpacked(packed) == env
+    r = write_spark_conf(spark_conf_script, tmp_path / "node", DRIVER_NODE, "", packed)
+    assert r.returncode == 0, r.stderr
+    assert _sourced(tmp_path / "node" / "spark-user.env", env, cwd=tmp_path) == env
+    assert not list(tmp_path.glob("ran*"))
 
 
 def test_spark_conf_and_env_reach_the_nodes_spark_defaults_and_environment(
@@ -2070,6 +2106,14 @@ BAD_ENV = [
     {"MULTI": "line1\nSPARK_HOME=/elsewhere"},
     {"CR": "a\rb"},
     {"NUL": "a\0b"},
+    # Names that inject code (shared/domain/node_env.py).
+    {"BASH_ENV": "/tmp/x.sh"},
+    {"LD_PRELOAD": "/tmp/x.so"},
+    {"JAVA_TOOL_OPTIONS": "-javaagent:/tmp/x.jar"},
+    {"SPARK_WORKER_OPTS": "-XX:OnOutOfMemoryError=touch /tmp/x"},
+    {"PYTHONPATH": "/tmp"},
+    {"PATH": "/tmp"},
+    {"PYSPARK_PYTHON": "python3 -c 'import os'"},
 ]
 
 
@@ -2101,15 +2145,34 @@ def test_the_node_and_the_provisioner_pin_the_same_settings(spark_conf_script: P
     assert script["PINNED_ENV"] == PINNED_SPARK_ENV
     assert script["ENV_PREFIX"] == RESERVED_SPARK_ENV_PREFIX
     assert script["ENV_NAME"].pattern == SPARK_ENV_NAME.pattern
-    for env in [*BAD_ENV, {"PYSPARK_PYTHON": "/x"}, {"X": 'a "b" $c'}]:
-        [(k, v)] = env.items()
-        assert (script["env_problem"](k, v) is None) == (spark_env_problem(k, v) is None), env
+    assert script["REFUSED_ENV_NAMES"] == REFUSED_NAMES
+    assert script["REFUSED_ENV_PREFIXES"] == REFUSED_PREFIXES
+    assert script["REFUSED_ENV_PATTERN"].pattern == REFUSED_PATTERN.pattern
+    assert script["HARMLESS_PYTHON"] == HARMLESS_PYTHON
+    assert script["PROGRAM_ENV"] == PROGRAM_SPARK_ENV
+    assert script["PROGRAM_VALUE"].pattern == PROGRAM_VALUE.pattern
+    corpus = [
+        *(next(iter(env.items())) for env in BAD_ENV),
+        *((name, "x") for name in REFUSED_NAMES | PINNED_SPARK_ENV | HARMLESS_PYTHON),
+        *((prefix + "X", "x") for prefix in REFUSED_PREFIXES),
+        ("PS4", "x"),
+        ("SPARK_MASTER_OPTS", "x"),
+        ("SPARK_DIST_CLASSPATH", "x"),
+        ("PYSPARK_PYTHON", "/x"),
+        ("PYSPARK_DRIVER_PYTHON", "python3 x"),
+        ("X", 'a "b" $c'),
+        ("LANG", "de_DE.UTF-8"),
+        ("JAVA_OPTS", "-Xss4m"),
+    ]
+    for k, v in corpus:
+        assert (script["env_problem"](k, v) is None) == (spark_env_problem(k, v) is None), k
     # Whatever the node sets for itself is pinned: every spark.env variable of bootstrap.sh
     # and every setting the node writes where spark_conf may not.
     bootstrap = _node_file("/usr/local/lib/sparkplane/bootstrap.sh")
     m = re.search(r"cat > /etc/sparkplane/spark\.env << EOF\n(.*?)\nEOF", bootstrap, re.DOTALL)
     assert m
     names = [line.split("=", 1)[0] for line in m.group(1).splitlines()]
+    assert "PATH" in names
     assert names and all(
         n in PINNED_SPARK_ENV or n.startswith(RESERVED_SPARK_ENV_PREFIX) for n in names
     )

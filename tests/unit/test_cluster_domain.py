@@ -286,9 +286,16 @@ def test_a_running_cluster_that_cannot_grow_keeps_its_size_with_add_nodes_failed
         ({"1X": "1"}, "not an environment variable name"),
         ({"A-B": "1"}, "not an environment variable name"),
         ({"X": "a\nb"}, "line break"),
+        ({"BASH_ENV": "/tmp/x.sh"}, "BASH_ENV cannot be set: shells"),
+        ({"LD_PRELOAD": "/tmp/x.so"}, "LD_PRELOAD cannot be set: the dynamic loader"),
+        ({"JAVA_TOOL_OPTIONS": "-javaagent:x.jar"}, "JAVA_TOOL_OPTIONS cannot be set"),
+        ({"PYTHONSTARTUP": "/tmp/x.py"}, "PYTHONSTARTUP cannot be set: Python"),
+        ({"PATH": "/tmp"}, "PATH is set by sparkplane"),
     ],
 )
 def test_spark_env_vars_the_nodes_cannot_take_are_refused(env: dict, message: str) -> None:
-    with pytest.raises(InvalidParameterValue, match=message):
-        spec(spark_env_vars=env)
+    with pytest.raises(InvalidParameterValue, match=f"Invalid spark_env_vars: .*{message}"):
+        spec(spark_env_vars={"FINE": "1", **env})
     assert spec(spark_env_vars={"MY_FLAG": "a b=c"}).spark_env_vars == {"MY_FLAG": "a b=c"}
+    inert = {"MY_FLAG": "$(touch /tmp/x)", "PYSPARK_PYTHON": "/usr/bin/python3"}
+    assert spec(spark_env_vars=inert).spark_env_vars == inert

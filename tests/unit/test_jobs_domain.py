@@ -504,11 +504,13 @@ def test_existing_clusters_are_started_once_and_never_terminated() -> None:
     assert sim.actions == [dom.StartCluster("mine")]
     sim.cluster("mine", "PENDING")
     sim.step()
-    sim.cluster("mine", "RUNNING", spark_env_vars={"A": "1"})
+    # (BASH_ENV: a cluster stored before shared/domain/node_env.py; a task never gets it)
+    sim.cluster("mine", "RUNNING", spark_env_vars={"A": "1", "BASH_ENV": "/tmp/x.sh"})
     sim.step()
     submit = sim.actions[0]
     assert isinstance(submit, dom.Submit)
     assert submit.cluster_id == "mine" and submit.env["A"] == "1"
+    assert "BASH_ENV" not in submit.env
     sim.proc(submit.key, "SUCCEEDED", exit_code=0)
     sim.step()
     assert sim.actions == [] and (sim.run.state, sim.run.result) == (L.TERMINATED, R.SUCCESS)
