@@ -6,6 +6,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,6 +20,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def cli_hint(url: str, token_file: Path) -> str:
+    """A command that works as printed with the legacy `databricks` CLI (0.18, what pip
+    installs): it keeps only the scheme and host name of DATABRICKS_HOST and drops the port,
+    so it reaches the control plane as its HTTP proxy (devhost serves proxy-form requests);
+    the made-up host name fails loudly where the proxy is not used."""
+    return (
+        f"http_proxy={url} DATABRICKS_HOST=http://sparkplane "
+        f"DATABRICKS_TOKEN=$(cat {shlex.quote(str(token_file))}) databricks clusters list"
+    )
 
 
 def main() -> int:
@@ -68,11 +80,7 @@ def main() -> int:
     print(f"  data directory: {data_dir}", flush=True)
     print(f"  token:          {token}  (also in {data_dir / 'token'})", flush=True)
     print(f"  provisioner:    {settings.provisioner}", flush=True)
-    print(
-        f"  try: DATABRICKS_HOST={url} DATABRICKS_TOKEN=$(cat {data_dir / 'token'}) "
-        "databricks clusters list",
-        flush=True,
-    )
+    print(f"  try: {cli_hint(url, data_dir / 'token')}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
             host.asgi,

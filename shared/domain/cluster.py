@@ -40,7 +40,8 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     spark_version: str
-    cluster_name: str | None = Field(default=None, max_length=100)
+    # Databricks answers "" for a cluster created without a name (clients index it).
+    cluster_name: str = Field(default="", max_length=100)
     node_type_id: str | None = None
     driver_node_type_id: str | None = None
     num_workers: int | None = Field(default=None, ge=0, le=MAX_WORKERS, strict=True)

@@ -321,7 +321,7 @@ class ClusterService:
                 "default_tags": {
                     "Vendor": "sparkplane",
                     "Creator": c.creator_user_name,
-                    "ClusterName": c.spec.cluster_name or "",
+                    "ClusterName": c.spec.cluster_name,
                     "ClusterId": c.cluster_id,
                     # How to reach the cluster, also for SDK users (whose SparkNode type drops
                     # the driver's extra fields): the same values as driver.connect_url etc.

@@ -653,3 +653,25 @@ def test_legacy_databricks_cli_fs(host: DevhostProcess, w: WorkspaceClient, tmp_
     ok("workspace", "rm", "-r", "/Shared/legacy")
     with pytest.raises(NotFound):
         w.workspace.get_status("/Shared/legacy")
+
+
+def test_the_make_run_banner_cli_hint_works_as_printed(
+    host: DevhostProcess, w: WorkspaceClient, tmp_path: Path
+) -> None:
+    """The `try:` line devhost prints at start-up, run as a user would paste it into a shell
+    (the legacy CLI on PATH, no DATABRICKS_* or proxy settings of the caller's)."""
+    [line] = [ln for ln in host.out.read_text().splitlines() if ln.strip().startswith("try:")]
+    command = line.strip().removeprefix("try:").strip()
+    c = w.clusters.create(spark_version="4.1.x-scala2.13", node_type_id="rec-small", num_workers=0)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DATABRICKS_") and not k.lower().endswith("_proxy")
+    }
+    env.update(HOME=str(tmp_path), PATH=f"{CLI.parent}:{env.get('PATH', '')}")
+    p = subprocess.run(
+        ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert p.returncode == 0, p.stderr
+    assert c.cluster_id in p.stdout
+    w.clusters.permanent_delete(c.cluster_id)
