@@ -1037,7 +1037,7 @@ def advance(
                 timing=timing,
             )
         elif a.state == L.RUNNING:
-            _running(r, a, t, view, obs, actions, now=now)
+            _running(r, a, t, view, obs, actions, now=now, timing=timing)
         if a.final and should_retry(t, a) and r.stop is None:
             retry = _new_attempt(r, a, t, now)
             if retry is not None:
@@ -1048,7 +1048,7 @@ def advance(
         if not a.final or a.process_done or a.submission_key is None:
             continue
         st = obs.submissions.get(a.submission_key)
-        if st is not None and st.state == "RUNNING":
+        if st is not None and st.state in ("PENDING", "RUNNING"):
             actions.append(CancelSubmission(a.submission_key, a.cluster_id or ""))
         else:
             a.process_done = True
@@ -1238,12 +1238,13 @@ def _running(
     actions: list[Action],
     *,
     now: int,
+    timing: Timing,
 ) -> None:
     """A RUNNING attempt: read its submission's status."""
     assert a.submission_key is not None
     st = obs.submissions.get(a.submission_key)
     v = view(a.cluster_id)
-    if (st is None or st.state in ("RUNNING", "LOST")) and v.state in DEAD:
+    if (st is None or st.state in ("PENDING", "RUNNING", "LOST")) and v.state in DEAD:
         reason = f" ({v.reason})" if v.reason else ""
         _finish(
             a,
@@ -1257,7 +1258,19 @@ def _running(
     if st is None:
         actions.append(_submit(r, a, t, v))  # not started yet (a crash): again
         return
-    if st.state == "RUNNING":
+    if st.state == "PENDING" and a.exec_start and now - a.exec_start >= timing.setup_timeout_ms:
+        # No agent took it: the driver runs none (e.g. no agent source in Azure) or is stuck.
+        _finish(
+            a,
+            now=now,
+            result=R.FAILED,
+            state=L.INTERNAL_ERROR,
+            code="CLUSTER_ERROR",
+            message=f"The driver node of cluster {a.cluster_id} did not start the task within "
+            f"{timing.setup_timeout_ms // 60_000} minutes (is its cluster agent running?).",
+        )
+        return
+    if st.state in ("PENDING", "RUNNING"):
         if t.timeout_seconds and a.exec_start and now - a.exec_start >= t.timeout_seconds * 1000:
             _finish(
                 a,

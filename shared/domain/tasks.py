@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SubmissionState = Literal["RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
+SubmissionState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "LOST"]
 
 
 @dataclass(frozen=True, slots=True)
 class SubmissionStatus:
-    """A task handed to a driver node, as its agent last reported it. RUNNING also while the
-    agent has not picked it up yet; LOST: the node that ran it is gone."""
+    """A task handed to a driver node, as its agent last reported it. PENDING: the agent has
+    not taken it yet; LOST: the node that ran it is gone."""
 
     state: SubmissionState
     exit_code: int | None = None

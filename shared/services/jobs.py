@@ -882,7 +882,7 @@ class JobService:
             st = self.tasks.status(a.cluster_id, a.submission_key, cluster_gone=gone)
             if st is not None:
                 logs = st.stdout_tail
-                if st.state not in ("RUNNING", "SUCCEEDED") and not error:
+                if st.state not in ("PENDING", "RUNNING", "SUCCEEDED") and not error:
                     error, trace = dom.error_of(st.stderr_tail, st.stdout_tail)
         if a.submission_key:
             out["logs"] = logs

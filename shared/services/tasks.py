@@ -103,8 +103,6 @@ class TaskService:
         state = b["state"]
         if state not in FINAL and cluster_gone:
             state = "LOST"
-        elif state in ("PENDING", "RUNNING"):
-            state = "RUNNING"
         return SubmissionStatus(
             state=state,
             exit_code=b.get("exit_code"),

@@ -743,3 +743,18 @@ def test_task_run_ids_belong_to_their_parent() -> None:
     assert dom.parent_run_id(RUN_ID) == RUN_ID
     with pytest.raises(ValueError):
         dom.new_run(run_id=RUN_ID + 1, workspace_id="w", settings=settings(), user="u", now=NOW)
+
+
+def test_a_task_no_agent_takes_fails_after_the_setup_timeout() -> None:
+    sim = Sim(settings(tasks=[task(existing_cluster_id="mine")]))
+    sim.cluster("mine", "RUNNING")
+    sim.step()
+    key = key_of(sim.run)
+    sim.proc(key, "PENDING")
+    sim.step(dt=60_000, setup_timeout_ms=120_000)
+    assert sim.run.tasks[0].state == L.RUNNING and sim.actions == []
+    sim.step(dt=60_000, setup_timeout_ms=120_000)
+    a = sim.run.tasks[0]
+    assert (a.state, a.result, a.code) == (L.INTERNAL_ERROR, R.FAILED, "CLUSTER_ERROR")
+    assert "did not start the task within 2 minutes" in a.message
+    assert sim.actions == [dom.CancelSubmission(key, "mine")]  # it must not start later

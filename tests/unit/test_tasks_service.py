@@ -55,7 +55,7 @@ def test_a_task_is_claimed_once_run_and_reported(svc: TaskService) -> None:
     submit(svc)  # a replayed advance hands it over once
     [t] = svc.assigned(agent("c1"))["tasks"]
     assert (t["key"], t["state"], t["parameters"], t["env"]) == ("11", "PENDING", ["x"], {"A": "1"})
-    assert svc.status("c1", "11", cluster_gone=False).state == "RUNNING"  # not picked up yet
+    assert svc.status("c1", "11", cluster_gone=False).state == "PENDING"  # not picked up yet
     assert svc.report(agent("c1"), "11", {"state": "RUNNING", "started_ms": 5}) == {
         "cancel_requested": False
     }
