@@ -205,7 +205,9 @@ def test_submitted_dbfs_files_a_failing_script_and_a_cancel(w: WorkspaceClient) 
         ],
     ).run_id
     task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
-    wait_for("the script to start", lambda: "started" in w.jobs.get_run_output(task_run).logs)
+    wait_for(
+        "the script to start", lambda: "started" in (w.jobs.get_run_output(task_run).logs or "")
+    )
     [proc] = task_processes("sleep.py")
     done = w.jobs.cancel_run_and_wait(run_id, timeout=T)
     assert done.state.result_state == jobs.RunResultState.CANCELED
@@ -262,7 +264,9 @@ def test_a_task_shares_a_running_cluster_with_a_notebook_session_on_its_driver_n
             ],
         ).run_id
         task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
-        wait_for("the script to start", lambda: "started" in w.jobs.get_run_output(task_run).logs)
+        wait_for(
+            "the script to start", lambda: "started" in (w.jobs.get_run_output(task_run).logs or "")
+        )
         [proc] = task_processes("sleep.py")
         ancestors = proc.parents()
         agents = [
