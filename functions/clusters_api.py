@@ -7,8 +7,8 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, query_filters, respond
-from shared.errors import EndpointNotFound, InvalidParameterValue
+from functions.http import dispatch, json_body, query_filters, respond
+from shared.errors import InvalidParameterValue
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 
@@ -72,12 +72,8 @@ GET: dict[str, Handler] = {
 )
 def clusters_api(req: func.HttpRequest) -> func.HttpResponse:
     version = req.route_params.get("version")
-    op = req.route_params.get("op", "")
-    table = POST if req.method == "POST" else GET
-    if version not in VERSIONS or op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/{version}/clusters/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.clusters, p, req))
+    path = f"{version}/clusters"
+    return dispatch(req, path, POST, GET, lambda c: c.clusters, known_version=version in VERSIONS)
 
 
 @bp.route(

@@ -9,8 +9,8 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, respond
-from shared.errors import EndpointNotFound, InvalidParameterValue
+from functions.http import dispatch, json_body
+from shared.errors import InvalidParameterValue
 from shared.services.auth import Principal
 from shared.services.jobs import JobService
 from shared.wiring import container
@@ -108,12 +108,9 @@ def _dispatch(
     req: func.HttpRequest, path: str, post: dict[str, Handler], get: dict[str, Handler]
 ) -> func.HttpResponse:
     version = req.route_params.get("version")
-    op = req.route_params.get("op", "")
-    table = post if req.method == "POST" else get
-    if version not in VERSIONS or op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/{version}/{path}/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.jobs, p, req))
+    return dispatch(
+        req, f"{version}/{path}", post, get, lambda c: c.jobs, known_version=version in VERSIONS
+    )
 
 
 @bp.route(
