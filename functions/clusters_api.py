@@ -8,7 +8,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import dispatch, json_body, query_filters, respond
-from shared.errors import InvalidParameterValue
+from shared.domain.wire import integer
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 
@@ -21,15 +21,7 @@ Handler = Callable[[ClusterService, Principal, func.HttpRequest], Any]
 
 def _page_size(req: func.HttpRequest) -> int:
     raw = req.params.get("page_size")
-    if raw is None or raw == "":
-        return 100
-    try:
-        n = int(raw)
-    except ValueError:
-        raise InvalidParameterValue("page_size must be an integer.") from None
-    if not 1 <= n <= 1000:
-        raise InvalidParameterValue("page_size must be between 1 and 1000.")
-    return n
+    return 100 if raw is None or raw == "" else integer(raw, "page_size", 1, 1000)
 
 
 def _post(fn: Callable[[ClusterService, Principal, dict[str, Any]], Any]) -> Handler:

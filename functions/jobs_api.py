@@ -10,6 +10,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import dispatch, json_body
+from shared.domain.wire import integer
 from shared.errors import InvalidParameterValue
 from shared.services.auth import Principal
 from shared.services.jobs import JobService
@@ -25,15 +26,7 @@ Handler = Callable[[JobService, Principal, func.HttpRequest], Any]
 
 def _int(req: func.HttpRequest, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = req.params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise InvalidParameterValue(f"{name} must be an integer.") from None
-    if not lo <= n <= hi:
-        raise InvalidParameterValue(f"{name} must be between {lo} and {hi}.")
-    return n
+    return default if raw is None or raw == "" else integer(raw, name, lo, hi)
 
 
 def _bool(req: func.HttpRequest, name: str) -> bool:

@@ -16,13 +16,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from shared.domain import cluster as cdom
 from shared.domain import paths
 from shared.domain import schedule as sched
 from shared.domain.tasks import SubmissionStatus
+from shared.domain.wire import Int
 from shared.errors import InvalidParameterValue
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +79,10 @@ QUEUE_TIMEOUT_MS = 48 * 3600 * 1000
 # ---------------------------------------------------------------------------------------------
 # Settings.
 
+# A task's or job cluster's cluster spec: checked by the cluster rules (validate_settings'
+# check_cluster_spec), kept with its typed fields as parsed.
+NewCluster = Annotated[dict[str, Any], AfterValidator(cdom.typed_body)]
+
 
 class CronSchedule(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -108,18 +114,18 @@ class Task(BaseModel):
     run_if: str | None = None
     spark_python_task: SparkPythonTask | None = None
     existing_cluster_id: str | None = None
-    new_cluster: dict[str, Any] | None = None
+    new_cluster: NewCluster | None = None
     job_cluster_key: str | None = None
-    max_retries: int = Field(default=0, ge=-1)
-    min_retry_interval_millis: int = Field(default=0, ge=0)
+    max_retries: Int = Field(default=0, ge=-1)
+    min_retry_interval_millis: Int = Field(default=0, ge=0)
     retry_on_timeout: bool = False
-    timeout_seconds: int = Field(default=0, ge=0)
+    timeout_seconds: Int = Field(default=0, ge=0)
 
 
 class JobCluster(BaseModel):
     model_config = ConfigDict(extra="allow")
     job_cluster_key: str = Field(min_length=1, max_length=100, pattern=r"^[\w\-]+$")
-    new_cluster: dict[str, Any]
+    new_cluster: NewCluster
 
 
 class QueueSettings(BaseModel):
@@ -139,8 +145,8 @@ class JobSettings(BaseModel):
     tasks: list[Task] = Field(default_factory=list)
     job_clusters: list[JobCluster] = Field(default_factory=list)
     schedule: CronSchedule | None = None
-    max_concurrent_runs: int = Field(default=1, ge=0, le=1000)
-    timeout_seconds: int = Field(default=0, ge=0)
+    max_concurrent_runs: Int = Field(default=1, ge=0, le=1000)
+    timeout_seconds: Int = Field(default=0, ge=0)
     queue: QueueSettings | None = None
     parameters: list[JobParameter] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -170,11 +176,20 @@ def parse_settings(body: Any, where: str = "") -> JobSettings:
         raise InvalidParameterValue(_fmt(e, where)) from None
 
 
-def parse_tasks(tasks: Any) -> list[Task]:
-    """The tasks of runs/submit."""
+def submit_settings(body: Mapping[str, Any]) -> JobSettings:
+    """The settings of a one-time run (runs/submit): its tasks, run_name and timeout_seconds."""
+    tasks = body.get("tasks")
     if not isinstance(tasks, list):
         raise InvalidParameterValue("tasks must be a list.")
-    return parse_settings({"tasks": tasks}).tasks
+    if not tasks:
+        raise InvalidParameterValue("Missing required field: tasks")
+    run_name = body.get("run_name")
+    if run_name is not None and not isinstance(run_name, str):
+        raise InvalidParameterValue("run_name must be a string.")
+    fields = {"name": run_name or "Untitled", "tasks": tasks, "max_concurrent_runs": 1}
+    if body.get("timeout_seconds") is not None:
+        fields["timeout_seconds"] = body["timeout_seconds"]
+    return parse_settings(fields)
 
 
 def validate_settings(

@@ -27,6 +27,7 @@ from shared.domain import cluster as cdom
 from shared.domain import jobs as dom
 from shared.domain.jobs import LifeCycle as L
 from shared.domain.jobs import Result as R
+from shared.domain.wire import integer
 from shared.errors import ApiError, InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from shared.ports import (
     AlreadyExists,
@@ -71,15 +72,7 @@ def run_doc_id(run_id: int) -> str:
 def _int_id(value: Any, name: str) -> int:
     if value is None or value == "":
         raise InvalidParameterValue(f"Missing required field: {name}")
-    if isinstance(value, bool):
-        raise InvalidParameterValue(f"{name} must be an integer.")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterValue(f"Invalid value for {name}: {value!r}") from None
-    if not 0 < n < 2**63:
-        raise InvalidParameterValue(f"Invalid value for {name}: {value!r}")
-    return n
+    return integer(value, name, lo=1)
 
 
 def _str_list(value: Any, name: str) -> list[str] | None:
@@ -502,18 +495,7 @@ class JobService:
         return {"run_id": run.run_id, "number_in_job": run.run_id}
 
     def submit(self, p: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
-        tasks = dom.parse_tasks(body.get("tasks"))
-        if not tasks:
-            raise InvalidParameterValue("Missing required field: tasks")
-        timeout = body.get("timeout_seconds") or 0
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-            raise InvalidParameterValue("timeout_seconds must be a non-negative integer.")
-        run_name = body.get("run_name")
-        if run_name is not None and not isinstance(run_name, str):
-            raise InvalidParameterValue("run_name must be a string.")
-        settings = dom.JobSettings(
-            name=run_name or "Untitled", tasks=tasks, timeout_seconds=timeout, max_concurrent_runs=1
-        )
+        settings = dom.submit_settings(body)
         self._validated(p, settings, submit=True)
         token = _token(body.get("idempotency_token"))
         now = self.clock.now_ms()
@@ -527,7 +509,6 @@ class JobService:
                 user=p.user,
                 now=now,
                 run_type="SUBMIT_RUN",
-                run_name=run_name or "Untitled",
                 idempotency_token=token,
             ),
         )
