@@ -471,6 +471,7 @@ class Attempt(BaseModel):
 class Run(BaseModel):
     run_id: int
     workspace_id: str
+    # The job the run belongs to (and holds a slot of); None: a one-time run (runs/submit).
     job_id: int | None = None
     run_name: str = ""
     run_type: RunType = "JOB_RUN"
@@ -515,6 +516,10 @@ class Run(BaseModel):
     def final(self) -> bool:
         return self.state in FINAL
 
+    @property
+    def shown_job_id(self) -> int:
+        return shown_job_id(self.job_id, self.run_id)
+
     def latest(self) -> dict[str, Attempt]:
         out: dict[str, Attempt] = {}
         for a in self.tasks:
@@ -526,6 +531,15 @@ class Run(BaseModel):
 
     def attempt(self, run_id: int) -> Attempt | None:
         return next((a for a in self.tasks if a.run_id == run_id), None)
+
+
+def shown_job_id(job_id: int | None, run_id: int) -> int:
+    """The job_id of a run in the API, `{{job.id}}` and SPARKPLANE_JOB_ID: its job's; a one-time
+    run (runs/submit) belongs to no job, yet Databricks gives it a job_id too (Airflow's
+    deferrable operators read it), and here that is the run's own id. It is stable, and no job
+    has it (jobs/create takes the millisecond clock as the id, a run id is a thousand times
+    that), so jobs/get and run-now find no job by it and jobs/list never shows one."""
+    return run_id if job_id is None else job_id
 
 
 def parent_run_id(run_id: int) -> int:
@@ -821,7 +835,7 @@ def reference_context(r: Run, a: Attempt) -> dict[str, str]:
     params = {p.name: p.default for p in r.settings.parameters}
     params.update(r.job_parameters)
     ctx = {
-        "job.id": str(r.job_id or ""),
+        "job.id": str(r.shown_job_id),
         "job.name": r.settings.name,
         "job.run_id": str(r.run_id),
         "job.repair_count": "0",
@@ -831,7 +845,7 @@ def reference_context(r: Run, a: Attempt) -> dict[str, str]:
         "task.run_id": str(a.run_id),
         "task.execution_count": str(a.attempt_number + 1),
         # The older names.
-        "job_id": str(r.job_id or ""),
+        "job_id": str(r.shown_job_id),
         "run_id": str(a.run_id),
         "parent_run_id": str(r.run_id),
         "task_key": a.task_key,
@@ -1224,7 +1238,7 @@ def _submit(r: Run, a: Attempt, t: Task, v: ClusterView) -> Submit:
     params = r.python_params if r.python_params is not None else t.spark_python_task.parameters
     env = {
         **dict(v.spark_env_vars),
-        "SPARKPLANE_JOB_ID": str(r.job_id or ""),
+        "SPARKPLANE_JOB_ID": str(r.shown_job_id),
         "SPARKPLANE_RUN_ID": str(r.run_id),
         "SPARKPLANE_TASK_RUN_ID": str(a.run_id),
         "SPARKPLANE_TASK_KEY": a.task_key,

@@ -639,11 +639,8 @@ class JobService:
                 run.start_time, run.setup_start, run.exec_start, run.exec_end, run.end_time
             ),
         }
-        if run.job_id is not None:
-            out["job_id"] = run.job_id
-            out["run_page_url"] = f"{self.base_url}/#job/{run.job_id}/run/{run.run_id}"
-        else:
-            out["run_page_url"] = f"{self.base_url}/#run/{run.run_id}"
+        out["job_id"] = run.shown_job_id
+        out["run_page_url"] = f"{self.base_url}/#job/{run.shown_job_id}/run/{run.run_id}"
         if run.schedule is not None:
             out["schedule"] = run.schedule.model_dump(mode="json", exclude_none=True)
         if run.python_params is not None:
@@ -704,7 +701,7 @@ class JobService:
                     a.exec_end,
                     a.exec_end if a.final else None,
                 ),
-                "run_page_url": f"{self.base_url}/#job/{run.job_id or 0}/run/{a.run_id}",
+                "run_page_url": f"{self.base_url}/#job/{run.shown_job_id}/run/{a.run_id}",
             }
         )
         out.pop("queue_duration", None)
@@ -768,7 +765,7 @@ class JobService:
         active = {s.value for s in dom.ACTIVE}
 
         def keep(b: Mapping[str, Any]) -> bool:
-            if job_id is not None and b.get("job_id") != job_id:
+            if job_id is not None and dom.shown_job_id(b.get("job_id"), b["run_id"]) != job_id:
                 return False
             if active_only and b.get("state") not in active:
                 return False

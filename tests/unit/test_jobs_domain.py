@@ -167,6 +167,20 @@ def test_submit_settings_are_a_one_time_runs_tasks_name_and_timeout() -> None:
             dom.submit_settings(body)
 
 
+def test_a_one_time_run_shows_its_own_id_as_its_job_id() -> None:
+    s = settings()
+    job_run = dom.new_run(run_id=RUN_ID, workspace_id="w", settings=s, user="u", now=NOW, job_id=7)
+    once = dom.new_run(
+        run_id=RUN_ID, workspace_id="w", settings=s, user="u", now=NOW, run_type="SUBMIT_RUN"
+    )
+    assert (job_run.shown_job_id, once.shown_job_id) == (7, RUN_ID)
+    assert once.job_id is None  # it holds no job's slot
+    ctx = dom.reference_context(once, dom.Attempt(task_key="t", run_id=RUN_ID + 1))
+    assert ctx["job.id"] == ctx["job_id"] == str(RUN_ID)
+    # A job id is the millisecond clock, a run id a thousand times that: never the same.
+    assert dom.shown_job_id(None, RUN_ID) > NOW
+
+
 def test_update_merges_tasks_by_key_and_removes_fields() -> None:
     s = settings(tasks=[task("a"), task("b")], timeout_seconds=5)
     merged = dom.merge_update(
