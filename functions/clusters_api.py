@@ -7,8 +7,8 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, query_filters, respond
-from shared.errors import EndpointNotFound, InvalidParameterValue
+from functions.http import dispatch, json_body, query_filters, respond
+from shared.domain.wire import integer
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 
@@ -21,15 +21,7 @@ Handler = Callable[[ClusterService, Principal, func.HttpRequest], Any]
 
 def _page_size(req: func.HttpRequest) -> int:
     raw = req.params.get("page_size")
-    if raw is None or raw == "":
-        return 100
-    try:
-        n = int(raw)
-    except ValueError:
-        raise InvalidParameterValue("page_size must be an integer.") from None
-    if not 1 <= n <= 1000:
-        raise InvalidParameterValue("page_size must be between 1 and 1000.")
-    return n
+    return 100 if raw is None or raw == "" else integer(raw, "page_size", 1, 1000)
 
 
 def _post(fn: Callable[[ClusterService, Principal, dict[str, Any]], Any]) -> Handler:
@@ -72,12 +64,8 @@ GET: dict[str, Handler] = {
 )
 def clusters_api(req: func.HttpRequest) -> func.HttpResponse:
     version = req.route_params.get("version")
-    op = req.route_params.get("op", "")
-    table = POST if req.method == "POST" else GET
-    if version not in VERSIONS or op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/{version}/clusters/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.clusters, p, req))
+    path = f"{version}/clusters"
+    return dispatch(req, path, POST, GET, lambda c: c.clusters, known_version=version in VERSIONS)
 
 
 @bp.route(

@@ -9,11 +9,10 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, respond
+from functions.http import dispatch, json_body
 from shared.domain import files as dom
 from shared.errors import (
     ApiError,
-    EndpointNotFound,
     InvalidParameterValue,
     MaxBlockSizeExceeded,
     MaxNotebookSizeExceeded,
@@ -112,27 +111,16 @@ WORKSPACE_GET: dict[str, Handler] = {
 }
 
 
-def _dispatch(
-    req: func.HttpRequest, api_name: str, post: dict[str, Handler], get: dict[str, Handler]
-) -> func.HttpResponse:
-    op = req.route_params.get("op", "")
-    table = post if req.method == "POST" else get
-    if op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/2.0/{api_name}/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.files_service, p, req))
-
-
 @bp.route(route="api/2.0/dbfs/{op}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def dbfs_api(req: func.HttpRequest) -> func.HttpResponse:
-    return _dispatch(req, "dbfs", DBFS_POST, DBFS_GET)
+    return dispatch(req, "2.0/dbfs", DBFS_POST, DBFS_GET, lambda c: c.files_service)
 
 
 @bp.route(
     route="api/2.0/workspace/{op}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS
 )
 def workspace_api(req: func.HttpRequest) -> func.HttpResponse:
-    return _dispatch(req, "workspace", WORKSPACE_POST, WORKSPACE_GET)
+    return dispatch(req, "2.0/workspace", WORKSPACE_POST, WORKSPACE_GET, lambda c: c.files_service)
 
 
 @bp.timer_trigger(arg_name="timer", schedule="0 */5 * * * *")

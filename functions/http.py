@@ -7,13 +7,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import azure.functions as func
 
 from shared.errors import (
     ApiError,
+    EndpointNotFound,
     InvalidParameterValue,
     MalformedRequest,
     PermissionDenied,
@@ -114,6 +115,75 @@ def api(
         return respond(result if result is not None else {})
 
     return guarded(go)
+
+
+S = TypeVar("S")
+Handler = Callable[[S, Principal, func.HttpRequest], Any]
+
+
+def dispatch(
+    req: func.HttpRequest,
+    path: str,
+    post: Mapping[str, Handler[S]],
+    get: Mapping[str, Handler[S]],
+    service: Callable[[Container], S],
+    *,
+    known_version: bool = True,
+) -> func.HttpResponse:
+    """One call of a Databricks API family (`/api/{path}/{op}`): the handler of `op` for the
+    method (else ENDPOINT_NOT_FOUND), run by `api` for a user token on the request as
+    `with_body_params` reads it."""
+    op = req.route_params.get("op", "")
+    table = post if req.method == "POST" else get
+    if not known_version or op not in table:
+        e = EndpointNotFound(f"No API found for '{req.method} /api/{path}/{op}'")
+        return respond(e.body(), e.status)
+    return api(req, "user", lambda c, p: table[op](service(c), p, with_body_params(req)))
+
+
+def with_body_params(req: func.HttpRequest) -> func.HttpRequest:
+    """A GET's parameters come in its query string or as a JSON body, as Databricks reads them
+    (aiohttp clients such as Airflow's triggerer send a body): the request with the body's
+    parameters among its query parameters, the query string winning. A body that is not a JSON
+    object is MALFORMED_REQUEST; any other request is returned as it is."""
+    raw = req.get_body() or b""
+    if req.method != "GET" or not raw.strip():
+        return req
+    params: dict[str, str] = {}
+    for name, value in json_body(req).items():
+        params.update(_query_params(name, value))
+    params.update(req.params)
+    return func.HttpRequest(
+        req.method,
+        req.url,
+        headers=dict(req.headers),
+        params=params,
+        route_params=dict(req.route_params),
+        body=raw,
+    )
+
+
+def _query_params(name: str, value: Any) -> Iterator[tuple[str, str]]:
+    """A JSON body's parameter as the query string would carry it: an object as dotted names
+    (`filter_by.cluster_states`), a list comma-joined (as the host joins a repeated key),
+    booleans as true/false, null left out."""
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _query_params(f"{name}.{key}", item)
+    elif isinstance(value, list):
+        if any(isinstance(item, (Mapping, list)) for item in value):
+            raise InvalidParameterValue(f"{name} must be a list of values, not of objects.")
+        yield name, ",".join(_query_text(item) for item in value if item is not None)
+    else:
+        yield name, _query_text(value)
+
+
+def _query_text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 BOOLEAN_FILTERS = frozenset({"is_pinned"})

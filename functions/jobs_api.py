@@ -9,8 +9,9 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, respond
-from shared.errors import EndpointNotFound, InvalidParameterValue
+from functions.http import dispatch, json_body
+from shared.domain.wire import integer
+from shared.errors import InvalidParameterValue
 from shared.services.auth import Principal
 from shared.services.jobs import JobService
 from shared.wiring import container
@@ -25,15 +26,7 @@ Handler = Callable[[JobService, Principal, func.HttpRequest], Any]
 
 def _int(req: func.HttpRequest, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = req.params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        n = int(raw)
-    except ValueError:
-        raise InvalidParameterValue(f"{name} must be an integer.") from None
-    if not lo <= n <= hi:
-        raise InvalidParameterValue(f"{name} must be between {lo} and {hi}.")
-    return n
+    return default if raw is None or raw == "" else integer(raw, name, lo, hi)
 
 
 def _bool(req: func.HttpRequest, name: str) -> bool:
@@ -108,12 +101,9 @@ def _dispatch(
     req: func.HttpRequest, path: str, post: dict[str, Handler], get: dict[str, Handler]
 ) -> func.HttpResponse:
     version = req.route_params.get("version")
-    op = req.route_params.get("op", "")
-    table = post if req.method == "POST" else get
-    if version not in VERSIONS or op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/{version}/{path}/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.jobs, p, req))
+    return dispatch(
+        req, f"{version}/{path}", post, get, lambda c: c.jobs, known_version=version in VERSIONS
+    )
 
 
 @bp.route(

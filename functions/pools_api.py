@@ -7,8 +7,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import api, json_body, respond
-from shared.errors import EndpointNotFound
+from functions.http import dispatch, json_body
 from shared.services.auth import Principal
 from shared.services.pools import PoolService
 
@@ -33,9 +32,4 @@ GET: dict[str, Handler] = {
     auth_level=func.AuthLevel.ANONYMOUS,
 )
 def instance_pools_api(req: func.HttpRequest) -> func.HttpResponse:
-    op = req.route_params.get("op", "")
-    table = POST if req.method == "POST" else GET
-    if op not in table:
-        e = EndpointNotFound(f"No API found for '{req.method} /api/2.0/instance-pools/{op}'")
-        return respond(e.body(), e.status)
-    return api(req, "user", lambda c, p: table[op](c.pools, p, req))
+    return dispatch(req, "2.0/instance-pools", POST, GET, lambda c: c.pools)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.domain.events import EventType, event
 from shared.domain.node_env import spark_env_problem
 from shared.domain.states import State, check_move
+from shared.domain.wire import Int
 from shared.errors import InvalidParameterValue, InvalidState
 
 # The largest cluster this control plane makes (Databricks' own limits are in this range).
@@ -21,8 +22,8 @@ MAX_WORKERS = 10_000
 
 class AutoScale(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    min_workers: int = Field(ge=0, le=MAX_WORKERS)
-    max_workers: int = Field(ge=1, le=MAX_WORKERS)
+    min_workers: Int = Field(ge=0, le=MAX_WORKERS)
+    max_workers: Int = Field(ge=1, le=MAX_WORKERS)
 
 
 class TerminationReason(BaseModel):
@@ -44,9 +45,9 @@ class ClusterSpec(BaseModel):
     cluster_name: str = Field(default="", max_length=100)
     node_type_id: str | None = None
     driver_node_type_id: str | None = None
-    num_workers: int | None = Field(default=None, ge=0, le=MAX_WORKERS, strict=True)
+    num_workers: Int | None = Field(default=None, ge=0, le=MAX_WORKERS)
     autoscale: AutoScale | None = None
-    autotermination_minutes: int | None = Field(default=None, strict=True)
+    autotermination_minutes: Int | None = None
     spark_conf: dict[str, str] = Field(default_factory=dict)
     spark_env_vars: dict[str, str] = Field(default_factory=dict)
     custom_tags: dict[str, str] = Field(default_factory=dict)
@@ -116,6 +117,19 @@ def parse_spec(body: Mapping[str, Any]) -> ClusterSpec:
         return ClusterSpec.model_validate(data)
     except ValidationError as e:
         raise InvalidParameterValue(validation_message(e)) from None
+
+
+def typed_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A cluster body as a job keeps it (a task's or a job cluster's new_cluster): as sent, with
+    each field the spec types as parsed, so `"num_workers": "1"` is kept and answered as 1."""
+    try:
+        # A serverless pool's body may leave spark_version out (ClusterService.spec).
+        spec = ClusterSpec.model_validate({"spark_version": "", **body})
+    except ValidationError:
+        # Kept as sent: the job's cluster check refuses it with parse_spec's message.
+        return dict(body)
+    typed = set(body) & set(ClusterSpec.model_fields)
+    return {**body, **spec.model_dump(mode="json", include=typed)}
 
 
 def parse_autoscale(value: Any) -> AutoScale:

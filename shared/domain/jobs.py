@@ -16,14 +16,16 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from shared.domain import cluster as cdom
 from shared.domain import paths
 from shared.domain import schedule as sched
 from shared.domain.node_env import accepted_spark_env
 from shared.domain.tasks import SubmissionStatus
+from shared.domain.wire import Int
 from shared.errors import InvalidParameterValue
 
 # ---------------------------------------------------------------------------------------------
@@ -78,6 +80,10 @@ QUEUE_TIMEOUT_MS = 48 * 3600 * 1000
 # ---------------------------------------------------------------------------------------------
 # Settings.
 
+# A task's or job cluster's cluster spec: checked by the cluster rules (validate_settings'
+# check_cluster_spec), kept with its typed fields as parsed.
+NewCluster = Annotated[dict[str, Any], AfterValidator(cdom.typed_body)]
+
 
 class CronSchedule(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -109,18 +115,18 @@ class Task(BaseModel):
     run_if: str | None = None
     spark_python_task: SparkPythonTask | None = None
     existing_cluster_id: str | None = None
-    new_cluster: dict[str, Any] | None = None
+    new_cluster: NewCluster | None = None
     job_cluster_key: str | None = None
-    max_retries: int = Field(default=0, ge=-1)
-    min_retry_interval_millis: int = Field(default=0, ge=0)
+    max_retries: Int = Field(default=0, ge=-1)
+    min_retry_interval_millis: Int = Field(default=0, ge=0)
     retry_on_timeout: bool = False
-    timeout_seconds: int = Field(default=0, ge=0)
+    timeout_seconds: Int = Field(default=0, ge=0)
 
 
 class JobCluster(BaseModel):
     model_config = ConfigDict(extra="allow")
     job_cluster_key: str = Field(min_length=1, max_length=100, pattern=r"^[\w\-]+$")
-    new_cluster: dict[str, Any]
+    new_cluster: NewCluster
 
 
 class QueueSettings(BaseModel):
@@ -140,8 +146,8 @@ class JobSettings(BaseModel):
     tasks: list[Task] = Field(default_factory=list)
     job_clusters: list[JobCluster] = Field(default_factory=list)
     schedule: CronSchedule | None = None
-    max_concurrent_runs: int = Field(default=1, ge=0, le=1000)
-    timeout_seconds: int = Field(default=0, ge=0)
+    max_concurrent_runs: Int = Field(default=1, ge=0, le=1000)
+    timeout_seconds: Int = Field(default=0, ge=0)
     queue: QueueSettings | None = None
     parameters: list[JobParameter] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -171,11 +177,20 @@ def parse_settings(body: Any, where: str = "") -> JobSettings:
         raise InvalidParameterValue(_fmt(e, where)) from None
 
 
-def parse_tasks(tasks: Any) -> list[Task]:
-    """The tasks of runs/submit."""
+def submit_settings(body: Mapping[str, Any]) -> JobSettings:
+    """The settings of a one-time run (runs/submit): its tasks, run_name and timeout_seconds."""
+    tasks = body.get("tasks")
     if not isinstance(tasks, list):
         raise InvalidParameterValue("tasks must be a list.")
-    return parse_settings({"tasks": tasks}).tasks
+    if not tasks:
+        raise InvalidParameterValue("Missing required field: tasks")
+    run_name = body.get("run_name")
+    if run_name is not None and not isinstance(run_name, str):
+        raise InvalidParameterValue("run_name must be a string.")
+    fields = {"name": run_name or "Untitled", "tasks": tasks, "max_concurrent_runs": 1}
+    if body.get("timeout_seconds") is not None:
+        fields["timeout_seconds"] = body["timeout_seconds"]
+    return parse_settings(fields)
 
 
 def validate_settings(
@@ -457,6 +472,7 @@ class Attempt(BaseModel):
 class Run(BaseModel):
     run_id: int
     workspace_id: str
+    # The job the run belongs to (and holds a slot of); None: a one-time run (runs/submit).
     job_id: int | None = None
     run_name: str = ""
     run_type: RunType = "JOB_RUN"
@@ -501,6 +517,10 @@ class Run(BaseModel):
     def final(self) -> bool:
         return self.state in FINAL
 
+    @property
+    def shown_job_id(self) -> int:
+        return shown_job_id(self.job_id, self.run_id)
+
     def latest(self) -> dict[str, Attempt]:
         out: dict[str, Attempt] = {}
         for a in self.tasks:
@@ -512,6 +532,15 @@ class Run(BaseModel):
 
     def attempt(self, run_id: int) -> Attempt | None:
         return next((a for a in self.tasks if a.run_id == run_id), None)
+
+
+def shown_job_id(job_id: int | None, run_id: int) -> int:
+    """The job_id of a run in the API, `{{job.id}}` and SPARKPLANE_JOB_ID: its job's; a one-time
+    run (runs/submit) belongs to no job, yet Databricks gives it a job_id too (Airflow's
+    deferrable operators read it), and here that is the run's own id. It is stable, and no job
+    has it (jobs/create takes the millisecond clock as the id, a run id is a thousand times
+    that), so jobs/get and run-now find no job by it and jobs/list never shows one."""
+    return run_id if job_id is None else job_id
 
 
 def parent_run_id(run_id: int) -> int:
@@ -807,7 +836,7 @@ def reference_context(r: Run, a: Attempt) -> dict[str, str]:
     params = {p.name: p.default for p in r.settings.parameters}
     params.update(r.job_parameters)
     ctx = {
-        "job.id": str(r.job_id or ""),
+        "job.id": str(r.shown_job_id),
         "job.name": r.settings.name,
         "job.run_id": str(r.run_id),
         "job.repair_count": "0",
@@ -817,7 +846,7 @@ def reference_context(r: Run, a: Attempt) -> dict[str, str]:
         "task.run_id": str(a.run_id),
         "task.execution_count": str(a.attempt_number + 1),
         # The older names.
-        "job_id": str(r.job_id or ""),
+        "job_id": str(r.shown_job_id),
         "run_id": str(a.run_id),
         "parent_run_id": str(r.run_id),
         "task_key": a.task_key,
@@ -1210,7 +1239,7 @@ def _submit(r: Run, a: Attempt, t: Task, v: ClusterView) -> Submit:
     params = r.python_params if r.python_params is not None else t.spark_python_task.parameters
     env = {
         **accepted_spark_env(v.spark_env_vars),  # (a cluster stored before the rule)
-        "SPARKPLANE_JOB_ID": str(r.job_id or ""),
+        "SPARKPLANE_JOB_ID": str(r.shown_job_id),
         "SPARKPLANE_RUN_ID": str(r.run_id),
         "SPARKPLANE_TASK_RUN_ID": str(a.run_id),
         "SPARKPLANE_TASK_KEY": a.task_key,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain.cluster import validation_message
+from shared.domain.wire import Int
 from shared.errors import InvalidParameterValue
 from shared.ports import PoolNode
 
@@ -31,11 +32,9 @@ class PoolSpec(BaseModel):
 
     instance_pool_name: str = Field(min_length=1, max_length=100)
     node_type_id: str = Field(min_length=1)
-    min_idle_instances: int = Field(default=0, ge=0, le=MAX_POOL_SIZE, strict=True)
-    max_capacity: int | None = Field(default=None, ge=1, le=MAX_POOL_SIZE, strict=True)
-    idle_instance_autotermination_minutes: int | None = Field(
-        default=None, ge=0, le=10_000, strict=True
-    )
+    min_idle_instances: Int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
+    max_capacity: Int | None = Field(default=None, ge=1, le=MAX_POOL_SIZE)
+    idle_instance_autotermination_minutes: Int | None = Field(default=None, ge=0, le=10_000)
     custom_tags: dict[str, str] = Field(default_factory=dict)
     # strict: 0, "yes", "off", ... are not booleans (the SDK sends JSON true/false).
     enable_elastic_disk: bool | None = Field(default=None, strict=True)

@@ -14,6 +14,7 @@ from shared.domain.cluster import Cluster
 from shared.domain.events import wire as event_wire
 from shared.domain.pools import Pool
 from shared.domain.states import State
+from shared.domain.wire import INT64_MAX, integer
 from shared.errors import InvalidParameterValue, ResourceDoesNotExist
 from shared.ports import (
     AlreadyExists,
@@ -255,13 +256,8 @@ class ClusterService:
         self.mutate(p, body.get("cluster_id"), lambda c: dom.restart(c, user=p.user, now=now))
 
     def resize(self, p: Principal, body: Mapping[str, Any]) -> None:
-        nw = body.get("num_workers")
-        if nw is not None and (
-            not isinstance(nw, int) or isinstance(nw, bool) or not 0 <= nw <= dom.MAX_WORKERS
-        ):
-            raise InvalidParameterValue(
-                f"num_workers must be an integer between 0 and {dom.MAX_WORKERS}."
-            )
+        raw = body.get("num_workers")
+        nw = None if raw is None else integer(raw, "num_workers", 0, dom.MAX_WORKERS)
         auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
         now = self.clock.now_ms()
         self.mutate(
@@ -456,18 +452,9 @@ class ClusterService:
         }
 
 
-INT64_MAX = 2**63 - 1
-
-
 def _int(body: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     v = body.get(key)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidParameterValue(f"{key} must be an integer.")
-    if not lo <= v <= hi:
-        raise InvalidParameterValue(f"{key} must be between {lo} and {hi}.")
-    return v
+    return default if v is None else integer(v, key, lo, hi)
 
 
 def parse_event_query(body: Mapping[str, Any]) -> EventQuery:

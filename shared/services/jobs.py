@@ -27,6 +27,7 @@ from shared.domain import cluster as cdom
 from shared.domain import jobs as dom
 from shared.domain.jobs import LifeCycle as L
 from shared.domain.jobs import Result as R
+from shared.domain.wire import integer
 from shared.errors import ApiError, InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from shared.ports import (
     AlreadyExists,
@@ -71,15 +72,7 @@ def run_doc_id(run_id: int) -> str:
 def _int_id(value: Any, name: str) -> int:
     if value is None or value == "":
         raise InvalidParameterValue(f"Missing required field: {name}")
-    if isinstance(value, bool):
-        raise InvalidParameterValue(f"{name} must be an integer.")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise InvalidParameterValue(f"Invalid value for {name}: {value!r}") from None
-    if not 0 < n < 2**63:
-        raise InvalidParameterValue(f"Invalid value for {name}: {value!r}")
-    return n
+    return integer(value, name, lo=1)
 
 
 def _str_list(value: Any, name: str) -> list[str] | None:
@@ -502,18 +495,7 @@ class JobService:
         return {"run_id": run.run_id, "number_in_job": run.run_id}
 
     def submit(self, p: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
-        tasks = dom.parse_tasks(body.get("tasks"))
-        if not tasks:
-            raise InvalidParameterValue("Missing required field: tasks")
-        timeout = body.get("timeout_seconds") or 0
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-            raise InvalidParameterValue("timeout_seconds must be a non-negative integer.")
-        run_name = body.get("run_name")
-        if run_name is not None and not isinstance(run_name, str):
-            raise InvalidParameterValue("run_name must be a string.")
-        settings = dom.JobSettings(
-            name=run_name or "Untitled", tasks=tasks, timeout_seconds=timeout, max_concurrent_runs=1
-        )
+        settings = dom.submit_settings(body)
         self._validated(p, settings, submit=True)
         token = _token(body.get("idempotency_token"))
         now = self.clock.now_ms()
@@ -527,7 +509,6 @@ class JobService:
                 user=p.user,
                 now=now,
                 run_type="SUBMIT_RUN",
-                run_name=run_name or "Untitled",
                 idempotency_token=token,
             ),
         )
@@ -658,11 +639,8 @@ class JobService:
                 run.start_time, run.setup_start, run.exec_start, run.exec_end, run.end_time
             ),
         }
-        if run.job_id is not None:
-            out["job_id"] = run.job_id
-            out["run_page_url"] = f"{self.base_url}/#job/{run.job_id}/run/{run.run_id}"
-        else:
-            out["run_page_url"] = f"{self.base_url}/#run/{run.run_id}"
+        out["job_id"] = run.shown_job_id
+        out["run_page_url"] = f"{self.base_url}/#job/{run.shown_job_id}/run/{run.run_id}"
         if run.schedule is not None:
             out["schedule"] = run.schedule.model_dump(mode="json", exclude_none=True)
         if run.python_params is not None:
@@ -723,7 +701,7 @@ class JobService:
                     a.exec_end,
                     a.exec_end if a.final else None,
                 ),
-                "run_page_url": f"{self.base_url}/#job/{run.job_id or 0}/run/{a.run_id}",
+                "run_page_url": f"{self.base_url}/#job/{run.shown_job_id}/run/{a.run_id}",
             }
         )
         out.pop("queue_duration", None)
@@ -787,7 +765,7 @@ class JobService:
         active = {s.value for s in dom.ACTIVE}
 
         def keep(b: Mapping[str, Any]) -> bool:
-            if job_id is not None and b.get("job_id") != job_id:
+            if job_id is not None and dom.shown_job_id(b.get("job_id"), b["run_id"]) != job_id:
                 return False
             if active_only and b.get("state") not in active:
                 return False

@@ -12,12 +12,11 @@ named `dbfs:/airflow/task.py`, as an Airflow user's DAG would name an uploaded f
 that run it fail until the control plane serves that API. Connection and cluster management do
 not need it.
 
-Three gaps between this control plane and Databricks that the provider depends on are known;
-their tests say so (xfail) when exactly that gap is what they hit, and pass once it is closed:
+Three things the provider depends on have their own tests:
 - every number in an operator's JSON goes out as a string (`normalise_json_content`), which
-  Databricks accepts and this control plane refuses in cluster specs and `timeout_seconds`;
-- deferrable operators call `get_job_id(run_id)`, which reads `job_id` from runs/get, and a
-  runs/submit run here has none;
+  Databricks accepts, and so does this control plane (stored and answered as numbers);
+- deferrable operators call `get_job_id(run_id)`, which reads `job_id` from runs/get, which a
+  runs/submit run has too (its own run id, docs/jobs.md);
 - the triggerer's aiohttp calls send a GET's parameters as a JSON body, not a query string.
 """
 
@@ -54,13 +53,6 @@ print(f"airflow task: sum of squares below {n} is {sum(i * i for i in range(n))}
 if sys.argv[2:] == ["fail"]:
     raise ValueError(f"asked to fail at {n}")
 """
-
-NUMBERS_GAP = (
-    "numbers sent as strings (Airflow's normalise_json_content) are refused: Databricks "
-    "accepts them"
-)
-JOB_ID_GAP = "runs/get of a runs/submit run has no job_id, which deferrable operators read"
-GET_BODY_GAP = "a GET whose parameters come as a JSON body (the hook's aiohttp calls) gets 400"
 
 Drive = Callable[..., dict[str, Any]]
 
@@ -247,8 +239,9 @@ def test_cluster_management_through_the_hook(airflow: Drive, host: DevhostProces
     assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST", r.text
 
 
-def test_numbers_as_strings(airflow: Drive) -> None:
-    """The operators stringify every number: a new_cluster's num_workers goes out as "1"."""
+def test_numbers_as_strings(airflow: Drive, host: DevhostProcess) -> None:
+    """The operators stringify every number: a new_cluster's num_workers goes out as "1"; it
+    is accepted, and kept and answered as the number."""
     spec = {
         "job_name": f"airflow-numbers-{uuid.uuid4().hex[:8]}",
         "python_file": TASK_FILE,
@@ -261,10 +254,18 @@ def test_numbers_as_strings(airflow: Drive) -> None:
         },
     }
     got = airflow("numbers", spec)
-    refused = [k for k, v in got.items() if not v["accepted"]]
-    if refused and all("integer" in got[k]["error"] and got[k]["status"] == 400 for k in refused):
-        pytest.xfail(f"{NUMBERS_GAP}: {[got[k]['error'] for k in refused]}")
-    assert not refused, got
+    assert all(v["accepted"] for v in got.values()), got
+    job = api(host, "GET", "/api/2.2/jobs/get", params={"job_id": got["create_job"]["id"]})
+    settings = job.json()["settings"]
+    assert (settings["max_concurrent_runs"], settings["timeout_seconds"]) == (2, 600), settings
+    [cluster] = settings["job_clusters"]
+    assert cluster["new_cluster"]["num_workers"] == 1, cluster
+    assert cluster["new_cluster"]["autotermination_minutes"] == 30, cluster
+    assert settings["tasks"][0]["max_retries"] == 1, settings
+    run_id = got["submit"]["id"]
+    run = api(host, "GET", "/api/2.2/jobs/runs/get", params={"run_id": run_id}).json()
+    assert run["tasks"][0]["new_cluster"]["num_workers"] == 1, run
+    api(host, "POST", "/api/2.2/jobs/runs/cancel", json={"run_id": run_id})
 
 
 # ------------------------------------------------ needs the DBFS API to upload the task's file
@@ -315,12 +316,7 @@ def test_create_job_then_run_now_by_id_and_by_name(
 def test_trigger_polls_over_aiohttp(
     airflow: Drive, host: DevhostProcess, task_file: str, cluster_id: str
 ) -> None:
-    try:
-        got = airflow("trigger", run_spec(task_file, cluster_id, "4"))
-    except DriverFailed as e:
-        if "Status Code: 400" in e.stderr and "a_get_run_state" in e.stderr:
-            pytest.xfail(GET_BODY_GAP)
-        raise
+    got = airflow("trigger", run_spec(task_file, cluster_id, "4"))
     assert_succeeded(got, host, squares(4))
     event = got["event"]
     assert event["run_id"] == got["run_id"] and event["errors"] == []
@@ -330,13 +326,7 @@ def test_trigger_polls_over_aiohttp(
 def test_deferrable_submit_run(
     airflow: Drive, host: DevhostProcess, task_file: str, cluster_id: str
 ) -> None:
-    try:
-        got = airflow("deferrable", run_spec(task_file, cluster_id, "8"))
-    except DriverFailed as e:
-        if "KeyError: 'job_id'" in e.stderr:
-            pytest.xfail(JOB_ID_GAP)
-        if "Status Code: 400" in e.stderr and "a_get_run_state" in e.stderr:
-            pytest.xfail(GET_BODY_GAP)
-        raise
+    got = airflow("deferrable", run_spec(task_file, cluster_id, "8"))
     assert_succeeded(got, host, squares(8))
-    assert got["job_id"] is not None
+    # get_job_id(run_id) read it; a one-time run's job_id is its own run id.
+    assert got["job_id"] == got["run_id"]

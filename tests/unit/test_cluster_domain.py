@@ -42,6 +42,16 @@ def nodes(driver: str = "RUNNING", workers: tuple[str, ...] = ("RUNNING", "RUNNI
         ({"autotermination_minutes": 10001}, "between 10 and 10000"),
         ({"num_workers": -1}, "num_workers"),
         ({"num_workers": "many"}, "num_workers"),
+        ({"num_workers": "1.5"}, "num_workers"),
+        ({"num_workers": ""}, "num_workers"),
+        ({"num_workers": True}, "num_workers"),
+        ({"num_workers": "10001"}, "num_workers"),
+        ({"autotermination_minutes": "5"}, "between 10 and 10000"),
+        ({"autotermination_minutes": "30.0"}, "autotermination_minutes"),
+        (
+            {"autoscale": {"min_workers": "1", "max_workers": "x"}, "num_workers": None},
+            "max_workers",
+        ),
         ({"custom_tags": {str(i): "x" for i in range(46)}}, "45 custom tags"),
         ({"spark_version": None}, "Missing required field: spark_version"),
         ({"node_type_id": None}, "Missing required field: node_type_id"),
@@ -55,6 +65,32 @@ def test_invalid_specs_are_rejected_with_the_databricks_error(kw: dict, message:
 @pytest.mark.parametrize("minutes", [0, 10, 120, 10000, None])
 def test_autotermination_accepts_zero_and_the_range(minutes: int | None) -> None:
     assert spec(autotermination_minutes=minutes).autotermination_minutes == minutes
+
+
+def test_numbers_sent_as_strings_are_kept_as_numbers() -> None:
+    """Airflow's operators send every number as a string; Databricks accepts them."""
+    s = spec(num_workers="3", autotermination_minutes="30")
+    assert (s.num_workers, s.autotermination_minutes) == (3, 30)
+    auto = spec(num_workers=None, autoscale={"min_workers": "1", "max_workers": "4"})
+    assert auto.wire()["autoscale"] == {"min_workers": 1, "max_workers": 4}
+
+
+def test_a_jobs_cluster_body_keeps_what_was_sent_with_its_numbers_typed() -> None:
+    body = {
+        "spark_version": "4.1.x-scala2.13",
+        "num_workers": "2",
+        "autoscale": None,
+        "autotermination_minutes": "0",
+        "azure_attributes": {"first_on_demand": "1"},  # not a field this model types
+    }
+    assert dom.typed_body(body) == {**body, "num_workers": 2, "autotermination_minutes": 0}
+    # A serverless pool's body has no spark_version: none is added.
+    assert dom.typed_body({"num_workers": "1"}) == {"num_workers": 1}
+    # What does not parse is kept as sent, for parse_spec to refuse with the field's name.
+    assert dom.typed_body({"num_workers": "1.5", "autotermination_minutes": "30"}) == {
+        "num_workers": "1.5",
+        "autotermination_minutes": "30",
+    }
 
 
 def test_defaults_driver_node_type_and_size() -> None:

@@ -72,6 +72,14 @@ def settings(**kw: Any) -> dom.JobSettings:
         ({"tasks": [task(max_retries=-2)]}, "max_retries"),
         ({"max_concurrent_runs": 1001}, "max_concurrent_runs"),
         ({"timeout_seconds": -1}, "timeout_seconds"),
+        ({"timeout_seconds": "-1"}, "timeout_seconds"),
+        ({"timeout_seconds": "600s"}, "timeout_seconds"),
+        ({"timeout_seconds": ""}, "timeout_seconds"),
+        ({"timeout_seconds": 1.5}, "timeout_seconds"),
+        ({"timeout_seconds": True}, "timeout_seconds"),
+        ({"max_concurrent_runs": "1001"}, "max_concurrent_runs"),
+        ({"tasks": [task(max_retries="1.0")]}, "max_retries"),
+        ({"tasks": [task(min_retry_interval_millis="abc")]}, "min_retry_interval_millis"),
         (
             {"schedule": {"quartz_cron_expression": "0 0 12 * *", "timezone_id": "UTC"}},
             "Invalid Quartz cron expression",
@@ -112,6 +120,65 @@ def test_valid_settings_keep_unknown_fields_and_check_clusters_through_callbacks
     assert "tasks" not in s.wire(with_tasks=False)
     with pytest.raises(InvalidParameterValue, match="job_cluster_key is not allowed"):
         dom.validate_settings(s, now_ms=NOW, submit=True)
+
+
+def test_numbers_sent_as_strings_are_kept_as_numbers() -> None:
+    """Airflow's operators send every number as a string (`normalise_json_content`), in the
+    settings, the tasks and their clusters; Databricks accepts them, and so do these rules."""
+    cluster = {**CLUSTER, "num_workers": "2", "autotermination_minutes": "30"}
+    s = settings(
+        max_concurrent_runs="2",
+        timeout_seconds="600",
+        job_clusters=[{"job_cluster_key": "c", "new_cluster": cluster}],
+        tasks=[
+            task(
+                "a",
+                new_cluster=None,
+                job_cluster_key="c",
+                max_retries="-1",
+                min_retry_interval_millis="500",
+                timeout_seconds="60",
+            ),
+            task("b", new_cluster=cluster),
+        ],
+    )
+    wire = s.wire()
+    assert (wire["max_concurrent_runs"], wire["timeout_seconds"]) == (2, 600)
+    a, b = wire["tasks"]
+    assert (a["max_retries"], a["min_retry_interval_millis"], a["timeout_seconds"]) == (-1, 500, 60)
+    typed = {**CLUSTER, "num_workers": 2, "autotermination_minutes": 30}
+    assert b["new_cluster"] == typed
+    assert wire["job_clusters"][0]["new_cluster"] == typed
+
+
+def test_submit_settings_are_a_one_time_runs_tasks_name_and_timeout() -> None:
+    s = dom.submit_settings({"run_name": "once", "tasks": [task()], "timeout_seconds": "600"})
+    assert (s.name, s.timeout_seconds, s.max_concurrent_runs) == ("once", 600, 1)
+    assert dom.submit_settings({"tasks": [task()]}).name == "Untitled"
+    for body, message in (
+        ({}, "tasks must be a list"),
+        ({"tasks": []}, "Missing required field: tasks"),
+        ({"tasks": [task()], "run_name": 5}, "run_name must be a string"),
+        ({"tasks": [task()], "timeout_seconds": "1.5"}, "timeout_seconds"),
+        ({"tasks": [task()], "timeout_seconds": -1}, "timeout_seconds"),
+        ({"tasks": [task()], "run_name": "x" * 4097}, "name"),
+    ):
+        with pytest.raises(InvalidParameterValue, match=message):
+            dom.submit_settings(body)
+
+
+def test_a_one_time_run_shows_its_own_id_as_its_job_id() -> None:
+    s = settings()
+    job_run = dom.new_run(run_id=RUN_ID, workspace_id="w", settings=s, user="u", now=NOW, job_id=7)
+    once = dom.new_run(
+        run_id=RUN_ID, workspace_id="w", settings=s, user="u", now=NOW, run_type="SUBMIT_RUN"
+    )
+    assert (job_run.shown_job_id, once.shown_job_id) == (7, RUN_ID)
+    assert once.job_id is None  # it holds no job's slot
+    ctx = dom.reference_context(once, dom.Attempt(task_key="t", run_id=RUN_ID + 1))
+    assert ctx["job.id"] == ctx["job_id"] == str(RUN_ID)
+    # A job id is the millisecond clock, a run id a thousand times that: never the same.
+    assert dom.shown_job_id(None, RUN_ID) > NOW
 
 
 def test_update_merges_tasks_by_key_and_removes_fields() -> None:

@@ -115,9 +115,17 @@ def test_stats_count_returning_nodes_as_pending_idle() -> None:
             },
             "must not exceed max_capacity",
         ),
+        # A number as a decimal string is one (Databricks, Airflow); anything else is not.
+        *(
+            (
+                {"instance_pool_name": "p", "node_type_id": "n", "min_idle_instances": v},
+                "min_idle_instances",
+            )
+            for v in ("2.5", "two", "", True, 2.0)
+        ),
         (
-            {"instance_pool_name": "p", "node_type_id": "n", "min_idle_instances": "2"},
-            "min_idle_instances",
+            {"instance_pool_name": "p", "node_type_id": "n", "max_capacity": "10001"},
+            "max_capacity",
         ),
         (
             {"instance_pool_name": "p", "node_type_id": "n", "max_capacity": 0},
@@ -176,3 +184,21 @@ def test_bad_pool_ids_are_refused(value: object, message: str) -> None:
     with pytest.raises(InvalidParameterValue, match=message):
         pools.pool_id_of(value)
     assert pools.pool_id_of("0101-000000-abc-pool-x") == "0101-000000-abc-pool-x"
+
+
+def test_numbers_sent_as_strings_are_stored_as_numbers() -> None:
+    """Airflow's operators send every number as a string; Databricks accepts them."""
+    spec = pools.parse_spec(
+        {
+            "instance_pool_name": "p",
+            "node_type_id": "n",
+            "min_idle_instances": "2",
+            "max_capacity": "4",
+            "idle_instance_autotermination_minutes": "0",
+        },
+        node_types={"n"},
+        spark_versions=set(),
+    )
+    wire = spec.wire()
+    assert (wire["min_idle_instances"], wire["max_capacity"]) == (2, 4)
+    assert wire["idle_instance_autotermination_minutes"] == 0
