@@ -2,8 +2,8 @@
 
 - API calls validate, write the job or run document with an ETag check, and send `advance`
   for a run to the jobs queue (session id = run id: one handler per run at a time).
-- `advance` loads a run, observes its clusters (their documents) and its submissions (the
-  Submitter), lets the pure planner (`shared/domain/jobs.py`) decide, saves the run with an
+- `advance` loads a run, observes its clusters (their documents) and its tasks (the `task`
+  documents the driver agents report into, shared/services/tasks.py), lets the pure planner (`shared/domain/jobs.py`) decide, saves the run with an
   ETag check, then carries out the planner's "ensure" effects and schedules a follow-up while
   the run is active. Level-triggered: a duplicate or late message is one more evaluation.
 - The timer fires due schedules (a fire is written into the job document before its run is
