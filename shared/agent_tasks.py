@@ -1,8 +1,9 @@
 """The driver agent's job tasks: claim, fetch, run, report, cancel (the node's side of
 shared/services/tasks.py).
 
-Every SPARKPLANE_TASK_POLL_S (default 1 s) the agent lists its cluster's unfinished tasks,
-with its cluster's own agent token, and for each:
+Every SPARKPLANE_TASK_POLL_S (default 1 s; SPARKPLANE_TASK_IDLE_POLL_S, default 5 s, after a
+minute without tasks) the agent lists its cluster's unfinished tasks, with its cluster's own
+agent token, and for each:
 - PENDING: claims it (reports RUNNING; INVALID_STATE means it was cancelled meanwhile: it is
   not started), fetches its file through the control plane and starts it with the TaskRunner:
   `python <file> <parameters...>` in a process group of its own, SPARK_REMOTE set to the
@@ -16,7 +17,8 @@ When the control plane answers 401 (the cluster ended and its agent tokens were 
 agent stops, ending its tasks.
 
 Settings (environment): SPARKPLANE_TASKS_DIR (where tasks run; unset: no tasks on this node),
-SPARKPLANE_CONNECT_URL, SPARKPLANE_TASK_POLL_S, SPARKPLANE_KILL_GRACE_S; the control-plane
+SPARKPLANE_CONNECT_URL, SPARKPLANE_TASK_POLL_S, SPARKPLANE_TASK_IDLE_POLL_S,
+SPARKPLANE_KILL_GRACE_S; the control-plane
 URL, cluster id and token as for the heartbeats (shared/agent.py).
 """
 
@@ -38,6 +40,10 @@ from shared.task_runner import TaskRunner, task_env
 log = logging.getLogger("sparkplane.agent.tasks")
 
 REPORT_EVERY_S = 2.0
+# Polls come every SPARKPLANE_TASK_POLL_S while the cluster had a task (or its agent started)
+# in this window, else every SPARKPLANE_TASK_IDLE_POLL_S: an idle cluster costs the control
+# plane a request every few seconds, a busy one starts its next task within a second.
+BUSY_WINDOW_S = 60.0
 
 
 class Refused(Exception):
@@ -69,12 +75,15 @@ class TaskLoop:
         r.raise_for_status()
         return r.json()
 
-    def tick(self) -> None:
-        for t in self._call("GET")["tasks"]:
+    def tick(self) -> int:
+        """One poll; returns how many unfinished tasks the cluster has."""
+        tasks = self._call("GET")["tasks"]
+        for t in tasks:
             try:
                 self._step(t)
             except Refused as e:
                 log.info("task refused", extra={"key": t["key"], "error": str(e)[:200]})
+        return len(tasks)
 
     def _step(self, t: Mapping[str, Any]) -> None:
         key = t["key"]
@@ -142,10 +151,16 @@ def run(stop: threading.Event, cp: httpx.Client, env: Mapping[str, str]) -> None
     loop = TaskLoop(
         cp, env["SPARKPLANE_CONTROL_PLANE_URL"], runner, env.get("SPARKPLANE_CONNECT_URL", "")
     )
-    period = float(env.get("SPARKPLANE_TASK_POLL_S", "1"))
+    busy_s = float(env.get("SPARKPLANE_TASK_POLL_S", "1"))
+    idle_s = max(busy_s, float(env.get("SPARKPLANE_TASK_IDLE_POLL_S", "5")))
+    last_busy = time.monotonic()  # a new driver gets its first task soon
     while not stop.is_set():
+        period = busy_s
         try:
-            loop.tick()
+            if loop.tick():
+                last_busy = time.monotonic()
+            elif time.monotonic() - last_busy > BUSY_WINDOW_S:
+                period = idle_s
         except Revoked:
             # The cluster ended (its tokens are revoked): this node's agent has nothing to do.
             log.info("agent token revoked: stopping")

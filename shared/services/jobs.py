@@ -3,9 +3,10 @@
 - API calls validate, write the job or run document with an ETag check, and send `advance`
   for a run to the jobs queue (session id = run id: one handler per run at a time).
 - `advance` loads a run, observes its clusters (their documents) and its tasks (the `task`
-  documents the driver agents report into, shared/services/tasks.py), lets the pure planner (`shared/domain/jobs.py`) decide, saves the run with an
-  ETag check, then carries out the planner's "ensure" effects and schedules a follow-up while
-  the run is active. Level-triggered: a duplicate or late message is one more evaluation.
+  documents the driver agents report into, shared/services/tasks.py), lets the pure planner
+  (`shared/domain/jobs.py`) decide, saves the run with an ETag check, then carries out the
+  planner's "ensure" effects and schedules a follow-up while the run is active.
+  Level-triggered: a duplicate or late message is one more evaluation.
 - The timer fires due schedules (a fire is written into the job document before its run is
   created, so a crash neither loses nor doubles it), re-kicks runs that stopped moving, and
   heals the slot ledger of max_concurrent_runs.
@@ -911,6 +912,7 @@ class JobService:
             except PreconditionFailed:
                 continue  # somebody wrote in between: evaluate again on the new document
             self._carry_out(plan)
+            self._forget_tasks(run, plan.run)
             self._mark_busy(plan.run)
             if plan.run.final:
                 log.info(
@@ -962,6 +964,14 @@ class JobService:
             if a.submission_key and a.cluster_id and not a.process_done
         }
         return dom.Observed(clusters=clusters, submissions=subs)
+
+    def _forget_tasks(self, before: dom.Run, after: dom.Run) -> None:
+        """Tasks whose end the saved run now holds (logs, exit code) leave their cluster's
+        list (their documents would otherwise wait for their TTL)."""
+        done = {a.run_id for a in before.tasks if a.process_done}
+        for a in after.tasks:
+            if a.process_done and a.run_id not in done and a.submission_key and a.cluster_id:
+                self.tasks.forget(a.cluster_id, a.submission_key)
 
     def _mark_busy(self, run: dom.Run) -> None:
         """A running task is activity of its cluster, as Databricks counts it: the idle timer

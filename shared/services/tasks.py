@@ -16,14 +16,14 @@ Cancelling a PENDING task ends it CANCELED at once (nothing ran); a RUNNING one 
 `cancel_requested`, which the agent turns into SIGTERM, then SIGKILL, of the task's process
 group. To the runs, a task that is not finished while its cluster is gone is LOST.
 
-Documents carry a sliding TTL (TASK_TTL_S from their last write): a cluster's agent only ever
-lists the unfinished ones, and the run keeps what it needs (logs, exit code) in its own
-document once the task has finished.
+A task's document goes once the run has recorded its end (logs, exit code) in its own
+document; a sliding TTL (TASK_TTL_S from the last write) removes what a crash left behind.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -123,6 +123,11 @@ class TaskService:
             return False
 
         self._update(cluster_id, key, change)
+
+    def forget(self, cluster_id: str, key: str) -> None:
+        """The run has recorded the task's end: its document goes."""
+        with contextlib.suppress(NotFound):
+            self.store.delete(TASK, cluster_id, key)
 
     # ------------------------------------------------------------------ the agent's side
 

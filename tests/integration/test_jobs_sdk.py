@@ -20,6 +20,7 @@ from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceDoesN
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
+from shared.adapters.sqlite_store import SqliteStore
 
 V = "4.1.x-scala2.13"
 # Planted in the control plane's environment: no task may see it.
@@ -505,6 +506,15 @@ def test_a_task_runs_under_its_driver_nodes_agent_not_in_the_control_plane(
     assert env["DATABRICKS_RUNTIME_VERSION"] == V
     assert PROBE not in env and "SPARKPLANE_DATA_DIR" not in env
     assert "SPARKPLANE_AGENT_TOKEN_FILE" not in env and "SPARKPLANE_AGENT_TOKEN" not in env
+    # The run holds the task's end: the task's document has left the cluster's list.
+    store = SqliteStore(host.data_dir / "store.db")
+    try:
+        key = str(run.tasks[0].run_id)
+        assert wait_for(
+            "the task to be forgotten", lambda: not store.get("task", c.cluster_id, key)
+        )
+    finally:
+        store.close()
 
     run_id = w.jobs.submit(
         run_name="where",

@@ -120,3 +120,11 @@ def test_bad_reports_are_refused(svc: TaskService, body: dict) -> None:
     submit(svc)
     with pytest.raises(InvalidParameterValue, match="Invalid report"):
         svc.report(agent("c1"), "11", body)
+
+
+def test_a_forgotten_task_is_gone(svc: TaskService) -> None:
+    submit(svc)
+    svc.forget("c1", "11")
+    svc.forget("c1", "11")  # again: nothing to do
+    assert svc.status("c1", "11", cluster_gone=False) is None
+    assert svc.assigned(agent("c1"))["tasks"] == []
