@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -227,13 +228,35 @@ class SqliteStore:
             cached_statements=256,
         )
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA temp_store = MEMORY")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (it stays so); processes opening a new file at once take turns.
+
+        Two connections that both read the file and then ask for the exclusive lock the switch
+        needs would deadlock, so SQLite answers one of them "database is locked" at once instead
+        of waiting out the busy timeout: that one retries until the timeout has passed.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                # The switch answers the mode the file is in: the old one if it could not change.
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                if str(mode).lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                # Only the deadlock answer is temporary; anything else is the file's fault.
+                if "locked" not in str(exc):
+                    raise
+            if time.monotonic() >= deadline:
+                raise sqlite3.OperationalError(f"{self._path}: could not switch to WAL")
+            time.sleep(0.01 + random.random() * 0.04)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
