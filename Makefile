@@ -4,13 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format setup java cosmos-emulator azurite airflow-venv bench clean
+.PHONY: run test lint format requirements setup java cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet ".[dev,spark]"
+	$(PY) -m pip install --quiet ".[dev,spark,local]"
 	touch $(STAMP)
 
 setup: $(STAMP) java cosmos-emulator azurite airflow-venv
@@ -93,6 +93,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# requirements.txt (the Function App's pinned dependencies) from pyproject.toml and this venv.
+requirements: $(STAMP)
+	$(PY) tools/requirements.py
 
 bench: setup
 	$(PY) -m bench.control_plane --clusters 1000 --json bench/out/control_plane.json

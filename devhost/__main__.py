@@ -35,9 +35,9 @@ def cli_hint(url: str, token_file: Path) -> str:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from devhost.host import DevHost, load_local_settings
+    from devhost.host import DevHost, load_settings
 
-    load_local_settings(ROOT / "local.settings.json")
+    load_settings(ROOT / "devhost.settings.json")
 
     import uvicorn
 

@@ -54,8 +54,10 @@ def resolve(value: str) -> str:
     return _SETTING.sub(sub, value)
 
 
-def load_local_settings(path: Path) -> None:
-    """`local.settings.json` Values become environment defaults, as with Core Tools."""
+def load_settings(path: Path) -> None:
+    """A settings file's Values become environment defaults, as Core Tools does with
+    `local.settings.json` (devhost reads `devhost.settings.json`: the embedded bus needs no
+    connection, which the real host's `local.settings.json` must give)."""
     if path.exists():
         values = json.loads(path.read_text()).get("Values", {})
         for k, v in values.items():

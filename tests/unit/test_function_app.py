@@ -33,15 +33,17 @@ def test_lifecycle_queue_is_session_enabled_and_named_by_setting() -> None:
     assert t["type"] == "serviceBusTrigger"
     assert t["isSessionsEnabled"] is True
     assert t["queueName"] == "%SPARKPLANE_LIFECYCLE_QUEUE%"
-    values = json.loads((ROOT / "local.settings.json").read_text())["Values"]
-    assert values["SPARKPLANE_LIFECYCLE_QUEUE"] == "cluster-lifecycle"
+    for settings in ("local.settings.json", "devhost.settings.json"):
+        values = json.loads((ROOT / settings).read_text())["Values"]
+        assert values["SPARKPLANE_LIFECYCLE_QUEUE"] == "cluster-lifecycle"
 
 
 def test_reconciler_timer_has_a_six_field_schedule() -> None:
     t = triggers()["reconciler"]
-    values = json.loads((ROOT / "local.settings.json").read_text())["Values"]
     assert t["schedule"] == "%SPARKPLANE_RECONCILER_SCHEDULE%"
-    assert len(values["SPARKPLANE_RECONCILER_SCHEDULE"].split()) == 6
+    for settings in ("local.settings.json", "devhost.settings.json"):
+        values = json.loads((ROOT / settings).read_text())["Values"]
+        assert len(values["SPARKPLANE_RECONCILER_SCHEDULE"].split()) == 6
 
 
 def test_devhost_route_templates() -> None:
