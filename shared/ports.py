@@ -6,6 +6,7 @@ Adapters translate; they hold no decisions.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -89,7 +90,9 @@ class Store(Protocol):
         stored for the cluster is skipped, so re-appending after a crash is safe."""
         ...
 
-    def events(self, cluster_id: str, query: EventQuery) -> tuple[list[dict[str, Any]], int]: ...
+    def events(
+        self, cluster_id: str, query: EventQuery
+    ) -> tuple[builtins.list[dict[str, Any]], int]: ...
 
     def delete_events(self, cluster_id: str) -> None: ...
 

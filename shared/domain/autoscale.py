@@ -191,7 +191,7 @@ def _decay(value: float, age_ms: float, half_ms: float) -> float:
         return value
     if half_ms <= 0:
         return 0.0
-    return value * 0.5 ** (age_ms / half_ms)
+    return value * math.pow(0.5, age_ms / half_ms)
 
 
 def _remember(

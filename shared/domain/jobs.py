@@ -876,8 +876,8 @@ def error_of(stderr: str, stdout: str = "") -> tuple[str, str]:
         starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call")]
         if starts:
             tb = lines[starts[-1] :]
-            exc = next((ln for ln in tb[1:] if ln.strip() and not ln[:1].isspace()), "")
-            return exc.strip()[:1000], "\n".join(ln.rstrip() for ln in tb[:200])
+            head = next((ln for ln in tb[1:] if ln.strip() and not ln[:1].isspace()), "")
+            return head.strip()[:1000], "\n".join(ln.rstrip() for ln in tb[:200])
     lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()]
     if not lines:
         return "", ""
@@ -1016,9 +1016,10 @@ def advance(
     # 2. Each task's latest attempt, in dependency order.
     latest = r.latest()
     for key in topological_order(r.settings.tasks):
-        a = latest.get(key)
-        if a is None or a.final:
+        attempt = latest.get(key)
+        if attempt is None or attempt.final:
             continue
+        a = attempt
         t = r.task(key)
         if a.cancel_requested:
             _finish(
@@ -1153,6 +1154,7 @@ def _setup(
     if a.pending_since is None:
         a.pending_since = now
     ck = compute_key(t)
+    cid: str | None
     if t.existing_cluster_id is not None:
         cid = t.existing_cluster_id
         a.cluster_id = cid

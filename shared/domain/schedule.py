@@ -212,7 +212,9 @@ def _offset(ms: int, tz: tzinfo) -> timedelta:
     return off or timedelta(0)
 
 
-def _first_after(s: Schedule, start_wall: datetime, after_ms: int, *, stop_wall: datetime | None):
+def _first_after(
+    s: Schedule, start_wall: datetime, after_ms: int, *, stop_wall: datetime | None
+) -> int | None:
     """The earliest fire instant > after_ms among wall times after start_wall (up to
     stop_wall, if given)."""
     it = croniter(s.expr, start_wall, second_at_beginning=True)
