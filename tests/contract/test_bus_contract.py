@@ -20,6 +20,7 @@ import pytest
 
 from shared.adapters.embedded_bus import EmbeddedBus
 from shared.ports import Delivery, LockLost, OutMessage
+from tests.support import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 Q = "work"
@@ -27,19 +28,6 @@ LOCK_S = 30.0
 LOCK_MS = 30_000
 MAX_DELIVERIES = 10
 WINDOW_S = 600
-
-
-class FakeClock:
-    """Epoch milliseconds, starting at the wall clock, moved only by `advance`."""
-
-    def __init__(self) -> None:
-        self.now = time.time_ns() // 1_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
 
 
 @dataclass(frozen=True)
@@ -67,7 +55,7 @@ BusFactory = Callable[..., Any]
 
 @pytest.fixture
 def bus_clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(time.time_ns() // 1_000_000)  # near the wall clock, moved only by tests
 
 
 @pytest.fixture(params=ADAPTERS, ids=lambda a: a.name)
@@ -139,7 +127,7 @@ def drain_ids(bus: Any, queue: str = Q) -> list[str]:
 
 
 def test_send_receive_complete(bus: Any, bus_clock: FakeClock) -> None:
-    sent_at = bus_clock.now
+    sent_at = bus_clock.ms
     bus.send(Q, [msg("m1", b"\x00payload\xff", props={"kind": "create", "attempt": 3})])
     bus_clock.advance(5)
 
@@ -152,7 +140,7 @@ def test_send_receive_complete(bus: Any, bus_clock: FakeClock) -> None:
     assert d.enqueued_ms == sent_at
     assert d.scheduled_enqueue_ms is None
     assert d.lock_token
-    assert d.locked_until_ms == bus_clock.now + LOCK_MS
+    assert d.locked_until_ms == bus_clock.ms + LOCK_MS
     assert dict(d.application_properties) == {"kind": "create", "attempt": 3}
     assert d.dead_letter_reason is None
 
@@ -222,7 +210,7 @@ def test_renew_lock_extends(bus: Any, bus_clock: FakeClock) -> None:
     d = receive(bus)
     bus_clock.advance(20_000)
     renewed = bus.renew_lock(d)
-    assert renewed.locked_until_ms == bus_clock.now + LOCK_MS
+    assert renewed.locked_until_ms == bus_clock.ms + LOCK_MS
     assert renewed.lock_token == d.lock_token
     assert renewed.delivery_count == 1
     bus_clock.advance(20_000)  # past the first lock's end, within the renewed one
@@ -375,7 +363,7 @@ def test_session_lock_expiry_keeps_fifo(bus: Any, bus_clock: FakeClock) -> None:
 
 
 def test_scheduled_message_invisible_until_its_time(bus: Any, bus_clock: FakeClock) -> None:
-    at = bus_clock.now + 5_000
+    at = bus_clock.ms + 5_000
     bus.send(Q, [msg("later", at=at), msg("now")])
     assert drain_ids(bus) == ["now"], "a scheduled message does not hold up later ones"
     bus_clock.advance(4_999)
@@ -389,7 +377,7 @@ def test_scheduled_message_invisible_until_its_time(bus: Any, bus_clock: FakeClo
 
 
 def test_scheduled_message_in_a_session(bus: Any, bus_clock: FakeClock) -> None:
-    bus.send(Q, [msg("s-late", session="S", at=bus_clock.now + 1_000), msg("s-now", session="S")])
+    bus.send(Q, [msg("s-late", session="S", at=bus_clock.ms + 1_000), msg("s-now", session="S")])
     assert drain_ids(bus) == ["s-now"]
     bus_clock.advance(1_000)
     assert drain_ids(bus) == ["s-late"]
@@ -438,7 +426,7 @@ def test_release_all_locks(bus: Any) -> None:
 
 def test_durable_across_reopen(bus_factory: BusFactory, bus_clock: FakeClock) -> None:
     bus = bus_factory()
-    bus.send(Q, [msg("locked"), msg("plain", session="S"), msg("later", at=bus_clock.now + 60_000)])
+    bus.send(Q, [msg("locked"), msg("plain", session="S"), msg("later", at=bus_clock.ms + 60_000)])
     bus.send(Q, [msg("dead")])
     locked = receive(bus)
     plain = receive(bus)
@@ -568,7 +556,7 @@ def test_many_threads_complete_each_message_once_in_session_order(bus: Any) -> N
 def test_counts_and_next_visible(bus: Any, bus_clock: FakeClock) -> None:
     if not hasattr(bus, "next_visible_ms"):
         pytest.skip("not a local-host bus")
-    t0 = bus_clock.now
+    t0 = bus_clock.ms
     assert bus.next_visible_ms(Q) is None
     at = t0 + 60_000
     bus.send(Q, [msg("a"), msg("b"), msg("later", at=at)])
@@ -585,7 +573,7 @@ def test_counts_and_next_visible(bus: Any, bus_clock: FakeClock) -> None:
     assert bus.counts(Q) == {"active": 1, "scheduled": 1, "locked": 0, "dead_lettered": 1}
     assert bus.next_visible_ms(Q) == at
     bus.complete(receive(bus))
-    bus_clock.advance(at - bus_clock.now)
+    bus_clock.advance(at - bus_clock.ms)
     assert bus.next_visible_ms(Q) is None
     assert bus.counts(Q) == {"active": 1, "scheduled": 0, "locked": 0, "dead_lettered": 1}
 

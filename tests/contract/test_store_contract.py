@@ -32,6 +32,7 @@ from shared.ports import (
     Record,
     Store,
 )
+from tests.support import FakeClock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000_000  # the fake clock's start, epoch ms
@@ -39,17 +40,6 @@ T0 = 1_700_000_000_000  # the fake clock's start, epoch ms
 FAKE_CLOCK = "fake_clock"  # expiry follows StoreFactory.clock
 PURGE_COUNTS = "purge_counts"  # purge_expired() deletes and counts what expired
 CHILD_PROCESS = "child_process"  # child processes can open the store (and be killed)
-
-
-@dataclass
-class FakeClock:
-    now_ms: int = T0
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def advance(self, ms: int) -> None:
-        self.now_ms += ms
 
 
 @dataclass
@@ -92,7 +82,7 @@ def _sqlite_factory(tmp_path: Path) -> StoreFactory:
     path = tmp_path / "store.db"
     return StoreFactory(
         name="sqlite",
-        clock=FakeClock(),
+        clock=FakeClock(T0),
         open=lambda clock: SqliteStore(path, clock=clock),
         capabilities=frozenset({FAKE_CLOCK, PURGE_COUNTS, CHILD_PROCESS}),
         child_open_source=(
@@ -132,7 +122,7 @@ def _cosmos_factory(tmp_path: Path) -> StoreFactory:
     )
     return StoreFactory(
         name="cosmos",
-        clock=FakeClock(),
+        clock=FakeClock(T0),
         open=lambda clock: CosmosStore.connect(
             emulator.endpoint,
             emulator.key,

@@ -23,10 +23,9 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
@@ -35,6 +34,7 @@ from databricks.sdk.service import compute, jobs, workspace
 
 from devhost.process import DevhostProcess
 from tests.e2e.hosts import local_spark_devhost
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -47,7 +47,6 @@ except (ImportError, JavaRequirementError) as e:  # pragma: no cover - depends o
 
 V = "4.1.x-scala2.13"
 T = timedelta(minutes=5)
-X = TypeVar("X")
 # Planted in the control plane's environment: no task may see it.
 PROBE = "SPARKPLANE_TEST_HOST_SECRET"
 
@@ -74,17 +73,6 @@ print("started", spark.range(3).count(), flush=True)
 time.sleep(600)
 """
 WS_SUM = "/Users/admin@local/jobs/sum.py"
-
-
-def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 300) -> X:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(1)
 
 
 def new_cluster() -> compute.ClusterSpec:
@@ -204,9 +192,11 @@ def test_submitted_dbfs_files_a_failing_script_and_a_cancel(w: WorkspaceClient) 
             )
         ],
     ).run_id
-    task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
+    task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id, timeout=300)
     wait_for(
-        "the script to start", lambda: "started" in (w.jobs.get_run_output(task_run).logs or "")
+        "the script to start",
+        lambda: "started" in (w.jobs.get_run_output(task_run).logs or ""),
+        timeout=300,
     )
     [proc] = task_processes("sleep.py")
     done = w.jobs.cancel_run_and_wait(run_id, timeout=T)
@@ -263,9 +253,13 @@ def test_a_task_shares_a_running_cluster_with_a_notebook_session_on_its_driver_n
                 )
             ],
         ).run_id
-        task_run = wait_for("the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id)
+        task_run = wait_for(
+            "the task run", lambda: w.jobs.get_run(run_id).tasks[0].run_id, timeout=300
+        )
         wait_for(
-            "the script to start", lambda: "started" in (w.jobs.get_run_output(task_run).logs or "")
+            "the script to start",
+            lambda: "started" in (w.jobs.get_run_output(task_run).logs or ""),
+            timeout=300,
         )
         [proc] = task_processes("sleep.py")
         ancestors = proc.parents()

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -30,11 +30,11 @@ from shared.adapters.local_spark import (
     check_java,
 )
 from shared.ports import Node, NodeRequest
+from tests.support import wait_for
 
 pytestmark = pytest.mark.spark
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 try:
     check_java()
@@ -51,17 +51,6 @@ def _req(cluster_id: str, **kw: Any) -> NodeRequest:
         spark_version="4.1.x-scala2.13",
         **kw,
     )
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60, every: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def statuses(nodes: list[Node]) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
@@ -19,6 +18,7 @@ from databricks.sdk.service.compute import State
 
 from devhost.process import DevhostProcess
 from tests.e2e.hosts import local_spark_devhost
+from tests.support import wait_for
 
 pytestmark = pytest.mark.spark
 T = timedelta(minutes=4)
@@ -41,15 +41,6 @@ def cluster_pids(h: DevhostProcess, cid: str) -> set[int]:
     nodes = [raw.get("driver", {}), *raw.get("executors", [])]
     assert c.cluster_id == cid
     return {int(p) for n in nodes for p in str(n.get("pids", "")).split(",") if p}
-
-
-def wait_for(cond, timeout: float = 120, every: float = 1.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(every)
-    raise TimeoutError("condition not met")
 
 
 def test_real_spark_cluster_lifecycle(spark_host: DevhostProcess) -> None:
@@ -84,34 +75,40 @@ def test_real_spark_cluster_lifecycle(spark_host: DevhostProcess) -> None:
     # the agent reported the query: GET shows the last activity
     # (SDK 0.162's ClusterDetails has no last_activity_time field: read the raw answer)
     wait_for(
+        "GET to show the last activity",
         lambda: (
             "last_activity_time"
             in w.api_client.do("GET", "/api/2.1/clusters/get", query={"cluster_id": cid})
         ),
         60,
+        every=1,
     )
 
     c = w.clusters.resize_and_wait(cluster_id=cid, num_workers=3, timeout=T)
     assert len(c.executors) == 3
-    wait_for(lambda: alive_workers(tags["SparkMasterUiUrl"]) == 3)
+    wait_for("3 workers alive", lambda: alive_workers(tags["SparkMasterUiUrl"]) == 3, 120, 1)
 
     # a worker process dies: NODES_LOST, and the cluster gets back to 3
     raw = w.api_client.do("GET", "/api/2.1/clusters/get", query={"cluster_id": cid})
     victim = raw["executors"][0]
     os.kill(int(victim["pid"]), signal.SIGKILL)
     wait_for(
+        "a NODES_LOST event",
         lambda: any(e.type.value == "NODES_LOST" for e in w.clusters.events(cluster_id=cid)),
         120,
+        every=1,
     )
     wait_for(
+        "3 workers again, without the lost one",
         lambda: (
             (g := w.clusters.get(cid)).state == State.RUNNING
             and len(g.executors) == 3
             and victim["node_id"] not in {e.node_id for e in g.executors}
         ),
         180,
+        every=1,
     )
-    wait_for(lambda: alive_workers(tags["SparkMasterUiUrl"]) == 3)
+    wait_for("3 workers alive", lambda: alive_workers(tags["SparkMasterUiUrl"]) == 3, 120, 1)
 
     pids = cluster_pids(spark_host, cid)
     assert len(pids) >= 5
@@ -122,10 +119,14 @@ def test_real_spark_cluster_lifecycle(spark_host: DevhostProcess) -> None:
     c = w.clusters.start_and_wait(cluster_id=cid, timeout=T)
     assert c.state == State.RUNNING and len(c.executors) == 3  # the last size
     w.clusters.permanent_delete(cid)
-    wait_for(lambda: cid not in {x.cluster_id for x in w.clusters.list()}, 30)
+    wait_for(
+        "the cluster gone from list",
+        lambda: cid not in {x.cluster_id for x in w.clusters.list()},
+        30,
+    )
     with pytest.raises(NotFound):
         w.clusters.get(cid)
-    wait_for(lambda: not processes_of(cid), 60)
+    wait_for("no process of the cluster", lambda: not processes_of(cid), 60)
 
 
 def processes_of(cluster_id: str) -> list[psutil.Process]:

@@ -7,10 +7,10 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
@@ -21,12 +21,12 @@ from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
 from shared.adapters.sqlite_store import SqliteStore
+from tests.support import wait_for
 
 V = "4.1.x-scala2.13"
 # Planted in the control plane's environment: no task may see it.
 PROBE = "AWS_SECRET_ACCESS_KEY"
 T = timedelta(seconds=60)
-X = TypeVar("X")
 
 OK = """
 import sys, pathlib
@@ -77,17 +77,6 @@ def scripts(w: WorkspaceClient) -> dict[str, str]:
         w.dbfs.upload(f"/scripts/{name}.py", io.BytesIO(text.encode()), overwrite=True)
         out[name] = f"dbfs:/scripts/{name}.py"
     return out
-
-
-def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 45) -> X:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def cluster(**kw: Any) -> compute.ClusterSpec:

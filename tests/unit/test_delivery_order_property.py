@@ -37,19 +37,12 @@ from shared.services.clusters import Catalog, ClusterService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
 from shared.settings import Settings
+from tests.support import FakeClock
 
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "rec-small"}
 BOOT_S = 1.0
 STOP_S = 0.2
 P = Principal(workspace_id="ws", user="user@example.com", token_id="t")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_750_000_000_000
-
-    def now_ms(self) -> int:
-        return self.t
 
 
 class RecordingBus:
@@ -148,7 +141,7 @@ class World:
 
     def deliver(self, advance_ms: int, order: Order) -> int:
         """One delivery round: move the clock, then hand over what was sent since the last."""
-        self.clock.t += advance_ms
+        self.clock.ms += advance_ms
         batch = order(self.bus.take())
         for m in batch:
             self.lifecycle.handle(m.body)
@@ -166,7 +159,7 @@ class World:
         # Then reconcile every cluster directly until nothing changes (a quiet system).
         for _ in range(10):
             before = self.final()
-            self.clock.t += int(BOOT_S * 1000)
+            self.clock.ms += int(BOOT_S * 1000)
             for cid in self.clusters:
                 self.lifecycle.reconcile(P.workspace_id, cid)
             self.bus.take()

@@ -22,21 +22,14 @@ from shared.errors import (
 )
 from shared.services.auth import Principal
 from shared.services.files import HANDLE_KIND, FilesService
+from tests.support import FakeClock
 
 P = Principal("ws-1", "me@example.com", "tok")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_800_000_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
-
-
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[FilesService, Clock, SqliteStore, Path]]:
-    clock = Clock()
+def env(tmp_path: Path) -> Iterator[tuple[FilesService, FakeClock, SqliteStore, Path]]:
+    clock = FakeClock()
     store = SqliteStore(tmp_path / "store.db", clock=clock.now_ms)
     try:
         yield FilesService(LocalFileStore(tmp_path / "files"), store, clock), clock, store, tmp_path

@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from shared.task_runner import TaskRunner, task_env
+from tests.support import wait_for
 
-X = TypeVar("X")
 SLEEP = b"import sys, time\nprint('sleeping', flush=True)\ntime.sleep(float(sys.argv[1]))\n"
 FAIL = b"import sys\nprint('starting')\nraise ValueError('bad input: ' + sys.argv[1])\n"
 ENV = b"import os, json\nprint(json.dumps(dict(os.environ)))\n"
-
-
-def wait_for(what: str, fn: Callable[[], X | None], timeout: float = 10) -> X:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_tasks_are_found_again_by_a_restarted_agent_and_cancel_kills_the_group(

@@ -11,14 +11,7 @@ from shared.adapters.sqlite_store import SqliteStore
 from shared.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from shared.services.auth import Principal
 from shared.services.tasks import TaskService
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
+from tests.support import FakeClock
 
 
 def agent(cluster_id: str) -> Principal:
@@ -34,7 +27,7 @@ def svc(tmp_path: Path) -> TaskService:
             raise ResourceDoesNotExist(f"{python_file} does not exist.")
         return files[(ws, python_file)]
 
-    return TaskService(SqliteStore(tmp_path / "s.db"), Clock(), read)
+    return TaskService(SqliteStore(tmp_path / "s.db"), FakeClock(1_000_000), read)
 
 
 def submit(

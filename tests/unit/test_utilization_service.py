@@ -19,14 +19,7 @@ from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
 from shared.services.utilization import Utilization
 from shared.settings import Settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 1_800_000_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
+from tests.support import FakeClock
 
 
 class RecordingBus:
