@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shared.domain import cluster as dom
-from shared.domain import serverless
+from shared.domain import serverless, spark_auth
 from shared.domain.cluster import Cluster
 from shared.domain.events import wire as event_wire
 from shared.domain.pools import Pool
@@ -301,8 +301,22 @@ class ClusterService:
 
     # ---------------------------------------------------------------- queries
 
+    def _driver_view(self, c: Cluster) -> dict[str, Any] | None:
+        """The driver's endpoints as the cluster's workspace sees them: the connect URL with the
+        cluster's Spark Connect token (callers reach details() only for their own workspace)."""
+        if c.driver is None:
+            return None
+        driver = dict(c.driver)
+        creds = spark_auth.cluster_credentials(self.settings.spark_secret_key, c.cluster_id)
+        if creds is not None and driver.get("connect_url"):
+            driver["connect_url"] = spark_auth.connect_url(
+                driver["connect_url"], creds.connect_token
+            )
+        return driver
+
     def details(self, c: Cluster, *, with_spec: bool = True) -> dict[str, Any]:
         spec = c.spec.wire()
+        driver = self._driver_view(c)
         out: dict[str, Any] = dict(spec)
         if c.spec.autoscale is None:
             out["num_workers"] = c.target_workers
@@ -322,9 +336,9 @@ class ClusterService:
                     # How to reach the cluster, also for SDK users (whose SparkNode type drops
                     # the driver's extra fields): the same values as driver.connect_url etc.
                     **{
-                        tag: c.driver[key]
+                        tag: driver[key]
                         for tag, key in ENDPOINT_TAGS.items()
-                        if c.driver and key in c.driver
+                        if driver and key in driver
                     },
                 },
                 "executors": c.executors,
@@ -343,8 +357,8 @@ class ClusterService:
                 out[key] = value
         if c.termination_reason is not None:
             out["termination_reason"] = c.termination_reason.model_dump()
-        if c.driver is not None:
-            out["driver"] = c.driver
+        if driver is not None:
+            out["driver"] = driver
         if c.state in (State.RUNNING, State.RESIZING):
             cores, mem = self._resources(c)
             out["cluster_cores"] = cores
