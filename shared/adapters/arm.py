@@ -94,6 +94,13 @@ that `spark_env_problem` refuses (shared/domain/node_env.py: what the node sets 
 that injects code into a shell, the loader, the JVM or Python, a value with a line break) is
 refused here, before the deployment is sent, and again on the node.
 
+The cluster's Spark credentials (`NodeRequest.spark_auth_secret`, `connect_token`;
+shared/domain/spark_auth.py) travel in customData too (`SPARK_AUTH_SECRET`, `CONNECT_TOKEN`),
+a securestring parameter kept out of the deployment's history: the node pins
+spark.authenticate and its secret in spark-defaults.conf and gives the Connect server its token
+in a root-only EnvironmentFile; a reserved key of spark_conf (spark.authenticate*) is dropped
+here and again on the node.
+
 The ports give `observe`, `remove_workers` and `stop_cluster` a cluster id only, so the group
 of a cluster is remembered from `start_driver`/`add_workers` and otherwise found again with
 one subscription-wide tag query (ClusterId=C); a cluster with no tagged resource at all (its
@@ -125,6 +132,7 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
+from shared.domain import spark_auth
 from shared.domain.node_env import spark_env_problem
 from shared.ports import (
     Node,
@@ -195,6 +203,8 @@ ACTIVE_DEPLOYMENT = {"Accepted", "Running", "Creating", "Created", "Ready", "Upd
 # Azure caps tags per resource, and tag names may not contain these characters.
 MAX_TAGS = 50
 BAD_TAG_NAME = re.compile(r"[<>%&\\?/]")
+# The Spark Connect port of a driver node (infra/bootstrap/cloud-init.yaml).
+CONNECT_PORT = 15002
 # Azure's limit on customData (base64 text).
 MAX_CUSTOM_DATA = 87380
 # What a placeholder value may contain (URLs, ids, versions, tokens; no blanks, quotes, $, &).
@@ -1027,6 +1037,11 @@ class ArmProvisioner:
         if nics and status in ("STARTING", "RUNNING"):
             ip = self._nic_ip(nics[0].get("id", ""))
         start = _ms(props.get("timeCreated")) or vm.created_ms
+        attrs = _disk_attrs(props, str((props.get("hardwareProfile") or {}).get("vmSize") or ""))
+        if ip:
+            # Without the token: GET cluster adds it for the cluster's workspace
+            # (shared/domain/spark_auth.py).
+            attrs["connect_url"] = f"sc://{ip}:{CONNECT_PORT}"
         return Node(
             vm.name,
             "driver",
@@ -1034,7 +1049,7 @@ class ArmProvisioner:
             start,
             private_ip=ip,
             instance_id=vm.name,
-            attrs=_disk_attrs(props, str((props.get("hardwareProfile") or {}).get("vmSize") or "")),
+            attrs=attrs,
         )
 
     def _workers(self, vmss: _Res, seen: _Seen) -> list[Node]:
@@ -1167,7 +1182,10 @@ class ArmProvisioner:
                 "AGENT_SOURCE_URL": self.agent_source_url,
                 "AGENT_SOURCE_SHA256": self.agent_source_sha256,
                 "CONF_FILES": conf_files_value(req.conf_files),
-                "SPARK_CONF": spark_conf_value(req.spark_conf),
+                "SPARK_CONF": spark_conf_value(spark_auth.without_reserved(req.spark_conf)),
+                # The cluster's Spark credentials (securestring parameter, root-only files).
+                "SPARK_AUTH_SECRET": req.spark_auth_secret,
+                "CONNECT_TOKEN": req.connect_token,
                 "SPARK_ENV": spark_env_value(req.spark_env_vars),
                 **extra,
             },

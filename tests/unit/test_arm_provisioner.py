@@ -801,6 +801,9 @@ def request_for(cid: str = CID, **kw: Any) -> NodeRequest:
         "spark_conf": {"spark.sql.shuffle.partitions": "8"},
         "tags": {"team": "data", "ClusterId": cid, "Vendor": "sparkplane"},
         "agent_env": AGENT_ENV,
+        # What the lifecycle always gives with the ARM provisioner (the key is required).
+        "spark_auth_secret": "a" * 64,
+        "connect_token": "b" * 64,
     }
     base.update(kw)
     return NodeRequest(**base)
@@ -2423,10 +2426,11 @@ def _agent_fragment(node_bin: Path) -> str:
     return 'set -euo pipefail\nlog() { echo "$*" >&2; }\n' + text + '\necho "AGENT=$AGENT"\n'
 
 
-# The driver's agent also runs the cluster's job tasks, joined to its Spark Connect server.
+# The driver's agent also runs the cluster's job tasks, joined to its Spark Connect server
+# (on localhost, where pyspark sends the cluster's token without TLS).
 DRIVER_TASKS = (
     "SPARKPLANE_TASKS_DIR=/var/lib/sparkplane-agent/tasks\n"
-    "SPARKPLANE_CONNECT_URL=sc://10.1.0.4:15002\n"
+    "SPARKPLANE_CONNECT_URL=sc://localhost:15002/;token=tok123\n"
 )
 
 
@@ -2466,6 +2470,7 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
             **_node_env(node_bin),
             "ROLE": role,
             "SPARKPLANE_NODE_AGENT": node_agent,
+            "SPARKPLANE_CONNECT_TOKEN": "tok123",
             "DRIVER_HOST": "10.1.0.4",
         },
         capture_output=True,
@@ -2475,6 +2480,8 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
     assert r.stdout == f"AGENT={agent}\n"
     written = node_bin / "agent-node.env"
     assert (written.read_text() if written.exists() else None) == env_file
+    if written.exists():
+        assert written.stat().st_mode & 0o777 == 0o600  # the token is in it
     if agent == "no" and imds_up:
         assert not (node_bin / "curl-args").exists()  # not even asked
     if env_file is None:
@@ -2486,3 +2493,52 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
     disk = agent_module.measure_disk(env)
     assert disk is not None and disk["node_id"] == name
     assert bool(env.get("SPARKPLANE_SPARK_UI_URL")) == (role == "driver")
+
+
+# ---------------------------------------------------------------- the cluster's Spark credentials
+
+
+def test_spark_credentials_reach_the_nodes_and_no_one_else(
+    arm: FakeArm, templates: Path, tmp_path: Path, spark_conf_script: Path
+) -> None:
+    """The cluster's secret and Connect token travel in customData (a securestring parameter);
+    the node pins spark.authenticate with the secret, whatever spark_conf says, the Connect unit
+    reads the token from a root-only file, and the bootstrap refuses to start without them."""
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    ready_workspace(arm, prov)
+    user_conf = {"spark.authenticate": "false", "spark.authenticate.secret": "mine", "a.b": "c"}
+    prov.start_driver(
+        request_for(spark_conf=user_conf, spark_auth_secret="s" * 64, connect_token="t" * 64)
+    )
+    put = arm.take()[-1]
+    assert _placeholder(put, "SPARK_AUTH_SECRET") == "s" * 64
+    assert _placeholder(put, "CONNECT_TOKEN") == "t" * 64
+    conf = _placeholder(put, "SPARK_CONF")
+    assert _unpacked(conf) == {"a.b": "c"}  # reserved keys dropped before they leave
+    params = json.loads(Path(templates / "cluster.json").read_text())["parameters"]
+    assert params["customData"]["type"].lower() == "securestring"
+
+    # The node end: even a spark_conf that names them cannot turn authentication off.
+    node = {**WORKER_NODE, "SPARKPLANE_SPARK_AUTH_SECRET": "s" * 64}
+    packed = base64.b64encode(gzip.compress(json.dumps(user_conf).encode())).decode()
+    r = write_spark_conf(spark_conf_script, tmp_path / "w", node, packed, _unpacked_empty())
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "w" / "spark-defaults.conf").read_text()
+    assert "spark.authenticate=true\n" in text
+    assert f"spark.authenticate.secret={'s' * 64}\n" in text and "mine" not in text
+
+    boot = _node_file("/usr/local/lib/sparkplane/bootstrap.sh")
+    assert 'die "the cluster\'s Spark secret was not filled in"' in boot
+    assert 'umask 077 && echo "SPARK_CONNECT_AUTHENTICATE_TOKEN=' in boot
+    assert "sc://localhost:15002/;token=$SPARKPLANE_CONNECT_TOKEN" in boot
+    unit = _node_file("/etc/systemd/system/spark-connect.service")
+    assert "EnvironmentFile=/etc/sparkplane/connect.env" in unit
+    node_env = _node_file("/etc/sparkplane/node.env")
+    assert "SPARKPLANE_SPARK_AUTH_SECRET=__SPARKPLANE_SPARK_AUTH_SECRET__" in node_env
+    doc = yaml.safe_load(CLOUD_INIT_PATH.read_text())
+    [node_file] = [f for f in doc["write_files"] if f["path"] == "/etc/sparkplane/node.env"]
+    assert node_file["permissions"] == "0600"
+
+
+def _unpacked_empty() -> str:
+    return base64.b64encode(gzip.compress(b"{}")).decode()

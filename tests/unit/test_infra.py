@@ -194,6 +194,28 @@ def test_the_nsg_admits_nothing_from_outside_the_vnet() -> None:
     )
 
 
+SPARK_PORTS = ("7077", "15002", "8080", "8081", "4040")
+
+
+def test_spark_ports_open_only_inside_the_clusters_subnet() -> None:
+    """Issue 15: the Spark ports (master, Connect, UIs, and the random worker/driver/block
+    ports: any port) are allowed in from the clusters' own subnet only; from the rest of the
+    VNet (and peered networks) only SSH, key-authenticated."""
+    t = _load("workspace.json")
+    (nsg,) = _resources(t, "Microsoft.Network/networkSecurityGroups")
+    rules = [r["properties"] for r in nsg["properties"]["securityRules"]]
+    allowed = [r for r in rules if r["direction"] == "Inbound" and r["access"] == "Allow"]
+    for r in allowed:
+        ports = r.get("destinationPortRanges") or [r["destinationPortRange"]]
+        if r["sourceAddressPrefix"] == "[variables('subnetPrefix')]":
+            assert r["destinationAddressPrefix"] == "[variables('subnetPrefix')]", r
+            continue
+        if r["sourceAddressPrefix"] == "AzureLoadBalancer":
+            continue  # health probes of the platform (no Spark client)
+        assert ports == ["22"], r
+        assert not any(p in SPARK_PORTS for p in ports), r
+
+
 def test_cluster_template_tags_every_resource_with_the_cluster_id() -> None:
     t = _load("cluster.json")
     for r in t["resources"]:
