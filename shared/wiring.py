@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared.domain import cluster as dom_cluster
 from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.private_files import private_dir, write_private
@@ -52,7 +53,7 @@ class Container:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.provisioner)
+        return Catalog(self.provisioner, dom_cluster.worker_cap(self.settings.provisioner))
 
     @cached_property
     def pools(self) -> PoolService:

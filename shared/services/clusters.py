@@ -98,7 +98,9 @@ class ClusterRepo:
 class Catalog:
     """Node types and Spark versions, as the provisioner offers them."""
 
-    def __init__(self, provisioner: Provisioner) -> None:
+    def __init__(self, provisioner: Provisioner, max_workers: int = dom.MAX_WORKERS) -> None:
+        # The most workers one cluster may have with this provisioner (dom.worker_cap).
+        self.max_workers = max_workers
         self.node_types: dict[str, NodeType] = {n.node_type_id: n for n in provisioner.node_types()}
         self.spark_versions: dict[str, SparkVersion] = {
             v.key: v for v in provisioner.spark_versions()
@@ -106,7 +108,10 @@ class Catalog:
 
     def validate(self, spec: dom.ClusterSpec) -> dom.ClusterSpec:
         return dom.validate_spec(
-            spec, node_types=set(self.node_types), spark_versions=set(self.spark_versions)
+            spec,
+            node_types=set(self.node_types),
+            spark_versions=set(self.spark_versions),
+            max_workers=self.max_workers,
         )
 
 
@@ -263,7 +268,14 @@ class ClusterService:
         self.mutate(
             p,
             body.get("cluster_id"),
-            lambda c: dom.resize(c, num_workers=nw, autoscale=auto, user=p.user, now=now),
+            lambda c: dom.resize(
+                c,
+                num_workers=nw,
+                autoscale=auto,
+                user=p.user,
+                now=now,
+                max_workers=self.catalog.max_workers,
+            ),
         )
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
