@@ -650,6 +650,8 @@ var appSettings = {
   SPARKPLANE_ARM_AGENT_SOURCE_URL: agentSourceUrl
   SPARKPLANE_ARM_AGENT_SOURCE_SHA256: agentSourceSha256
   SPARKPLANE_ARM_ADMIN_PUBLIC_KEY: nodeAdminPublicKey
+  // Left out of the deny assignment every managed resource group gets (deployment stacks).
+  SPARKPLANE_ARM_PRINCIPAL_ID: functionApp.identity.principalId
   // The key of the clusters' Spark secrets and Connect tokens: never in the site's config.
   SPARKPLANE_SPARK_SECRET_KEY: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${sparkSecretKeyName})'
 }

@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     arm_agent_source_sha256: str = ""
     # OpenSSH public key for break-glass access to the nodes; empty = nobody can log in.
     arm_admin_public_key: str = ""
+    # Object id of the control plane's managed identity: the one principal left out of the deny
+    # assignment (deployment stack deny settings) each managed resource group gets; empty = the
+    # groups get no deny assignment.
+    arm_principal_id: str = ""
 
 
 @lru_cache(maxsize=1)

@@ -60,6 +60,13 @@ scale set's `delete` action with their instance ids (through the client's pipeli
 the scale set's terminate notification lets the worker decommission first. A worker that is
 only a pending slot (capacity above the listed instances) goes with a capacity PATCH.
 
+The deny assignment: with `arm_principal_id` (the control plane's own identity), creating a
+workspace also PUTs the subscription-scope deployment stack `sparkplane-guard-W`
+(`infra/templates/workspace-guard.json`: the group as its one resource), whose deny settings
+(`denyWriteAndDelete`, applied to child scopes, the control plane excluded) keep everyone else,
+subscription Owners included, from writing or deleting in the group
+(shared/domain/azure_guard.py); deleting the workspace deletes the stack, detaching the group.
+
 Terminating cancels a running cluster deployment, deletes every resource tagged
 ClusterId=C in the group (compute first; a NIC or disk still attached answers 409 and goes in
 a later pass) and deletes the deployment record. Deleting a workspace deletes its group
@@ -132,7 +139,7 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
-from shared.domain import spark_auth
+from shared.domain import azure_guard, spark_auth
 from shared.domain.node_env import spark_env_problem
 from shared.ports import (
     Node,
@@ -199,6 +206,9 @@ COMPUTE = (VM, VMSS)
 FORCE_DELETION_TYPES = "Microsoft.Compute/virtualMachines,Microsoft.Compute/virtualMachineScaleSets"
 
 WORKSPACE_DEPLOYMENT = "sparkplane-workspace"
+# The deployment stacks that put a deny assignment on each managed group
+# (shared/domain/azure_guard.py).
+STACKS_API = "2024-03-01"
 ACTIVE_DEPLOYMENT = {"Accepted", "Running", "Creating", "Created", "Ready", "Updating", "Waiting"}
 # Azure caps tags per resource, and tag names may not contain these characters.
 MAX_TAGS = 50
@@ -557,6 +567,7 @@ class ArmProvisioner:
         agent_source_sha256: str = "",
         admin_public_key: str = "",
         control_plane_url: str = "",
+        principal_id: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rm = resources
@@ -571,6 +582,9 @@ class ArmProvisioner:
         self.agent_source_sha256 = agent_source_sha256
         self.admin_public_key = admin_public_key
         self.control_plane_url = control_plane_url
+        # The control plane's own identity (object id), the one principal the deny assignment
+        # of each managed group leaves out; empty: the groups get no deny assignment.
+        self.principal_id = principal_id
         self._clock = clock
         self._lock = threading.Lock()
         self._templates: dict[str, Any] = {}
@@ -617,6 +631,7 @@ class ArmProvisioner:
             agent_source_sha256=s.arm_agent_source_sha256,
             admin_public_key=s.arm_admin_public_key,
             control_plane_url=s.arm_control_plane_url,
+            principal_id=s.arm_principal_id,
         )
 
     # ------------------------------------------------------------------------ naming
@@ -657,6 +672,35 @@ class ArmProvisioner:
         )
         params = {"workspaceId": workspace_id, "location": location}
         self._deploy(group, WORKSPACE_DEPLOYMENT, self._template("workspace"), params)
+        if self.principal_id:
+            self._guard(workspace_id, group, location)
+
+    def _stack_url(self, workspace_id: str) -> str:
+        name = azure_guard.stack_name(workspace_id)
+        return (
+            f"/subscriptions/{self.subscription_id}/providers/Microsoft.Resources"
+            f"/deploymentStacks/{name}"
+        )
+
+    def _guard(self, workspace_id: str, group: str, location: str) -> None:
+        """Starts the deployment stack whose deny settings keep everyone but the control plane
+        from writing or deleting in the group (shared/domain/azure_guard.py)."""
+        body = azure_guard.guard_stack(
+            template=self._template("workspace-guard"),
+            group=group,
+            location=location,
+            managed_by=self.platform_resource_id,
+            tags={"Vendor": "sparkplane", "WorkspaceId": workspace_id},
+            control_plane_principal_id=self.principal_id,
+        )
+        resp = self._send(
+            "PUT", self._stack_url(workspace_id), {"api-version": STACKS_API}, json=body
+        )
+        if resp.status_code == 409:
+            # The stack is being deployed or deleted already: a later create_workspace repairs.
+            log.info("deployment stack of %s busy; not restarted", group)
+            return
+        resp.raise_for_status()
 
     def workspace_status(self, workspace_id: str) -> WorkspaceStatus:
         group = self.group_name(workspace_id)
@@ -680,6 +724,19 @@ class ArmProvisioner:
             self.rm.resource_groups.begin_delete(
                 group, force_deletion_types=FORCE_DELETION_TYPES, polling=False
             )
+        if self.principal_id:
+            # The group is going (the control plane is not denied): its guard goes too, detaching.
+            resp = self._send(
+                "DELETE",
+                self._stack_url(workspace_id),
+                {
+                    "api-version": STACKS_API,
+                    "unmanageAction.Resources": "detach",
+                    "unmanageAction.ResourceGroups": "detach",
+                },
+            )
+            if resp.status_code not in (404, 409):  # gone already, or being deleted
+                resp.raise_for_status()
         with self._lock:
             self._workspaces.pop(workspace_id, None)
             for cid in [c for c, g in self._groups.items() if g == group]:

@@ -117,6 +117,7 @@ class FakeArm(HttpTransport):
         self.groups: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        self.stacks: dict[str, dict[str, Any]] = {}
         self.ops: dict[str, tuple[str, Any]] = {}
         self.fail_cluster_deployments = False
         self.workspace_outputs = workspace_outputs
@@ -372,6 +373,13 @@ class FakeArm(HttpTransport):
             return 200, {"value": out}, {}
         if len(low) == 3 and low[2] == "resources" and method == "GET":
             return 200, self._list(None, q), {}
+        if len(low) == 6 and low[2:5] == ["providers", "microsoft.resources", "deploymentstacks"]:
+            if method == "PUT":
+                self.stacks[low[5]] = body
+                return 200, {"id": path, "name": parts[5], **body}, {}
+            if method == "DELETE":
+                return (200, None, {}) if self.stacks.pop(low[5], None) else err(404, "NotFound")
+            return err(405, "MethodNotAllowed")
         if len(low) >= 4 and low[2] == "resourcegroups":
             group = low[3]
             if len(low) == 4:
@@ -2542,3 +2550,73 @@ def test_spark_credentials_reach_the_nodes_and_no_one_else(
 
 def _unpacked_empty() -> str:
     return base64.b64encode(gzip.compress(b"{}")).decode()
+
+
+# ------------------------------------------------------- the managed groups' deny assignment
+
+PRINCIPAL = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture
+def guard_templates(templates: Path) -> Path:
+    (templates / "workspace-guard.json").write_text(
+        (ROOT / "infra" / "templates" / "workspace-guard.json").read_text()
+    )
+    return templates
+
+
+def test_a_workspace_group_gets_a_deny_assignment_that_spares_the_control_plane(
+    arm: FakeArm, guard_templates: Path
+) -> None:
+    prov = make(arm, guard_templates, arm_principal_id=PRINCIPAL)
+    prov.create_workspace("ws1", "northeurope")
+    [put] = [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+    assert put.method == "PUT" and put.api_version == "2024-03-01"
+    stacks = f"/subscriptions/{SUB}/providers/microsoft.resources/deploymentstacks"
+    assert put.path.lower() == f"{stacks}/sparkplane-guard-ws1".lower()
+    props = put.body["properties"]
+    assert props["denySettings"] == {
+        "mode": "denyWriteAndDelete",
+        "applyToChildScopes": True,
+        "excludedPrincipals": [PRINCIPAL],
+        "excludedActions": [],
+    }
+    # Deleting the stack never deletes the group (the workspace deletion does, knowingly).
+    assert set(props["actionOnUnmanage"].values()) == {"detach"}
+    params = {k: v["value"] for k, v in props["parameters"].items()}
+    assert params == {
+        "groupName": prov.group_name("ws1"),
+        "location": "northeurope",
+        "managedBy": PLATFORM,
+        "tags": {"Vendor": "sparkplane", "WorkspaceId": "ws1"},
+    }
+    [group] = props["template"]["resources"]
+    assert group["type"] == "Microsoft.Resources/resourceGroups"
+    assert put.body["location"] == "northeurope"
+
+    prov.delete_workspace("ws1")
+    [delete] = [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+    assert delete.method == "DELETE"
+    assert delete.query["unmanageAction.ResourceGroups"] == "detach"
+    assert not arm.stacks
+
+
+def test_no_principal_no_deny_assignment(arm: FakeArm, guard_templates: Path) -> None:
+    prov = make(arm, guard_templates)
+    prov.create_workspace("ws1")
+    prov.delete_workspace("ws1")
+    assert not [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+
+
+def test_the_guard_needs_a_principal_guid() -> None:
+    from shared.domain.azure_guard import guard_stack
+
+    with pytest.raises(ValueError, match="principal id"):
+        guard_stack(
+            template={},
+            group="g",
+            location="l",
+            managed_by="",
+            tags={},
+            control_plane_principal_id="not-a-guid",
+        )

@@ -115,7 +115,10 @@ def test_the_templates_are_there() -> None:
 def test_template_is_an_arm_template(path: Path) -> None:
     t = json.loads(path.read_text())
     assert t["$schema"].startswith("https://schema.management.azure.com/schemas/")
-    assert t["$schema"].endswith("/deploymentTemplate.json#")
+    # workspace-guard.json is deployed at subscription scope (a deployment stack).
+    assert t["$schema"].endswith(
+        ("/deploymentTemplate.json#", "/subscriptionDeploymentTemplate.json#")
+    )
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", t["contentVersion"])
     assert isinstance(t["resources"], list) and t["resources"]
     for r in t["resources"]:
