@@ -70,6 +70,9 @@ param agentSourceUrl string = ''
 @description('Hex SHA-256 of the archive at agentSourceUrl (SPARKPLANE_ARM_AGENT_SOURCE_SHA256); the node refuses an archive that does not match.')
 param agentSourceSha256 string = ''
 
+@description('Subscription that holds the workspaces\' managed resource groups and their clusters (SPARKPLANE_ARM_SUBSCRIPTION_ID); the provisioner role and the conditioned RBAC delegation are granted there and nowhere else. Give it a subscription of its own, as Azure Databricks isolates its managed resource groups; default: this deployment\'s subscription.')
+param workspacesSubscriptionId string = subscription().subscriptionId
+
 @description('OpenSSH public key for break-glass SSH to cluster nodes from inside their VNet (SPARKPLANE_ARM_ADMIN_PUBLIC_KEY). Empty: nobody can log in to a node.')
 param nodeAdminPublicKey string = ''
 
@@ -642,7 +645,7 @@ var appSettings = {
   SPARKPLANE_COSMOS_CONSISTENCY: 'Session'
   SPARKPLANE_EVENT_TTL_DAYS: string(eventTtlDays)
   SPARKPLANE_SERVICEBUS_FQDN: serviceBusFqdn
-  SPARKPLANE_ARM_SUBSCRIPTION_ID: subscription().subscriptionId
+  SPARKPLANE_ARM_SUBSCRIPTION_ID: workspacesSubscriptionId
   SPARKPLANE_ARM_LOCATION: workspaceLocation
   SPARKPLANE_ARM_PLATFORM_RESOURCE_ID: functionApp.id
   SPARKPLANE_ARM_CONTROL_PLANE_URL: 'https://${functionApp.properties.defaultHostName}'
@@ -757,7 +760,8 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 // Contributor).
 module provisionerRbac 'modules/provisioner-rbac.bicep' = if (grantProvisionerRoles) {
   name: 'sparkplane-provisioner-rbac-${token}'
-  scope: subscription()
+  // The workspaces' subscription only (one of their own, ideally): nothing in the platform's.
+  scope: subscription(workspacesSubscriptionId)
   params: {
     principalId: functionApp.identity.principalId
     platformName: functionAppName
