@@ -488,6 +488,14 @@ def test_endpoints_refuse_whoever_lacks_the_cluster_secret(
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
+    # No log of any node (master, Connect server, worker, executors) shows either value.
+    logs = [f for f in (data_dir / "logs").rglob("*") if f.is_file()]
+    logs += [f for f in (data_dir / "nodes").rglob("work/**/*") if f.is_file()]
+    assert logs
+    for f in logs:
+        text = f.read_text(errors="replace")
+        assert creds.auth_secret not in text and creds.connect_token not in text, f
+
 
 def test_nodes_start_from_an_allowlisted_environment(
     make_provisioner: Callable[[], LocalSparkProvisioner],
