@@ -142,3 +142,30 @@ def test_arm_needs_the_key_setting(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="SPARKPLANE_SPARK_SECRET_KEY"):
         _with_spark_key(Settings(data_dir=tmp_path, provisioner="arm"))
+
+
+def test_get_cluster_gives_the_workspace_the_connect_url_with_its_token() -> None:
+    """details() (GET and list, reached only for the caller's own workspace) adds the cluster's
+    token to driver.connect_url and the SparkConnectUrl tag; the document keeps the bare URL."""
+    from shared.domain.cluster import Cluster
+    from shared.services.clusters import ClusterService
+
+    c = Cluster.model_validate(
+        {
+            "cluster_id": "c-7",
+            "workspace_id": "w",
+            "spec": {"cluster_name": "x", "spark_version": "4.1.x", "node_type_id": "n"},
+            "driver": {"connect_url": "sc://localhost:20001", "master_url": "spark://x:1"},
+        }
+    )
+    svc = object.__new__(ClusterService)
+    svc.settings = Settings(spark_secret_key="k")
+    out = svc.details(c)
+    creds = sa.cluster_credentials("k", "c-7")
+    assert creds is not None
+    want = f"sc://localhost:20001/;token={creds.connect_token}"
+    assert out["driver"]["connect_url"] == want
+    assert out["default_tags"]["SparkConnectUrl"] == want
+    assert out["default_tags"]["SparkMasterUrl"] == "spark://x:1"
+    assert c.driver is not None and c.driver["connect_url"] == "sc://localhost:20001"
+    assert creds.auth_secret not in repr(out)
