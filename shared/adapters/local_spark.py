@@ -17,6 +17,12 @@ local processes (the default provisioner of `make run`).
   accepted spark_env_vars (not for the agent), then the node's Spark and SPARKPLANE_* settings.
   Nothing of the control plane's own environment (its settings, cloud keys, tokens) reaches a
   node. The processes run with umask 077.
+- A request with credentials (`NodeRequest.spark_auth_secret`, `connect_token`;
+  shared/domain/spark_auth.py) makes an authenticated cluster: `spark.authenticate` and the
+  secret in every process's 0600 spark-defaults.conf (executors get it from their Worker), the
+  Connect token in the Connect server's environment, the connect URL on `localhost` (where
+  pyspark sends a token without TLS). A pool node's warm master, started before its cluster,
+  is restarted with the secret when the node becomes a driver.
 - Everything the provisioner knows is on disk (SQLite under `data_dir`), so a new instance
   re-adopts the nodes still running (pid and process create time checked) and reports the dead
   ones LOST. Ports come from an allocation table in the same file and are checked free before
@@ -1247,11 +1253,11 @@ class LocalSparkProvisioner:
 
     def _stop_process(self, proc: psutil.Process) -> None:
         """Stop one process group now (SIGTERM, SIGKILL after `kill_grace_s`) and wait for it."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the group is gone already
             os.killpg(proc.pid, signal.SIGTERM)
         _, alive = psutil.wait_procs([proc], timeout=self._kill_grace_s)
         for p in alive:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # it exited after all
                 os.killpg(p.pid, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=5)
         _reap()

@@ -484,7 +484,7 @@ def test_endpoints_refuse_whoever_lacks_the_cluster_secret(
         wait_for("a worker with the secret", lambda: p.info(cid)["alive_workers"] == 2, 60)
     finally:
         for proc in started:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # it gave up and exited already
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
