@@ -70,6 +70,9 @@ param agentSourceUrl string = ''
 @description('Hex SHA-256 of the archive at agentSourceUrl (SPARKPLANE_ARM_AGENT_SOURCE_SHA256); the node refuses an archive that does not match.')
 param agentSourceSha256 string = ''
 
+@description('Subscription that holds the workspaces\' managed resource groups and their clusters (SPARKPLANE_ARM_SUBSCRIPTION_ID); the provisioner role and the conditioned RBAC delegation are granted there and nowhere else. Give it a subscription of its own, as Azure Databricks isolates its managed resource groups; default: this deployment\'s subscription.')
+param workspacesSubscriptionId string = subscription().subscriptionId
+
 @description('OpenSSH public key for break-glass SSH to cluster nodes from inside their VNet (SPARKPLANE_ARM_ADMIN_PUBLIC_KEY). Empty: nobody can log in to a node.')
 param nodeAdminPublicKey string = ''
 
@@ -117,6 +120,38 @@ var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var serviceBusDataOwner = '090c5cfd-751d-490a-894a-3ce6f1109419'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
+var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+// The Key Vault secret the operator creates once (docs/deploy.md): the key every cluster's Spark
+// secret and Spark Connect token are derived from (SPARKPLANE_SPARK_SECRET_KEY).
+var sparkSecretKeyName = 'spark-secret-key'
+
+// ---------------------------------------------------------------------------------------------
+// Secrets: the key of the clusters' Spark credentials, read by the app as a Key Vault reference
+// ---------------------------------------------------------------------------------------------
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  //checkov:skip=CKV_AZURE_109: the Flex Consumption app resolves its Key Vault reference over the vault's public endpoint (no VNet integration in this template); access is Entra ID RBAC only and only the app's identity can read secrets.
+  //checkov:skip=CKV_AZURE_189: same reason as CKV_AZURE_109: public network access with Entra ID RBAC-only authorization.
+  name: take('kv-${replace(prefix, '-', '')}-${token}', 24)
+  location: location
+  tags: allTags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Monitoring
@@ -610,7 +645,7 @@ var appSettings = {
   SPARKPLANE_COSMOS_CONSISTENCY: 'Session'
   SPARKPLANE_EVENT_TTL_DAYS: string(eventTtlDays)
   SPARKPLANE_SERVICEBUS_FQDN: serviceBusFqdn
-  SPARKPLANE_ARM_SUBSCRIPTION_ID: subscription().subscriptionId
+  SPARKPLANE_ARM_SUBSCRIPTION_ID: workspacesSubscriptionId
   SPARKPLANE_ARM_LOCATION: workspaceLocation
   SPARKPLANE_ARM_PLATFORM_RESOURCE_ID: functionApp.id
   SPARKPLANE_ARM_CONTROL_PLANE_URL: 'https://${functionApp.properties.defaultHostName}'
@@ -618,6 +653,10 @@ var appSettings = {
   SPARKPLANE_ARM_AGENT_SOURCE_URL: agentSourceUrl
   SPARKPLANE_ARM_AGENT_SOURCE_SHA256: agentSourceSha256
   SPARKPLANE_ARM_ADMIN_PUBLIC_KEY: nodeAdminPublicKey
+  // Left out of the deny assignment every managed resource group gets (deployment stacks).
+  SPARKPLANE_ARM_PRINCIPAL_ID: functionApp.identity.principalId
+  // The key of the clusters' Spark secrets and Connect tokens: never in the site's config.
+  SPARKPLANE_SPARK_SECRET_KEY: '@Microsoft.KeyVault(VaultName=${keyVault.name};SecretName=${sparkSecretKeyName})'
 }
 
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
@@ -639,6 +678,7 @@ resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     serviceBusOwner
     cosmosContributor
     metricsPublisher
+    keyVaultReader
   ]
 }
 
@@ -694,6 +734,17 @@ resource cosmosContributor 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignm
   }
 }
 
+// The Key Vault reference of SPARKPLANE_SPARK_SECRET_KEY: read secrets of this vault only.
+resource keyVaultReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, functionApp.id, keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 // Telemetry to Application Insights with Entra ID (DisableLocalAuth).
 resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(appInsights.id, functionApp.id, monitoringMetricsPublisher)
@@ -709,7 +760,8 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 // Contributor).
 module provisionerRbac 'modules/provisioner-rbac.bicep' = if (grantProvisionerRoles) {
   name: 'sparkplane-provisioner-rbac-${token}'
-  scope: subscription()
+  // The workspaces' subscription only (one of their own, ideally): nothing in the platform's.
+  scope: subscription(workspacesSubscriptionId)
   params: {
     principalId: functionApp.identity.principalId
     platformName: functionAppName
@@ -821,3 +873,6 @@ output storageAccountName string = storage.name
 
 @description('Storage account of the workspaces\' files (SPARKPLANE_FILES_ACCOUNT_URL).')
 output filesAccountName string = filesStorage.name
+
+@description('The Key Vault holding the key of the clusters\' Spark secrets (secret spark-secret-key; docs/deploy.md creates it once).')
+output keyVaultName string = keyVault.name

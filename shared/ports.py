@@ -255,6 +255,10 @@ class NodeRequest:
     # Instance pools the workers and the driver come from (None: fresh nodes).
     pool: PoolRequest | None = None
     driver_pool: PoolRequest | None = None
+    # The cluster's Spark authentication secret and Spark Connect token
+    # (shared/domain/spark_auth.py); empty: the cluster's endpoints ask for none.
+    spark_auth_secret: str = field(default="", repr=False)
+    connect_token: str = field(default="", repr=False)
 
 
 class Provisioner(Protocol):

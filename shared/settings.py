@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # Root of the local file store; empty = <data_dir>/files.
     files_dir: str = ""
 
+    # The key every cluster's Spark secret and Spark Connect token are derived from
+    # (shared/domain/spark_auth.py). Locally, empty = the key in <data_dir>/spark-secret-key
+    # (made once, mode 0600); in Azure a Key Vault reference, required with the ARM provisioner.
+    spark_secret_key: str = Field(default="", repr=False)
+
     # Requests per second per token (token bucket; 429 with Retry-After beyond it).
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
@@ -144,6 +149,10 @@ class Settings(BaseSettings):
     arm_agent_source_sha256: str = ""
     # OpenSSH public key for break-glass access to the nodes; empty = nobody can log in.
     arm_admin_public_key: str = ""
+    # Object id of the control plane's managed identity: the one principal left out of the deny
+    # assignment (deployment stack deny settings) each managed resource group gets; empty = the
+    # groups get no deny assignment.
+    arm_principal_id: str = ""
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from shared.domain import cluster as dom_cluster
 from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.private_files import private_dir, write_private
@@ -51,7 +53,7 @@ class Container:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return Catalog(self.provisioner)
+        return Catalog(self.provisioner, dom_cluster.worker_cap(self.settings.provisioner))
 
     @cached_property
     def pools(self) -> PoolService:
@@ -155,8 +157,25 @@ def _files(s: Settings) -> FileStore:
     return LocalFileStore(Path(s.files_dir) if s.files_dir else s.data_dir / "files")
 
 
+def _with_spark_key(s: Settings) -> Settings:
+    """`s` with the key of the clusters' Spark secrets (shared/domain/spark_auth.py): the
+    setting's, else (not with the ARM provisioner, whose instances must all share one) the
+    one kept in <data_dir>/spark-secret-key, made on first start (mode 0600)."""
+    if s.spark_secret_key:
+        return s
+    if s.provisioner == "arm":
+        raise ValueError("SPARKPLANE_SPARK_SECRET_KEY is required with the ARM provisioner")
+    path = Path(s.data_dir) / "spark-secret-key"
+    key = path.read_text().strip() if path.exists() else ""
+    if not key:
+        key = secrets.token_hex(32)
+        write_private(path, key + "\n")
+    return s.model_copy(update={"spark_secret_key": key})
+
+
 def build(settings: Settings) -> Container:
     private_dir(settings.data_dir)
+    settings = _with_spark_key(settings)
     return Container(
         settings=settings,
         store=_store(settings),

@@ -60,6 +60,13 @@ scale set's `delete` action with their instance ids (through the client's pipeli
 the scale set's terminate notification lets the worker decommission first. A worker that is
 only a pending slot (capacity above the listed instances) goes with a capacity PATCH.
 
+The deny assignment: with `arm_principal_id` (the control plane's own identity), creating a
+workspace also PUTs the subscription-scope deployment stack `sparkplane-guard-W`
+(`infra/templates/workspace-guard.json`: the group as its one resource), whose deny settings
+(`denyWriteAndDelete`, applied to child scopes, the control plane excluded) keep everyone else,
+subscription Owners included, from writing or deleting in the group
+(shared/domain/azure_guard.py); deleting the workspace deletes the stack, detaching the group.
+
 Terminating cancels a running cluster deployment, deletes every resource tagged
 ClusterId=C in the group (compute first; a NIC or disk still attached answers 409 and goes in
 a later pass) and deletes the deployment record. Deleting a workspace deletes its group
@@ -94,6 +101,13 @@ that `spark_env_problem` refuses (shared/domain/node_env.py: what the node sets 
 that injects code into a shell, the loader, the JVM or Python, a value with a line break) is
 refused here, before the deployment is sent, and again on the node.
 
+The cluster's Spark credentials (`NodeRequest.spark_auth_secret`, `connect_token`;
+shared/domain/spark_auth.py) travel in customData too (`SPARK_AUTH_SECRET`, `CONNECT_TOKEN`),
+a securestring parameter kept out of the deployment's history: the node pins
+spark.authenticate and its secret in spark-defaults.conf and gives the Connect server its token
+in a root-only EnvironmentFile; a reserved key of spark_conf (spark.authenticate*) is dropped
+here and again on the node.
+
 The ports give `observe`, `remove_workers` and `stop_cluster` a cluster id only, so the group
 of a cluster is remembered from `start_driver`/`add_workers` and otherwise found again with
 one subscription-wide tag query (ClusterId=C); a cluster with no tagged resource at all (its
@@ -125,6 +139,7 @@ from azure.mgmt.resource.deployments.models import (
 )
 from azure.mgmt.resource.resources.models import GenericResource, ResourceGroup, Sku
 
+from shared.domain import azure_guard, spark_auth
 from shared.domain.node_env import spark_env_problem
 from shared.ports import (
     Node,
@@ -191,10 +206,15 @@ COMPUTE = (VM, VMSS)
 FORCE_DELETION_TYPES = "Microsoft.Compute/virtualMachines,Microsoft.Compute/virtualMachineScaleSets"
 
 WORKSPACE_DEPLOYMENT = "sparkplane-workspace"
+# The deployment stacks that put a deny assignment on each managed group
+# (shared/domain/azure_guard.py).
+STACKS_API = "2024-03-01"
 ACTIVE_DEPLOYMENT = {"Accepted", "Running", "Creating", "Created", "Ready", "Updating", "Waiting"}
 # Azure caps tags per resource, and tag names may not contain these characters.
 MAX_TAGS = 50
 BAD_TAG_NAME = re.compile(r"[<>%&\\?/]")
+# The Spark Connect port of a driver node (infra/bootstrap/cloud-init.yaml).
+CONNECT_PORT = 15002
 # Azure's limit on customData (base64 text).
 MAX_CUSTOM_DATA = 87380
 # What a placeholder value may contain (URLs, ids, versions, tokens; no blanks, quotes, $, &).
@@ -547,6 +567,7 @@ class ArmProvisioner:
         agent_source_sha256: str = "",
         admin_public_key: str = "",
         control_plane_url: str = "",
+        principal_id: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.rm = resources
@@ -561,6 +582,9 @@ class ArmProvisioner:
         self.agent_source_sha256 = agent_source_sha256
         self.admin_public_key = admin_public_key
         self.control_plane_url = control_plane_url
+        # The control plane's own identity (object id), the one principal the deny assignment
+        # of each managed group leaves out; empty: the groups get no deny assignment.
+        self.principal_id = principal_id
         self._clock = clock
         self._lock = threading.Lock()
         self._templates: dict[str, Any] = {}
@@ -607,6 +631,7 @@ class ArmProvisioner:
             agent_source_sha256=s.arm_agent_source_sha256,
             admin_public_key=s.arm_admin_public_key,
             control_plane_url=s.arm_control_plane_url,
+            principal_id=s.arm_principal_id,
         )
 
     # ------------------------------------------------------------------------ naming
@@ -647,6 +672,35 @@ class ArmProvisioner:
         )
         params = {"workspaceId": workspace_id, "location": location}
         self._deploy(group, WORKSPACE_DEPLOYMENT, self._template("workspace"), params)
+        if self.principal_id:
+            self._guard(workspace_id, group, location)
+
+    def _stack_url(self, workspace_id: str) -> str:
+        name = azure_guard.stack_name(workspace_id)
+        return (
+            f"/subscriptions/{self.subscription_id}/providers/Microsoft.Resources"
+            f"/deploymentStacks/{name}"
+        )
+
+    def _guard(self, workspace_id: str, group: str, location: str) -> None:
+        """Starts the deployment stack whose deny settings keep everyone but the control plane
+        from writing or deleting in the group (shared/domain/azure_guard.py)."""
+        body = azure_guard.guard_stack(
+            template=self._template("workspace-guard"),
+            group=group,
+            location=location,
+            managed_by=self.platform_resource_id,
+            tags={"Vendor": "sparkplane", "WorkspaceId": workspace_id},
+            control_plane_principal_id=self.principal_id,
+        )
+        resp = self._send(
+            "PUT", self._stack_url(workspace_id), {"api-version": STACKS_API}, json=body
+        )
+        if resp.status_code == 409:
+            # The stack is being deployed or deleted already: a later create_workspace repairs.
+            log.info("deployment stack of %s busy; not restarted", group)
+            return
+        resp.raise_for_status()
 
     def workspace_status(self, workspace_id: str) -> WorkspaceStatus:
         group = self.group_name(workspace_id)
@@ -670,6 +724,19 @@ class ArmProvisioner:
             self.rm.resource_groups.begin_delete(
                 group, force_deletion_types=FORCE_DELETION_TYPES, polling=False
             )
+        if self.principal_id:
+            # The group is going (the control plane is not denied): its guard goes too, detaching.
+            resp = self._send(
+                "DELETE",
+                self._stack_url(workspace_id),
+                {
+                    "api-version": STACKS_API,
+                    "unmanageAction.Resources": "detach",
+                    "unmanageAction.ResourceGroups": "detach",
+                },
+            )
+            if resp.status_code not in (404, 409):  # gone already, or being deleted
+                resp.raise_for_status()
         with self._lock:
             self._workspaces.pop(workspace_id, None)
             for cid in [c for c, g in self._groups.items() if g == group]:
@@ -1027,6 +1094,11 @@ class ArmProvisioner:
         if nics and status in ("STARTING", "RUNNING"):
             ip = self._nic_ip(nics[0].get("id", ""))
         start = _ms(props.get("timeCreated")) or vm.created_ms
+        attrs = _disk_attrs(props, str((props.get("hardwareProfile") or {}).get("vmSize") or ""))
+        if ip:
+            # Without the token: GET cluster adds it for the cluster's workspace
+            # (shared/domain/spark_auth.py).
+            attrs["connect_url"] = f"sc://{ip}:{CONNECT_PORT}"
         return Node(
             vm.name,
             "driver",
@@ -1034,7 +1106,7 @@ class ArmProvisioner:
             start,
             private_ip=ip,
             instance_id=vm.name,
-            attrs=_disk_attrs(props, str((props.get("hardwareProfile") or {}).get("vmSize") or "")),
+            attrs=attrs,
         )
 
     def _workers(self, vmss: _Res, seen: _Seen) -> list[Node]:
@@ -1167,7 +1239,10 @@ class ArmProvisioner:
                 "AGENT_SOURCE_URL": self.agent_source_url,
                 "AGENT_SOURCE_SHA256": self.agent_source_sha256,
                 "CONF_FILES": conf_files_value(req.conf_files),
-                "SPARK_CONF": spark_conf_value(req.spark_conf),
+                "SPARK_CONF": spark_conf_value(spark_auth.without_reserved(req.spark_conf)),
+                # The cluster's Spark credentials (securestring parameter, root-only files).
+                "SPARK_AUTH_SECRET": req.spark_auth_secret,
+                "CONNECT_TOKEN": req.connect_token,
                 "SPARK_ENV": spark_env_value(req.spark_env_vars),
                 **extra,
             },

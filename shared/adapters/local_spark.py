@@ -17,6 +17,12 @@ local processes (the default provisioner of `make run`).
   accepted spark_env_vars (not for the agent), then the node's Spark and SPARKPLANE_* settings.
   Nothing of the control plane's own environment (its settings, cloud keys, tokens) reaches a
   node. The processes run with umask 077.
+- A request with credentials (`NodeRequest.spark_auth_secret`, `connect_token`;
+  shared/domain/spark_auth.py) makes an authenticated cluster: `spark.authenticate` and the
+  secret in every process's 0600 spark-defaults.conf (executors get it from their Worker), the
+  Connect token in the Connect server's environment, the connect URL on `localhost` (where
+  pyspark sends a token without TLS). A pool node's warm master, started before its cluster,
+  is restarted with the secret when the node becomes a driver.
 - Everything the provisioner knows is on disk (SQLite under `data_dir`), so a new instance
   re-adopts the nodes still running (pid and process create time checked) and reports the dead
   ones LOST. Ports come from an allocation table in the same file and are checked free before
@@ -62,6 +68,7 @@ from typing import Any
 
 import psutil
 
+from shared.domain import spark_auth
 from shared.domain.node_env import node_environment, spark_env_problem
 from shared.ports import (
     Clock,
@@ -78,6 +85,9 @@ from shared.private_files import PRIVATE_UMASK, private, private_dir, private_fi
 log = logging.getLogger("sparkplane.local_spark")
 
 LOOPBACK = "127.0.0.1"
+# The host of connect URLs: pyspark sends a Connect token over plain gRPC only to `localhost`
+# (any other host gets TLS, which the Connect server does not speak).
+CONNECT_HOST = "localhost"
 MIN_JAVA = 17
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -547,14 +557,15 @@ class LocalSparkProvisioner:
             "node_type_id": driver_type.node_type_id,
             "spark_version": self.spark_version,
             "master_url": master_url,
-            "connect_url": f"sc://{LOOPBACK}:{p['connect']}",
+            "connect_url": f"sc://{CONNECT_HOST}:{p['connect']}",
             "spark_ui_url": f"http://{LOOPBACK}:{p['app_ui']}/",
             "master_ui_url": f"http://{LOOPBACK}:{p['master_ui']}/",
             "log_dir": str(log_dir),
         }
         self._write_quota(rec)
-        user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
-        daemon_conf = {**DEFAULT_CONF, **user_conf, **PINNED}
+        user_conf = _user_conf(req)
+        auth = spark_auth.auth_conf(req.spark_auth_secret)
+        daemon_conf = {**DEFAULT_CONF, **user_conf, **PINNED, **auth}
         driver_memory = user_conf.get("spark.driver.memory", DRIVER_MEMORY)
         executor_opts = user_conf.get("spark.executor.extraJavaOptions", "")
         if self._tune_jvms:
@@ -573,10 +584,17 @@ class LocalSparkProvisioner:
             "spark.connect.grpc.binding.address": LOOPBACK,
             "spark.connect.grpc.binding.port": str(p["connect"]),
             **PINNED,
+            **auth,
         }
         if not executor_opts:
             del app_conf["spark.executor.extraJavaOptions"]
-        if self._leader(rec, "master") is None:
+        warm_master = self._leader(rec, "master")
+        if warm_master is not None and auth:
+            # A pool node's warm master was started before its cluster existed, so without the
+            # cluster's secret: it makes way for one that has it.
+            self._stop_process(warm_master)
+            warm_master = None
+        if warm_master is None:
             rec.procs = [pr for pr in rec.procs if pr.name != "master"]
             self._spawn(rec, "master", self._master_argv(rec), daemon_conf, req, DAEMON_MEMORY)
         connect_argv = [
@@ -588,8 +606,18 @@ class LocalSparkProvisioner:
             "spark-internal",
         ]
         # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
+        # Its token goes in its environment (readable by this user only), not on its command
+        # line (which every user sees); the secret is in its 0600 spark-defaults.conf.
+        token_env = {spark_auth.CONNECT_TOKEN_ENV: req.connect_token} if req.connect_token else {}
         self._spawn(
-            rec, "connect", connect_argv, app_conf, req, driver_memory, wait_port=p["master_ui"]
+            rec,
+            "connect",
+            connect_argv,
+            app_conf,
+            req,
+            driver_memory,
+            wait_port=p["master_ui"],
+            extra_env=token_env,
         )
         if req.agent_env:
             self._spawn_agent(rec, req)
@@ -618,7 +646,9 @@ class LocalSparkProvisioner:
         env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
         if "spark_ui_url" in rec.attrs:  # the driver: heartbeats and the cluster's job tasks
             env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
-            env["SPARKPLANE_CONNECT_URL"] = rec.attrs["connect_url"]
+            env["SPARKPLANE_CONNECT_URL"] = spark_auth.connect_url(
+                rec.attrs["connect_url"], req.connect_token
+            )
             env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
         env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
         env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
@@ -671,8 +701,12 @@ class LocalSparkProvisioner:
         if rec.procs:
             rec.procs = []
             self._update(rec, procs=rec.procs)
-        user_conf = {k: v for k, v in req.spark_conf.items() if k not in PINNED_CONF}
-        conf = {**DEFAULT_CONF, **user_conf, **PINNED}
+        conf = {
+            **DEFAULT_CONF,
+            **_user_conf(req),
+            **PINNED,
+            **spark_auth.auth_conf(req.spark_auth_secret),
+        }
         master_url = driver.attrs["master_url"]
         node_dir, log_dir = self._dirs(rec)
         p = rec.ports
@@ -1217,6 +1251,17 @@ class LocalSparkProvisioner:
             except (OSError, psutil.Error):
                 pass
 
+    def _stop_process(self, proc: psutil.Process) -> None:
+        """Stop one process group now (SIGTERM, SIGKILL after `kill_grace_s`) and wait for it."""
+        with contextlib.suppress(OSError):  # the group is gone already
+            os.killpg(proc.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs([proc], timeout=self._kill_grace_s)
+        for p in alive:
+            with contextlib.suppress(OSError):  # it exited after all
+                os.killpg(p.pid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
+        _reap()
+
     def _abort(self, r: _Rec) -> None:
         """A start failed half-way: kill what was started and forget the node."""
         self._signal(r, signal.SIGKILL)
@@ -1507,6 +1552,15 @@ PORTS_DRIVER = ("master", "master_ui", "connect", "app_ui")
 PORTS_WORKER = ("worker", "worker_ui")
 # A pool node can become either.
 PORTS_POOL = PORTS_DRIVER + PORTS_WORKER
+
+
+def _user_conf(req: NodeRequest) -> dict[str, str]:
+    """The cluster's spark_conf without what the provisioner owns (addresses, ports, auth)."""
+    return {
+        k: v
+        for k, v in req.spark_conf.items()
+        if k not in PINNED_CONF and not spark_auth.reserved_conf(k)
+    }
 
 
 def _ending(r: _Rec) -> str:

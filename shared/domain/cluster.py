@@ -18,6 +18,15 @@ from shared.errors import InvalidParameterValue, InvalidState
 
 # The largest cluster this control plane makes (Databricks' own limits are in this range).
 MAX_WORKERS = 10_000
+# The workers of an ARM cluster are one uniform VM scale set, which holds at most 1,000 instances
+# (with a custom or Marketplace image: 600; the templates use a platform image).
+SCALE_SET_MAX_WORKERS = 1_000
+
+
+def worker_cap(provisioner: str) -> int:
+    """The most workers a cluster may ask for (num_workers, autoscale.max_workers) with this
+    provisioner ("records", "local", "arm")."""
+    return SCALE_SET_MAX_WORKERS if provisioner == "arm" else MAX_WORKERS
 
 
 class AutoScale(BaseModel):
@@ -139,9 +148,22 @@ def parse_autoscale(value: Any) -> AutoScale:
         raise InvalidParameterValue(validation_message(e)) from None
 
 
-def validate_size(num_workers: int | None, autoscale: AutoScale | None) -> None:
+def validate_size(
+    num_workers: int | None, autoscale: AutoScale | None, max_workers: int = MAX_WORKERS
+) -> None:
     if num_workers is not None and autoscale is not None:
         raise InvalidParameterValue("Only one of num_workers and autoscale may be set, not both.")
+    for name, asked in (
+        ("num_workers", num_workers),
+        ("autoscale.max_workers", autoscale.max_workers if autoscale else None),
+    ):
+        if asked is not None and asked > max_workers:
+            raise InvalidParameterValue(
+                f"{name} ({asked}) is more than the {max_workers} workers a cluster can have "
+                "here (its workers are one VM scale set)."
+                if max_workers == SCALE_SET_MAX_WORKERS
+                else f"{name} ({asked}) is more than the {max_workers} workers a cluster can have."
+            )
     if autoscale is not None and autoscale.max_workers <= autoscale.min_workers:
         raise InvalidParameterValue(
             f"autoscale.max_workers ({autoscale.max_workers}) must be greater than "
@@ -150,7 +172,11 @@ def validate_size(num_workers: int | None, autoscale: AutoScale | None) -> None:
 
 
 def validate_spec(
-    spec: ClusterSpec, *, node_types: set[str], spark_versions: set[str]
+    spec: ClusterSpec,
+    *,
+    node_types: set[str],
+    spark_versions: set[str],
+    max_workers: int = MAX_WORKERS,
 ) -> ClusterSpec:
     """Databricks' validation rules; returns the spec with defaults filled in."""
     if spec.spark_version not in spark_versions:
@@ -169,7 +195,7 @@ def validate_spec(
                 f"Node type {value} is not supported ({field}). "
                 "List the valid ids with GET /api/2.1/clusters/list-node-types."
             )
-    validate_size(spec.num_workers, spec.autoscale)
+    validate_size(spec.num_workers, spec.autoscale, max_workers)
     at = spec.autotermination_minutes
     if at is not None and at != 0 and not 10 <= at <= 10000:
         raise InvalidParameterValue(
@@ -353,11 +379,17 @@ def restart(c: Cluster, *, user: str, now: int) -> Cluster:
 
 
 def resize(
-    c: Cluster, *, num_workers: int | None, autoscale: AutoScale | None, user: str, now: int
+    c: Cluster,
+    *,
+    num_workers: int | None,
+    autoscale: AutoScale | None,
+    user: str,
+    now: int,
+    max_workers: int = MAX_WORKERS,
 ) -> Cluster:
     if num_workers is None and autoscale is None:
         raise InvalidParameterValue("One of num_workers or autoscale must be given.")
-    validate_size(num_workers, autoscale)
+    validate_size(num_workers, autoscale, max_workers)
     if c.state != State.RUNNING:
         raise _unexpected(c)
     c = c.model_copy(deep=True)

@@ -119,6 +119,10 @@ PINNED_SPARK_ENV = frozenset(
         "SPARK_DAEMON_MEMORY",
         "SPARK_DAEMON_JAVA_OPTS",
         "SPARK_REMOTE",
+        # The cluster's Spark Connect token and the secret a Worker hands its executors
+        # (shared/domain/spark_auth.py): a cluster cannot pick or blank them.
+        "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+        "_SPARK_AUTH_SECRET",
         "PATH",
         "HOME",
     }

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from shared.domain import cluster as dom
-from shared.domain import serverless
+from shared.domain import serverless, spark_auth
 from shared.domain.cluster import Cluster
 from shared.domain.events import wire as event_wire
 from shared.domain.pools import Pool
@@ -98,7 +98,9 @@ class ClusterRepo:
 class Catalog:
     """Node types and Spark versions, as the provisioner offers them."""
 
-    def __init__(self, provisioner: Provisioner) -> None:
+    def __init__(self, provisioner: Provisioner, max_workers: int = dom.MAX_WORKERS) -> None:
+        # The most workers one cluster may have with this provisioner (dom.worker_cap).
+        self.max_workers = max_workers
         self.node_types: dict[str, NodeType] = {n.node_type_id: n for n in provisioner.node_types()}
         self.spark_versions: dict[str, SparkVersion] = {
             v.key: v for v in provisioner.spark_versions()
@@ -106,7 +108,10 @@ class Catalog:
 
     def validate(self, spec: dom.ClusterSpec) -> dom.ClusterSpec:
         return dom.validate_spec(
-            spec, node_types=set(self.node_types), spark_versions=set(self.spark_versions)
+            spec,
+            node_types=set(self.node_types),
+            spark_versions=set(self.spark_versions),
+            max_workers=self.max_workers,
         )
 
 
@@ -263,7 +268,14 @@ class ClusterService:
         self.mutate(
             p,
             body.get("cluster_id"),
-            lambda c: dom.resize(c, num_workers=nw, autoscale=auto, user=p.user, now=now),
+            lambda c: dom.resize(
+                c,
+                num_workers=nw,
+                autoscale=auto,
+                user=p.user,
+                now=now,
+                max_workers=self.catalog.max_workers,
+            ),
         )
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
@@ -301,8 +313,22 @@ class ClusterService:
 
     # ---------------------------------------------------------------- queries
 
+    def _driver_view(self, c: Cluster) -> dict[str, Any] | None:
+        """The driver's endpoints as the cluster's workspace sees them: the connect URL with the
+        cluster's Spark Connect token (callers reach details() only for their own workspace)."""
+        if c.driver is None:
+            return None
+        driver = dict(c.driver)
+        creds = spark_auth.cluster_credentials(self.settings.spark_secret_key, c.cluster_id)
+        if creds is not None and driver.get("connect_url"):
+            driver["connect_url"] = spark_auth.connect_url(
+                driver["connect_url"], creds.connect_token
+            )
+        return driver
+
     def details(self, c: Cluster, *, with_spec: bool = True) -> dict[str, Any]:
         spec = c.spec.wire()
+        driver = self._driver_view(c)
         out: dict[str, Any] = dict(spec)
         if c.spec.autoscale is None:
             out["num_workers"] = c.target_workers
@@ -322,9 +348,9 @@ class ClusterService:
                     # How to reach the cluster, also for SDK users (whose SparkNode type drops
                     # the driver's extra fields): the same values as driver.connect_url etc.
                     **{
-                        tag: c.driver[key]
+                        tag: driver[key]
                         for tag, key in ENDPOINT_TAGS.items()
-                        if c.driver and key in c.driver
+                        if driver and key in driver
                     },
                 },
                 "executors": c.executors,
@@ -343,8 +369,8 @@ class ClusterService:
                 out[key] = value
         if c.termination_reason is not None:
             out["termination_reason"] = c.termination_reason.model_dump()
-        if c.driver is not None:
-            out["driver"] = c.driver
+        if driver is not None:
+            out["driver"] = driver
         if c.state in (State.RUNNING, State.RESIZING):
             cores, mem = self._resources(c)
             out["cluster_cores"] = cores

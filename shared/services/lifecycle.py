@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from shared.domain import reconcile as rec
-from shared.domain import serverless, storage
+from shared.domain import serverless, spark_auth, storage
 from shared.domain.cluster import Cluster
 from shared.domain.states import TRANSITIONAL, State
 from shared.ports import (
@@ -34,8 +34,9 @@ def agent_scope(cluster_id: str) -> str:
     return f"agent:{cluster_id}"
 
 
-def node_request(c: Cluster) -> NodeRequest:
+def node_request(c: Cluster, spark_secret_key: str = "") -> NodeRequest:
     s = c.spec
+    creds = spark_auth.cluster_credentials(spark_secret_key, c.cluster_id)
     return NodeRequest(
         cluster_id=c.cluster_id,
         workspace_id=c.workspace_id,
@@ -46,6 +47,8 @@ def node_request(c: Cluster) -> NodeRequest:
         spark_env_vars=dict(s.spark_env_vars),
         tags={**s.custom_tags, "ClusterId": c.cluster_id, "Vendor": "sparkplane"},
         conf_files=serverless.conf_files(s),
+        spark_auth_secret=creds.auth_secret if creds else "",
+        connect_token=creds.connect_token if creds else "",
     )
 
 
@@ -116,7 +119,7 @@ class Lifecycle:
 
     def _carry_out(self, p: rec.Plan) -> None:
         c = p.cluster
-        req = node_request(c)
+        req = node_request(c, self.settings.spark_secret_key)
         pooled = {i for i in (c.spec.instance_pool_id, c.spec.driver_instance_pool_id) if i}
         for a in p.actions:
             match a:

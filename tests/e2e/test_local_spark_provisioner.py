@@ -29,6 +29,7 @@ from shared.adapters.local_spark import (
     LocalSparkProvisioner,
     check_java,
 )
+from shared.domain.spark_auth import cluster_credentials, connect_url
 from shared.ports import Node, NodeRequest
 from tests.support import wait_for
 
@@ -184,7 +185,7 @@ def test_cluster_lifecycle(
 
     attrs = nodes[0].attrs
     assert attrs["master_url"].startswith("spark://127.0.0.1:")
-    assert attrs["connect_url"].startswith("sc://127.0.0.1:")
+    assert attrs["connect_url"].startswith("sc://localhost:")
     assert attrs["spark_ui_url"].startswith("http://127.0.0.1:")
     assert attrs["master_ui_url"].startswith("http://127.0.0.1:")
     assert Path(attrs["log_dir"]) == data_dir.resolve() / "logs" / cid / driver.node_id
@@ -358,6 +359,131 @@ def _role(proc: psutil.Process) -> str:
         if needle in cmd:
             return role
     return "other"
+
+
+def test_endpoints_refuse_whoever_lacks_the_cluster_secret(
+    make_provisioner: Callable[[], LocalSparkProvisioner], data_dir: Path, tmp_path: Path
+) -> None:
+    """A cluster started with credentials (shared/domain/spark_auth.py): its Connect server
+    refuses a client without its token or with another cluster's, and serves one with it; its
+    master refuses a Worker without its secret while its own worker (which has it) runs
+    executors. The secret and the token are on no process's command line, and the files that
+    hold them are owner-only."""
+    from pyspark.sql import SparkSession
+
+    p = make_provisioner()
+    cid = "cluster-auth"
+    creds = cluster_credentials("test-key", cid)
+    other = cluster_credentials("test-key", "another-cluster")
+    assert creds is not None and other is not None
+    req = _req(cid, spark_auth_secret=creds.auth_secret, connect_token=creds.connect_token)
+    p.start_driver(req)
+    p.add_workers(req, 1)
+
+    def all_running() -> list[Node] | None:
+        nodes = p.observe(cid)
+        assert "LOST" not in statuses(nodes).values(), nodes
+        return nodes if len(nodes) == 2 and all(n.status == "RUNNING" for n in nodes) else None
+
+    nodes = wait_for("driver + worker RUNNING", all_running, timeout=120)
+    base = nodes[0].attrs["connect_url"]
+    assert "token" not in base  # what the provisioner reports (and the document keeps)
+
+    for pid in tree_pids(p, cid):
+        with contextlib.suppress(psutil.Error):
+            line = " ".join(psutil.Process(pid).cmdline())
+            assert creds.auth_secret not in line and creds.connect_token not in line, pid
+    for conf in (data_dir / "nodes" / cid).rglob("spark-defaults.conf"):
+        assert conf.stat().st_mode & 0o777 == 0o600
+        assert "spark.authenticate.secret=" + creds.auth_secret in conf.read_text()
+
+    # ---- Spark Connect: no token, another cluster's token -> refused; the cluster's -> served
+    for url in (base, connect_url(base, other.connect_token)):
+        intruder = SparkSession.builder.remote(url).create()
+        try:
+            with pytest.raises(Exception, match=r"(?i)authenticat"):
+                intruder.range(3).collect()
+        finally:
+            with contextlib.suppress(Exception):  # the refused session may not close cleanly
+                intruder.stop()
+    spark = SparkSession.builder.remote(connect_url(base, creds.connect_token)).create()
+    try:
+        assert spark.range(1000).selectExpr("sum(id) AS s").collect()[0]["s"] == 499500
+    finally:
+        spark.stop()
+
+    # ---- the standalone master: a Worker without the secret never registers; the same Worker
+    # with it does
+    java = check_java()
+    master_url = nodes[0].attrs["master_url"]
+
+    def worker(name: str, conf: str) -> tuple[subprocess.Popen[bytes], Path]:
+        conf_dir = tmp_path / f"{name}-conf"
+        conf_dir.mkdir()
+        (conf_dir / "spark-defaults.conf").write_text(conf)
+        log_file = tmp_path / f"{name}.err"
+        with open(log_file, "wb") as err:
+            proc = subprocess.Popen(
+                [
+                    str(p.spark_home / "bin" / "spark-class"),
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "512m",
+                    "--work-dir",
+                    str(tmp_path / f"{name}-work"),
+                    master_url,
+                ],
+                env={
+                    "PATH": os.environ["PATH"],
+                    "JAVA_HOME": str(java.home),
+                    "SPARK_HOME": str(p.spark_home),
+                    "SPARK_CONF_DIR": str(conf_dir),
+                    "SPARK_LOCAL_IP": "127.0.0.1",
+                    "SPARK_NO_DAEMONIZE": "1",
+                    ENV_DATA_DIR: str(data_dir.resolve()),  # the teardown's marker
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        started.append(proc)
+        return proc, log_file
+
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        _, rogue_log = worker("rogue", "")
+        wait_for(
+            "the rogue worker to try the master",
+            lambda: "master" in rogue_log.read_text(errors="replace").lower(),
+            timeout=60,
+        )
+        time.sleep(15)  # with the secret a worker registers within a few seconds (below)
+        info = p.info(cid)
+        assert info["alive_workers"] == 1, info["workers"]
+        assert [w["port"] for w in info["workers"]] == [port_of(nodes[1].attrs["worker_url"])]
+
+        worker(
+            "friend",
+            f"spark.authenticate=true\nspark.authenticate.secret={creds.auth_secret}\n",
+        )
+        wait_for("a worker with the secret", lambda: p.info(cid)["alive_workers"] == 2, 60)
+    finally:
+        for proc in started:
+            with contextlib.suppress(OSError):  # it gave up and exited already
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    # No log of any node (master, Connect server, worker, executors) shows either value.
+    logs = [f for f in (data_dir / "logs").rglob("*") if f.is_file()]
+    logs += [f for f in (data_dir / "nodes").rglob("work/**/*") if f.is_file()]
+    assert logs
+    for f in logs:
+        text = f.read_text(errors="replace")
+        assert creds.auth_secret not in text and creds.connect_token not in text, f
 
 
 def test_nodes_start_from_an_allowlisted_environment(

@@ -60,7 +60,8 @@ def test_real_spark_cluster_lifecycle(spark_host: DevhostProcess) -> None:
     cid = c.cluster_id
     assert c.state == State.RUNNING and len(c.executors) == 2
     tags = c.default_tags
-    assert tags["SparkConnectUrl"].startswith("sc://127.0.0.1:")
+    assert tags["SparkConnectUrl"].startswith("sc://localhost:")
+    assert ";token=" in tags["SparkConnectUrl"]  # the cluster's Spark Connect token
     assert tags["SparkMasterUrl"].startswith("spark://127.0.0.1:")
     assert alive_workers(tags["SparkMasterUiUrl"]) == 2
     assert c.cluster_cores and c.cluster_memory_mb and c.spark_context_id

@@ -117,6 +117,7 @@ class FakeArm(HttpTransport):
         self.groups: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.resources: dict[str, dict[str, Any]] = {}
+        self.stacks: dict[str, dict[str, Any]] = {}
         self.ops: dict[str, tuple[str, Any]] = {}
         self.fail_cluster_deployments = False
         self.workspace_outputs = workspace_outputs
@@ -372,6 +373,13 @@ class FakeArm(HttpTransport):
             return 200, {"value": out}, {}
         if len(low) == 3 and low[2] == "resources" and method == "GET":
             return 200, self._list(None, q), {}
+        if len(low) == 6 and low[2:5] == ["providers", "microsoft.resources", "deploymentstacks"]:
+            if method == "PUT":
+                self.stacks[low[5]] = body
+                return 200, {"id": path, "name": parts[5], **body}, {}
+            if method == "DELETE":
+                return (200, None, {}) if self.stacks.pop(low[5], None) else err(404, "NotFound")
+            return err(405, "MethodNotAllowed")
         if len(low) >= 4 and low[2] == "resourcegroups":
             group = low[3]
             if len(low) == 4:
@@ -801,6 +809,9 @@ def request_for(cid: str = CID, **kw: Any) -> NodeRequest:
         "spark_conf": {"spark.sql.shuffle.partitions": "8"},
         "tags": {"team": "data", "ClusterId": cid, "Vendor": "sparkplane"},
         "agent_env": AGENT_ENV,
+        # What the lifecycle always gives with the ARM provisioner (the key is required).
+        "spark_auth_secret": "a" * 64,
+        "connect_token": "b" * 64,
     }
     base.update(kw)
     return NodeRequest(**base)
@@ -2423,10 +2434,11 @@ def _agent_fragment(node_bin: Path) -> str:
     return 'set -euo pipefail\nlog() { echo "$*" >&2; }\n' + text + '\necho "AGENT=$AGENT"\n'
 
 
-# The driver's agent also runs the cluster's job tasks, joined to its Spark Connect server.
+# The driver's agent also runs the cluster's job tasks, joined to its Spark Connect server
+# (on localhost, where pyspark sends the cluster's token without TLS).
 DRIVER_TASKS = (
     "SPARKPLANE_TASKS_DIR=/var/lib/sparkplane-agent/tasks\n"
-    "SPARKPLANE_CONNECT_URL=sc://10.1.0.4:15002\n"
+    "SPARKPLANE_CONNECT_URL=sc://localhost:15002/;token=tok123\n"
 )
 
 
@@ -2466,6 +2478,7 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
             **_node_env(node_bin),
             "ROLE": role,
             "SPARKPLANE_NODE_AGENT": node_agent,
+            "SPARKPLANE_CONNECT_TOKEN": "tok123",
             "DRIVER_HOST": "10.1.0.4",
         },
         capture_output=True,
@@ -2475,6 +2488,8 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
     assert r.stdout == f"AGENT={agent}\n"
     written = node_bin / "agent-node.env"
     assert (written.read_text() if written.exists() else None) == env_file
+    if written.exists():
+        assert written.stat().st_mode & 0o777 == 0o600  # the token is in it
     if agent == "no" and imds_up:
         assert not (node_bin / "curl-args").exists()  # not even asked
     if env_file is None:
@@ -2486,3 +2501,122 @@ def test_the_bootstrap_gives_the_agent_its_node_id(
     disk = agent_module.measure_disk(env)
     assert disk is not None and disk["node_id"] == name
     assert bool(env.get("SPARKPLANE_SPARK_UI_URL")) == (role == "driver")
+
+
+# ---------------------------------------------------------------- the cluster's Spark credentials
+
+
+def test_spark_credentials_reach_the_nodes_and_no_one_else(
+    arm: FakeArm, templates: Path, tmp_path: Path, spark_conf_script: Path
+) -> None:
+    """The cluster's secret and Connect token travel in customData (a securestring parameter);
+    the node pins spark.authenticate with the secret, whatever spark_conf says, the Connect unit
+    reads the token from a root-only file, and the bootstrap refuses to start without them."""
+    prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    ready_workspace(arm, prov)
+    user_conf = {"spark.authenticate": "false", "spark.authenticate.secret": "mine", "a.b": "c"}
+    prov.start_driver(
+        request_for(spark_conf=user_conf, spark_auth_secret="s" * 64, connect_token="t" * 64)
+    )
+    put = arm.take()[-1]
+    assert _placeholder(put, "SPARK_AUTH_SECRET") == "s" * 64
+    assert _placeholder(put, "CONNECT_TOKEN") == "t" * 64
+    conf = _placeholder(put, "SPARK_CONF")
+    assert _unpacked(conf) == {"a.b": "c"}  # reserved keys dropped before they leave
+    params = json.loads(Path(templates / "cluster.json").read_text())["parameters"]
+    assert params["customData"]["type"].lower() == "securestring"
+
+    # The node end: even a spark_conf that names them cannot turn authentication off.
+    node = {**WORKER_NODE, "SPARKPLANE_SPARK_AUTH_SECRET": "s" * 64}
+    packed = base64.b64encode(gzip.compress(json.dumps(user_conf).encode())).decode()
+    r = write_spark_conf(spark_conf_script, tmp_path / "w", node, packed, _unpacked_empty())
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "w" / "spark-defaults.conf").read_text()
+    assert "spark.authenticate=true\n" in text
+    assert f"spark.authenticate.secret={'s' * 64}\n" in text and "mine" not in text
+
+    boot = _node_file("/usr/local/lib/sparkplane/bootstrap.sh")
+    assert 'die "the cluster\'s Spark secret was not filled in"' in boot
+    assert 'umask 077 && echo "SPARK_CONNECT_AUTHENTICATE_TOKEN=' in boot
+    assert "sc://localhost:15002/;token=$SPARKPLANE_CONNECT_TOKEN" in boot
+    unit = _node_file("/etc/systemd/system/spark-connect.service")
+    assert "EnvironmentFile=/etc/sparkplane/connect.env" in unit
+    node_env = _node_file("/etc/sparkplane/node.env")
+    assert "SPARKPLANE_SPARK_AUTH_SECRET=__SPARKPLANE_SPARK_AUTH_SECRET__" in node_env
+    doc = yaml.safe_load(CLOUD_INIT_PATH.read_text())
+    [node_file] = [f for f in doc["write_files"] if f["path"] == "/etc/sparkplane/node.env"]
+    assert node_file["permissions"] == "0600"
+
+
+def _unpacked_empty() -> str:
+    return base64.b64encode(gzip.compress(b"{}")).decode()
+
+
+# ------------------------------------------------------- the managed groups' deny assignment
+
+PRINCIPAL = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture
+def guard_templates(templates: Path) -> Path:
+    (templates / "workspace-guard.json").write_text(
+        (ROOT / "infra" / "templates" / "workspace-guard.json").read_text()
+    )
+    return templates
+
+
+def test_a_workspace_group_gets_a_deny_assignment_that_spares_the_control_plane(
+    arm: FakeArm, guard_templates: Path
+) -> None:
+    prov = make(arm, guard_templates, arm_principal_id=PRINCIPAL)
+    prov.create_workspace("ws1", "northeurope")
+    [put] = [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+    assert put.method == "PUT" and put.api_version == "2024-03-01"
+    stacks = f"/subscriptions/{SUB}/providers/microsoft.resources/deploymentstacks"
+    assert put.path.lower() == f"{stacks}/sparkplane-guard-ws1".lower()
+    props = put.body["properties"]
+    assert props["denySettings"] == {
+        "mode": "denyWriteAndDelete",
+        "applyToChildScopes": True,
+        "excludedPrincipals": [PRINCIPAL],
+        "excludedActions": [],
+    }
+    # Deleting the stack never deletes the group (the workspace deletion does, knowingly).
+    assert set(props["actionOnUnmanage"].values()) == {"detach"}
+    params = {k: v["value"] for k, v in props["parameters"].items()}
+    assert params == {
+        "groupName": prov.group_name("ws1"),
+        "location": "northeurope",
+        "managedBy": PLATFORM,
+        "tags": {"Vendor": "sparkplane", "WorkspaceId": "ws1"},
+    }
+    [group] = props["template"]["resources"]
+    assert group["type"] == "Microsoft.Resources/resourceGroups"
+    assert put.body["location"] == "northeurope"
+
+    prov.delete_workspace("ws1")
+    [delete] = [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+    assert delete.method == "DELETE"
+    assert delete.query["unmanageAction.ResourceGroups"] == "detach"
+    assert not arm.stacks
+
+
+def test_no_principal_no_deny_assignment(arm: FakeArm, guard_templates: Path) -> None:
+    prov = make(arm, guard_templates)
+    prov.create_workspace("ws1")
+    prov.delete_workspace("ws1")
+    assert not [r for r in arm.take() if "deploymentstacks" in r.path.lower()]
+
+
+def test_the_guard_needs_a_principal_guid() -> None:
+    from shared.domain.azure_guard import guard_stack
+
+    with pytest.raises(ValueError, match="principal id"):
+        guard_stack(
+            template={},
+            group="g",
+            location="l",
+            managed_by="",
+            tags={},
+            control_plane_principal_id="not-a-guid",
+        )

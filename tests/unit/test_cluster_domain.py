@@ -335,3 +335,67 @@ def test_spark_env_vars_the_nodes_cannot_take_are_refused(env: dict, message: st
     assert spec(spark_env_vars={"MY_FLAG": "a b=c"}).spark_env_vars == {"MY_FLAG": "a b=c"}
     inert = {"MY_FLAG": "$(touch /tmp/x)", "PYSPARK_PYTHON": "/usr/bin/python3"}
     assert spec(spark_env_vars=inert).spark_env_vars == inert
+
+
+# ---------------------------------------------------------------- one scale set: 1,000 workers
+
+
+def test_worker_cap_by_provisioner() -> None:
+    assert dom.worker_cap("arm") == dom.SCALE_SET_MAX_WORKERS == 1000
+    assert dom.worker_cap("local") == dom.worker_cap("records") == dom.MAX_WORKERS
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"num_workers": 1001}, "num_workers (1001)"),
+        (
+            {"num_workers": None, "autoscale": {"min_workers": 1, "max_workers": 10000}},
+            "max_workers",
+        ),
+    ],
+)
+def test_arm_clusters_ask_for_at_most_one_scale_set(kw: dict[str, object], field: str) -> None:
+    body = {"spark_version": "4.1.x-scala2.13", "node_type_id": "small", "num_workers": 2, **kw}
+    body = {k: v for k, v in body.items() if v is not None}
+    parsed = dom.parse_spec(body)
+    with pytest.raises(InvalidParameterValue, match=r"1000 workers .*scale set") as e:
+        dom.validate_spec(parsed, node_types=NODE_TYPES, spark_versions=VERSIONS, max_workers=1000)
+    assert field in str(e.value)
+    # Other provisioners keep Databricks' own limit.
+    dom.validate_spec(parsed, node_types=NODE_TYPES, spark_versions=VERSIONS)
+    ok = {**body, "num_workers": 1000} if "num_workers" in body else body
+    if "autoscale" not in ok:
+        dom.validate_spec(
+            dom.parse_spec(ok), node_types=NODE_TYPES, spark_versions=VERSIONS, max_workers=1000
+        )
+
+
+def test_resize_past_one_scale_set_is_refused_at_the_request() -> None:
+    c = running(new())
+    with pytest.raises(InvalidParameterValue, match="1000"):
+        dom.resize(c, num_workers=1500, autoscale=None, user="u", now=5, max_workers=1000)
+    auto = dom.AutoScale(min_workers=1, max_workers=2000)
+    with pytest.raises(InvalidParameterValue, match=r"autoscale\.max_workers"):
+        dom.resize(c, num_workers=None, autoscale=auto, user="u", now=5, max_workers=1000)
+    assert dom.resize(c, num_workers=1000, autoscale=None, user="u", now=5, max_workers=1000)
+
+
+def test_the_catalog_of_an_arm_control_plane_caps_workers() -> None:
+    """What wiring builds for SPARKPLANE_PROVISIONER=arm: the API answers INVALID_PARAMETER_VALUE
+    (HTTP 400) at create, edit and for job clusters, before anything is stored."""
+    from shared.ports import NodeType, SparkVersion
+    from shared.services.clusters import Catalog
+
+    class Offer:
+        def node_types(self) -> list[NodeType]:
+            return [NodeType("small", 4, 16384, "small")]
+
+        def spark_versions(self) -> list[SparkVersion]:
+            return [SparkVersion("4.1.x-scala2.13", "4.1")]
+
+    catalog = Catalog(Offer(), dom.worker_cap("arm"))  # type: ignore[arg-type]
+    body = {"spark_version": "4.1.x-scala2.13", "node_type_id": "small", "num_workers": 5000}
+    with pytest.raises(InvalidParameterValue) as e:
+        catalog.validate(dom.parse_spec(body))
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"

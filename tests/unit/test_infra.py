@@ -115,7 +115,10 @@ def test_the_templates_are_there() -> None:
 def test_template_is_an_arm_template(path: Path) -> None:
     t = json.loads(path.read_text())
     assert t["$schema"].startswith("https://schema.management.azure.com/schemas/")
-    assert t["$schema"].endswith("/deploymentTemplate.json#")
+    # workspace-guard.json is deployed at subscription scope (a deployment stack).
+    assert t["$schema"].endswith(
+        ("/deploymentTemplate.json#", "/subscriptionDeploymentTemplate.json#")
+    )
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", t["contentVersion"])
     assert isinstance(t["resources"], list) and t["resources"]
     for r in t["resources"]:
@@ -192,6 +195,28 @@ def test_the_nsg_admits_nothing_from_outside_the_vnet() -> None:
         "*",
         "*",
     )
+
+
+SPARK_PORTS = ("7077", "15002", "8080", "8081", "4040")
+
+
+def test_spark_ports_open_only_inside_the_clusters_subnet() -> None:
+    """Issue 15: the Spark ports (master, Connect, UIs, and the random worker/driver/block
+    ports: any port) are allowed in from the clusters' own subnet only; from the rest of the
+    VNet (and peered networks) only SSH, key-authenticated."""
+    t = _load("workspace.json")
+    (nsg,) = _resources(t, "Microsoft.Network/networkSecurityGroups")
+    rules = [r["properties"] for r in nsg["properties"]["securityRules"]]
+    allowed = [r for r in rules if r["direction"] == "Inbound" and r["access"] == "Allow"]
+    for r in allowed:
+        ports = r.get("destinationPortRanges") or [r["destinationPortRange"]]
+        if r["sourceAddressPrefix"] == "[variables('subnetPrefix')]":
+            assert r["destinationAddressPrefix"] == "[variables('subnetPrefix')]", r
+            continue
+        if r["sourceAddressPrefix"] == "AzureLoadBalancer":
+            continue  # health probes of the platform (no Spark client)
+        assert ports == ["22"], r
+        assert not any(p in SPARK_PORTS for p in ports), r
 
 
 def test_cluster_template_tags_every_resource_with_the_cluster_id() -> None:
@@ -425,6 +450,97 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
     assert "*" not in perms["actions"]
     assert "Microsoft.Storage/storageAccounts/listKeys/action" in perms["notActions"]
     assert "Microsoft.Resources/subscriptions/resourceGroups/write" in perms["actions"]
+
+
+def _provisioner_actions() -> set[str]:
+    rbac = BicepParser().parse(file_path=INFRA / "modules" / "provisioner-rbac.bicep")
+    (role,) = _by_type(rbac, "Microsoft.Authorization/roleDefinitions").values()
+    (perms,) = _config(role)["properties"]["permissions"]
+    return {a.lower() for a in perms["actions"]}
+
+
+def _template_types(t: dict[str, Any]) -> set[str]:
+    out: set[str] = set()
+    for r in t["resources"]:
+        out.add(r["type"])
+        out |= _template_types({"resources": r.get("resources", [])})
+    return out
+
+
+def test_the_provisioner_role_holds_what_arm_py_calls_and_nothing_more() -> None:
+    """Issue 15: the custom role lists each action (no write wildcard), derived from what the
+    ARM provisioner requests itself and what ARM checks when it deploys the templates."""
+    from shared.adapters import arm
+
+    actions = _provisioner_actions()
+    for a in actions:
+        assert "*" not in a or a.endswith("/*/read"), a
+    for forbidden in ("runcommand", "extensions", "peer", "listkeys", "accountsas", "login"):
+        assert not [a for a in actions if forbidden in a], forbidden
+    # Every resource a template makes: read, write and delete (a role assignment comes from
+    # the conditioned delegation instead).
+    for name in ("workspace.json", "cluster.json"):
+        for rtype in _template_types(_load(name)):
+            if rtype == "Microsoft.Authorization/roleAssignments":
+                continue
+            for verb in ("read", "write"):
+                assert f"{rtype}/{verb}".lower() in actions, (rtype, verb)
+            if rtype.count("/") == 1 or rtype.endswith("/containers"):  # what ARM deletes
+                assert f"{rtype}/delete".lower() in actions, rtype
+    # What arm.py reads or deletes through the generic API, and its own calls.
+    for rtype in arm.API_VERSIONS:
+        assert f"{rtype}/read" in actions and f"{rtype}/delete" in actions, rtype
+    for a in (
+        "Microsoft.Resources/subscriptions/resourceGroups/write",
+        "Microsoft.Resources/subscriptions/resourceGroups/delete",
+        "Microsoft.Resources/subscriptions/resources/read",
+        "Microsoft.Resources/deployments/write",
+        "Microsoft.Resources/deployments/cancel/action",
+        "Microsoft.Resources/deployments/delete",
+        "Microsoft.Compute/virtualMachineScaleSets/delete/action",
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write",
+        "Microsoft.Compute/virtualMachines/instanceView/read",
+        "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+        "Microsoft.Network/virtualNetworks/subnets/join/action",
+        # the deny assignments (shared/domain/azure_guard.py)
+        "Microsoft.Resources/deploymentStacks/write",
+        "Microsoft.Resources/deploymentStacks/delete",
+        "Microsoft.Resources/deploymentStacks/manageDenySetting/action",
+    ):
+        assert a.lower() in actions, a
+
+
+def test_the_rbac_delegation_is_conditioned_on_role_and_principal(bicep: dict[str, Any]) -> None:
+    text = (INFRA / "modules" / "provisioner-rbac.bicep").read_text()
+    (condition,) = re.findall(r"^var delegationCondition = '(.*)'$", text, re.MULTILINE)
+    storage_blob_data_contributor = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+    # Writes: that one role, to a service principal, never the control plane's own identity.
+    assert "GuidEquals {${storageBlobDataContributor}}" in condition
+    assert f"storageBlobDataContributor = '{storage_blob_data_contributor}'" in text
+    assert (
+        "PrincipalType] ForAnyOfAnyValues:StringEqualsIgnoreCase {\\'ServicePrincipal\\'}"
+        in condition
+    )
+    assert "PrincipalId] ForAnyOfAllValues:GuidNotEquals {${principalId}}" in condition
+    # Deletes: that role's assignments only.
+    assert "@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId]" in condition
+    assert "conditionVersion: '2.0'" in text
+
+
+def test_the_workspaces_live_in_a_subscription_named_by_a_setting(bicep: dict[str, Any]) -> None:
+    text = MAIN_BICEP.read_text()
+    assert "param workspacesSubscriptionId string = subscription().subscriptionId" in text
+    assert "scope: subscription(workspacesSubscriptionId)" in text
+    assert "SPARKPLANE_ARM_SUBSCRIPTION_ID: workspacesSubscriptionId" in text
+    assert "SPARKPLANE_ARM_PRINCIPAL_ID: functionApp.identity.principalId" in text
+
+
+def test_the_guard_template_is_the_managed_group_alone() -> None:
+    t = _load("workspace-guard.json")
+    assert t["$schema"].endswith("/subscriptionDeploymentTemplate.json#")
+    (group,) = t["resources"]
+    assert group["type"] == "Microsoft.Resources/resourceGroups"
+    assert set(t["parameters"]) == {"groupName", "location", "managedBy", "tags"}
 
 
 def _accessor(node: Any) -> list[str]:
