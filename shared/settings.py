@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
 
+    # Quotas of a workspace the operator has not set (JSON object over the defaults of
+    # shared.domain.quotas.Quotas, e.g. '{"max_clusters": 10}'; docs/security.md).
+    quota_defaults: str = ""
+
     # Queues.
     lifecycle_queue: str = "cluster-lifecycle"
 

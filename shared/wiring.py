@@ -19,6 +19,7 @@ from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
+from shared.services.quotas import QuotaService
 from shared.services.tasks import TaskService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
@@ -54,20 +55,44 @@ class Container:
         return Catalog(self.provisioner)
 
     @cached_property
+    def quotas(self) -> QuotaService:
+        return QuotaService(self.store, self.files, self.settings)
+
+    @cached_property
     def pools(self) -> PoolService:
         return PoolService(
-            self.store, self.bus, self.catalog, self.provisioner, self.clock, self.settings
+            self.store,
+            self.bus,
+            self.catalog,
+            self.provisioner,
+            self.clock,
+            self.settings,
+            quotas=self.quotas,
         )
 
     @cached_property
     def clusters(self) -> ClusterService:
         return ClusterService(
-            self.store, self.bus, self.catalog, self.clock, self.settings, pools=self.pools
+            self.store,
+            self.bus,
+            self.catalog,
+            self.clock,
+            self.settings,
+            pools=self.pools,
+            quotas=self.quotas,
         )
 
     @cached_property
     def admin(self) -> Admin:
-        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner, self.files)
+        return Admin(
+            self.auth,
+            self.store,
+            self.clusters,
+            self.bus,
+            self.provisioner,
+            self.files,
+            self.quotas,
+        )
 
     @cached_property
     def utilization(self) -> Utilization:
@@ -91,12 +116,18 @@ class Container:
 
     @cached_property
     def files_service(self) -> FilesService:
-        return FilesService(self.files, self.store, self.clock)
+        return FilesService(self.files, self.store, self.clock, quotas=self.quotas)
 
     @cached_property
     def jobs(self) -> JobService:
         return JobService(
-            self.store, self.bus, self.clusters, self.tasks, self.clock, self.settings
+            self.store,
+            self.bus,
+            self.clusters,
+            self.tasks,
+            self.clock,
+            self.settings,
+            quotas=self.quotas,
         )
 
 

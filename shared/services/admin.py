@@ -9,15 +9,17 @@ import re
 import secrets
 from typing import Any
 
+from shared.domain import quotas
 from shared.errors import (
     InvalidParameterValue,
     NotImplementedApi,
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
-from shared.ports import Bus, Delivery, FileStore, Provisioner, Store
+from shared.ports import Bus, Delivery, FileStore, PreconditionFailed, Provisioner, Store
 from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal
 from shared.services.clusters import ClusterService
+from shared.services.quotas import QuotaService
 
 _WS_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
@@ -40,6 +42,12 @@ def _delivery(d: Delivery, *, with_body: bool) -> dict[str, Any]:
     return out
 
 
+def _overrides(body: Any, defaults: quotas.Quotas) -> dict[str, int]:
+    """The limits an operator names (validated against the known quotas)."""
+    quotas.parse(body, defaults)
+    return dict(body)
+
+
 class Admin:
     def __init__(
         self,
@@ -49,7 +57,9 @@ class Admin:
         bus: Bus,
         provisioner: Provisioner,
         files: FileStore,
+        quotas: QuotaService,
     ) -> None:
+        self.quotas = quotas
         self.auth = auth
         self.store = store
         self.clusters = clusters
@@ -69,9 +79,10 @@ class Admin:
                 "workspace_id must be 1..40 lowercase letters, digits or dashes."
             )
         region = body.get("region")
+        overrides = _overrides(body.get("quotas") or {}, self.quotas.defaults)
         if self.store.get("workspace", ws, ws) is not None:
             raise ResourceAlreadyExists(f"Workspace {ws} already exists.")
-        self.auth.ensure_workspace(ws, name, region=region)
+        self.auth.ensure_workspace(ws, name, region=region, quotas=overrides)
         create = getattr(self.provisioner, "create_workspace", None)
         if create is not None:
             create(ws, region)
@@ -120,6 +131,36 @@ class Admin:
         # Its files too: a workspace made again with the same id starts empty.
         self.files.delete_workspace(ws)
         self.store.delete("workspace", ws, ws)
+
+    # ------------------------------------------------------------------ quotas
+
+    def get_quotas(self, ws: str) -> dict[str, Any]:
+        body = self._workspace(ws)
+        return {
+            "workspace_id": ws,
+            "quotas": self.quotas.of(ws).wire(),
+            "overrides": body.get("quotas") or {},
+            "usage": self.quotas.usage(ws),
+        }
+
+    def set_quotas(self, ws: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Set the named limits of a workspace; a limit given as null goes back to the
+        default. Requests already admitted keep what they hold."""
+        for _ in range(20):
+            rec = self.store.get("workspace", ws, ws)
+            if rec is None or ws == OPERATOR_WORKSPACE or rec.body.get("state") != "ACTIVE":
+                raise ResourceDoesNotExist(f"Workspace {ws} does not exist")
+            merged = {**(rec.body.get("quotas") or {}), **body}
+            kept = {k: v for k, v in merged.items() if v is not None}
+            overrides = _overrides(kept, self.quotas.defaults)
+            try:
+                self.store.replace(
+                    "workspace", ws, ws, {**rec.body, "quotas": overrides}, etag=rec.etag
+                )
+            except PreconditionFailed:
+                continue  # another operator call wrote in between: merge again
+            return self.get_quotas(ws)
+        raise PreconditionFailed(f"workspace {ws} changed too often; retry")
 
     # ------------------------------------------------------------------ dead letters
 
