@@ -67,7 +67,7 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
     if ws is not None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.get_workspace(ws))
     if ws is not None and req.method == "DELETE":
-        return api(req, "operator", lambda c, p: c.admin.delete_workspace(ws, p))
+        return api(req, "operator", lambda c, p: c.admin.delete_workspace(ws))
     return _not_found(req)
 
 

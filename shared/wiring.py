@@ -15,6 +15,7 @@ from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.deletion import WorkspaceDeletion
 from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
@@ -92,6 +93,21 @@ class Container:
             self.provisioner,
             self.files,
             self.quotas,
+            self.deletion,
+        )
+
+    @cached_property
+    def deletion(self) -> WorkspaceDeletion:
+        return WorkspaceDeletion(
+            self.store,
+            self.bus,
+            self.auth,
+            self.clusters,
+            self.pools,
+            self.provisioner,
+            self.files,
+            self.clock,
+            self.settings,
         )
 
     @cached_property
@@ -103,7 +119,14 @@ class Container:
     @cached_property
     def lifecycle(self) -> Lifecycle:
         return Lifecycle(
-            self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth, self.pools
+            self.repo,
+            self.bus,
+            self.provisioner,
+            self.clock,
+            self.settings,
+            self.auth,
+            self.pools,
+            deletion=self.deletion,
         )
 
     @cached_property

@@ -35,7 +35,7 @@ class Quotas(BaseModel):
     max_concurrent_runs: int = Field(default=100, ge=0, le=10**15)
     max_jobs: int = Field(default=1000, ge=0, le=10**15)
     # The shortest time between two fires of a job's cron schedule.
-    min_schedule_period_s: int = Field(default=60, ge=0, le=10**15)
+    min_schedule_period_s: int = Field(default=10, ge=0, le=10**15)
     # Instance pools not deleted, and max_capacity of each (a pool created without one gets
     # this as its max_capacity).
     max_pools: int = Field(default=20, ge=0, le=10**15)

@@ -4,7 +4,6 @@ has one, and its first token) and the lifecycle queue's dead letters."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 import secrets
 from typing import Any
@@ -17,8 +16,9 @@ from shared.errors import (
     ResourceDoesNotExist,
 )
 from shared.ports import Bus, Delivery, FileStore, PreconditionFailed, Provisioner, Store
-from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal
+from shared.services.auth import OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import ClusterService
+from shared.services.deletion import DELETING, WorkspaceDeletion
 from shared.services.quotas import QuotaService
 
 _WS_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -58,8 +58,10 @@ class Admin:
         provisioner: Provisioner,
         files: FileStore,
         quotas: QuotaService,
+        deletion: WorkspaceDeletion,
     ) -> None:
         self.quotas = quotas
+        self.deletion = deletion
         self.auth = auth
         self.store = store
         self.clusters = clusters
@@ -80,8 +82,10 @@ class Admin:
             )
         region = body.get("region")
         overrides = _overrides(body.get("quotas") or {}, self.quotas.defaults)
-        if self.store.get("workspace", ws, ws) is not None:
-            raise ResourceAlreadyExists(f"Workspace {ws} already exists.")
+        old = self.store.get("workspace", ws, ws)
+        if old is not None:
+            deleting = " and is being deleted" if old.body.get("state") == DELETING else ""
+            raise ResourceAlreadyExists(f"Workspace {ws} already exists{deleting}.")
         self.auth.ensure_workspace(ws, name, region=region, quotas=overrides)
         create = getattr(self.provisioner, "create_workspace", None)
         if create is not None:
@@ -104,7 +108,7 @@ class Admin:
         return self._workspace(ws)
 
     def list_workspaces(self) -> dict[str, Any]:
-        recs = self.store.scan("workspace", field="state", values=["ACTIVE"])
+        recs = self.store.scan("workspace", field="state", values=["ACTIVE", DELETING])
         return {
             "workspaces": sorted(
                 (r.body for r in recs if r.id != OPERATOR_WORKSPACE),
@@ -112,25 +116,11 @@ class Admin:
             )
         }
 
-    def delete_workspace(self, ws: str, operator: Principal) -> None:
+    def delete_workspace(self, ws: str) -> dict[str, Any]:
+        """Start deleting the workspace and all it owns (shared/services/deletion.py): it is
+        DELETING at once, and gone when the lifecycle queue has removed everything."""
         self._workspace(ws)
-        self.auth.revoke_all(ws)
-        page_token: str | None = None
-        while True:
-            page = self.store.list("cluster", ws, page_size=500, page_token=page_token)
-            for r in page.items:
-                p = Principal(ws, operator.user, operator.token_id)
-                with contextlib.suppress(ResourceDoesNotExist):
-                    self.clusters.permanent_delete(p, {"cluster_id": r.id})
-            page_token = page.next_token
-            if not page_token:
-                break
-        delete = getattr(self.provisioner, "delete_workspace", None)
-        if delete is not None:
-            delete(ws)
-        # Its files too: a workspace made again with the same id starts empty.
-        self.files.delete_workspace(ws)
-        self.store.delete("workspace", ws, ws)
+        return self.deletion.start(ws)
 
     # ------------------------------------------------------------------ quotas
 

@@ -311,8 +311,9 @@ class FilesService:
         # Claim the next block index first, then stage the block under it: two concurrent
         # add-blocks never share an index, so neither block overwrites the other.
         if self.quotas is not None:
-            staged = int(self._handle(p, body.get("handle")).body.get("bytes", 0))
-            with self._room(p, None, staged + len(data)):
+            h = self._handle(p, body.get("handle")).body
+            replaced = paths.store_path(DBFS, str(h["path"])) if h["overwrite"] else None
+            with self._room(p, replaced, int(h.get("bytes", 0)) + len(data)):
                 pass  # a block is only staged: the close that publishes it holds the quota
         before, _ = self._claim(
             p,

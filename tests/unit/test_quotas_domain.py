@@ -31,7 +31,7 @@ def test_defaults_are_documented_values() -> None:
         "max_workers_per_cluster": 100,
         "max_concurrent_runs": 100,
         "max_jobs": 1000,
-        "min_schedule_period_s": 60,
+        "min_schedule_period_s": 10,
         "max_pools": 20,
         "max_pool_capacity": 100,
         "max_tokens_per_user": 100,
