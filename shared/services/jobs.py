@@ -1096,6 +1096,11 @@ class JobService:
         ws = run.workspace_id
         if self.clusters.repo.load(ws, a.cluster_id) is not None:
             return
+        home = self.store.get("workspace", ws, ws)
+        if home is not None and home.body.get("state") == "DELETING":
+            # A run read before its workspace's deletion removed it: start nothing more.
+            self._create_errors[a.cluster_id] = f"Workspace {ws} is being deleted."
+            return
         try:
             owner = Principal(ws, run.creator_user_name, "job-run")
             spec = self.clusters.spec(owner, a.spec)
