@@ -8,6 +8,8 @@ from shared.domain import quotas as q
 from shared.domain import schedule as sched
 from shared.domain.cluster import AutoScale, ClusterSpec
 from shared.errors import InvalidParameterValue, QuotaExceeded, ResourceExhausted
+from shared.services.quotas import default_quotas
+from shared.settings import Settings
 
 Q = q.Quotas(
     max_clusters=2,
@@ -130,3 +132,14 @@ def test_min_period_of_too_few_fires_is_none() -> None:
     assert q.min_period_ms([]) is None
     assert q.min_period_ms([5]) is None
     assert q.min_period_ms([0, 10, 15, 40]) == 5
+
+
+def test_quota_defaults_setting_overrides_the_defaults_and_refuses_bad_values() -> None:
+    from pydantic import ValidationError
+
+    assert default_quotas(Settings(quota_defaults="")) == q.Quotas()
+    got = default_quotas(Settings(quota_defaults='{"max_clusters": 4}'))
+    assert got.max_clusters == 4 and got.max_jobs == 1000
+    for bad in ('{"max_x": 1}', '{"max_jobs": -1}', "not json", "[]"):
+        with pytest.raises(ValidationError, match="quota_defaults"):
+            Settings(quota_defaults=bad)
