@@ -312,7 +312,13 @@ class JobService:
                 specs[dom.compute_key(t)] = job_clusters[t.job_cluster_key]
             elif t.new_cluster is not None:
                 specs[dom.compute_key(t)] = t.new_cluster
-        return [quota.cluster_workers(self.clusters.spec(p, spec)) for spec in specs.values()]
+        out: list[int] = []
+        for spec in specs.values():
+            try:
+                out.append(quota.cluster_workers(self.clusters.spec(p, spec)))
+            except InvalidParameterValue:  # its creation fails the task (as ever): no cluster
+                continue
+        return out
 
     @contextlib.contextmanager
     def _admit_run(self, p: Principal, s: dom.JobSettings, token: str | None) -> Iterator[None]:
