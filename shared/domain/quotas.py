@@ -92,6 +92,15 @@ def cluster_workers(spec: ClusterSpec) -> int:
     return spec.num_workers or 0
 
 
+def stored_workers(spec: Mapping[str, Any]) -> int:
+    """cluster_workers of a stored spec (a cluster document's "spec"), read without building
+    the model: counting a workspace's clusters reads every one of them at each request."""
+    auto = spec.get("autoscale")
+    if auto:
+        return int(auto.get("max_workers") or 0)
+    return int(spec.get("num_workers") or 0)
+
+
 def check_workers_per_cluster(q: Quotas, workers: int) -> None:
     if workers > q.max_workers_per_cluster:
         raise _exceeded(

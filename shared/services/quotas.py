@@ -18,7 +18,6 @@ from typing import Any
 
 from shared.domain import jobs as jobs_dom
 from shared.domain import quotas as dom
-from shared.domain.cluster import Cluster
 from shared.domain.states import State
 from shared.ports import FileMissing, FileStore, Store
 from shared.settings import Settings
@@ -75,11 +74,12 @@ class QuotaService:
         cluster left out (the one being edited or started)."""
         n = workers = 0
         for body in self._docs("cluster", workspace_id):
-            c = Cluster.model_validate(body)
-            if c.cluster_id == without or c.deleted or c.state == State.TERMINATED:
+            if body["cluster_id"] == without or body.get("deleted"):
+                continue
+            if body["state"] == State.TERMINATED.value:
                 continue
             n += 1
-            workers += dom.cluster_workers(c.spec)
+            workers += dom.stored_workers(body["spec"])
         return dom.ClusterUsage(n, workers)
 
     def jobs(self, workspace_id: str) -> int:

@@ -61,6 +61,15 @@ def test_cluster_workers_counts_the_autoscale_maximum() -> None:
     assert q.cluster_workers(auto) == 9
 
 
+def test_stored_workers_reads_a_stored_spec_as_cluster_workers_does() -> None:
+    for spec in (
+        ClusterSpec(spark_version="v", num_workers=3),
+        ClusterSpec(spark_version="v"),
+        ClusterSpec(spark_version="v", autoscale=AutoScale(min_workers=1, max_workers=9)),
+    ):
+        assert q.stored_workers(spec.model_dump(mode="json")) == q.cluster_workers(spec)
+
+
 def test_clusters_count_number_total_workers_and_workers_per_cluster() -> None:
     q.check_clusters(Q, q.ClusterUsage(1, 4), [6])  # exactly at every limit
     with pytest.raises(QuotaExceeded, match="number of clusters"):
