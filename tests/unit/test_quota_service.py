@@ -108,16 +108,3 @@ def test_admit_serialises_one_workspace_and_resource_only(tmp_path: Path) -> Non
     for t in other:
         t.join()
     assert overlap.is_set()
-
-
-def test_a_workspace_deletion_a_crash_interrupted_is_finished_by_the_next(tmp_path: Path) -> None:
-    """The local file store hides a workspace's files in one rename, then removes them: a crash
-    in between leaves the hidden directory, which the next deletion (a retried pass) removes."""
-    from shared.domain.paths import id_segment
-
-    files = LocalFileStore(tmp_path / "files")
-    files.write("a", "/dbfs/x.bin", b"x", overwrite=False)
-    root = tmp_path / "files"
-    (root / id_segment("a")).rename(root / ".deleting-interrupted")
-    files.delete_workspace("a")
-    assert sorted(p.name for p in root.iterdir()) == []
