@@ -110,6 +110,8 @@ def run(n: int, clients: int, get_clients: int, boot_s: float) -> dict[str, floa
             "SPARKPLANE_RATE_LIMIT_PER_S": "1000000",
             "SPARKPLANE_RATE_LIMIT_BURST": "1000000",
             LIFECYCLE_OFF: "true",
+            # thousands of clusters in one workspace: room beyond the default quotas
+            "SPARKPLANE_QUOTA_DEFAULTS": '{"max_clusters": 1000000, "max_total_workers": 10000000}',
         },
     )
     rss = RssSampler()

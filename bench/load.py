@@ -79,7 +79,14 @@ async def drive(h: DevhostProcess, clients: int, seconds: float) -> tuple[list[f
 
 def run(clients: int, seconds: float) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="sp-load-"))
-    h = DevhostProcess(tmp / "data", env={"SPARKPLANE_LOG_LEVEL": "WARNING"})
+    h = DevhostProcess(
+        tmp / "data",
+        env={
+            "SPARKPLANE_LOG_LEVEL": "WARNING",
+            # one token per client, all the same user's: room beyond the default quota
+            "SPARKPLANE_QUOTA_DEFAULTS": '{"max_tokens_per_user": 100000, "max_clusters": 1000}',
+        },
+    )
     rss = RssSampler()
     try:
         h.start()

@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import api, json_body, respond
+from shared.domain import quotas
 from shared.errors import EndpointNotFound, InvalidParameterValue
 from shared.services.auth import Principal, parse_lifetime
 from shared.wiring import Container
@@ -30,9 +31,12 @@ def tokens_api(req: func.HttpRequest) -> func.HttpResponse:
         comment = body.get("comment") or ""
         if not isinstance(comment, str) or len(comment) > 1000:
             raise InvalidParameterValue("comment must be a string of at most 1000 characters.")
-        token, info = c.auth.issue_token(
-            p.workspace_id, user=p.user, comment=comment, lifetime_s=parse_lifetime(body)
-        )
+        lifetime_s = parse_lifetime(body)
+        with c.quotas.admit(p.workspace_id, f"tokens:{p.user}") as q:
+            quotas.check_tokens(q, c.quotas.tokens(p.workspace_id, p.user))
+            token, info = c.auth.issue_token(
+                p.workspace_id, user=p.user, comment=comment, lifetime_s=lifetime_s
+            )
         return {"token_value": token, "token_info": info}
 
     def delete(c: Container, p: Principal) -> Any:
@@ -63,8 +67,18 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
     if ws is not None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.get_workspace(ws))
     if ws is not None and req.method == "DELETE":
-        return api(req, "operator", lambda c, p: c.admin.delete_workspace(ws, p))
+        return api(req, "operator", lambda c, p: c.admin.delete_workspace(ws))
     return _not_found(req)
+
+
+@bp.route(
+    route="api/admin/workspaces/{workspace_id}/quotas", methods=["GET", "PATCH"], auth_level=ANON
+)
+def admin_workspace_quotas(req: func.HttpRequest) -> func.HttpResponse:
+    ws = req.route_params["workspace_id"]
+    if req.method == "PATCH":
+        return api(req, "operator", lambda c, p: c.admin.set_quotas(ws, json_body(req)))
+    return api(req, "operator", lambda c, p: c.admin.get_quotas(ws))
 
 
 def _seq(req: func.HttpRequest) -> int:

@@ -42,7 +42,8 @@ def respond(
 
 
 def error(e: ApiError) -> func.HttpResponse:
-    return respond(e.body(), e.status)
+    wait = getattr(e, "retry_after_s", None)
+    return respond(e.body(), e.status, {"Retry-After": str(wait)} if wait else None)
 
 
 def json_body(

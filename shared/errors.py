@@ -104,3 +104,20 @@ class DirectoryNotEmpty(ApiError):
 
     status = 400
     error_code = "DIRECTORY_NOT_EMPTY"
+
+
+# Quotas (shared/domain/quotas.py). A count that only the caller can lower (clusters, jobs,
+# pools, tokens, bytes) is 400 QUOTA_EXCEEDED, as Databricks answers a full jobs quota: the SDK
+# raises at once. A count that frees itself (concurrent runs) is 429 RESOURCE_EXHAUSTED with
+# Retry-After: the SDK waits and retries, as Databricks' workspace-wide run limit makes it.
+
+
+class QuotaExceeded(ApiError):
+    status = 400
+    error_code = "QUOTA_EXCEEDED"
+
+
+class ResourceExhausted(ApiError):
+    status = 429
+    error_code = "RESOURCE_EXHAUSTED"
+    retry_after_s = 10

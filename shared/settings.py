@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ApiError
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,23 @@ class Settings(BaseSettings):
     # Requests per second per token (token bucket; 429 with Retry-After beyond it).
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
+
+    # Quotas of a workspace the operator has not set (JSON object over the defaults of
+    # shared.domain.quotas.Quotas, e.g. '{"max_clusters": 10}'; docs/security.md).
+    quota_defaults: str = ""
+
+    @field_validator("quota_defaults")
+    @classmethod
+    def _known_quotas(cls, v: str) -> str:
+        """A bad SPARKPLANE_QUOTA_DEFAULTS stops the app at start, not at some request."""
+        if v:
+            from shared.domain.quotas import parse
+
+            try:
+                parse(json.loads(v), where="SPARKPLANE_QUOTA_DEFAULTS")
+            except (ValueError, ApiError) as e:
+                raise ValueError(getattr(e, "message", str(e))) from None
+        return v
 
     # Queues.
     lifecycle_queue: str = "cluster-lifecycle"

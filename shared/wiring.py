@@ -17,10 +17,12 @@ from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.deletion import WorkspaceDeletion
 from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
+from shared.services.quotas import QuotaService
 from shared.services.tasks import TaskService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
@@ -56,20 +58,59 @@ class Container:
         return Catalog(self.provisioner, dom_cluster.worker_cap(self.settings.provisioner))
 
     @cached_property
+    def quotas(self) -> QuotaService:
+        return QuotaService(self.store, self.files, self.settings)
+
+    @cached_property
     def pools(self) -> PoolService:
         return PoolService(
-            self.store, self.bus, self.catalog, self.provisioner, self.clock, self.settings
+            self.store,
+            self.bus,
+            self.catalog,
+            self.provisioner,
+            self.clock,
+            self.settings,
+            quotas=self.quotas,
         )
 
     @cached_property
     def clusters(self) -> ClusterService:
         return ClusterService(
-            self.store, self.bus, self.catalog, self.clock, self.settings, pools=self.pools
+            self.store,
+            self.bus,
+            self.catalog,
+            self.clock,
+            self.settings,
+            pools=self.pools,
+            quotas=self.quotas,
         )
 
     @cached_property
     def admin(self) -> Admin:
-        return Admin(self.auth, self.store, self.clusters, self.bus, self.provisioner, self.files)
+        return Admin(
+            self.auth,
+            self.store,
+            self.clusters,
+            self.bus,
+            self.provisioner,
+            self.files,
+            self.quotas,
+            self.deletion,
+        )
+
+    @cached_property
+    def deletion(self) -> WorkspaceDeletion:
+        return WorkspaceDeletion(
+            self.store,
+            self.bus,
+            self.auth,
+            self.clusters,
+            self.pools,
+            self.provisioner,
+            self.files,
+            self.clock,
+            self.settings,
+        )
 
     @cached_property
     def utilization(self) -> Utilization:
@@ -80,7 +121,14 @@ class Container:
     @cached_property
     def lifecycle(self) -> Lifecycle:
         return Lifecycle(
-            self.repo, self.bus, self.provisioner, self.clock, self.settings, self.auth, self.pools
+            self.repo,
+            self.bus,
+            self.provisioner,
+            self.clock,
+            self.settings,
+            self.auth,
+            self.pools,
+            deletion=self.deletion,
         )
 
     @cached_property
@@ -93,12 +141,18 @@ class Container:
 
     @cached_property
     def files_service(self) -> FilesService:
-        return FilesService(self.files, self.store, self.clock)
+        return FilesService(self.files, self.store, self.clock, quotas=self.quotas)
 
     @cached_property
     def jobs(self) -> JobService:
         return JobService(
-            self.store, self.bus, self.clusters, self.tasks, self.clock, self.settings
+            self.store,
+            self.bus,
+            self.clusters,
+            self.tasks,
+            self.clock,
+            self.settings,
+            quotas=self.quotas,
         )
 
 

@@ -463,8 +463,10 @@ class LocalFileStore:
         with _fd(self._root_fd()) as root:
             # Out of sight in one rename (hidden names are never a workspace's), then removed.
             doomed = f".deleting-{uuid.uuid4().hex}"
-            try:
+            with contextlib.suppress(FileNotFoundError):  # nothing was written, or gone already
                 os.rename(id_segment(workspace_id), doomed, src_dir_fd=root, dst_dir_fd=root)
-            except FileNotFoundError:
-                return  # nothing was ever written, or deleted already
-            shutil.rmtree(doomed, dir_fd=root)
+            # This removal and any a crash interrupted (a deletion is retried until it ends).
+            for name in os.listdir(root):
+                if name.startswith(".deleting-"):
+                    with contextlib.suppress(FileNotFoundError):  # a concurrent call's
+                        shutil.rmtree(name, dir_fd=root)

@@ -4,20 +4,22 @@ has one, and its first token) and the lifecycle queue's dead letters."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import re
 import secrets
 from typing import Any
 
+from shared.domain import quotas
 from shared.errors import (
     InvalidParameterValue,
     NotImplementedApi,
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
-from shared.ports import Bus, Delivery, FileStore, Provisioner, Store
-from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal
+from shared.ports import Bus, Delivery, FileStore, PreconditionFailed, Provisioner, Store
+from shared.services.auth import OPERATOR_WORKSPACE, Auth
 from shared.services.clusters import ClusterService
+from shared.services.deletion import DELETING, WorkspaceDeletion
+from shared.services.quotas import QuotaService
 
 _WS_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 
@@ -40,6 +42,12 @@ def _delivery(d: Delivery, *, with_body: bool) -> dict[str, Any]:
     return out
 
 
+def _overrides(body: Any, defaults: quotas.Quotas) -> dict[str, int]:
+    """The limits an operator names (validated against the known quotas)."""
+    quotas.parse(body, defaults)
+    return dict(body)
+
+
 class Admin:
     def __init__(
         self,
@@ -49,7 +57,11 @@ class Admin:
         bus: Bus,
         provisioner: Provisioner,
         files: FileStore,
+        quotas: QuotaService,
+        deletion: WorkspaceDeletion,
     ) -> None:
+        self.quotas = quotas
+        self.deletion = deletion
         self.auth = auth
         self.store = store
         self.clusters = clusters
@@ -69,9 +81,12 @@ class Admin:
                 "workspace_id must be 1..40 lowercase letters, digits or dashes."
             )
         region = body.get("region")
-        if self.store.get("workspace", ws, ws) is not None:
-            raise ResourceAlreadyExists(f"Workspace {ws} already exists.")
-        self.auth.ensure_workspace(ws, name, region=region)
+        overrides = _overrides(body.get("quotas") or {}, self.quotas.defaults)
+        old = self.store.get("workspace", ws, ws)
+        if old is not None:
+            deleting = " and is being deleted" if old.body.get("state") == DELETING else ""
+            raise ResourceAlreadyExists(f"Workspace {ws} already exists{deleting}.")
+        self.auth.ensure_workspace(ws, name, region=region, quotas=overrides)
         create = getattr(self.provisioner, "create_workspace", None)
         if create is not None:
             create(ws, region)
@@ -93,7 +108,7 @@ class Admin:
         return self._workspace(ws)
 
     def list_workspaces(self) -> dict[str, Any]:
-        recs = self.store.scan("workspace", field="state", values=["ACTIVE"])
+        recs = self.store.scan("workspace", field="state", values=["ACTIVE", DELETING])
         return {
             "workspaces": sorted(
                 (r.body for r in recs if r.id != OPERATOR_WORKSPACE),
@@ -101,25 +116,41 @@ class Admin:
             )
         }
 
-    def delete_workspace(self, ws: str, operator: Principal) -> None:
+    def delete_workspace(self, ws: str) -> dict[str, Any]:
+        """Start deleting the workspace and all it owns (shared/services/deletion.py): it is
+        DELETING at once, and gone when the lifecycle queue has removed everything."""
         self._workspace(ws)
-        self.auth.revoke_all(ws)
-        page_token: str | None = None
-        while True:
-            page = self.store.list("cluster", ws, page_size=500, page_token=page_token)
-            for r in page.items:
-                p = Principal(ws, operator.user, operator.token_id)
-                with contextlib.suppress(ResourceDoesNotExist):
-                    self.clusters.permanent_delete(p, {"cluster_id": r.id})
-            page_token = page.next_token
-            if not page_token:
-                break
-        delete = getattr(self.provisioner, "delete_workspace", None)
-        if delete is not None:
-            delete(ws)
-        # Its files too: a workspace made again with the same id starts empty.
-        self.files.delete_workspace(ws)
-        self.store.delete("workspace", ws, ws)
+        return self.deletion.start(ws)
+
+    # ------------------------------------------------------------------ quotas
+
+    def get_quotas(self, ws: str) -> dict[str, Any]:
+        body = self._workspace(ws)
+        return {
+            "workspace_id": ws,
+            "quotas": self.quotas.of(ws).wire(),
+            "overrides": body.get("quotas") or {},
+            "usage": self.quotas.usage(ws),
+        }
+
+    def set_quotas(self, ws: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Set the named limits of a workspace; a limit given as null goes back to the
+        default. Requests already admitted keep what they hold."""
+        for _ in range(20):
+            rec = self.store.get("workspace", ws, ws)
+            if rec is None or ws == OPERATOR_WORKSPACE or rec.body.get("state") != "ACTIVE":
+                raise ResourceDoesNotExist(f"Workspace {ws} does not exist")
+            merged = {**(rec.body.get("quotas") or {}), **body}
+            kept = {k: v for k, v in merged.items() if v is not None}
+            overrides = _overrides(kept, self.quotas.defaults)
+            try:
+                self.store.replace(
+                    "workspace", ws, ws, {**rec.body, "quotas": overrides}, etag=rec.etag
+                )
+            except PreconditionFailed:
+                continue  # another operator call wrote in between: merge again
+            return self.get_quotas(ws)
+        raise PreconditionFailed(f"workspace {ws} changed too often; retry")
 
     # ------------------------------------------------------------------ dead letters
 

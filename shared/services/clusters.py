@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.domain import cluster as dom
+from shared.domain import quotas as quota
 from shared.domain import serverless, spark_auth
 from shared.domain.cluster import Cluster
 from shared.domain.events import wire as event_wire
@@ -31,6 +33,9 @@ from shared.ports import (
 )
 from shared.services.auth import Principal
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.services.quotas import QuotaService
 
 log = logging.getLogger("sparkplane.clusters")
 
@@ -129,10 +134,12 @@ class ClusterService:
         settings: Settings,
         *,
         pools: PoolLookup | None = None,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
         self.pools = pools
+        self.quotas = quotas
         self.catalog = catalog
         self.clock = clock
         self.settings = settings
@@ -154,6 +161,29 @@ class ClusterService:
             self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, message_id)])
         except Exception:
             log.exception("send reconcile failed", extra={"cluster_id": c.cluster_id})
+
+    @contextmanager
+    def _quota(self, workspace_id: str) -> Iterator[quota.Quotas | None]:
+        """The workspace's cluster quotas, held while a request counts, checks and writes
+        (None: quotas are off, as in unit tests that build the service alone)."""
+        if self.quotas is None:
+            yield None
+            return
+        with self.quotas.admit(workspace_id, "clusters") as q:
+            yield q
+
+    def _check_quota(
+        self, q: quota.Quotas | None, ws: str, c: Cluster | None, workers: int
+    ) -> None:
+        """A new cluster (`c` None), or `c` about to hold `workers`, fits the quotas; a
+        TERMINATED cluster only the per-cluster limit (it holds nothing until it starts)."""
+        if q is None or self.quotas is None:
+            return
+        if c is not None and c.state == State.TERMINATED:
+            quota.check_workers_per_cluster(q, workers)
+            return
+        without = c.cluster_id if c is not None else ""
+        quota.check_clusters(q, self.quotas.clusters(ws, without=without), [workers])
 
     def mutate(
         self, p: Principal, cluster_id: Any, command: Callable[[Cluster], Cluster]
@@ -224,25 +254,32 @@ class ClusterService:
         idem = body.get("idempotency_token")
         now = self.clock.now_ms()
         cluster_id = dom.new_cluster_id(now)
-        if idem is not None:
-            if not isinstance(idem, str) or not 0 < len(idem) <= 64:
-                raise InvalidParameterValue("idempotency_token must be a string of 1..64 chars.")
-            try:
-                self.store.create(
-                    "idempotency",
-                    p.workspace_id,
-                    f"cluster:{idem}",
-                    {"cluster_id": cluster_id},
-                    ttl_s=7 * 86400,
-                )
-            except AlreadyExists:
+        if idem is not None and (not isinstance(idem, str) or not 0 < len(idem) <= 64):
+            raise InvalidParameterValue("idempotency_token must be a string of 1..64 chars.")
+        with self._quota(p.workspace_id) as q:
+            if idem is not None:
+                # A retry of a create that was answered finds its cluster, quota or not.
                 rec = self.store.get("idempotency", p.workspace_id, f"cluster:{idem}")
                 if rec is not None:
                     return str(rec.body["cluster_id"])
-        c = dom.create(
-            cluster_id=cluster_id, workspace_id=p.workspace_id, spec=spec, user=p.user, now=now
-        )
-        rec = self.repo.insert(c)
+            self._check_quota(q, p.workspace_id, None, quota.cluster_workers(spec))
+            if idem is not None:
+                try:
+                    self.store.create(
+                        "idempotency",
+                        p.workspace_id,
+                        f"cluster:{idem}",
+                        {"cluster_id": cluster_id},
+                        ttl_s=7 * 86400,
+                    )
+                except AlreadyExists:
+                    rec = self.store.get("idempotency", p.workspace_id, f"cluster:{idem}")
+                    if rec is not None:
+                        return str(rec.body["cluster_id"])
+            c = dom.create(
+                cluster_id=cluster_id, workspace_id=p.workspace_id, spec=spec, user=p.user, now=now
+            )
+            rec = self.repo.insert(c)
         self.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
         log.info("cluster created", extra={"cluster_id": cluster_id, "workspace": p.workspace_id})
         return cluster_id
@@ -250,11 +287,26 @@ class ClusterService:
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
         spec = self.spec(p, body)
         now = self.clock.now_ms()
-        self.mutate(p, body.get("cluster_id"), lambda c: dom.edit(c, spec, user=p.user, now=now))
+        workers = quota.cluster_workers(spec)
+        with self._quota(p.workspace_id) as q:
+
+            def edit(c: Cluster) -> Cluster:
+                self._check_quota(q, p.workspace_id, c, workers)
+                return dom.edit(c, spec, user=p.user, now=now)
+
+            self.mutate(p, body.get("cluster_id"), edit)
 
     def start(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
-        self.mutate(p, body.get("cluster_id"), lambda c: dom.start(c, user=p.user, now=now))
+        with self._quota(p.workspace_id) as q:
+
+            def start(c: Cluster) -> Cluster:
+                if c.state == State.TERMINATED and q is not None and self.quotas is not None:
+                    usage = self.quotas.clusters(p.workspace_id, without=c.cluster_id)
+                    quota.check_clusters(q, usage, [quota.cluster_workers(c.spec)])
+                return dom.start(c, user=p.user, now=now)
+
+            self.mutate(p, body.get("cluster_id"), start)
 
     def restart(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()
@@ -265,18 +317,21 @@ class ClusterService:
         nw = None if raw is None else integer(raw, "num_workers", 0, dom.MAX_WORKERS)
         auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
         now = self.clock.now_ms()
-        self.mutate(
-            p,
-            body.get("cluster_id"),
-            lambda c: dom.resize(
-                c,
-                num_workers=nw,
-                autoscale=auto,
-                user=p.user,
-                now=now,
-                max_workers=self.catalog.max_workers,
-            ),
-        )
+        with self._quota(p.workspace_id) as q:
+
+            def resize(c: Cluster) -> Cluster:
+                new = dom.resize(
+                    c,
+                    num_workers=nw,
+                    autoscale=auto,
+                    user=p.user,
+                    now=now,
+                    max_workers=self.catalog.max_workers,
+                )
+                self._check_quota(q, p.workspace_id, c, quota.cluster_workers(new.spec))
+                return new
+
+            self.mutate(p, body.get("cluster_id"), resize)
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
         now = self.clock.now_ms()

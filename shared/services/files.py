@@ -14,11 +14,12 @@ import base64
 import contextlib
 import logging
 import secrets
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from shared.domain import files as dom
 from shared.domain import paths
+from shared.domain import quotas as quota
 from shared.errors import (
     DirectoryNotEmpty,
     FileAlreadyExists,
@@ -27,6 +28,7 @@ from shared.errors import (
     IoError,
     MaxBlockSizeExceeded,
     MaxNotebookSizeExceeded,
+    QuotaExceeded,
     ResourceDoesNotExist,
     TooLarge,
 )
@@ -45,6 +47,9 @@ from shared.ports import (
 from shared.ports import DirectoryNotEmpty as StoreDirectoryNotEmpty
 from shared.services.auth import Principal
 
+if TYPE_CHECKING:
+    from shared.services.quotas import QuotaService
+
 log = logging.getLogger("sparkplane.files")
 
 HANDLE_KIND = "dbfs_handle"
@@ -59,10 +64,31 @@ def _shown(root: paths.Root, user: str) -> str:
 
 
 class FilesService:
-    def __init__(self, files: FileStore, store: Store, clock: Clock) -> None:
+    def __init__(
+        self, files: FileStore, store: Store, clock: Clock, *, quotas: QuotaService | None = None
+    ) -> None:
         self.files = files
         self.store = store
         self.clock = clock
+        self.quotas = quotas
+
+    @contextlib.contextmanager
+    def _room(self, p: Principal, store_path: str | None, adding: int) -> Iterator[None]:
+        """Hold the workspace's file-bytes quota while `adding` bytes are written at
+        `store_path` (the file they replace does not count)."""
+        if self.quotas is None:
+            yield
+            return
+        with self.quotas.admit(p.workspace_id, "files") as q:
+            used = self.quotas.file_bytes(p.workspace_id)
+            try:
+                old = self.files.stat(p.workspace_id, store_path) if store_path else None
+            except FileMissing:  # a new file: nothing is replaced
+                old = None
+            if old is not None and not old.is_dir:
+                used -= old.size
+            quota.check_file_bytes(q, used, adding)
+            yield
 
     # ------------------------------------------------------------------ shared by both APIs
 
@@ -126,10 +152,10 @@ class FilesService:
     ) -> None:
         if user in self._implicit(p, root):  # the root, a standard folder: never a file
             raise self._exists_error(root, user)
+        sp = paths.store_path(root, user)
         try:
-            self.files.write(
-                p.workspace_id, paths.store_path(root, user), data, overwrite=overwrite
-            )
+            with self._room(p, sp, len(data)):
+                self.files.write(p.workspace_id, sp, data, overwrite=overwrite)
         except FileExists:  # a file without overwrite, or a directory at the path
             raise self._exists_error(root, user) from None
         except FileMissing:  # a file stands where one of its parent directories should be
@@ -284,7 +310,17 @@ class FilesService:
         data = dom.b64(body.get("data"), "data", dom.MAX_BLOCK_BYTES, MaxBlockSizeExceeded)
         # Claim the next block index first, then stage the block under it: two concurrent
         # add-blocks never share an index, so neither block overwrites the other.
-        before, _ = self._claim(p, body.get("handle"), blocks=lambda b: int(b["blocks"]) + 1)
+        if self.quotas is not None:
+            h = self._handle(p, body.get("handle")).body
+            replaced = paths.store_path(DBFS, str(h["path"])) if h["overwrite"] else None
+            with self._room(p, replaced, int(h.get("bytes", 0)) + len(data)):
+                pass  # a block is only staged: the close that publishes it holds the quota
+        before, _ = self._claim(
+            p,
+            body.get("handle"),
+            blocks=lambda b: int(b["blocks"]) + 1,
+            bytes=lambda b: int(b.get("bytes", 0)) + len(data),
+        )
         index = int(before.body["blocks"])
         self.files.stage_block(p.workspace_id, before.body["upload_id"], index, data)
         return {}
@@ -294,14 +330,19 @@ class FilesService:
         _, rec = self._claim(p, body.get("handle"), state="closing")
         b = rec.body
         user = str(b["path"])
+        sp = paths.store_path(DBFS, user)
         try:
-            self.files.commit_upload(
-                p.workspace_id,
-                b["upload_id"],
-                paths.store_path(DBFS, user),
-                int(b["blocks"]),
-                overwrite=bool(b["overwrite"]),
-            )
+            with self._room(p, sp, int(b.get("bytes", 0))):
+                self.files.commit_upload(
+                    p.workspace_id,
+                    b["upload_id"],
+                    sp,
+                    int(b["blocks"]),
+                    overwrite=bool(b["overwrite"]),
+                )
+        except QuotaExceeded:  # nothing was published: the upload is over
+            self._drop_handle(p, rec)
+            raise
         except FileExists:  # created meanwhile without overwrite, or a directory there
             self._drop_handle(p, rec)
             raise self._exists_error(DBFS, user) from None

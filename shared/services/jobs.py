@@ -21,15 +21,23 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from shared.domain import cluster as cdom
 from shared.domain import jobs as dom
+from shared.domain import quotas as quota
+from shared.domain import schedule as sched
 from shared.domain.jobs import LifeCycle as L
 from shared.domain.jobs import Result as R
 from shared.domain.wire import integer
-from shared.errors import ApiError, InvalidParameterValue, InvalidState, ResourceDoesNotExist
+from shared.errors import (
+    ApiError,
+    InvalidParameterValue,
+    InvalidState,
+    QuotaExceeded,
+    ResourceDoesNotExist,
+)
 from shared.ports import (
     AlreadyExists,
     Bus,
@@ -44,6 +52,9 @@ from shared.services.auth import Principal
 from shared.services.clusters import ACTIVITY, ClusterService
 from shared.services.tasks import TaskService
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.services.quotas import QuotaService
 
 log = logging.getLogger("sparkplane.jobs")
 
@@ -172,9 +183,12 @@ class JobService:
         tasks: TaskService,
         clock: Clock,
         settings: Settings,
+        *,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
+        self.quotas = quotas
         self.clusters = clusters
         self.tasks = tasks
         self.clock = clock
@@ -269,9 +283,58 @@ class JobService:
 
     def _check_spec(self, p: Principal, spec: dict[str, Any], where: str) -> None:
         try:
-            self.clusters.spec(p, spec)
+            checked = self.clusters.spec(p, spec)
         except InvalidParameterValue as e:
             raise InvalidParameterValue(f"{where}: {e.message}") from None
+        if self.quotas is not None:
+            q = self.quotas.of(p.workspace_id)
+            try:
+                quota.check_workers_per_cluster(q, quota.cluster_workers(checked))
+            except QuotaExceeded as e:  # say which cluster spec, as for invalid ones
+                raise QuotaExceeded(f"{where}: {e.message}") from None
+
+    def _check_schedule(self, p: Principal, s: dom.JobSettings) -> None:
+        """A schedule fires no more often than the workspace's min_schedule_period_s (judged
+        on its next 100 fire times)."""
+        if self.quotas is None or s.schedule is None:
+            return
+        compiled = sched.compile_schedule(s.schedule.quartz_cron_expression, s.schedule.timezone_id)
+        fires = sched.fire_times(compiled, self.clock.now_ms(), 100)
+        quota.check_schedule(self.quotas.of(p.workspace_id), fires)
+
+    def _new_clusters(self, p: Principal, s: dom.JobSettings) -> list[int]:
+        """The workers of each cluster a run of these settings makes (its job clusters that
+        tasks use and its tasks' own new clusters)."""
+        specs: dict[str, Mapping[str, Any]] = {}
+        job_clusters = {jc.job_cluster_key: jc.new_cluster for jc in s.job_clusters}
+        for t in s.tasks:
+            if t.job_cluster_key is not None and t.job_cluster_key in job_clusters:
+                specs[dom.compute_key(t)] = job_clusters[t.job_cluster_key]
+            elif t.new_cluster is not None:
+                specs[dom.compute_key(t)] = t.new_cluster
+        out: list[int] = []
+        for spec in specs.values():
+            try:
+                out.append(quota.cluster_workers(self.clusters.spec(p, spec)))
+            except InvalidParameterValue:  # its creation fails the task (as ever): no cluster
+                continue
+        return out
+
+    @contextlib.contextmanager
+    def _admit_run(self, p: Principal, s: dom.JobSettings, token: str | None) -> Iterator[None]:
+        """Hold the workspace's runs quota while a run is counted, checked and created: the
+        runs not finished, and the clusters the run will make (a retry of an answered request,
+        same idempotency_token, is not counted again)."""
+        if self.quotas is None:
+            yield
+            return
+        with self.quotas.admit(p.workspace_id, "runs") as q:
+            if token is None or self.store.get(IDEM, p.workspace_id, f"run:{token}") is None:
+                quota.check_runs(q, self.quotas.active_runs(p.workspace_id))
+                quota.check_clusters(
+                    q, self.quotas.clusters(p.workspace_id), self._new_clusters(p, s)
+                )
+            yield
 
     def _validated(self, p: Principal, s: dom.JobSettings, *, submit: bool = False) -> None:
         def existing(cluster_id: str, where: str) -> None:
@@ -286,6 +349,7 @@ class JobService:
             check_existing_cluster=existing,
             submit=submit,
         )
+        self._check_schedule(p, s)
 
     # ----------------------------------------------------------------------------- jobs
 
@@ -293,6 +357,13 @@ class JobService:
         data = {k: v for k, v in body.items() if k not in REQUEST_ONLY}
         settings = dom.parse_settings(data)
         self._validated(p, settings)
+        if self.quotas is None:
+            return self._create(p, settings)
+        with self.quotas.admit(p.workspace_id, "jobs") as q:
+            quota.check_jobs(q, self.quotas.jobs(p.workspace_id))
+            return self._create(p, settings)
+
+    def _create(self, p: Principal, settings: dom.JobSettings) -> dict[str, Any]:
         now = self.clock.now_ms()
         for _ in range(1000):
             job_id = self._next_slot()
@@ -474,23 +545,24 @@ class JobService:
             queue_enabled = bool(queue["enabled"])
         token = _token(body.get("idempotency_token"))
         now = self.clock.now_ms()
-        run, rec, created = self._idempotent_run(
-            p,
-            token,
-            lambda run_id: dom.new_run(
-                run_id=run_id,
-                workspace_id=p.workspace_id,
-                settings=job.settings,
-                user=p.user,
-                now=now,
-                job_id=job_id,
-                trigger="ONE_TIME",
-                python_params=python_params,
-                job_parameters=params,
-                queue_enabled=queue_enabled,
-                idempotency_token=token,
-            ),
-        )
+        with self._admit_run(p, job.settings, token):
+            run, rec, created = self._idempotent_run(
+                p,
+                token,
+                lambda run_id: dom.new_run(
+                    run_id=run_id,
+                    workspace_id=p.workspace_id,
+                    settings=job.settings,
+                    user=p.user,
+                    now=now,
+                    job_id=job_id,
+                    trigger="ONE_TIME",
+                    python_params=python_params,
+                    job_parameters=params,
+                    queue_enabled=queue_enabled,
+                    idempotency_token=token,
+                ),
+            )
         if created:
             self._start(run, rec)
         return {"run_id": run.run_id, "number_in_job": run.run_id}
@@ -500,19 +572,20 @@ class JobService:
         self._validated(p, settings, submit=True)
         token = _token(body.get("idempotency_token"))
         now = self.clock.now_ms()
-        run, rec, created = self._idempotent_run(
-            p,
-            token,
-            lambda run_id: dom.new_run(
-                run_id=run_id,
-                workspace_id=p.workspace_id,
-                settings=settings,
-                user=p.user,
-                now=now,
-                run_type="SUBMIT_RUN",
-                idempotency_token=token,
-            ),
-        )
+        with self._admit_run(p, settings, token):
+            run, rec, created = self._idempotent_run(
+                p,
+                token,
+                lambda run_id: dom.new_run(
+                    run_id=run_id,
+                    workspace_id=p.workspace_id,
+                    settings=settings,
+                    user=p.user,
+                    now=now,
+                    run_type="SUBMIT_RUN",
+                    idempotency_token=token,
+                ),
+            )
         if created:
             self._start(run, rec)
         return {"run_id": run.run_id}
@@ -1028,6 +1101,11 @@ class JobService:
         again by a user)."""
         ws = run.workspace_id
         if self.clusters.repo.load(ws, a.cluster_id) is not None:
+            return
+        home = self.store.get("workspace", ws, ws)
+        if home is not None and home.body.get("state") == "DELETING":
+            # A run read before its workspace's deletion removed it: start nothing more.
+            self._create_errors[a.cluster_id] = f"Workspace {ws} is being deleted."
             return
         try:
             owner = Principal(ws, run.creator_user_name, "job-run")

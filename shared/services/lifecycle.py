@@ -23,6 +23,7 @@ from shared.ports import (
 )
 from shared.services.auth import Auth
 from shared.services.clusters import ClusterRepo, reconcile_message
+from shared.services.deletion import WorkspaceDeletion
 from shared.services.pools import PoolService
 from shared.settings import Settings
 
@@ -66,7 +67,9 @@ class Lifecycle:
         settings: Settings,
         auth: Auth,
         pools: PoolService,
+        deletion: WorkspaceDeletion | None = None,
     ) -> None:
+        self.deletion = deletion
         self.auth = auth
         self.pools = pools
         self.repo = repo
@@ -82,6 +85,8 @@ class Lifecycle:
             self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
         elif msg.get("type") == "pool":
             self.pools.reconcile(str(msg["workspace_id"]), str(msg["pool_id"]))
+        elif msg.get("type") == "delete_workspace" and self.deletion is not None:
+            self.deletion.step(str(msg["workspace_id"]))
         else:
             raise ValueError(f"unknown lifecycle message type {msg.get('type')!r}")
 
@@ -245,4 +250,11 @@ class Lifecycle:
         for cid in orphans:
             self.provisioner.stop_cluster(cid)
         purged = store.purge_expired()
-        return {"kicked": kicked, "orphans": len(orphans), "purged": purged, **self.pools.sweep()}
+        deleting = self.deletion.sweep() if self.deletion is not None else {}
+        return {
+            "kicked": kicked,
+            "orphans": len(orphans),
+            "purged": purged,
+            **self.pools.sweep(),
+            **deleting,
+        }

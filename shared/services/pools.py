@@ -12,9 +12,11 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 from shared.domain import pools as dom
+from shared.domain import quotas as quota
 from shared.domain.pools import Pool
 from shared.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from shared.ports import (
@@ -33,6 +35,9 @@ from shared.ports import (
 from shared.services.auth import Principal
 from shared.services.clusters import Catalog
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.services.quotas import QuotaService
 
 log = logging.getLogger("sparkplane.pools")
 
@@ -60,9 +65,12 @@ class PoolService:
         provisioner: Provisioner,
         clock: Clock,
         settings: Settings,
+        *,
+        quotas: QuotaService | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
+        self.quotas = quotas
         self.catalog = catalog
         self.provisioner = provisioner
         self.clock = clock
@@ -107,12 +115,19 @@ class PoolService:
             raise ResourceDoesNotExist(f"Instance pool {pool_id} does not exist.")
         return got
 
-    def _spec(self, body: Mapping[str, Any]) -> dom.PoolSpec:
-        return dom.parse_spec(
+    def _spec(self, p: Principal, body: Mapping[str, Any]) -> dom.PoolSpec:
+        """The spec of a create or edit body; max_capacity within the workspace's quota (a
+        pool without one gets the quota's)."""
+        spec = dom.parse_spec(
             body,
             node_types=set(self.catalog.node_types),
             spark_versions=set(self.catalog.spark_versions),
         )
+        if self.quotas is None:
+            return spec
+        q = self.quotas.of(p.workspace_id)
+        cap = quota.pool_capacity(q, spec.min_idle_instances, spec.max_capacity)
+        return spec.model_copy(update={"max_capacity": cap})
 
     def _claim_name(self, p: Principal, name: str, pool_id: str) -> None:
         try:
@@ -133,7 +148,14 @@ class PoolService:
     # ---------------------------------------------------------------- API
 
     def create(self, p: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
-        spec = self._spec(body)
+        spec = self._spec(p, body)
+        admit = self.quotas.admit(p.workspace_id, "pools") if self.quotas else nullcontext()
+        with admit as q:
+            if q is not None and self.quotas is not None:
+                quota.check_pools(q, self.quotas.pools(p.workspace_id))
+            return self._create(p, spec)
+
+    def _create(self, p: Principal, spec: dom.PoolSpec) -> dict[str, Any]:
         now = self.clock.now_ms()
         pool_id = dom.new_pool_id(now)
         self._claim_name(p, spec.instance_pool_name, pool_id)
@@ -155,7 +177,7 @@ class PoolService:
         return {"instance_pool_id": pool_id}
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
-        spec = self._spec(body)
+        spec = self._spec(p, body)
         claimed = ""
         try:
             for _ in range(20):

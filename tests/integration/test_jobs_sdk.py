@@ -56,6 +56,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
             "SPARKPLANE_JOBS_STUCK_AFTER_S": "5",
             "SPARKPLANE_JOBS_KILL_GRACE_S": "2",
             PROBE: "host-only",
+            # The schedule tests fire every 5 s, below the default min_schedule_period_s.
+            "SPARKPLANE_QUOTA_DEFAULTS": '{"min_schedule_period_s": 1}',
         },
     ).start()
     try:

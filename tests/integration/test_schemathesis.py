@@ -177,7 +177,10 @@ def _wait_state(url: str, token: str, cluster_id: str, state: str, timeout: floa
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    h = DevhostProcess(tmp_path_factory.mktemp("fuzz") / "data", env=NO_RATE_LIMIT).start()
+    # The fuzzer makes many clusters; the test replaces the ones it deletes, which needs room
+    # under the clusters quota (the other quotas stay at their defaults and are fuzzed too).
+    env = {**NO_RATE_LIMIT, "SPARKPLANE_QUOTA_DEFAULTS": '{"max_clusters": 100000}'}
+    h = DevhostProcess(tmp_path_factory.mktemp("fuzz") / "data", env=env).start()
     try:
         user = h.token
         operator = (h.data_dir / "operator-token").read_text().strip()

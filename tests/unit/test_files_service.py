@@ -122,3 +122,16 @@ def test_request_rules() -> None:
     assert paths.parent("/a/b") == "/a" and paths.parent("/a") == "/" == paths.parent("/")
     assert paths.standard_folders("me") == {"/", "/Users", "/Shared", "/Users/me"}
     assert paths.standard_folders("a/b") == {"/", "/Users", "/Shared"}
+
+
+def test_a_workspace_deletion_a_crash_interrupted_is_finished_by_the_next(tmp_path: Path) -> None:
+    """The local file store hides a workspace's files in one rename, then removes them: a crash
+    in between leaves the hidden directory, which the next deletion (a retried pass) removes."""
+    from shared.domain.paths import id_segment
+
+    files = LocalFileStore(tmp_path / "files")
+    files.write("a", "/dbfs/x.bin", b"x", overwrite=False)
+    root = tmp_path / "files"
+    (root / id_segment("a")).rename(root / ".deleting-interrupted")
+    files.delete_workspace("a")
+    assert sorted(p.name for p in root.iterdir()) == []
