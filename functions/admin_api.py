@@ -30,9 +30,7 @@ def tokens_api(req: func.HttpRequest) -> func.HttpResponse:
         comment = body.get("comment") or ""
         if not isinstance(comment, str) or len(comment) > 1000:
             raise InvalidParameterValue("comment must be a string of at most 1000 characters.")
-        token, info = c.auth.issue_token(
-            p.workspace_id, user=p.user, comment=comment, lifetime_s=parse_lifetime(body)
-        )
+        token, info = c.auth.create_token(p, comment=comment, lifetime_s=parse_lifetime(body))
         return {"token_value": token, "token_info": info}
 
     def delete(c: Container, p: Principal) -> Any:

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = 100.0
     rate_limit_burst: int = 200
 
+    # Tokens (docs/security.md, "Tokens"). The longest lifetime of a token made through the
+    # Token API or the admin API, in seconds; 0 = no maximum. A token never outlives the token
+    # that made it, whatever this says.
+    token_max_lifetime_s: int = 0
+
     # Queues.
     lifecycle_queue: str = "cluster-lifecycle"
 

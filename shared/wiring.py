@@ -39,7 +39,7 @@ class Container:
 
     @cached_property
     def auth(self) -> Auth:
-        return Auth(self.store, self.clock)
+        return Auth(self.store, self.clock, max_lifetime_s=self.settings.token_max_lifetime_s)
 
     @cached_property
     def limiter(self) -> RateLimiter:
