@@ -65,6 +65,19 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
     return _not_found(req)
 
 
+@bp.route(route="api/admin/tokens/{token_id?}", methods=["GET", "POST", "DELETE"], auth_level=ANON)
+def admin_tokens(req: func.HttpRequest) -> func.HttpResponse:
+    """Operator tokens: list (GET), make one for the caller (POST), revoke one (DELETE)."""
+    token_id = req.route_params.get("token_id")
+    if token_id is None and req.method == "GET":
+        return api(req, "operator", lambda c, p: c.admin.list_operator_tokens())
+    if token_id is None and req.method == "POST":
+        return api(req, "operator", lambda c, p: c.admin.create_operator_token(p, json_body(req)))
+    if token_id is not None and req.method == "DELETE":
+        return api(req, "operator", lambda c, p: c.admin.revoke_operator_token(token_id))
+    return _not_found(req)
+
+
 def _seq(req: func.HttpRequest) -> int:
     raw = req.route_params.get("seq", "")
     if not raw.isdigit() or int(raw) > 2**63 - 1:

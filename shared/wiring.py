@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
-from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
+from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth, TokenRevoked
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.files import FilesService
 from shared.services.jobs import JobService
@@ -22,6 +23,8 @@ from shared.services.pools import PoolService
 from shared.services.tasks import TaskService
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger("sparkplane.wiring")
 
 
 class SystemClock:
@@ -181,11 +184,18 @@ def container() -> Container:
 
 
 def _persisted_token(path: Path, issue: Callable[[str | None], str]) -> str:
-    """A token kept in a 0600 file and re-registered (by hash) on every start."""
+    """A token kept in a 0600 file and re-registered (by hash) on every start, unless it was
+    revoked: then a new one replaces it in the file."""
     token = path.read_text().strip() if path.exists() else ""
     if token:
-        issue(token)
-        return token
+        try:
+            issue(token)
+            return token
+        except TokenRevoked:
+            # Revoked through the API: it stays revoked, and the file gets a new token.
+            log.warning(
+                "the token in the file was revoked; writing a new one", extra={"file": str(path)}
+            )
     token = issue(None)
     write_private(path, token + "\n")
     return token

@@ -16,7 +16,7 @@ from shared.errors import (
     ResourceDoesNotExist,
 )
 from shared.ports import Bus, Delivery, FileStore, Provisioner, Store
-from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal
+from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal, parse_lifetime
 from shared.services.clusters import ClusterService
 
 _WS_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -120,6 +120,28 @@ class Admin:
         # Its files too: a workspace made again with the same id starts empty.
         self.files.delete_workspace(ws)
         self.store.delete("workspace", ws, ws)
+
+    # ------------------------------------------------------------------ operator tokens
+
+    def list_operator_tokens(self) -> dict[str, Any]:
+        tokens = self.auth.list_role_tokens(OPERATOR_WORKSPACE, "operator")
+        return {"token_infos": sorted(tokens, key=lambda t: (t["creation_time"], t["token_id"]))}
+
+    def create_operator_token(self, operator: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """A new operator token for the caller's user, under the same lifetime rules as the
+        Token API (never past the caller's own token)."""
+        comment = body.get("comment") or ""
+        if not isinstance(comment, str) or len(comment) > 1000:
+            raise InvalidParameterValue("comment must be a string of at most 1000 characters.")
+        token, info = self.auth.create_token(
+            operator, comment=comment, lifetime_s=parse_lifetime(body)
+        )
+        return {"token_value": token, "token_info": {**info, "user": operator.user}}
+
+    def revoke_operator_token(self, token_id: str) -> None:
+        """Revoke any operator token (the caller's own included); it stays revoked across
+        restarts, and devhost then writes a new one to `<data_dir>/operator-token`."""
+        self.auth.revoke(OPERATOR_WORKSPACE, token_id)
 
     # ------------------------------------------------------------------ dead letters
 

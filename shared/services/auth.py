@@ -51,6 +51,10 @@ def _public(info: dict[str, Any]) -> dict[str, Any]:
     return {k: info[k] for k in ("token_id", "creation_time", "expiry_time", "comment")}
 
 
+class TokenRevoked(Exception):
+    """A token value given to `issue_token` was revoked before: it stays revoked."""
+
+
 class Auth:
     def __init__(self, store: Store, clock: Clock, *, max_lifetime_s: int = 0) -> None:
         self.store = store
@@ -88,7 +92,10 @@ class Auth:
         expiry_ms: int | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """Make a token (expiring at `expiry_ms`, else after `lifetime_s`, else never);
-        returns (token value, public token info). The value is not stored."""
+        returns (token value, public token info). The value is not stored. A given `token`
+        that was revoked raises TokenRevoked (a bootstrap file cannot bring it back)."""
+        if token and self.store.get("token-revoked", token_hash(token), token_hash(token)):
+            raise TokenRevoked("This token was revoked.")
         token = token or new_token()
         h = token_hash(token)
         now = self.clock.now_ms()
@@ -150,10 +157,38 @@ class Auth:
         if rec is None or (user is not None and rec.body["user"] != user):
             raise ResourceDoesNotExist(f"Token {token_id} does not exist")
         h = rec.body["hash"]
+        if rec.body.get("role") != "agent":
+            # First, so that no restart re-registers it from a bootstrap file (agent tokens
+            # are never given by value). Kept while the token would have lived.
+            now = self.clock.now_ms()
+            with contextlib.suppress(AlreadyExists):  # a revocation retried
+                self.store.create(
+                    "token-revoked",
+                    h,
+                    h,
+                    {"token_id": token_id, "revoked_time": now},
+                    ttl_s=ttl_s(now, rec.body.get("expiry_time", NO_EXPIRY)),
+                )
         with contextlib.suppress(NotFound):
             self.store.delete("token", h, h)
         with contextlib.suppress(NotFound):
             self.store.delete("token-info", workspace_id, token_id)
+
+    def list_role_tokens(self, workspace_id: str, role: Role) -> list[dict[str, Any]]:
+        """The tokens of a role in a workspace, every user's (the admin API's listing of
+        operator tokens), each with its user."""
+        out: list[dict[str, Any]] = []
+        page_token: str | None = None
+        while True:
+            page = self.store.list("token-info", workspace_id, page_size=500, page_token=page_token)
+            out += [
+                {**_public(r.body), "user": r.body["user"]}
+                for r in page.items
+                if r.body["role"] == role
+            ]
+            page_token = page.next_token
+            if not page_token:
+                return out
 
     def revoke_all(self, workspace_id: str) -> int:
         n = 0
