@@ -21,6 +21,7 @@ from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
 from shared.services.tasks import TaskService
+from shared.services.throttle import AddressThrottle
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
 
@@ -47,6 +48,18 @@ class Container:
     @cached_property
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+
+    @cached_property
+    def throttle(self) -> AddressThrottle:
+        s = self.settings
+        return AddressThrottle(
+            self.store,
+            self.clock,
+            rate=s.bad_auth_rate_limit_per_s,
+            burst=s.bad_auth_rate_limit_burst,
+            window_s=s.bad_auth_window_s,
+            shared=s.bad_auth_shared,
+        )
 
     @cached_property
     def repo(self) -> ClusterRepo:

@@ -252,3 +252,41 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
         assert httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(h.token)).is_success
     finally:
         h.close()
+
+
+def test_bad_tokens_are_throttled_per_client_address_through_devhost(tmp_path: Path) -> None:
+    """The attacker connects from 127.0.0.2 (all of 127/8 is loopback), the good client from
+    127.0.0.1: devhost appends each connection's peer to X-Forwarded-For, as the Functions
+    host's front end does."""
+    h = DevhostProcess(
+        tmp_path / "data",
+        env={
+            "SPARKPLANE_BAD_AUTH_RATE_LIMIT_PER_S": "0.01",
+            "SPARKPLANE_BAD_AUTH_RATE_LIMIT_BURST": "5",
+        },
+    ).start()
+    try:
+        attacker = httpx.Client(
+            base_url=h.url, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+        )
+        with attacker:
+            codes = []
+            for i in range(8):
+                # a forged X-Forwarded-For of its own changes nothing
+                r = attacker.get(
+                    "/api/2.1/clusters/list",
+                    headers={**bearer(f"dapi{i:032x}"), "X-Forwarded-For": f"10.0.0.{i}"},
+                )
+                codes.append(r.status_code)
+            assert codes == [401] * 5 + [429] * 3
+            assert r.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+            assert int(r.headers["Retry-After"]) >= 1
+            assert attacker.get("/api/2.1/clusters/list").status_code == 429  # no token either
+        # the good client on another address is served; the SDK sees its own errors as before
+        w = h.client()
+        assert list(w.clusters.list()) == []
+        bad = WorkspaceClient(config=Config(host=h.url, token="dapi" + "f" * 32, auth_type="pat"))
+        with pytest.raises(Unauthenticated):
+            list(bad.clusters.list())
+    finally:
+        h.close()
