@@ -3,14 +3,14 @@
     .venv/bin/python -m bench.auth_flood --unthrottled --json bench/out/auth_flood.json
 
 Starts devhost (embedded store and bus, record provisioner). A good client on 127.0.0.1 sends
-`clusters/list` with a valid token at a steady `--rate` for `--seconds` (quiet phase), then
-again while `--attackers` connections from another process, on 127.0.0.2 (all of 127/8 is
-loopback, and devhost appends each connection's peer to X-Forwarded-For as the Functions front
-end does), send requests with random bad tokens as fast as they are answered (flood phase);
-`--rounds` such pairs, interleaved, so that other load on the machine weighs on both phases
-alike. Reports the good client's p50/p99 in both and their ratio (issue 15's acceptance: p99
-at most 2x), the attackers' request rate and how many of their requests got 401 (each one a
-token lookup in the store) or 429 (refused from memory). `--unthrottled` does it all again
+`clusters/list` with a valid token at a steady `--rate`, alternating quiet phases and flood
+phases of `--seconds` each, `--rounds` pairs: in a flood phase, `--attackers` connections from
+another process, on 127.0.0.2 (all of 127/8 is loopback, and devhost appends each connection's
+peer to X-Forwarded-For as the Functions front end does), send requests with random bad tokens
+as fast as they are answered. Short interleaved phases make other load on the machine weigh on
+both alike. Reports the good client's p50/p99 in both and their ratio (issue 15's acceptance:
+p99 at most 2x), the attackers' request rate and how many of their requests got 401 (each one
+a token lookup in the store) or 429 (refused from memory). `--unthrottled` does it all again
 against a devhost whose bad-token limit is out of reach: the code before the throttle.
 """
 
@@ -40,15 +40,20 @@ OFF = {
 }
 
 
-async def _attack(url: str, connections: int, seconds: float) -> dict[str, int]:
+async def _attack(url: str, connections: int, go: Any, stop: Any) -> tuple[dict[str, int], float]:
+    """Bad tokens from `connections` connections while `go` is set, until `stop` is: (answers
+    by status, seconds spent flooding)."""
     counts: dict[str, int] = {}
-    until = time.monotonic() + seconds
+    flooding = 0.0
     transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
     limits = httpx.Limits(max_connections=connections)
     async with httpx.AsyncClient(base_url=url, transport=transport, limits=limits, timeout=30) as c:
 
         async def one() -> None:
-            while time.monotonic() < until:
+            while not stop.is_set():
+                if not go.is_set():
+                    await asyncio.sleep(0.01)
+                    continue
                 headers = {"Authorization": "Bearer dapi" + secrets.token_hex(16)}
                 try:
                     r = await c.get("/api/2.1/clusters/list", headers=headers)
@@ -58,70 +63,70 @@ async def _attack(url: str, connections: int, seconds: float) -> dict[str, int]:
                     key = "error"
                 counts[key] = counts.get(key, 0) + 1
 
-        await asyncio.gather(*(one() for _ in range(connections)))
-    return counts
+        async def clock() -> None:
+            nonlocal flooding
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+                flooding += 0.05 if go.is_set() else 0.0
+
+        await asyncio.gather(clock(), *(one() for _ in range(connections)))
+    return counts, flooding
 
 
-def _attacker(url: str, connections: int, seconds: float, out: Any) -> None:
-    out.put(asyncio.run(_attack(url, connections, seconds)))
+def _attacker(url: str, connections: int, go: Any, stop: Any, out: Any) -> None:
+    out.put(asyncio.run(_attack(url, connections, go, stop)))
 
 
-def good_client(url: str, token: str, rate: float, seconds: float) -> tuple[list[float], int]:
+def good_client(c: httpx.Client, rate: float, seconds: float) -> tuple[list[float], int]:
     """Latencies (ms) of `clusters/list` at a steady rate, and the answers that were not 200."""
     lat: list[float] = []
     bad = 0
-    headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
-        c.get("/api/2.1/clusters/list")  # connect
-        start = time.perf_counter()
-        n = 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + n / rate
-            if due > now:
-                time.sleep(due - now)
-            t = time.perf_counter()
-            r = c.get("/api/2.1/clusters/list")
-            lat.append((time.perf_counter() - t) * 1000)
-            bad += r.status_code != 200
-            n += 1
+    start = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) - start < seconds:
+        due = start + n / rate
+        if due > now:
+            time.sleep(due - now)
+        t = time.perf_counter()
+        r = c.get("/api/2.1/clusters/list")
+        lat.append((time.perf_counter() - t) * 1000)
+        bad += r.status_code != 200
+        n += 1
     return lat, bad
-
-
-def flood(h: DevhostProcess, rate: float, seconds: float, attackers: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    p = ctx.Process(target=_attacker, args=(h.url, attackers, seconds + 2, out))
-    p.start()
-    time.sleep(1.5)  # the attacker process is up and flooding
-    lat, bad = good_client(h.url, h.token, rate, seconds)
-    counts = out.get(timeout=120)
-    p.join(30)
-    sent = sum(counts.values())
-    return {"lat": lat, "bad": bad, "counts": counts, "attack_per_s": sent / (seconds + 2)}
 
 
 def phases(
     h: DevhostProcess, rate: float, seconds: float, attackers: int, rounds: int
 ) -> tuple[list[float], list[float], int, dict[str, int], float]:
-    """`rounds` pairs of a quiet phase and a flood phase, interleaved so that whatever else
-    the machine does weighs on both alike: (quiet latencies, flood latencies, good answers
-    not 200, attackers' answers by status, attackers' requests per second)."""
-    good_client(h.url, h.token, rate, 3)  # warm-up: first reads, connection pools
+    """`rounds` pairs of a quiet phase and a flood phase of `seconds` each, interleaved so
+    that whatever else the machine does weighs on both alike; one attacker process, flooding
+    only in flood phases. Returns (quiet latencies, flood latencies, good answers not 200,
+    attackers' answers by status, attackers' requests per second of flooding)."""
+    ctx = mp.get_context("spawn")
+    go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_attacker, args=(h.url, attackers, go, stop, out))
+    p.start()
     quiet: list[float] = []
     loud: list[float] = []
     bad = 0
-    counts: dict[str, int] = {}
-    per_s: list[float] = []
-    for _ in range(rounds):
-        lat, b = good_client(h.url, h.token, rate, seconds)
-        quiet += lat
-        f = flood(h, rate, seconds, attackers)
-        loud += f["lat"]
-        bad += b + f["bad"]
-        for k, v in f["counts"].items():
-            counts[k] = counts.get(k, 0) + v
-        per_s.append(f["attack_per_s"])
-    return quiet, loud, bad, counts, statistics.mean(per_s)
+    headers = {"Authorization": f"Bearer {h.token}"}
+    with httpx.Client(base_url=h.url, headers=headers, timeout=30) as c:
+        good_client(c, rate, 3)  # warm-up: first reads, the connection, the attacker's start
+        for _ in range(rounds):
+            lat, b = good_client(c, rate, seconds)
+            quiet += lat
+            bad += b
+            go.set()
+            time.sleep(0.2)  # the flood is on
+            lat, b = good_client(c, rate, seconds)
+            loud += lat
+            bad += b
+            go.clear()
+            time.sleep(0.2)  # and over
+    stop.set()
+    counts, flooding = out.get(timeout=120)
+    p.join(30)
+    return quiet, loud, bad, counts, sum(counts.values()) / max(flooding, 1e-9)
 
 
 def run(
@@ -169,10 +174,10 @@ def run(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--seconds", type=float, default=2, help="length of each phase")
     ap.add_argument("--rate", type=float, default=50, help="good client's requests per second")
     ap.add_argument("--attackers", type=int, default=32, help="attacker connections")
-    ap.add_argument("--rounds", type=int, default=6, help="quiet and flood phases, interleaved")
+    ap.add_argument("--rounds", type=int, default=30, help="quiet and flood phases, interleaved")
     ap.add_argument("--unthrottled", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
