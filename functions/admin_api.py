@@ -57,7 +57,7 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
     if ws is None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.list_workspaces())
     if ws is None and req.method == "POST":
-        return api(req, "operator", lambda c, p: c.admin.create_workspace(json_body(req)))
+        return api(req, "operator", lambda c, p: c.admin.create_workspace(json_body(req), p))
     if ws is not None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.get_workspace(ws))
     if ws is not None and req.method == "DELETE":

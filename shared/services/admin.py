@@ -9,6 +9,7 @@ import re
 import secrets
 from typing import Any
 
+from shared.domain.tokens import NO_EXPIRY
 from shared.errors import (
     InvalidParameterValue,
     NotImplementedApi,
@@ -59,7 +60,9 @@ class Admin:
 
     # ------------------------------------------------------------------ workspaces
 
-    def create_workspace(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_workspace(
+        self, body: dict[str, Any], operator: Principal | None = None
+    ) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not 0 < len(name) <= 100:
             raise InvalidParameterValue("name must be a string of 1..100 characters.")
@@ -76,7 +79,12 @@ class Admin:
         if create is not None:
             create(ws, region)
         user = body.get("admin_user") or "admin"
-        token, info = self.auth.issue_token(ws, user=str(user), comment="first token")
+        # The workspace's root token: not bounded by the maximum lifetime (docs/security.md),
+        # but no longer-lived than the operator token that made it.
+        expiry = operator.expiry_time if operator is not None else NO_EXPIRY
+        token, info = self.auth.issue_token(
+            ws, user=str(user), comment="first token", expiry_ms=expiry
+        )
         return {"workspace_id": ws, "name": name, "token_value": token, "token_info": info}
 
     def _workspace(self, ws: str) -> dict[str, Any]:

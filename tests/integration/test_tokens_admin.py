@@ -223,6 +223,14 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
         assert info["user"] == "operator@local" and info["expiry_time"] > 0
         ids = {t["token_id"] for t in httpx.get(url, headers=bearer(second)).json()["token_infos"]}
         assert ids == {boot_id, info["token_id"]}
+        # a workspace made with the short-lived operator token: its first token dies with it
+        r = httpx.post(
+            h.url + "/api/admin/workspaces",
+            json={"name": "t", "workspace_id": "t"},
+            headers=bearer(second),
+        )
+        assert r.status_code == 200, r.text
+        assert 0 < r.json()["token_info"]["expiry_time"] <= info["expiry_time"]
         # a user token can neither list nor revoke them
         assert httpx.get(url, headers=bearer(h.token)).status_code == 403
         assert httpx.delete(f"{url}/{boot_id}", headers=bearer(h.token)).status_code == 403
