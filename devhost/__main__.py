@@ -88,6 +88,9 @@ def main() -> int:
             port=settings.port,
             log_level="warning",
             access_log=False,
+            # Never take the client address from a client's X-Forwarded-For (uvicorn trusts
+            # it from 127.0.0.1 by default): the host appends the real peer itself.
+            proxy_headers=False,
             lifespan="on",
             interface="asgi3",
             timeout_graceful_shutdown=10,

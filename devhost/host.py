@@ -174,6 +174,18 @@ def origin_form(scope: dict[str, Any]) -> dict[str, Any]:
     return {**scope, "path": path, "raw_path": path.encode("utf-8", "surrogateescape")}
 
 
+def forwarded_for(headers: dict[str, str], client: Any) -> dict[str, str]:
+    """The headers with the connection's peer appended to X-Forwarded-For (`ip:port`, as the
+    Functions host's front end appends it): the app finds the client address there, in Azure
+    and here alike. What the client sent itself stays left of it, where the app ignores it."""
+    if client is None:
+        return headers
+    host, port = client
+    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sent = headers.get("x-forwarded-for", "").strip()
+    return {**headers, "x-forwarded-for": f"{sent}, {peer}" if sent else peer}
+
+
 def _utc(ms: int | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
@@ -267,7 +279,7 @@ class DevHost:
         req = func.HttpRequest(
             method=method,
             url=str(request.url),
-            headers=dict(request.headers),
+            headers=forwarded_for(dict(request.headers), request.client),
             params=params,
             route_params=route_params,
             body=body,

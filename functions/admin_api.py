@@ -34,9 +34,7 @@ def tokens_api(req: func.HttpRequest) -> func.HttpResponse:
         lifetime_s = parse_lifetime(body)
         with c.quotas.admit(p.workspace_id, f"tokens:{p.user}") as q:
             quotas.check_tokens(q, c.quotas.tokens(p.workspace_id, p.user))
-            token, info = c.auth.issue_token(
-                p.workspace_id, user=p.user, comment=comment, lifetime_s=lifetime_s
-            )
+            token, info = c.auth.create_token(p, comment=comment, lifetime_s=lifetime_s)
         return {"token_value": token, "token_info": info}
 
     def delete(c: Container, p: Principal) -> Any:
@@ -63,7 +61,7 @@ def admin_workspaces(req: func.HttpRequest) -> func.HttpResponse:
     if ws is None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.list_workspaces())
     if ws is None and req.method == "POST":
-        return api(req, "operator", lambda c, p: c.admin.create_workspace(json_body(req)))
+        return api(req, "operator", lambda c, p: c.admin.create_workspace(json_body(req), p))
     if ws is not None and req.method == "GET":
         return api(req, "operator", lambda c, p: c.admin.get_workspace(ws))
     if ws is not None and req.method == "DELETE":
@@ -79,6 +77,19 @@ def admin_workspace_quotas(req: func.HttpRequest) -> func.HttpResponse:
     if req.method == "PATCH":
         return api(req, "operator", lambda c, p: c.admin.set_quotas(ws, json_body(req)))
     return api(req, "operator", lambda c, p: c.admin.get_quotas(ws))
+
+
+@bp.route(route="api/admin/tokens/{token_id?}", methods=["GET", "POST", "DELETE"], auth_level=ANON)
+def admin_tokens(req: func.HttpRequest) -> func.HttpResponse:
+    """Operator tokens: list (GET), make one for the caller (POST), revoke one (DELETE)."""
+    token_id = req.route_params.get("token_id")
+    if token_id is None and req.method == "GET":
+        return api(req, "operator", lambda c, p: c.admin.list_operator_tokens())
+    if token_id is None and req.method == "POST":
+        return api(req, "operator", lambda c, p: c.admin.create_operator_token(p, json_body(req)))
+    if token_id is not None and req.method == "DELETE":
+        return api(req, "operator", lambda c, p: c.admin.revoke_operator_token(token_id))
+    return _not_found(req)
 
 
 def _seq(req: func.HttpRequest) -> int:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import azure.functions as func
 
+from shared.domain.ratelimit import client_address
 from shared.errors import (
     ApiError,
     EndpointNotFound,
@@ -20,6 +21,7 @@ from shared.errors import (
     PermissionDenied,
     RequestLimitExceeded,
     TooLarge,
+    Unauthenticated,
 )
 from shared.ports import PreconditionFailed
 from shared.services.auth import Principal, Role
@@ -92,24 +94,43 @@ def guarded(handler: Callable[[], func.HttpResponse]) -> func.HttpResponse:
 _limiter_lock = threading.Lock()
 
 
+def too_many(message: str, wait_s: float) -> func.HttpResponse:
+    """429 REQUEST_LIMIT_EXCEEDED with Retry-After in whole seconds (at least 1), as Databricks
+    answers it (the SDK waits that long and retries)."""
+    e = RequestLimitExceeded(message)
+    return respond(e.body(), e.status, {"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
 def api(
     req: func.HttpRequest,
     role: Role,
     run: Callable[[Container, Principal], Any],
 ) -> func.HttpResponse:
-    """Authenticate (the token's role must match), rate-limit per token, run, answer JSON
-    (or, when `run` makes one, its own response: a file's raw bytes)."""
+    """Throttle the client address if it sent too many requests without a valid token (from
+    memory, before the store is read), authenticate (the token's role must match), rate-limit
+    per token, run, answer JSON (or, when `run` makes one, its own response: a file's raw
+    bytes)."""
 
     def go() -> func.HttpResponse:
         c = container()
-        p = c.auth.authenticate(req.headers.get("Authorization"))
+        address = client_address(req.headers.get("X-Forwarded-For"), c.settings.trusted_proxy_hops)
+        authorization = req.headers.get("Authorization")
+        wait = c.throttle.check(address, authorization)
+        if wait is not None:
+            return too_many("Too many requests without a valid token from this address.", wait)
+        try:
+            p = c.auth.authenticate(authorization)
+        except Unauthenticated:
+            # Spends the address's budget of failures, then answers the 401 as it is.
+            c.throttle.failed(address, authorization)
+            raise
+        c.throttle.succeeded(authorization)
         if p.role != role:
             raise PermissionDenied(f"A {p.role} token cannot call this endpoint.")
         with _limiter_lock:
             wait = c.limiter.take(p.token_id, time.monotonic())
         if wait is not None:
-            e = RequestLimitExceeded("Too many requests for this token; retry later.")
-            return respond(e.body(), e.status, {"Retry-After": str(max(1, math.ceil(wait)))})
+            return too_many("Too many requests for this token; retry later.", wait)
         result = run(c, p)
         if isinstance(result, func.HttpResponse):
             return result

@@ -62,6 +62,25 @@ class Settings(BaseSettings):
                 raise ValueError(getattr(e, "message", str(e))) from None
         return v
 
+    # Requests without a valid token (none, malformed, unknown, expired or revoked), per client
+    # address (docs/security.md, "Throttling"): a token bucket of failures checked in memory
+    # before the token is looked up (429 with Retry-After once spent) ...
+    bad_auth_rate_limit_per_s: float = 1.0
+    bad_auth_rate_limit_burst: int = 20
+    # ... and, with bad_auth_shared, every failure counted in the store per window of
+    # bad_auth_window_s, so the limit holds over all instances together.
+    bad_auth_shared: bool = True
+    bad_auth_window_s: int = 60
+    # Proxies that append to X-Forwarded-For in front of the app: the Functions host's front
+    # end (devhost does the same), plus one for API Management or Front Door in front of it.
+    # The entry this far from the right is the client address; entries left of it are ignored.
+    trusted_proxy_hops: int = 1
+
+    # Tokens (docs/security.md, "Tokens"). The longest lifetime of a token made through the
+    # Token API or the admin API, in seconds; 0 = no maximum. A token never outlives the token
+    # that made it, whatever this says.
+    token_max_lifetime_s: int = 0
+
     # Queues.
     lifecycle_queue: str = "cluster-lifecycle"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -15,7 +16,7 @@ from shared.domain.ratelimit import RateLimiter
 from shared.ports import Bus, Clock, FileStore, Provisioner, Store
 from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
-from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth
+from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth, TokenRevoked
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
 from shared.services.deletion import WorkspaceDeletion
 from shared.services.files import FilesService
@@ -24,8 +25,11 @@ from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
 from shared.services.quotas import QuotaService
 from shared.services.tasks import TaskService
+from shared.services.throttle import AddressThrottle
 from shared.services.utilization import Utilization
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger("sparkplane.wiring")
 
 
 class SystemClock:
@@ -43,11 +47,23 @@ class Container:
 
     @cached_property
     def auth(self) -> Auth:
-        return Auth(self.store, self.clock)
+        return Auth(self.store, self.clock, max_lifetime_s=self.settings.token_max_lifetime_s)
 
     @cached_property
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
+
+    @cached_property
+    def throttle(self) -> AddressThrottle:
+        s = self.settings
+        return AddressThrottle(
+            self.store,
+            self.clock,
+            rate=s.bad_auth_rate_limit_per_s,
+            burst=s.bad_auth_rate_limit_burst,
+            window_s=s.bad_auth_window_s,
+            shared=s.bad_auth_shared,
+        )
 
     @cached_property
     def repo(self) -> ClusterRepo:
@@ -254,11 +270,18 @@ def container() -> Container:
 
 
 def _persisted_token(path: Path, issue: Callable[[str | None], str]) -> str:
-    """A token kept in a 0600 file and re-registered (by hash) on every start."""
+    """A token kept in a 0600 file and re-registered (by hash) on every start, unless it was
+    revoked: then a new one replaces it in the file."""
     token = path.read_text().strip() if path.exists() else ""
     if token:
-        issue(token)
-        return token
+        try:
+            issue(token)
+            return token
+        except TokenRevoked:
+            # Revoked through the API: it stays revoked, and the file gets a new token.
+            log.warning(
+                "the token in the file was revoked; writing a new one", extra={"file": str(path)}
+            )
     token = issue(None)
     write_private(path, token + "\n")
     return token

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,3 +40,20 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60, every: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+# Kept by the platform, not by a workspace: a revoked token's tombstone (so that no bootstrap
+# file brings the token back) and a client address's count of failed authentications (it
+# expires with its window).
+PLATFORM_KINDS = frozenset({"token-revoked", "auth-failure"})
+
+
+def stored_counts(data_dir: Path) -> dict[str, int]:
+    """Documents per kind (but the platform's own) and events in a devhost's SQLite store."""
+    out: dict[str, int] = {}
+    with sqlite3.connect(f"file:{data_dir / 'store.db'}?mode=ro", uri=True) as db:
+        for kind, n in db.execute("SELECT kind, count(*) FROM docs GROUP BY kind"):
+            if kind not in PLATFORM_KINDS:
+                out[f"doc:{kind}"] = n
+        out["events"] = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    return out

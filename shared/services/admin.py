@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 from shared.domain import quotas
+from shared.domain.tokens import NO_EXPIRY
 from shared.errors import (
     InvalidParameterValue,
     NotImplementedApi,
@@ -16,7 +17,7 @@ from shared.errors import (
     ResourceDoesNotExist,
 )
 from shared.ports import Bus, Delivery, FileStore, PreconditionFailed, Provisioner, Store
-from shared.services.auth import OPERATOR_WORKSPACE, Auth
+from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal, parse_lifetime
 from shared.services.clusters import ClusterService
 from shared.services.deletion import DELETING, WorkspaceDeletion
 from shared.services.quotas import QuotaService
@@ -71,7 +72,9 @@ class Admin:
 
     # ------------------------------------------------------------------ workspaces
 
-    def create_workspace(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_workspace(
+        self, body: dict[str, Any], operator: Principal | None = None
+    ) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not 0 < len(name) <= 100:
             raise InvalidParameterValue("name must be a string of 1..100 characters.")
@@ -91,7 +94,12 @@ class Admin:
         if create is not None:
             create(ws, region)
         user = body.get("admin_user") or "admin"
-        token, info = self.auth.issue_token(ws, user=str(user), comment="first token")
+        # The workspace's root token: not bounded by the maximum lifetime (docs/security.md),
+        # but no longer-lived than the operator token that made it.
+        expiry = operator.expiry_time if operator is not None else NO_EXPIRY
+        token, info = self.auth.issue_token(
+            ws, user=str(user), comment="first token", expiry_ms=expiry
+        )
         return {"workspace_id": ws, "name": name, "token_value": token, "token_info": info}
 
     def _workspace(self, ws: str) -> dict[str, Any]:
@@ -151,6 +159,28 @@ class Admin:
                 continue  # another operator call wrote in between: merge again
             return self.get_quotas(ws)
         raise PreconditionFailed(f"workspace {ws} changed too often; retry")
+
+    # ------------------------------------------------------------------ operator tokens
+
+    def list_operator_tokens(self) -> dict[str, Any]:
+        tokens = self.auth.list_role_tokens(OPERATOR_WORKSPACE, "operator")
+        return {"token_infos": sorted(tokens, key=lambda t: (t["creation_time"], t["token_id"]))}
+
+    def create_operator_token(self, operator: Principal, body: dict[str, Any]) -> dict[str, Any]:
+        """A new operator token for the caller's user, under the same lifetime rules as the
+        Token API (never past the caller's own token)."""
+        comment = body.get("comment") or ""
+        if not isinstance(comment, str) or len(comment) > 1000:
+            raise InvalidParameterValue("comment must be a string of at most 1000 characters.")
+        token, info = self.auth.create_token(
+            operator, comment=comment, lifetime_s=parse_lifetime(body)
+        )
+        return {"token_value": token, "token_info": {**info, "user": operator.user}}
+
+    def revoke_operator_token(self, token_id: str) -> None:
+        """Revoke any operator token (the caller's own included); it stays revoked across
+        restarts, and devhost then writes a new one to `<data_dir>/operator-token`."""
+        self.auth.revoke(OPERATOR_WORKSPACE, token_id)
 
     # ------------------------------------------------------------------ dead letters
 

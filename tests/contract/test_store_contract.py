@@ -931,3 +931,27 @@ def test_events_with_an_id_are_stored_once(store: Store) -> None:
     assert total == 3
     assert [e["id"] for e in events] == ["1-0", "1-1", "2-0"]
     assert store.events("c2", EventQuery())[1] == 1
+
+
+def test_failed_authentications_are_counted_across_instances(store_factory: StoreFactory) -> None:
+    """The shared count of shared/services/throttle.py on each adapter: two instances (two
+    handles on one store) with partitions named after an IPv6 /64 and a window."""
+    from shared.services.throttle import AddressThrottle
+
+    class Clock:
+        def now_ms(self) -> int:
+            return store_factory.clock.now_ms
+
+    a, b = (
+        AddressThrottle(store_factory(), Clock(), rate=0.001, burst=3, window_s=60, shared=True)
+        for _ in range(2)
+    )
+    address = "2001:db8:1:2::/64"
+    through = 0
+    for _ in range(6):
+        for t in (a, b):
+            if t.check(address, None) is None:
+                through += 1
+                t.failed(address, None)
+    assert 3 < through <= 3 + 2  # more than one bucket's burst would be 6
+    assert a.check(address, None) is not None and b.check(address, None) is not None

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import io
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import psutil
@@ -29,6 +27,7 @@ from databricks.sdk.service import jobs
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from tests.e2e.hosts import local_spark_devhost
+from tests.support import stored_counts, wait_for
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -42,7 +41,6 @@ except (ImportError, JavaRequirementError) as e:  # pragma: no cover - depends o
 V = "4.1.x-scala2.13"
 T = timedelta(minutes=5)
 WS = "doomed"
-X = TypeVar("X")
 SLEEP = b"""
 import time
 from pyspark.sql import SparkSession
@@ -58,17 +56,6 @@ def host(tmp_path: Path) -> Iterator[DevhostProcess]:
     env = {"SPARKPLANE_JOBS_SCHEDULE": "*/2 * * * * *", "SPARKPLANE_JOBS_POLL_INTERVAL_S": "1"}
     with local_spark_devhost(tmp_path / "data", env) as h:
         yield h
-
-
-def wait_for(what: str, fn: Callable[[], X], timeout: float = 300) -> X:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(1)
 
 
 def operator(h: DevhostProcess) -> dict[str, str]:
@@ -93,11 +80,7 @@ def processes(h: DevhostProcess) -> int:
 
 
 def snapshot(h: DevhostProcess) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with sqlite3.connect(f"file:{h.data_dir / 'store.db'}?mode=ro", uri=True) as db:
-        for kind, n in db.execute("SELECT kind, count(*) FROM docs GROUP BY kind"):
-            out[f"doc:{kind}"] = n
-        out["events"] = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    out = stored_counts(h.data_dir)
     out["files"] = sum(len(d) + len(f) for _, d, f in os.walk(h.data_dir / "files"))
     prov = LocalSparkProvisioner(h.data_dir / "local_spark")
     out["clusters with nodes"] = len(prov.cluster_ids())
@@ -140,8 +123,9 @@ def test_deleting_a_workspace_stops_and_removes_everything(host: DevhostProcess)
     wait_for(
         "the task to run",
         lambda: w.jobs.get_run(run).state.life_cycle_state == jobs.RunLifeCycleState.RUNNING,
+        timeout=300,
     )
-    wait_for("a warm pool node", lambda: w.instance_pools.get(pool).stats.idle_count)
+    wait_for("a warm pool node", lambda: w.instance_pools.get(pool).stats.idle_count, 300)
     during = snapshot(host)
     for key in ("doc:cluster", "doc:job", "doc:run", "files", "clusters with nodes"):
         assert during.get(key, 0) > before.get(key, 0), (key, during)
@@ -151,7 +135,9 @@ def test_deleting_a_workspace_stops_and_removes_everything(host: DevhostProcess)
     r = httpx.delete(url, headers=operator(host))
     assert r.status_code == 200 and r.json()["state"] == "DELETING"
     wait_for(
-        "the workspace to go", lambda: httpx.get(url, headers=operator(host)).status_code == 404
+        "the workspace to go",
+        lambda: httpx.get(url, headers=operator(host)).status_code == 404,
+        timeout=300,
     )
     deadline = time.monotonic() + 120
     while (now := snapshot(host)) != before:

@@ -51,7 +51,13 @@ MAX_EXAMPLES = 20
 # The devhost's resident memory must stay below this whatever it is sent (it idles at ~60 MB);
 # beyond it the watchdog kills the devhost so a runaway cannot take the CI machine down.
 RSS_LIMIT_MB = 1024
-NO_RATE_LIMIT = {"SPARKPLANE_RATE_LIMIT_PER_S": "100000", "SPARKPLANE_RATE_LIMIT_BURST": "100000"}
+NO_RATE_LIMIT = {
+    "SPARKPLANE_RATE_LIMIT_PER_S": "100000",
+    "SPARKPLANE_RATE_LIMIT_BURST": "100000",
+    # the fuzzer sends many requests without a valid token from one address
+    "SPARKPLANE_BAD_AUTH_RATE_LIMIT_PER_S": "100000",
+    "SPARKPLANE_BAD_AUTH_RATE_LIMIT_BURST": "100000",
+}
 V = "4.1.x-scala2.13"
 CHECKS = [
     not_a_server_error,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from databricks.sdk.errors import PermissionDenied, Unauthenticated
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.config import Config
+from databricks.sdk.errors import InvalidParameterValue, PermissionDenied, Unauthenticated
 
 from devhost.process import DevhostProcess
 from shared.adapters.embedded_bus import EmbeddedBus
@@ -184,3 +186,119 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
     assert h.token in h.out.read_text()  # only the banner on stdout shows the local token
     for secret in (h.token, made.token_value, op, "dapi" + "f" * 32):
         assert secret not in log
+
+
+def test_token_lifetime_rules_with_the_sdk(tmp_path: Path) -> None:
+    h = DevhostProcess(tmp_path / "data", env={"SPARKPLANE_TOKEN_MAX_LIFETIME_S": "3600"}).start()
+    try:
+        w = h.client()
+        # no lifetime asked for: the maximum; a longer one than the maximum: refused
+        t = w.tokens.create(comment="capped")
+        life = t.token_info.expiry_time - t.token_info.creation_time
+        assert 3_599_000 <= life <= 3_600_000
+        with pytest.raises(InvalidParameterValue, match="maximum token lifetime"):
+            w.tokens.create(comment="too long", lifetime_seconds=3601)
+        # a short-lived token cannot mint a longer-lived (or non-expiring) one
+        short = w.tokens.create(comment="short", lifetime_seconds=60)
+        ws = WorkspaceClient(config=Config(host=h.url, token=short.token_value, auth_type="pat"))
+        child = ws.tokens.create(comment="child")
+        assert child.token_info.expiry_time <= short.token_info.expiry_time
+        with pytest.raises(InvalidParameterValue, match="expires sooner"):
+            ws.tokens.create(comment="child", lifetime_seconds=120)
+    finally:
+        h.close()
+
+
+def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    h = DevhostProcess(tmp_path / "data").start()
+    try:
+        url = h.url + "/api/admin/tokens"
+        boot = (h.data_dir / "operator-token").read_text().strip()
+        listed = httpx.get(url, headers=bearer(boot)).json()["token_infos"]
+        assert [(t["user"], t["comment"]) for t in listed] == [("operator@local", "operator")]
+        boot_id = listed[0]["token_id"]
+        r = httpx.post(
+            url, json={"comment": "second", "lifetime_seconds": 600}, headers=bearer(boot)
+        )
+        assert r.status_code == 200, r.text
+        second, info = r.json()["token_value"], r.json()["token_info"]
+        assert info["user"] == "operator@local" and info["expiry_time"] > 0
+        ids = {t["token_id"] for t in httpx.get(url, headers=bearer(second)).json()["token_infos"]}
+        assert ids == {boot_id, info["token_id"]}
+        # a workspace made with the short-lived operator token: its first token dies with it
+        r = httpx.post(
+            h.url + "/api/admin/workspaces",
+            json={"name": "t", "workspace_id": "t"},
+            headers=bearer(second),
+        )
+        assert r.status_code == 200, r.text
+        assert 0 < r.json()["token_info"]["expiry_time"] <= info["expiry_time"]
+        # a user token can neither list nor revoke them
+        assert httpx.get(url, headers=bearer(h.token)).status_code == 403
+        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(h.token)).status_code == 403
+        # the second token revokes the bootstrap one
+        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 200
+        assert httpx.get(url, headers=bearer(boot)).status_code == 401
+        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 404
+        h.stop()
+        h.start()
+        # the revoked bootstrap token is not re-registered; the file holds a new one
+        assert httpx.get(url, headers=bearer(boot)).status_code == 401
+        new_boot = (h.data_dir / "operator-token").read_text().strip()
+        assert new_boot != boot
+        assert (h.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
+        r = httpx.get(url, headers=bearer(new_boot))
+        assert r.status_code == 200
+        assert boot_id not in {t["token_id"] for t in r.json()["token_infos"]}
+        assert httpx.get(url, headers=bearer(second)).status_code == 200
+        # the same for the local user token, revoked through the Token API
+        w = h.client()
+        old = h.token
+        w.tokens.delete(next(t.token_id for t in w.tokens.list() if t.comment == "local"))
+        h.stop()
+        h.start()
+        assert httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(old)).status_code == 401
+        assert h.token != old
+        assert httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(h.token)).is_success
+    finally:
+        h.close()
+
+
+def test_bad_tokens_are_throttled_per_client_address_through_devhost(tmp_path: Path) -> None:
+    """The attacker connects from 127.0.0.2 (all of 127/8 is loopback), the good client from
+    127.0.0.1: devhost appends each connection's peer to X-Forwarded-For, as the Functions
+    host's front end does."""
+    h = DevhostProcess(
+        tmp_path / "data",
+        env={
+            "SPARKPLANE_BAD_AUTH_RATE_LIMIT_PER_S": "0.01",
+            "SPARKPLANE_BAD_AUTH_RATE_LIMIT_BURST": "5",
+        },
+    ).start()
+    try:
+        attacker = httpx.Client(
+            base_url=h.url, transport=httpx.HTTPTransport(local_address="127.0.0.2")
+        )
+        with attacker:
+            codes = []
+            for i in range(8):
+                # a forged X-Forwarded-For of its own changes nothing
+                r = attacker.get(
+                    "/api/2.1/clusters/list",
+                    headers={**bearer(f"dapi{i:032x}"), "X-Forwarded-For": f"10.0.0.{i}"},
+                )
+                codes.append(r.status_code)
+            assert codes == [401] * 5 + [429] * 3
+            assert r.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+            assert int(r.headers["Retry-After"]) >= 1
+            assert attacker.get("/api/2.1/clusters/list").status_code == 429  # no token either
+        # the good client on another address is served; the SDK sees its own errors as before
+        w = h.client()
+        assert list(w.clusters.list()) == []
+        bad = WorkspaceClient(config=Config(host=h.url, token="dapi" + "f" * 32, auth_type="pat"))
+        with pytest.raises(Unauthenticated):
+            list(bad.clusters.list())
+    finally:
+        h.close()

@@ -10,9 +10,9 @@ import io
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
@@ -22,11 +22,11 @@ from databricks.sdk.config import Config
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
+from tests.support import stored_counts, wait_for
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
 WS = "doomed"
-X = TypeVar("X")
 
 
 @pytest.fixture
@@ -47,17 +47,6 @@ def host(tmp_path: Any) -> Iterator[DevhostProcess]:
         h.close()
 
 
-def wait_for(what: str, fn: Callable[[], X], timeout: float = 60) -> X:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
-
-
 def wait_same(h: DevhostProcess, before: dict[str, int], timeout: float = 60) -> None:
     """Wait until the snapshot is `before` again (else fail showing what is left)."""
     deadline = time.monotonic() + timeout
@@ -76,11 +65,7 @@ def operator(h: DevhostProcess) -> dict[str, str]:
 def snapshot(h: DevhostProcess) -> dict[str, int]:
     """Everything countable: documents per kind, events, files and directories of the file
     store, node records, and processes started for the data directory (but the host)."""
-    out: dict[str, int] = {}
-    with sqlite3.connect(f"file:{h.data_dir / 'store.db'}?mode=ro", uri=True) as db:
-        for kind, n in db.execute("SELECT kind, count(*) FROM docs GROUP BY kind"):
-            out[f"doc:{kind}"] = n
-        out["events"] = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    out = stored_counts(h.data_dir)
     with sqlite3.connect(f"file:{h.data_dir / 'records.db'}?mode=ro", uri=True) as db:
         out["nodes"] = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
     out["files"] = sum(len(d) + len(f) for _, d, f in os.walk(h.data_dir / "files"))
