@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format requirements setup java cosmos-emulator azurite airflow-venv bench clean
+.PHONY: run test test-fast lint format requirements setup java cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -81,14 +81,25 @@ $(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
 run: setup
 	$(PY) -m devhost
 
+# Workers of the test run (pytest-xdist): a module's tests stay on one worker, real-Spark
+# tests keep to two of them (tests/conftest.py, SPARK_LANES), the others take the rest.
+TEST_WORKERS ?= 5
+PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/mypy
+	$(PYTEST)
+
+# Everything but the tests that start real Spark processes: the developer's loop.
+test-fast: $(STAMP) cosmos-emulator azurite airflow-venv
+	$(PYTEST) -m "not spark"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -109,13 +109,15 @@ def disabled(name: str) -> bool:
 def index(app: func.FunctionApp) -> FunctionIndex:
     out = FunctionIndex()
     for f in app.get_functions():
-        if disabled(f.get_function_name()):
+        name = f.get_function_name()
+        trigger = f.get_trigger()
+        if name is None or trigger is None:
+            raise ValueError(f"a function without a name or trigger: {f}")
+        if disabled(name):
             continue
-        t = f.get_trigger()
-        d = t.get_dict_repr()
+        d = trigger.get_dict_repr()
         kind = d["type"]
         fn = f.get_user_function()
-        name = f.get_function_name()
         if kind == "httpTrigger":
             methods = d.get("methods") or ["GET", "POST", "PUT", "PATCH", "DELETE"]
             out.http.append(
@@ -134,7 +136,7 @@ def index(app: func.FunctionApp) -> FunctionIndex:
                 )
             )
         elif kind == "serviceBusTrigger":
-            queue = resolve(d.get("queueName") or d.get("queue_name"))
+            queue = resolve(d.get("queueName") or d.get("queue_name") or "")
             out.queues.append(
                 QueueFunction(name, queue, bool(d.get("isSessionsEnabled")), d["name"], fn)
             )
@@ -251,11 +253,11 @@ class DevHost:
         matched = None
         allowed: set[str] = set()
         for f in self.functions.http:
-            params = f.route.match(path)
-            if params is None:
+            found = f.route.match(path)
+            if found is None:
                 continue
             if method in f.methods:
-                matched = (f, params)
+                matched = (f, found)
                 break
             allowed |= f.methods
         if matched is None:

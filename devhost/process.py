@@ -10,10 +10,14 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from shared.private_files import private, private_dir
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +82,7 @@ class DevhostProcess:
     def token(self) -> str:
         return (self.data_dir / "token").read_text().strip()
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> WorkspaceClient:
         from databricks.sdk import WorkspaceClient
         from databricks.sdk.config import Config
 

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -146,7 +146,8 @@ class TaskLoop:
 
 def run(stop: threading.Event, cp: httpx.Client, env: Mapping[str, str]) -> None:
     runner = TaskRunner(
-        env["SPARKPLANE_TASKS_DIR"], kill_grace_s=float(env.get("SPARKPLANE_KILL_GRACE_S", "10"))
+        Path(env["SPARKPLANE_TASKS_DIR"]),
+        kill_grace_s=float(env.get("SPARKPLANE_KILL_GRACE_S", "10")),
     )
     loop = TaskLoop(
         cp, env["SPARKPLANE_CONTROL_PLANE_URL"], runner, env.get("SPARKPLANE_CONNECT_URL", "")

@@ -774,6 +774,8 @@ class ArmProvisioner:
         for r in self.rm.resources.list_by_resource_group(
             group, filter=f"resourceType eq '{vnet_type}'"
         ):
+            if r.id is None:  # every listed resource has an id; the SDK types it optional
+                continue
             vnet = self.rm.resources.get_by_id(r.id, api_version=self._api(vnet_type))
             for subnet in (vnet.properties or {}).get("subnets") or []:
                 return subnet.get("id")
@@ -1059,8 +1061,8 @@ class ArmProvisioner:
             nodes.extend(workers)
             if (vmss.provisioning_state or "") != "Deleting":
                 # Instances being deleted no longer count in the capacity.
-                listed = sum(1 for w in workers if w.status != "STOPPING")
-                pending = max(0, seen.capacity - listed)
+                counted = sum(1 for w in workers if w.status != "STOPPING")
+                pending = max(0, seen.capacity - counted)
         elif seen.deploying and dep is not None and dep.properties:
             params = dep.properties.parameters or {}
             pending = int((params.get("workerCount") or {}).get("value") or 0)

@@ -58,6 +58,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.storage.blob import (
+    BlobBlock,
     BlobPrefix,
     BlobProperties,
     BlobSasPermissions,
@@ -296,14 +297,17 @@ class BlobFileStore:
             if before_commit is not None:
                 before_commit()
                 before_commit = None
-            conditions = {} if overwrite else {"match_condition": MatchConditions.IfMissing}
+            condition = None if overwrite else MatchConditions.IfMissing
             try:
-                return dest.commit_block_list(ids, **conditions)
+                return dest.commit_block_list(
+                    [BlobBlock(block_id) for block_id in ids], match_condition=condition
+                )
             except ResourceExistsError:
                 raise FileExists(f"{target} exists") from None  # If-None-Match: * failed
             except HttpResponseError as e:
                 # InvalidBlockList: a concurrent commit to the same name dropped our blocks.
-                if e.error_code != "InvalidBlockList" or attempt == ATTEMPTS - 1:
+                # (storage errors carry error_code; azure-core's type does not declare it)
+                if getattr(e, "error_code", None) != "InvalidBlockList" or attempt == ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import contextlib
 import json
 import logging
@@ -40,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from azure.core import MatchConditions
 from azure.cosmos import ContainerProxy, CosmosClient, DatabaseProxy, PartitionKey
@@ -390,7 +391,7 @@ class CosmosStore:
     def _doc_item(
         kind: str, pk: str, id: str, body: Mapping[str, Any], ttl_s: int | None, now: int
     ) -> dict[str, Any]:
-        item = {
+        item: dict[str, Any] = {
             "id": _item_id(kind, id),
             "pk": pk,
             "kind": kind,
@@ -601,7 +602,9 @@ class CosmosStore:
             with contextlib.suppress(CosmosResourceExistsError):
                 self._events.create_item(item)
 
-    def events(self, cluster_id: str, query: EventQuery) -> tuple[list[dict[str, Any]], int]:
+    def events(
+        self, cluster_id: str, query: EventQuery
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         """A page of events and the number matching; two queries (a count and a TOP), so a
         concurrent append may show in one and not the other."""
         if query.offset < 0 or query.limit < 0:
@@ -620,11 +623,12 @@ class CosmosStore:
         if types:
             where += " AND c.type IN (" + ", ".join(f"@t{i}" for i in range(len(types))) + ")"
             params += [{"name": f"@t{i}", "value": t} for i, t in enumerate(types)]
-        (total,) = self._events.query_items(
+        (count,) = self._events.query_items(
             f"SELECT VALUE COUNT(1) FROM c WHERE {where}",
             parameters=params,
             partition_key=cluster_id,
         )
+        total = int(cast(int, count))  # SELECT VALUE COUNT(1) yields a number, not an item
         if not query.limit or total <= query.offset:
             return [], total
         # OFFSET ... LIMIT costs the same as reading the skipped events (and cosmosdb-server

@@ -59,6 +59,12 @@ def _fd(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
+def _made(fd: int | None) -> int:
+    """An area opened with create=True, which is never None."""
+    assert fd is not None
+    return fd
+
+
 def _ms(st: os.stat_result) -> int:
     return st.st_mtime_ns // 1_000_000
 
@@ -234,7 +240,7 @@ class LocalFileStore:
             try:
                 with (
                     self._area(workspace_id, _TREE, create=True) as tree,
-                    _fd(_walk(tree, parts[:-1], create=True, blocked=FileMissing)) as parent,
+                    _fd(_walk(_made(tree), parts[:-1], create=True, blocked=FileMissing)) as parent,
                 ):
                     self._publish(staging, temp, parent, parts[-1], path, overwrite=overwrite)
             finally:

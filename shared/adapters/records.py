@@ -297,7 +297,9 @@ class RecordProvisioner:
         write_private(token_file, settings.pop("SPARKPLANE_AGENT_TOKEN", ""))
         settings["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
         settings["SPARKPLANE_TASKS_DIR"] = str(d / "tasks")
-        settings["SPARKPLANE_DATA_DIR"] = str(self.agents_dir.parent)  # (for devhost's clean-up)
+        settings["SPARKPLANE_DATA_DIR"] = str(
+            d.parent.parent
+        )  # <data dir>/<agents>/<cluster>  # (for devhost's clean-up)
         settings["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
         # From nothing, like a real node's (shared/domain/node_env.py); no Java here.
         env = node_environment(

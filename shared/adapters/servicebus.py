@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from azure.servicebus import ServiceBusMessage
 
@@ -72,7 +72,9 @@ def to_servicebus_message(m: OutMessage) -> ServiceBusMessage:
         message_id=_bounded_id(m.message_id),
         session_id=_bounded_id(m.session_id) if m.session_id is not None else None,
         scheduled_enqueue_time_utc=scheduled,
-        application_properties=dict(m.application_properties) or None,
+        application_properties=cast(
+            "dict[str | bytes, Any]", dict(m.application_properties) or None
+        ),
     )
 
 
@@ -125,7 +127,7 @@ class ServiceBusSender:
             )
 
         def factory(queue: str) -> SenderLike:
-            return client.get_queue_sender(queue_name=queue)  # type: ignore[return-value]
+            return client.get_queue_sender(queue_name=queue)
 
         return cls(factory, on_close=client.close)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from shared.ports import AlreadyExists, EventQuery, NotFound, Page, PreconditionFailed, Record
 from shared.private_files import private_file
@@ -407,7 +408,7 @@ class SqliteStore:
         table = "docs"
         if _FIELD_RE.fullmatch(field):
             # A literal path, which an expression index docs_by_<field> matches.
-            path_sql, path_params = f"'$.{field}'", ()
+            path_sql, path_params = f"'$.{field}'", cast(tuple[str, ...], ())
             if field in _INDEXED_FIELDS:
                 # Without ANALYZE statistics the planner would prefer the primary key.
                 table = f"docs INDEXED BY docs_by_{field}"
@@ -430,7 +431,10 @@ class SqliteStore:
 
     @staticmethod
     def _scan_records(
-        kind: str, field: str, wanted: frozenset[str], rows: list[tuple[str, str, str, str]]
+        kind: str,
+        field: str,
+        wanted: frozenset[str],
+        rows: builtins.list[tuple[str, str, str, str]],
     ) -> Iterator[Record]:
         for pk, id, text, etag in rows:
             body = _loads(text)
@@ -481,7 +485,9 @@ class SqliteStore:
         finally:
             self._release(conn)
 
-    def events(self, cluster_id: str, query: EventQuery) -> tuple[list[dict[str, Any]], int]:
+    def events(
+        self, cluster_id: str, query: EventQuery
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         if query.offset < 0 or query.limit < 0:
             raise ValueError(f"offset and limit must be >= 0: {query!r}")
         if query.order not in _SQL_EVENTS_PAGE:

@@ -102,7 +102,7 @@ class Auth:
         if expiry_ms is None:
             expiry_ms = now + lifetime_s * 1000 if lifetime_s else NO_EXPIRY
         keep_s = ttl_s(now, expiry_ms)
-        info = {
+        info: dict[str, Any] = {
             "token_id": h[:32],
             "workspace_id": workspace_id,
             "user": user,

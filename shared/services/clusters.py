@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from shared.domain import cluster as dom
 from shared.domain import quotas as quota
@@ -539,9 +539,10 @@ def _int(body: Mapping[str, Any], key: str, default: int | None, lo: int, hi: in
 
 
 def parse_event_query(body: Mapping[str, Any]) -> EventQuery:
-    order = body.get("order") or "DESC"
-    if order not in ("ASC", "DESC"):
+    raw_order = body.get("order") or "DESC"
+    if raw_order not in ("ASC", "DESC"):
         raise InvalidParameterValue("order must be ASC or DESC.")
+    order: Literal["ASC", "DESC"] = "ASC" if raw_order == "ASC" else "DESC"
     types = body.get("event_types") or []
     if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise InvalidParameterValue("event_types must be a list of strings.")

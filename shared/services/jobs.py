@@ -17,6 +17,7 @@ id = 10**19 - run id, zero-padded, so a partition lists newest first), the latte
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -423,10 +424,10 @@ class JobService:
         offset: int,
         page_token: str | None,
         keep: Callable[[Mapping[str, Any]], bool],
-    ) -> tuple[list[Record], str | None]:
+    ) -> tuple[builtins.list[Record], str | None]:
         """Up to `limit` matching documents; the token continues after the last store page
         read (the last page has no token)."""
-        out: list[Record] = []
+        out: builtins.list[Record] = []
         token = page_token
         skip = offset if page_token is None else 0
         while True:

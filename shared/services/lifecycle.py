@@ -17,6 +17,7 @@ from shared.ports import (
     Node,
     NodeRequest,
     PoolCapacityReached,
+    PoolRequest,
     PreconditionFailed,
     Provisioner,
     ProvisionerUnsupported,
@@ -154,7 +155,7 @@ class Lifecycle:
                     f"pool-use:{pool_id}:{c.cluster_id}:{c.generation}:{len(p.actions)}",
                 )
 
-    def _pool(self, c: Cluster, pool_id: str | None):  # type: ignore[no-untyped-def]
+    def _pool(self, c: Cluster, pool_id: str | None) -> PoolRequest | None:
         if not pool_id:
             return None
         got = self.pools.load(c.workspace_id, pool_id)
