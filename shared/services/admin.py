@@ -202,3 +202,10 @@ class Admin:
     def resubmit(self, queue: str, seq: int) -> None:
         if not self._receiver().resubmit_dead_letter(queue, seq):
             raise ResourceDoesNotExist(f"Dead-lettered message {seq} does not exist in {queue}")
+
+    def purge(self, queue: str, seq: int | None = None) -> dict[str, Any]:
+        """Delete the queue's dead letters (one, given its sequence number) once looked at."""
+        purged = self._receiver().purge_dead_letters(queue, seq)
+        if seq is not None and not purged:
+            raise ResourceDoesNotExist(f"Dead-lettered message {seq} does not exist in {queue}")
+        return {"purged": purged}
