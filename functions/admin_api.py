@@ -92,6 +92,12 @@ def admin_tokens(req: func.HttpRequest) -> func.HttpResponse:
     return _not_found(req)
 
 
+@bp.route(route="api/admin/status", methods=["GET"], auth_level=ANON)
+def admin_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Every workspace's clusters and the queues' counts (`sparkplane status`)."""
+    return api(req, "operator", lambda c, p: c.admin.status())
+
+
 def _seq(req: func.HttpRequest) -> int:
     raw = req.route_params.get("seq", "")
     if not raw.isdigit() or int(raw) > 2**63 - 1:
