@@ -79,7 +79,7 @@ $(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
 	touch $@
 
 run: setup
-	$(PY) -m devhost
+	$(PY) -m sparkplane_cli up
 
 test: setup
 	$(VENV)/bin/ruff check .

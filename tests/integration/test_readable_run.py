@@ -1,0 +1,83 @@
+"""`make run`'s readable output (devhost --readable): a line per cluster state change with the
+cluster's name and reason, the nodes while it starts (record nodes all come up in one step: the
+progress line is checked on its own); the JSON lines in <data_dir>/log.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from devhost.console import render
+from devhost.process import DevhostProcess
+from tests.support import wait_for
+
+
+def test_readable_lines_and_json_log_file(tmp_path: Path) -> None:
+    h = DevhostProcess(tmp_path / "data", args=["--readable"]).start()
+    try:
+        w = h.client()
+        v = w.clusters.spark_versions().versions[0].key
+        c = w.clusters.create_and_wait(
+            cluster_name="readable",
+            spark_version=v,
+            node_type_id="rec-small",
+            num_workers=2,
+            timeout=timedelta(seconds=60),
+        )
+        w.clusters.delete_and_wait(c.cluster_id, timeout=timedelta(seconds=60))
+        out = h.out
+
+        def lines() -> list[str]:
+            return [ln for ln in out.read_text().splitlines() if "readable" in ln]
+
+        wait_for("TERMINATED", lambda: any("→ TERMINATED" in ln for ln in lines()), timeout=30)
+        shown = lines()
+        assert any(f"cluster readable ({c.cluster_id}) PENDING → RUNNING" in ln for ln in shown)
+        assert any("TERMINATING → TERMINATED" in ln for ln in shown), shown
+        assert not any(ln.lstrip().startswith("{") for ln in out.read_text().splitlines())
+        records = [json.loads(ln) for ln in (h.data_dir / "log.jsonl").read_text().splitlines()]
+        states = [r["state"] for r in records if r["msg"] == "cluster state"]
+        assert states[-2:] == ["TERMINATING", "TERMINATED"] and "RUNNING" in states
+        assert h.token not in (h.data_dir / "log.jsonl").read_text()
+    finally:
+        h.close()
+
+
+def _record(msg: str, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
+    r = logging.LogRecord("sparkplane.jobs", level, __file__, 1, msg, None, None)
+    r.__dict__.update(extra)
+    return r
+
+
+def test_run_states_and_warnings_render_in_one_line() -> None:
+    line = render(
+        _record(
+            "run state",
+            run_id=7,
+            job_id=3,
+            run_name="nightly",
+            state="TERMINATED",
+            result="FAILED",
+            reason="Task x failed",
+        )
+    )
+    assert line is not None and "run [bold]7[/] nightly" in line and "FAILED" in line
+    assert "Task x failed" in line
+    warn = render(_record("bad token dapi0123456789abcdef0123", logging.WARNING))
+    assert warn is not None and "dapi01234567***" in warn and "abcdef0123" not in warn
+    starting = render(
+        _record(
+            "cluster nodes",
+            cluster_id="c1",
+            cluster_name="big",
+            state="PENDING",
+            driver_up=True,
+            workers=1,
+            target_workers=3,
+        )
+    )
+    assert starting is not None and "driver up, 1/3 workers" in starting
+    assert render(_record("cluster nodes", state="RUNNING", workers=2)) is None
+    assert render(_record("jobs tick")) is None, "routine records stay in the JSON file"
