@@ -85,7 +85,7 @@ def _root() -> Path:
     for d in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (d / "function_app.py").is_file() and (d / "devhost").is_dir():
             return d
-    raise CliError("sparkplane up runs in a sparkplane checkout (no function_app.py here)")
+    raise CliError("this command runs the app's code: run it in a sparkplane checkout")
 
 
 @app.command()
