@@ -55,6 +55,12 @@ def render(record: logging.LogRecord) -> str | None:
             f"{head}cluster [bold]{name}[/] [dim]({escape(str(f.get('cluster_id')))})[/] "
             f"{_state(f.get('previous_state'))} → {_state(f.get('state'))}{tail}"
         )
+    if msg == "cluster created":
+        name = escape(str(f.get("cluster_name") or f.get("cluster_id")))
+        return (
+            f"{head}cluster [bold]{name}[/] [dim]({escape(str(f.get('cluster_id')))})[/] "
+            f"created → {_state('PENDING')}, {f.get('target_workers', 0)} workers"
+        )
     if msg == "cluster nodes":
         if f.get("state") not in _STARTING:
             return None
@@ -68,8 +74,9 @@ def render(record: logging.LogRecord) -> str | None:
     if msg == "run state":
         name = escape(str(f.get("run_name") or ""))
         result = f" {_state(f['result'])}" if f.get("result") else ""
+        job = f" [dim](job {f['job_id']})[/]" if f.get("job_id") is not None else ""
         return (
-            f"{head}run [bold]{f.get('run_id')}[/] {name} [dim](job {f.get('job_id')})[/] "
+            f"{head}run [bold]{f.get('run_id')}[/] {name}{job} "
             f"→ {_state(f.get('state'))}{result}{tail}"
         )
     if record.levelno >= logging.WARNING:

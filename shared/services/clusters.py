@@ -312,7 +312,15 @@ class ClusterService:
             )
             rec = self.repo.insert(c)
         self.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
-        log.info("cluster created", extra={"cluster_id": cluster_id, "workspace": p.workspace_id})
+        log.info(
+            "cluster created",
+            extra={
+                "cluster_id": cluster_id,
+                "cluster_name": c.spec.cluster_name or "",
+                "workspace": p.workspace_id,
+                "target_workers": c.target_workers,
+            },
+        )
         return cluster_id
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:

@@ -4,10 +4,13 @@ progress line is checked on its own); the JSON lines in <data_dir>/log.jsonl."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import timedelta
 from pathlib import Path
+
+from databricks.sdk.service import compute, jobs
 
 from devhost.console import render
 from devhost.process import DevhostProcess
@@ -15,9 +18,34 @@ from tests.support import wait_for
 
 
 def test_readable_lines_and_json_log_file(tmp_path: Path) -> None:
-    h = DevhostProcess(tmp_path / "data", args=["--readable"]).start()
+    env = {"SPARKPLANE_JOBS_SCHEDULE": "*/1 * * * * *", "SPARKPLANE_JOBS_POLL_INTERVAL_S": "0.3"}
+    h = DevhostProcess(tmp_path / "data", env=env, args=["--readable"]).start()
     try:
         w = h.client()
+        w.dbfs.upload("/hello.py", io.BytesIO(b"print('hello')"), overwrite=True)
+        run = w.jobs.submit_and_wait(
+            run_name="hello-run",
+            tasks=[
+                jobs.SubmitTask(
+                    task_key="hello",
+                    spark_python_task=jobs.SparkPythonTask(python_file="dbfs:/hello.py"),
+                    new_cluster=compute.ClusterSpec(
+                        spark_version="4.1.x-scala2.13", node_type_id="rec-small", num_workers=1
+                    ),
+                )
+            ],
+            timeout=timedelta(seconds=60),
+        )
+        run_lines = wait_for(
+            "the run's final line",
+            lambda: [
+                ln
+                for ln in h.out.read_text().splitlines()
+                if f"run {run.run_id} hello-run" in ln and "SUCCESS" in ln
+            ],
+            timeout=30,
+        )
+        assert "→ TERMINATED SUCCESS" in run_lines[0]
         v = w.clusters.spark_versions().versions[0].key
         c = w.clusters.create_and_wait(
             cluster_name="readable",
@@ -34,6 +62,7 @@ def test_readable_lines_and_json_log_file(tmp_path: Path) -> None:
 
         wait_for("TERMINATED", lambda: any("→ TERMINATED" in ln for ln in lines()), timeout=30)
         shown = lines()
+        assert any(f"cluster readable ({c.cluster_id}) created → PENDING" in ln for ln in shown)
         assert any(f"cluster readable ({c.cluster_id}) PENDING → RUNNING" in ln for ln in shown)
         assert any("TERMINATING → TERMINATED" in ln for ln in shown), shown
         assert not any(ln.lstrip().startswith("{") for ln in out.read_text().splitlines())
