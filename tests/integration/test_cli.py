@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +209,25 @@ def test_azure_bootstrap_writes_an_operator_token_the_app_accepts(host: DevhostP
     assert none.stderr.strip() == (
         "sparkplane: --cosmos-endpoint is needed (the account's documentEndpoint)"
     )
+
+
+def test_status_watch_refreshes_until_ctrl_c(host: DevhostProcess) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SPARKPLANE_")},
+        "SPARKPLANE_URL": host.url,
+        "SPARKPLANE_DATA_DIR": str(host.data_dir),
+        "COLUMNS": "250",
+    }
+    p = subprocess.Popen(
+        [sys.executable, "-m", "sparkplane_cli", "status", "--watch", "--interval", "0.2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=20)
+    assert p.returncode == 0, stderr
+    assert "Clusters" in stdout and "cluster-lifecycle" in stdout and "Traceback" not in stderr
