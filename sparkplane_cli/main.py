@@ -227,7 +227,12 @@ def workspaces_delete(ctx: typer.Context, workspace_id: str) -> None:
 
 def _print_quotas(q: dict[str, Any]) -> None:
     rows = [
-        [k, v, "set" if k in q["overrides"] else "default", q["usage"].get(k, "")]
+        [
+            k,
+            v,
+            "set" if k in q["overrides"] else "default",
+            q["usage"].get(k.removeprefix("max_"), ""),  # usage names drop the max_
+        ]
         for k, v in sorted(q["quotas"].items())
     ]
     out.print(_table(f"Quotas of {q['workspace_id']}", ["quota", "limit", "", "usage"], rows))
@@ -401,8 +406,8 @@ def azure_bootstrap(
         scratch.cleanup()
     out.print(f"operator token {info['token_id']}: {token}")
     if check and ctx.meta.get("url_given"):
-        ctx.obj._token = token
-        n = len(ctx.obj.call("GET", "/api/admin/tokens")["token_infos"])
+        api = Api(ctx.obj.url, ctx.obj.token_file, token)
+        n = len(api.call("GET", "/api/admin/tokens")["token_infos"])
         out.print(f"{ctx.obj.url} accepts it ({n} operator tokens)")
 
 

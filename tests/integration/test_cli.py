@@ -75,7 +75,9 @@ def test_workspaces_create_list_delete(host: DevhostProcess) -> None:
 def test_quotas_get_and_set(host: DevhostProcess) -> None:
     sparkplane(host, "workspaces", "create", "q", "--id", "quota-ws", "--quota", "max_jobs=7")
     got = sparkplane(host, "quotas", "get", "quota-ws").stdout
-    assert any(ln.split()[:3] == ["│", "max_jobs", "│"] and "7" in ln for ln in got.splitlines())
+    rows = {ln.split("│")[1].strip(): ln.split("│")[2:] for ln in got.splitlines() if "│" in ln}
+    assert [c.strip() for c in rows["max_jobs"][:3]] == ["7", "set", "0"], "limit, set, usage"
+    assert [c.strip() for c in rows["max_clusters"][:2]] == ["50", "default"]
     sparkplane(host, "quotas", "set", "quota-ws", "max_clusters=3", "max_jobs=default")
     op = (host.data_dir / "operator-token").read_text().strip()
     q = httpx.get(
