@@ -66,7 +66,7 @@ def render(record: logging.LogRecord) -> str | None:
             return None
         name = escape(str(f.get("cluster_name") or f.get("cluster_id")))
         workers, target = int(f.get("workers") or 0), int(f.get("target_workers") or 0)
-        driver = "driver up" if f.get("driver_up") else "driver starting"
+        driver = "driver started" if f.get("driver_up") else "no driver yet"
         return (
             f"{head}cluster [bold]{name}[/] {_bar(workers + bool(f.get('driver_up')), target + 1)}"
             f" {driver}, {workers}/{target} workers"
