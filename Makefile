@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet ".[dev,spark,local]"
+	$(PY) -m pip install --quiet -e ".[dev,spark,local]"
 	touch $(STAMP)
 
 setup: $(STAMP) java cosmos-emulator azurite airflow-venv
@@ -79,7 +79,7 @@ $(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
 	touch $@
 
 run: setup
-	$(PY) -m devhost
+	$(PY) -m sparkplane_cli up
 
 # Workers of the test run (pytest-xdist): a module's tests stay on one worker, real-Spark
 # tests keep to two of them (tests/conftest.py, SPARK_LANES), the others take the rest.

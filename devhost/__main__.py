@@ -1,7 +1,12 @@
-"""`python -m devhost`: the local control plane in the foreground (`make run`)."""
+"""`python -m devhost`: the local control plane in the foreground.
+
+`make run` (`sparkplane up`) runs it with `--readable`: a line per cluster and run state change
+on stdout (devhost/console.py) and the JSON log lines in `<data_dir>/log.jsonl` (and on stdout
+too with `--json-logs`). Without it the JSON lines go to stderr (what the tests read)."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import ipaddress
 import json
@@ -33,7 +38,11 @@ def cli_hint(url: str, token_file: Path) -> str:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devhost")
+    parser.add_argument("--readable", action="store_true", help="readable lines on stdout")
+    parser.add_argument("--json-logs", action="store_true", help="JSON lines on stdout too")
+    args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from devhost.host import DevHost, load_settings
 
@@ -61,7 +70,19 @@ def main() -> int:
     except BlockingIOError:
         print(f"another devhost is running on {data_dir}", file=sys.stderr)
         return 2
-    logs.setup(os.environ.get("SPARKPLANE_LOG_LEVEL", "INFO"))
+    level = os.environ.get("SPARKPLANE_LOG_LEVEL", "INFO")
+    log_file = data_dir / "log.jsonl"
+    if args.readable:
+        from devhost.console import ConsoleHandler
+
+        logs.setup(
+            level,
+            json_file=log_file,
+            json_stream=sys.stdout if args.json_logs else None,
+            extra=[ConsoleHandler()],
+        )
+    else:
+        logs.setup(level)
 
     from function_app import app
     from shared.wiring import bootstrap_local, container
@@ -80,6 +101,8 @@ def main() -> int:
     print(f"  data directory: {data_dir}", flush=True)
     print(f"  token:          {token}  (also in {data_dir / 'token'})", flush=True)
     print(f"  provisioner:    {settings.provisioner}", flush=True)
+    if args.readable:
+        print(f"  JSON logs:      {log_file}", flush=True)
     print(f"  try: {cli_hint(url, data_dir / 'token')}", flush=True)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +29,11 @@ def free_port() -> int:
 
 
 class DevhostProcess:
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
+        self.args = list(args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -60,7 +63,7 @@ class DevhostProcess:
             open(self.out, "ab", opener=private) as out,
         ):
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "devhost"],
+                [sys.executable, "-m", "devhost", *self.args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=out,

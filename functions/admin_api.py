@@ -92,6 +92,12 @@ def admin_tokens(req: func.HttpRequest) -> func.HttpResponse:
     return _not_found(req)
 
 
+@bp.route(route="api/admin/status", methods=["GET"], auth_level=ANON)
+def admin_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Every workspace's clusters and the queues' counts (`sparkplane status`)."""
+    return api(req, "operator", lambda c, p: c.admin.status())
+
+
 def _seq(req: func.HttpRequest) -> int:
     raw = req.route_params.get("seq", "")
     if not raw.isdigit() or int(raw) > 2**63 - 1:
@@ -99,20 +105,26 @@ def _seq(req: func.HttpRequest) -> int:
     return int(raw)
 
 
-@bp.route(route="api/admin/dead-letters/{queue}", methods=["GET"], auth_level=ANON)
+@bp.route(route="api/admin/dead-letters/{queue}", methods=["GET", "DELETE"], auth_level=ANON)
 def admin_dead_letters(req: func.HttpRequest) -> func.HttpResponse:
     queue = req.route_params["queue"]
+    if req.method == "DELETE":
+        return api(req, "operator", lambda c, p: c.admin.purge(queue))
     return api(req, "operator", lambda c, p: c.admin.dead_letters(queue))
 
 
 @bp.route(
-    route="api/admin/dead-letters/{queue}/{seq}/{action?}", methods=["GET", "POST"], auth_level=ANON
+    route="api/admin/dead-letters/{queue}/{seq}/{action?}",
+    methods=["GET", "POST", "DELETE"],
+    auth_level=ANON,
 )
 def admin_dead_letter(req: func.HttpRequest) -> func.HttpResponse:
     queue = req.route_params["queue"]
     action = req.route_params.get("action")
     if req.method == "GET" and action is None:
         return api(req, "operator", lambda c, p: c.admin.dead_letter(queue, _seq(req)))
+    if req.method == "DELETE" and action is None:
+        return api(req, "operator", lambda c, p: c.admin.purge(queue, _seq(req)))
     if req.method == "POST" and action == "resubmit":
         return api(req, "operator", lambda c, p: c.admin.resubmit(queue, _seq(req)))
     return _not_found(req)

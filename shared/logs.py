@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import re
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 _TOKEN = re.compile(r"(dapi[0-9a-f]{8})[0-9a-f]+|(Bearer\s+)\S+", re.IGNORECASE)
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
-def _mask(text: str) -> str:
+def mask(text: str) -> str:
     return _TOKEN.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 
 
@@ -31,14 +35,31 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _mask(json.dumps(out, default=str))
+        return mask(json.dumps(out, default=str))
 
 
-def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+def setup(
+    level: str = "INFO",
+    *,
+    json_file: Path | None = None,
+    json_stream: TextIO | None = sys.stderr,
+    extra: Sequence[logging.Handler] = (),
+) -> None:
+    """JSON lines on `json_stream` (stderr by default) and/or appended to `json_file`
+    (rotated), plus `extra` handlers (devhost's readable console)."""
+    handlers: list[logging.Handler] = []
+    if json_stream is not None:
+        handlers.append(logging.StreamHandler(json_stream))
+    if json_file is not None:
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                json_file, maxBytes=50 * 2**20, backupCount=3, encoding="utf-8"
+            )
+        )
+    for h in handlers:
+        h.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [*handlers, *extra]
     root.setLevel(level)
     for noisy in ("uvicorn.access", "azure", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

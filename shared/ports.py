@@ -157,6 +157,8 @@ class Receiver(Protocol):
 
     def resubmit_dead_letter(self, queue: str, sequence_number: int) -> bool: ...
 
+    def purge_dead_letters(self, queue: str, sequence_number: int | None = None) -> int: ...
+
 
 # --------------------------------------------------------------------------------------------
 # Provisioner: makes and removes the nodes of a cluster. Every call returns quickly: slow work

@@ -326,6 +326,17 @@ class EmbeddedBus:
             self._signal(queue)
         return bool(moved)
 
+    def purge_dead_letters(self, queue: str, sequence_number: int | None = None) -> int:
+        """Delete the dead letters of `queue` (only `sequence_number` when given); how many
+        were deleted."""
+        sql = f"DELETE FROM messages WHERE queue = ? AND state = {_DEAD}"
+        params: tuple[Any, ...] = (queue,)
+        if sequence_number is not None:
+            sql += " AND seq = ?"
+            params = (queue, sequence_number)
+        with self._lock:
+            return int(self._conn.execute(sql, params).rowcount)
+
     # ---------------------------------------------------------------------------------------
     # For the local host
 

@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 from shared.domain import quotas
+from shared.domain.states import State
 from shared.domain.tokens import NO_EXPIRY
 from shared.errors import (
     InvalidParameterValue,
@@ -160,6 +161,36 @@ class Admin:
             return self.get_quotas(ws)
         raise PreconditionFailed(f"workspace {ws} changed too often; retry")
 
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        """Every workspace's clusters (not deleted) and, where the bus can count them, the
+        lifecycle and job queues' messages: what `sparkplane status` shows."""
+        recs = self.store.scan("cluster", field="state", values=[s.value for s in State])
+        clusters = [
+            {
+                "workspace_id": b["workspace_id"],
+                "cluster_id": b["cluster_id"],
+                "cluster_name": (b.get("spec") or {}).get("cluster_name") or "",
+                "state": b["state"],
+                "state_message": b.get("state_message") or "",
+                "workers": len(b.get("executors") or []),
+                "target_workers": b.get("target_workers", 0),
+                "start_time": b.get("start_time", 0),
+            }
+            for b in (r.body for r in recs)
+            if not b.get("deleted")
+        ]
+        clusters.sort(key=lambda c: (c["workspace_id"], c["cluster_name"], c["cluster_id"]))
+        out: dict[str, Any] = {"clusters": clusters}
+        counts = getattr(self.bus, "counts", None)
+        if counts is not None:
+            settings = self.clusters.settings
+            out["queues"] = [
+                {"queue": q, **counts(q)} for q in (settings.lifecycle_queue, settings.jobs_queue)
+            ]
+        return out
+
     # ------------------------------------------------------------------ operator tokens
 
     def list_operator_tokens(self) -> dict[str, Any]:
@@ -202,3 +233,10 @@ class Admin:
     def resubmit(self, queue: str, seq: int) -> None:
         if not self._receiver().resubmit_dead_letter(queue, seq):
             raise ResourceDoesNotExist(f"Dead-lettered message {seq} does not exist in {queue}")
+
+    def purge(self, queue: str, seq: int | None = None) -> dict[str, Any]:
+        """Delete the queue's dead letters (one, given its sequence number) once looked at."""
+        purged = self._receiver().purge_dead_letters(queue, seq)
+        if seq is not None and not purged:
+            raise ResourceDoesNotExist(f"Dead-lettered message {seq} does not exist in {queue}")
+        return {"purged": purged}

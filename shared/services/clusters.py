@@ -61,6 +61,36 @@ def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) ->
     )
 
 
+def _log_change(old: Cluster, new: Cluster) -> None:
+    """A state change, or nodes coming and going, as a log record (what `make run` shows and
+    Application Insights keeps): the cluster's name and the reason, never a decision."""
+    workers = len(new.executors)
+    changed = new.state != old.state
+    if (
+        not changed
+        and workers == len(old.executors)
+        and (new.driver is None) == (old.driver is None)
+    ):
+        return
+    reason = new.state_message
+    if not reason and new.termination_reason is not None and new.state == State.TERMINATED:
+        reason = new.termination_reason.code
+    log.info(
+        "cluster state" if changed else "cluster nodes",
+        extra={
+            "cluster_id": new.cluster_id,
+            "cluster_name": new.spec.cluster_name or "",
+            "workspace": new.workspace_id,
+            "state": new.state.value,
+            "previous_state": old.state.value,
+            "reason": reason,
+            "driver_up": new.driver is not None,
+            "workers": workers,
+            "target_workers": new.target_workers,
+        },
+    )
+
+
 class ClusterRepo:
     """Loads and saves cluster documents; the one place that writes them (events included).
 
@@ -93,6 +123,7 @@ class ClusterRepo:
         self.flush(old)
         out = self.store.replace(KIND, new.workspace_id, new.cluster_id, new.doc(), etag=rec.etag)
         self.flush(new)
+        _log_change(old, new)
         return out
 
     def remove(self, c: Cluster, rec: Record) -> None:
@@ -281,7 +312,15 @@ class ClusterService:
             )
             rec = self.repo.insert(c)
         self.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
-        log.info("cluster created", extra={"cluster_id": cluster_id, "workspace": p.workspace_id})
+        log.info(
+            "cluster created",
+            extra={
+                "cluster_id": cluster_id,
+                "cluster_name": c.spec.cluster_name or "",
+                "workspace": p.workspace_id,
+                "target_workers": c.target_workers,
+            },
+        )
         return cluster_id
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:

@@ -235,7 +235,23 @@ class JobService:
         return run, rec, a
 
     def _save_run(self, rec: Record, run: dom.Run) -> Record:
-        return self.store.replace(RUN, run.workspace_id, rec.id, run.doc(), etag=rec.etag)
+        out = self.store.replace(RUN, run.workspace_id, rec.id, run.doc(), etag=rec.etag)
+        result = run.result.value if run.result is not None else None
+        if (rec.body.get("state"), rec.body.get("result")) != (run.state.value, result):
+            # What `make run` shows and Application Insights keeps: a run's state change.
+            log.info(
+                "run state",
+                extra={
+                    "run_id": run.run_id,
+                    "job_id": run.job_id,
+                    "run_name": run.run_name or run.settings.name or "",
+                    "workspace": run.workspace_id,
+                    "state": run.state.value,
+                    "result": result,
+                    "reason": run.message,
+                },
+            )
+        return out
 
     def _next_slot(self) -> int:
         with self._slot_lock:

@@ -289,6 +289,20 @@ def test_explicit_dead_letter_and_resubmit(bus: Any) -> None:
     assert bus.receive(Q) is None
 
 
+def test_purge_dead_letters(bus: Any) -> None:
+    bus.send(Q, [msg("a"), msg("b"), msg("live")])
+    for _ in range(2):
+        bus.dead_letter(receive(bus), reason="Bad")
+    a, b = bus.dead_letters(Q)
+    assert bus.purge_dead_letters("other") == 0
+    assert bus.purge_dead_letters(Q, b.sequence_number + 1000) == 0
+    assert bus.purge_dead_letters(Q, a.sequence_number) == 1
+    assert [d.message_id for d in bus.dead_letters(Q)] == ["b"]
+    assert bus.purge_dead_letters(Q) == 1
+    assert bus.dead_letters(Q) == []
+    assert drain_ids(bus) == ["live"], "active messages are not purged"
+
+
 def test_resubmitted_message_gets_full_delivery_budget(bus: Any) -> None:
     bus.send(Q, [msg("m")])
     for _ in range(MAX_DELIVERIES):

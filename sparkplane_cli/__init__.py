@@ -1,0 +1,1 @@
+"""The `sparkplane` command: the operator's CLI (`sparkplane_cli/main.py`)."""

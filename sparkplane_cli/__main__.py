@@ -1,0 +1,5 @@
+"""`python -m sparkplane_cli`: the same as the `sparkplane` command."""
+
+from sparkplane_cli.main import main
+
+main()
