@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     stuck_after_s: float = 20.0
     # Record provisioner: how long a node takes to "boot".
     record_boot_s: float = 1.0
+    # ... and to stop.
+    record_stop_s: float = 0.2
     # Record provisioner: a driver also runs the cluster agent, which runs job tasks (as plain
     # Python: there is no Spark). Off: clusters are rows only (benchmarks of the control plane).
     record_agents: bool = True

@@ -213,6 +213,7 @@ def _provisioner(s: Settings) -> Provisioner:
     return RecordProvisioner(
         s.data_dir / "records.db",
         boot_s=s.record_boot_s,
+        stop_s=s.record_stop_s,
         agents_dir=s.data_dir / "record-agents" if s.record_agents else None,
     )
 
