@@ -1,0 +1,115 @@
+"""The web console in a real browser against devhost (record provisioner, fast boots).
+
+`SPARKPLANE_CONSOLE_SCREENSHOTS=1` also saves the main pages as PNGs in docs/console/
+(`make console-screenshots`), the pictures docs/console.md shows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import expect
+
+from devhost.process import DevhostProcess
+
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+
+
+def shot(page: Any, name: str) -> None:
+    if os.environ.get("SPARKPLANE_CONSOLE_SCREENSHOTS"):
+        SHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Any, devhost: DevhostProcess, token: str | None = None) -> None:
+    page.goto(devhost.url + "/")
+    page.fill("#token", token or devhost.token)
+    page.click("#signin-form button[type=submit]")
+
+
+def test_sign_in_create_a_cluster_watch_it_run_see_its_events_and_terminate_it(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    page.goto(devhost.url + "/")
+    shot(page, "sign-in")
+    sign_in(page, devhost)
+    expect(page.locator("#view h1")).to_have_text("Clusters")
+    expect(page.locator("#clusters")).to_contain_text("No clusters yet.")
+
+    page.click("#create-cluster")
+    expect(page.locator("#f-version option")).not_to_have_count(0)
+    expect(page.locator("#f-node option")).not_to_have_count(0)
+    page.fill("#f-name", "console-demo")
+    page.check("#f-autoscale")
+    page.fill("#f-min", "1")
+    page.fill("#f-max", "3")
+    shot(page, "create-cluster")
+    page.click("#f-submit")
+
+    expect(page.locator("#cluster-title")).to_have_text("console-demo")
+    expect(page.locator("#cluster-summary [data-state]")).to_have_text("RUNNING")
+    expect(page.locator("#cluster-summary")).to_contain_text("autoscale 1\u20133")
+    expect(page.locator("#events [data-event-type=CREATING]")).to_have_count(1)
+    expect(page.locator("#events [data-event-type=RUNNING]")).to_have_count(1)
+    # The record provisioner's nodes have no Spark endpoints (real clusters show their URLs).
+    expect(page.locator("#cluster-endpoints")).to_contain_text("Spark Connect")
+    expect(page.locator("#cluster-config")).to_contain_text('"cluster_name": "console-demo"')
+    shot(page, "cluster")
+
+    page.click("#nav a[href='#/clusters']")
+    row = page.locator("#clusters tr", has_text="console-demo")
+    expect(row.locator("[data-state]")).to_have_text("RUNNING")
+    expect(row).to_contain_text("autoscale 1\u20133")
+    shot(page, "clusters")
+
+    row.locator("a").click()
+    page.click("#terminate")
+    expect(page.locator("#cluster-summary [data-state]")).to_have_text("TERMINATED")
+    expect(page.locator("#events [data-event-type=TERMINATING]")).to_have_count(1)
+    expect(page.locator("#start")).to_be_enabled()
+
+
+def test_a_bad_token_shows_the_api_message_and_stays_on_sign_in(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    sign_in(page, devhost, token="dapi-not-a-token")
+    expect(page.locator("#error")).to_have_text("Sign-in failed: Invalid access token.")
+    expect(page.locator("#signin")).to_be_visible()
+    expect(page.locator("#nav")).to_be_hidden()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_api_errors_show_the_api_message(page: Any, devhost: DevhostProcess) -> None:
+    sign_in(page, devhost)
+    expect(page.locator("#view h1")).to_have_text("Clusters")
+    page.goto(devhost.url + "/#/clusters/no-such-cluster")
+    expect(page.locator("#error")).to_contain_text("does not exist")
+
+
+def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
+    w = devhost.client()
+    w.instance_pools.create(instance_pool_name="warm", node_type_id="rec-small")
+    w.dbfs.upload("/jobs/count.py", io.BytesIO(b"print('rows', 1000)\n"), overwrite=True)
+    w.dbfs.mkdirs("/data")
+    job = w.jobs.create(name="nightly-count")
+    assert job.job_id
+
+    sign_in(page, devhost)
+    page.click("#nav a[href='#/pools']")
+    row = page.locator("#pools tr", has_text="warm")
+    expect(row).to_contain_text("rec-small")
+    shot(page, "pools")
+
+    page.click("#nav a[href='#/files']")
+    expect(page.locator("#view a", has_text="jobs/")).to_be_visible()
+    page.click("#view a:text('jobs/')")
+    expect(page.locator("#view")).to_contain_text("count.py")
+    expect(page.locator("#breadcrumbs")).to_contain_text("jobs")
+    shot(page, "files")
+
+    page.click("#nav a[href='#/jobs']")
+    expect(page.locator("#jobs")).to_contain_text("nightly-count")
+    shot(page, "jobs")
