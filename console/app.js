@@ -85,7 +85,11 @@ function stateBadge(state) {
 }
 
 function size(c) {
-  if (c.autoscale) return `${c.num_workers ?? 0} (autoscale ${c.autoscale.min_workers}–${c.autoscale.max_workers})`;
+  // An autoscale cluster's body has no num_workers: its size is the workers it has now.
+  if (c.autoscale) {
+    const now = c.executors?.length ?? c.num_workers ?? 0;
+    return `${now} (autoscale ${c.autoscale.min_workers}–${c.autoscale.max_workers})`;
+  }
   return String(c.num_workers ?? 0);
 }
 
