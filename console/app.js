@@ -358,7 +358,8 @@ async function runView(view, id) {
       ["State", runState(r.state)], ["Message", r.state?.state_message],
       ["Started", fmtTime(r.start_time)], ["Ended", fmtTime(r.end_time)],
       ["Duration", fmtDuration((r.end_time || Date.now()) - r.start_time)],
-      ["Job", r.job_id], ["Cluster", r.cluster_instance?.cluster_id],
+      ["Job", r.job_id],
+      ["Cluster", r.cluster_instance?.cluster_id && h("a", { href: `#/clusters/${encodeURIComponent(r.cluster_instance.cluster_id)}` }, r.cluster_instance.cluster_id)],
     ]));
     const tasks = r.tasks || [];
     for (const t of tasks) {

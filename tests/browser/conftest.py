@@ -60,7 +60,10 @@ def devhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess
     """One devhost (record provisioner, fast boots) for a module's browser tests: each test
     reads only what it made, so they share it and the suite stays fast."""
     data: Path = tmp_path_factory.mktemp("devhost") / "data"
-    h = DevhostProcess(data).start()
+    h = DevhostProcess(
+        data,
+        env={"SPARKPLANE_JOBS_SCHEDULE": "*/1 * * * * *", "SPARKPLANE_JOBS_POLL_INTERVAL_S": "0.3"},
+    ).start()
     try:
         yield h
     finally:

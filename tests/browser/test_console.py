@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from databricks.sdk.service import compute, jobs
 from playwright.sync_api import expect
 
 from devhost.process import DevhostProcess
@@ -113,3 +114,45 @@ def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
     page.click("#nav a[href='#/jobs']")
     expect(page.locator("#jobs")).to_contain_text("nightly-count")
     shot(page, "jobs")
+
+
+def python_job(w: Any, name: str, code: bytes) -> int:
+    w.dbfs.upload(f"/console/{name}.py", io.BytesIO(code), overwrite=True)
+    task = jobs.Task(
+        task_key="main",
+        spark_python_task=jobs.SparkPythonTask(python_file=f"dbfs:/console/{name}.py"),
+        new_cluster=compute.ClusterSpec(
+            spark_version="4.1.x-scala2.13", node_type_id="rec-small", num_workers=1
+        ),
+    )
+    job_id = w.jobs.create(name=name, tasks=[task]).job_id
+    assert job_id is not None
+    return job_id
+
+
+def test_run_a_job_now_see_its_task_and_output_and_cancel_a_run(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    w = devhost.client()
+    python_job(w, "count-rows", b"print('rows', 1000)\n")
+    python_job(w, "nap", b"import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n")
+    sign_in(page, devhost)
+    page.click("#nav a[href='#/jobs']")
+
+    page.locator("#jobs tr", has_text="count-rows").locator("button").click()
+    expect(page.locator("#run-title")).to_contain_text("count-rows")
+    task = page.locator("#tasks tr", has_text="main")
+    expect(task.locator("[data-state]")).to_have_text("SUCCESS", timeout=30_000)
+    expect(task).to_contain_text("rows 1000")
+    expect(page.locator("#run-summary [data-state]")).to_have_text("SUCCESS")
+    expect(page.locator("#cancel-run")).to_be_disabled()
+    shot(page, "run")
+
+    page.click("#nav a[href='#/jobs']")
+    page.locator("#jobs tr", has_text="nap").locator("button").click()
+    expect(page.locator("#run-title")).to_contain_text("nap")
+    page.click("#cancel-run")
+    expect(page.locator("#run-summary [data-state]")).to_have_text("CANCELED", timeout=30_000)
+    page.click("#nav a[href='#/jobs']")
+    expect(page.locator("#runs tr", has_text="count-rows")).to_contain_text("SUCCESS")
+    expect(page.locator("#runs tr", has_text="nap")).to_contain_text("CANCELED")
