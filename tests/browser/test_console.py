@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,55 @@ def test_run_a_job_now_see_its_task_and_output_and_cancel_a_run(
     page.click("#nav a[href='#/jobs']")
     expect(page.locator("#runs tr", has_text="count-rows")).to_contain_text("SUCCESS")
     expect(page.locator("#runs tr", has_text="nap")).to_contain_text("CANCELED")
+
+
+def test_the_event_log_pages_and_shows_the_autoscalers_numbers(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    # The record provisioner's clusters send no heartbeats, so the autoscaler never reports:
+    # the events call answers as the API does for a cluster that scaled (two pages).
+    report = {
+        "cluster_id": "c-1",
+        "timestamp": 1_780_000_000_000,
+        "type": "AUTOSCALING_STATS_REPORT",
+        "details": {
+            "current_num_workers": 1,
+            "target_num_workers": 3,
+            "reason": {
+                "code": "AUTOSCALE",
+                "type": "SUCCESS",
+                "parameters": {"explanation": "backlog", "pending_tasks": "12.0"},
+            },
+        },
+    }
+
+    def events(route: Any) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        if body.get("offset", 0) == 0:
+            page_ = {"events": [report] * 10, "total_count": 11, "next_page_token": "10"}
+        else:
+            page_ = {"events": [{**report, "type": "CREATING", "details": {}}], "total_count": 11}
+        route.fulfill(json=page_)
+
+    w = devhost.client()
+    cluster_id = w.clusters.create(
+        cluster_name="scaled",
+        spark_version="4.1.x-scala2.13",
+        node_type_id="rec-small",
+        autoscale=compute.AutoScale(min_workers=1, max_workers=3),
+    ).cluster_id
+    page.route("**/api/2.1/clusters/events", events)
+    sign_in(page, devhost)
+    page.goto(f"{devhost.url}/#/clusters/{cluster_id}")
+    first = page.locator("#events tr[data-event-type=AUTOSCALING_STATS_REPORT]").first
+    expect(first).to_contain_text("workers 1 \u2192 3")
+    expect(first).to_contain_text("pending_tasks: 12.0")
+    expect(first).to_contain_text("explanation: backlog")
+    expect(page.locator("#events-page")).to_have_text("1\u201310 of 11")
+    expect(page.locator("#events-newer")).to_be_disabled()
+    page.click("#events-older")
+    expect(page.locator("#events-page")).to_have_text("11\u201311 of 11")
+    expect(page.locator("#events tr[data-event-type=CREATING]")).to_have_count(1)
+    expect(page.locator("#events-older")).to_be_disabled()
+    page.click("#events-newer")
+    expect(page.locator("#events-page")).to_have_text("1\u201310 of 11")
