@@ -68,10 +68,20 @@ def test_sign_in_create_a_cluster_watch_it_run_see_its_events_and_terminate_it(
     shot(page, "clusters")
 
     row.locator("a").click()
+    page.fill("#resize-min", "2")
+    page.fill("#resize-max", "4")
+    page.click("#resize-form button[type=submit]")
+    expect(page.locator("#cluster-summary")).to_contain_text("autoscale 2\u20134")
+    expect(page.locator("#cluster-summary [data-state]")).to_have_text("RUNNING")
     page.click("#terminate")
     expect(page.locator("#cluster-summary [data-state]")).to_have_text("TERMINATED")
     expect(page.locator("#events [data-event-type=TERMINATING]")).to_have_count(1)
     expect(page.locator("#start")).to_be_enabled()
+    page.click("#start")
+    expect(page.locator("#cluster-summary [data-state]")).to_have_text("RUNNING")
+    page.click("#delete")
+    expect(page.locator("#view h1")).to_have_text("Clusters")
+    expect(page.locator("#clusters")).not_to_contain_text("console-demo")
 
 
 def test_a_bad_token_shows_the_api_message_and_stays_on_sign_in(
