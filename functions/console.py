@@ -40,7 +40,12 @@ def static_file(name: str) -> func.HttpResponse:
     return func.HttpResponse(body, headers=HEADERS, mimetype=FILES[name], charset="utf-8")
 
 
-@bp.route(route="/", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+# The site's root: the Functions host never matches an empty route, so an optional parameter
+# that must stay empty stands for it (the host's home page is off: AzureWebJobsDisableHomepage).
+ROOT_ROUTE = "{root:maxlength(0)?}"
+
+
+@bp.route(route=ROOT_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def console_page(req: func.HttpRequest) -> func.HttpResponse:
     return static_file("index.html")
 

@@ -16,12 +16,15 @@ def get(fn: func.FunctionApp, name: str = "") -> func.HttpResponse:
 
 
 def test_the_console_is_served_at_the_root_and_its_files_under_console() -> None:
-    assert TRIGGERS["console_page"]["route"] == "/"
+    assert TRIGGERS["console_page"]["route"] == "{root:maxlength(0)?}"
     assert TRIGGERS["console_asset"]["route"] == "console/{name}"
     from devhost.routes import compile_route
 
-    assert compile_route("/").match("/") == {}
-    assert compile_route("/").match("/api/2.1/clusters/list") is None
+    root = compile_route(console.ROOT_ROUTE)
+    assert root.match("/") == {"root": ""}
+    assert root.match("") == {"root": ""}
+    for elsewhere in ("/x", "/api/2.1/clusters/list", "/console/app.js"):
+        assert root.match(elsewhere) is None
 
 
 def test_the_page_has_a_content_security_policy_and_no_inline_script() -> None:
