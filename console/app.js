@@ -236,7 +236,11 @@ async function clusterView(view, id) {
     ]));
     $("start").disabled = c.state !== "TERMINATED";
     $("terminate").disabled = ["TERMINATED", "TERMINATING"].includes(c.state);
-    $("cluster-endpoints").replaceChildren(endpoints(c));
+    const shown = JSON.stringify([c.driver, c.default_tags]);
+    if ($("cluster-endpoints").dataset.shown !== shown) {  // keeps the copy button's feedback
+      $("cluster-endpoints").dataset.shown = shown;
+      $("cluster-endpoints").replaceChildren(endpoints(c));
+    }
     $("cluster-config").textContent = JSON.stringify(c.spec || c, null, 2);
     await refreshEvents(id);
   });

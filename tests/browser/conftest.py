@@ -45,14 +45,29 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860},
+        permissions=["clipboard-read", "clipboard-write"],
+    )
     p = context.new_page()
     p.set_default_timeout(15_000)
     p.on("dialog", lambda d: d.accept())  # the console confirms terminate and delete
+    # A script error or anything the Content-Security-Policy refused fails the test.
+    problems: list[str] = []
+    p.on("pageerror", lambda e: problems.append(f"script error: {e}"))
+    p.on(
+        "console",
+        lambda m: (
+            problems.append(m.text)
+            if m.type == "error" and "Content Security Policy" in m.text
+            else None
+        ),
+    )
     try:
         yield p
     finally:
         context.close()
+    assert problems == []
 
 
 @pytest.fixture(scope="module")

@@ -219,3 +219,39 @@ def test_the_event_log_pages_and_shows_the_autoscalers_numbers(
     expect(page.locator("#events-older")).to_be_disabled()
     page.click("#events-newer")
     expect(page.locator("#events-page")).to_have_text("1\u201310 of 11")
+
+
+def test_a_clusters_spark_endpoints_link_and_its_connect_url_copies(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    # Record clusters have no Spark endpoints: GET answers as for a real cluster's driver.
+    connect = "sc://127.0.0.1:15002/;token=secret"
+    driver = {
+        "spark_ui_url": "http://127.0.0.1:4040",
+        "master_ui_url": "http://127.0.0.1:8080",
+        "connect_url": connect,
+    }
+
+    def with_driver(route: Any) -> None:
+        body = route.fetch().json()
+        route.fulfill(json={**body, "driver": {**body.get("driver", {}), **driver}})
+
+    w = devhost.client()
+    cluster_id = w.clusters.create(
+        cluster_name="linked",
+        spark_version="4.1.x-scala2.13",
+        node_type_id="rec-small",
+        num_workers=0,
+    ).cluster_id
+    page.route("**/api/2.1/clusters/get?*", with_driver)
+    sign_in(page, devhost)
+    page.goto(f"{devhost.url}/#/clusters/{cluster_id}")
+    endpoints = page.locator("#cluster-endpoints")
+    expect(endpoints.locator("a[href='http://127.0.0.1:4040']")).to_be_visible()
+    expect(endpoints.locator("a[href='http://127.0.0.1:8080']")).to_be_visible()
+    expect(page.locator("#connect-url")).to_have_text(connect)
+    page.click("#copy-connect")
+    expect(page.locator("#copy-connect")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == connect
+    page.wait_for_timeout(2500)  # a refresh later, the button still says so
+    expect(page.locator("#copy-connect")).to_have_text("Copied")
