@@ -236,7 +236,7 @@ async function clusterView(view, id) {
     ]));
     $("start").disabled = c.state !== "TERMINATED";
     $("terminate").disabled = ["TERMINATED", "TERMINATING"].includes(c.state);
-    const shown = JSON.stringify([c.driver, c.default_tags]);
+    const shown = JSON.stringify(endpointUrls(c));
     if ($("cluster-endpoints").dataset.shown !== shown) {  // keeps the copy button's feedback
       $("cluster-endpoints").dataset.shown = shown;
       $("cluster-endpoints").replaceChildren(endpoints(c));
@@ -246,11 +246,19 @@ async function clusterView(view, id) {
   });
 }
 
-function endpoints(c) {
+function endpointUrls(c) {
   const d = c.driver || {};
   const tags = c.default_tags || {};
+  return {
+    sparkUi: d.spark_ui_url || tags.SparkUiUrl,
+    masterUi: d.master_ui_url || tags.SparkMasterUiUrl,
+    connect: d.connect_url || tags.SparkConnectUrl,
+  };
+}
+
+function endpoints(c) {
+  const { sparkUi, masterUi, connect } = endpointUrls(c);
   const link = (url) => (url ? h("a", { href: url, target: "_blank", rel: "noopener" }, url) : "—");
-  const connect = d.connect_url || tags.SparkConnectUrl;
   const copy = h("button", { class: "secondary", id: "copy-connect", type: "button", onclick: async () => {
     try {
       await navigator.clipboard.writeText(connect);
@@ -260,8 +268,8 @@ function endpoints(c) {
     }
   } }, "Copy");
   return dl([
-    ["Spark UI", link(d.spark_ui_url || tags.SparkUiUrl)],
-    ["Master UI", link(d.master_ui_url || tags.SparkMasterUiUrl)],
+    ["Spark UI", link(sparkUi)],
+    ["Master UI", link(masterUi)],
     ["Spark Connect", connect ? h("span", {}, h("code", { id: "connect-url" }, connect), " ", copy) : "—"],
   ]);
 }
