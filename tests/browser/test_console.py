@@ -103,7 +103,9 @@ def test_api_errors_show_the_api_message(page: Any, devhost: DevhostProcess) -> 
 
 def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
     w = devhost.client()
-    w.instance_pools.create(instance_pool_name="warm", node_type_id="rec-small")
+    w.instance_pools.create(
+        instance_pool_name="warm", node_type_id="rec-small", min_idle_instances=2, max_capacity=4
+    )
     w.dbfs.upload("/jobs/count.py", io.BytesIO(b"print('rows', 1000)\n"), overwrite=True)
     w.dbfs.mkdirs("/data")
     job = w.jobs.create(name="nightly-count")
@@ -113,6 +115,10 @@ def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
     page.click("#nav a[href='#/pools']")
     row = page.locator("#pools tr", has_text="warm")
     expect(row).to_contain_text("rec-small")
+    cells = row.locator("td")
+    expect(cells.nth(2)).to_have_text("2")  # idle: the pool keeps its two warm nodes
+    expect(cells.nth(3)).to_have_text("0")  # used
+    expect(cells.nth(6)).to_have_text("4")  # max capacity
     shot(page, "pools")
 
     page.click("#nav a[href='#/files']")
@@ -124,7 +130,6 @@ def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
 
     page.click("#nav a[href='#/jobs']")
     expect(page.locator("#jobs")).to_contain_text("nightly-count")
-    shot(page, "jobs")
 
 
 def python_job(w: Any, name: str, code: bytes) -> int:
@@ -167,6 +172,7 @@ def test_run_a_job_now_see_its_task_and_output_and_cancel_a_run(
     page.click("#nav a[href='#/jobs']")
     expect(page.locator("#runs tr", has_text="count-rows")).to_contain_text("SUCCESS")
     expect(page.locator("#runs tr", has_text="nap")).to_contain_text("CANCELED")
+    shot(page, "jobs")
 
 
 def test_the_event_log_pages_and_shows_the_autoscalers_numbers(
