@@ -94,6 +94,18 @@ def test_a_bad_token_shows_the_api_message_and_stays_on_sign_in(
     assert page.evaluate("sessionStorage.length") == 0
 
 
+def test_a_token_refused_mid_session_signs_out_with_the_api_message(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    sign_in(page, devhost)
+    expect(page.locator("#view h1")).to_have_text("Clusters")
+    # As when the token is revoked or expires while the tab is open.
+    page.evaluate("sessionStorage.setItem('sparkplane.token', 'dapi-revoked')")
+    expect(page.locator("#error")).to_have_text("Invalid access token.")
+    expect(page.locator("#signin")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
 def test_api_errors_show_the_api_message(page: Any, devhost: DevhostProcess) -> None:
     sign_in(page, devhost)
     expect(page.locator("#view h1")).to_have_text("Clusters")
