@@ -113,6 +113,19 @@ def test_api_errors_show_the_api_message(page: Any, devhost: DevhostProcess) -> 
     expect(page.locator("#error")).to_contain_text("does not exist")
 
 
+def test_a_refused_create_shows_the_api_message_on_the_form(
+    page: Any, devhost: DevhostProcess
+) -> None:
+    sign_in(page, devhost)
+    page.click("#create-cluster")
+    page.check("#f-autoscale")
+    page.fill("#f-min", "3")
+    page.fill("#f-max", "1")
+    page.click("#f-submit")
+    expect(page.locator("#error")).to_contain_text("max_workers")
+    expect(page.locator("#view h1")).to_have_text("Create cluster")
+
+
 def test_jobs_pools_and_files_pages(page: Any, devhost: DevhostProcess) -> None:
     w = devhost.client()
     w.instance_pools.create(
