@@ -35,7 +35,9 @@ def sign_in(page: Any, devhost: DevhostProcess, token: str | None = None) -> Non
 def test_sign_in_create_a_cluster_watch_it_run_see_its_events_and_terminate_it(
     page: Any, devhost: DevhostProcess
 ) -> None:
-    page.goto(devhost.url + "/")
+    served = page.goto(devhost.url + "/")
+    assert "script-src 'self'" in served.headers["content-security-policy"]
+    assert served.headers["content-type"] == "text/html; charset=utf-8"
     shot(page, "sign-in")
     sign_in(page, devhost)
     expect(page.locator("#view h1")).to_have_text("Clusters")
