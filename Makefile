@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format requirements setup java cosmos-emulator azurite airflow-venv bench clean
+.PHONY: run test test-fast lint format requirements setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,spark,local]"
 	touch $(STAMP)
 
-setup: $(STAMP) java cosmos-emulator azurite airflow-venv
+setup: $(STAMP) java chromium cosmos-emulator azurite airflow-venv
 
 # Spark needs Java 17+; install it where it is missing (Debian/Ubuntu).
 java:
@@ -21,6 +21,29 @@ java:
 		echo "installing Java 17 (openjdk-17-jre-headless)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
 	fi
+
+# The console's browser tests (tests/browser/) drive the system's Chromium with Playwright for
+# Python (Playwright's own browser download is not used): installed where it is missing
+# (Debian/Ubuntu, as root); without it the tests skip, except in CI (CI=true), where the target
+# fails instead.
+chromium:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "installing Chromium (chromium)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		fi; \
+	fi
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ -n "$$CI" ] && [ "$$CI" != "false" ]; then \
+		echo "chromium not found: the console's browser tests need it"; \
+		exit 1; \
+	else \
+		echo "chromium not found: the console's browser tests will skip (install chromium)"; \
+	fi
+
+# The console's screenshots in docs/console/ (docs/console.md shows them), taken by its tests.
+console-screenshots: $(STAMP) chromium
+	SPARKPLANE_CONSOLE_SCREENSHOTS=1 $(VENV)/bin/pytest -q tests/browser
 
 # `npm ci` of the Node.js package in directory $(1) (for $(2)): Node.js and npm are installed
 # where they are missing (Debian/Ubuntu, as root); without them the tests that need the package
@@ -93,7 +116,7 @@ test: setup
 	$(PYTEST)
 
 # Everything but the tests that start real Spark processes: the developer's loop.
-test-fast: $(STAMP) cosmos-emulator azurite airflow-venv
+test-fast: $(STAMP) chromium cosmos-emulator azurite airflow-venv
 	$(PYTEST) -m "not spark"
 
 lint: $(STAMP)

@@ -7,6 +7,7 @@ from functions import (
     admin_api,
     agent_api,
     clusters_api,
+    console,
     files_api,
     lifecycle,
     pools_api,
@@ -22,3 +23,4 @@ app.register_functions(jobs_api.bp)
 app.register_functions(pools_api.bp)
 app.register_functions(files_api.bp)
 app.register_functions(agent_api.bp)
+app.register_functions(console.bp)

@@ -1,7 +1,8 @@
 """Azure Functions route templates (`api/{version}/clusters/{op}`) as regular expressions.
 
 The Functions host uses ASP.NET route templates; this covers the parts our routes and common
-apps use: `{name}`, `{name?}`, `{*name}` and `{name:constraint}` (int, alpha, regex(...)).
+apps use: `{name}`, `{name?}`, `{*name}` and `{name:constraint}` (int, alpha, maxlength(n),
+regex(...)).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def compile_route(template: str) -> RouteTemplate:
             part = r".*"
         elif constraint and constraint.startswith("regex("):
             part = constraint[len("regex(") : -1].lstrip("^").rstrip("$")
+        elif constraint and (n := re.fullmatch(r"maxlength\((\d+)\)", constraint)):
+            part = rf"[^/]{{0,{n.group(1)}}}"
         else:
             part = _CONSTRAINTS.get(constraint or "", r"[^/]+")
         group = f"(?P<{name}>{part})"

@@ -617,6 +617,8 @@ var appSettings = {
   AzureWebJobsStorage__accountName: storage.name
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+  // The web console answers at / (functions/console.py), not the host's default home page.
+  AzureWebJobsDisableHomepage: 'true'
   // The Service Bus trigger's identity-based connection "SPARKPLANE_SERVICEBUS". The plain
   // SPARKPLANE_SERVICEBUS must not be set in Azure: a value there is taken as a connection string.
   SPARKPLANE_SERVICEBUS__fullyQualifiedNamespace: serviceBusFqdn

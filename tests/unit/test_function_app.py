@@ -57,6 +57,8 @@ def test_devhost_route_templates() -> None:
     assert compile_route("files/{*path}").match("files/a/b/c") == {"path": "a/b/c"}
     assert compile_route("items/{id?}").match("items") == {}
     assert compile_route("items/{id?}").match("items/7") == {"id": "7"}
+    assert compile_route("a/{x:maxlength(2)}").match("a/xy") == {"x": "xy"}
+    assert compile_route("a/{x:maxlength(2)}").match("a/xyz") is None
 
 
 def test_devhost_serves_a_request_target_in_absolute_form_as_its_path() -> None:

@@ -77,6 +77,10 @@ def test_funcignore_keeps_what_the_app_reads_and_drops_the_rest(tmp_path: Path) 
         "shared/adapters/arm.py",
         "infra/templates/cluster.json",
         "infra/bootstrap/cloud-init.yaml",
+        "functions/console.py",
+        "console/index.html",
+        "console/app.js",
+        "console/style.css",
     ]
     dropped = [
         "tests/unit/test_packaging.py",
