@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+import psutil
 
 T = TypeVar("T")
 
@@ -48,12 +51,25 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60, every: 
 PLATFORM_KINDS = frozenset({"token-revoked", "auth-failure"})
 
 
-def stored_counts(data_dir: Path) -> dict[str, int]:
-    """Documents per kind (but the platform's own) and events in a devhost's SQLite store."""
+def owned_counts(data_dir: Path, host_pid: int) -> dict[str, int]:
+    """What a devhost's workspaces own, counted: documents per kind (but the platform's own)
+    and events of its SQLite store, files and directories of its file store, and processes
+    started for its data directory (but the host's own), with their descendants."""
     out: dict[str, int] = {}
     with sqlite3.connect(f"file:{data_dir / 'store.db'}?mode=ro", uri=True) as db:
         for kind, n in db.execute("SELECT kind, count(*) FROM docs GROUP BY kind"):
             if kind not in PLATFORM_KINDS:
                 out[f"doc:{kind}"] = n
         out["events"] = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    out["files"] = sum(len(d) + len(f) for _, d, f in os.walk(data_dir / "files"))
+    found: set[int] = set()
+    for p in psutil.process_iter(["environ"]):
+        try:
+            env = p.info["environ"] or {}
+            if p.pid != host_pid and env.get("SPARKPLANE_DATA_DIR", "").startswith(str(data_dir)):
+                found.add(p.pid)
+                found.update(c.pid for c in p.children(recursive=True))
+        except psutil.Error:
+            continue  # ended meanwhile, or not ours to read
+    out["processes"] = len(found)
     return out

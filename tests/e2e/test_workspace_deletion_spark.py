@@ -11,14 +11,12 @@ Run: .venv/bin/python -m pytest -m spark tests/e2e/test_workspace_deletion_spark
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
@@ -27,7 +25,7 @@ from databricks.sdk.service import jobs
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from tests.e2e.hosts import local_spark_devhost
-from tests.support import stored_counts, wait_for
+from tests.support import owned_counts, wait_for
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -62,30 +60,12 @@ def operator(h: DevhostProcess) -> dict[str, str]:
     return {"Authorization": "Bearer " + (h.data_dir / "operator-token").read_text().strip()}
 
 
-def processes(h: DevhostProcess) -> int:
-    """Processes started for the data directory (but the host), with their descendants."""
-    assert h.proc is not None
-    found: set[int] = set()
-    for p in psutil.process_iter(["environ"]):
-        try:
-            env = p.info["environ"] or {}
-            if p.pid != h.proc.pid and env.get("SPARKPLANE_DATA_DIR", "").startswith(
-                str(h.data_dir)
-            ):
-                found.add(p.pid)
-                found.update(c.pid for c in p.children(recursive=True))
-        except psutil.Error:
-            continue  # ended meanwhile, or not ours to read
-    return len(found)
-
-
 def snapshot(h: DevhostProcess) -> dict[str, int]:
-    out = stored_counts(h.data_dir)
-    out["files"] = sum(len(d) + len(f) for _, d, f in os.walk(h.data_dir / "files"))
+    assert h.proc is not None
+    out = owned_counts(h.data_dir, h.proc.pid)
     prov = LocalSparkProvisioner(h.data_dir / "local_spark")
     out["clusters with nodes"] = len(prov.cluster_ids())
     out["pools with nodes"] = len(prov.pool_ids())
-    out["processes"] = processes(h)
     return {k: v for k, v in out.items() if v}
 
 

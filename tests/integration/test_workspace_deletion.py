@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -15,14 +14,13 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
-from tests.support import stored_counts, wait_for
+from tests.support import owned_counts, wait_for
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -68,20 +66,10 @@ def operator(h: DevhostProcess) -> dict[str, str]:
 def snapshot(h: DevhostProcess) -> dict[str, int]:
     """Everything countable: documents per kind, events, files and directories of the file
     store, node records, and processes started for the data directory (but the host)."""
-    out = stored_counts(h.data_dir)
+    assert h.proc is not None
+    out = owned_counts(h.data_dir, h.proc.pid)
     with sqlite3.connect(f"file:{h.data_dir / 'records.db'}?mode=ro", uri=True) as db:
         out["nodes"] = db.execute("SELECT count(*) FROM nodes").fetchone()[0]
-    out["files"] = sum(len(d) + len(f) for _, d, f in os.walk(h.data_dir / "files"))
-    assert h.proc is not None
-    procs = 0
-    for p in psutil.process_iter(["environ"]):
-        try:
-            env = p.info["environ"] or {}
-        except psutil.Error:
-            continue  # ended meanwhile, or not ours to read
-        if p.pid != h.proc.pid and env.get("SPARKPLANE_DATA_DIR") == str(h.data_dir):
-            procs += 1
-    out["processes"] = procs
     return {k: v for k, v in out.items() if v}
 
 
