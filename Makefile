@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format requirements setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
+.PHONY: run test test-fast lint format requirements autoscaling-plots setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -131,6 +131,13 @@ format: $(STAMP)
 # requirements.txt (the Function App's pinned dependencies) from pyproject.toml and this venv.
 requirements: $(STAMP)
 	$(PY) tools/requirements.py
+
+# The simulator's plots shown in docs/autoscaling.md.
+PLOT_TRACES := bursty-s0 office-hours-s0
+autoscaling-plots: $(STAMP)
+	for t in $(PLOT_TRACES); do \
+		$(PY) -m bench.autoscale --quick --summary-only --plot docs/autoscaling/$$t.png --plot-trace $$t || exit 1; \
+	done
 
 bench: setup
 	$(PY) -m bench.control_plane --clusters 1000 --json bench/out/control_plane.json
