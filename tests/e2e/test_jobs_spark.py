@@ -103,6 +103,9 @@ def w(host: DevhostProcess) -> WorkspaceClient:
     return c
 
 
+# Its own waits (a PERIODIC run within 360 s, then a run within T) bound it, not pytest's
+# 300 s hang guard: two real job clusters start one after the other, slower beside other lanes.
+@pytest.mark.timeout(900)
 def test_a_scheduled_job_runs_a_workspace_file_on_a_job_cluster(w: WorkspaceClient) -> None:
     t0 = time.monotonic()
     job = w.jobs.create(
