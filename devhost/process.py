@@ -85,6 +85,10 @@ class DevhostProcess:
     def token(self) -> str:
         return (self.data_dir / "token").read_text().strip()
 
+    @property
+    def operator_token(self) -> str:
+        return (self.data_dir / "operator-token").read_text().strip()
+
     def client(self) -> WorkspaceClient:
         from databricks.sdk import WorkspaceClient
         from databricks.sdk.config import Config

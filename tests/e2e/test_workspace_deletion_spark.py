@@ -57,7 +57,7 @@ def host(tmp_path: Path) -> Iterator[DevhostProcess]:
 
 
 def operator(h: DevhostProcess) -> dict[str, str]:
-    return {"Authorization": "Bearer " + (h.data_dir / "operator-token").read_text().strip()}
+    return {"Authorization": "Bearer " + h.operator_token}
 
 
 def snapshot(h: DevhostProcess) -> dict[str, int]:

@@ -79,7 +79,7 @@ def test_quotas_get_and_set(host: DevhostProcess) -> None:
     assert [c.strip() for c in rows["max_jobs"][:3]] == ["7", "set", "0"], "limit, set, usage"
     assert [c.strip() for c in rows["max_clusters"][:2]] == ["50", "default"]
     sparkplane(host, "quotas", "set", "quota-ws", "max_clusters=3", "max_jobs=default")
-    op = (host.data_dir / "operator-token").read_text().strip()
+    op = host.operator_token
     q = httpx.get(
         f"{host.url}/api/admin/workspaces/quota-ws/quotas",
         headers={"Authorization": f"Bearer {op}"},

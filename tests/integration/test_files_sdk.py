@@ -74,7 +74,7 @@ def w(host: DevhostProcess) -> WorkspaceClient:
 @pytest.fixture(scope="module")
 def other(host: DevhostProcess) -> tuple[str, WorkspaceClient]:
     """A second workspace (through the operator admin API) and its token's client."""
-    op = (host.data_dir / "operator-token").read_text().strip()
+    op = host.operator_token
     r = httpx.post(
         host.url + "/api/admin/workspaces",
         json={"name": "team b", "workspace_id": "team-b"},
@@ -507,7 +507,7 @@ def test_workspaces_do_not_see_each_others_files(
 
 
 def test_a_deleted_workspace_takes_its_files_along(host: DevhostProcess) -> None:
-    op = bearer((host.data_dir / "operator-token").read_text().strip())
+    op = bearer(host.operator_token)
     url = host.url + "/api/admin/workspaces"
 
     def make() -> WorkspaceClient:
@@ -528,7 +528,7 @@ def test_a_deleted_workspace_takes_its_files_along(host: DevhostProcess) -> None
 
 
 def test_operator_and_agent_tokens_cannot_reach_the_files(host: DevhostProcess) -> None:
-    operator = (host.data_dir / "operator-token").read_text().strip()
+    operator = host.operator_token
     store = SqliteStore(host.data_dir / "store.db")
     try:
         agent, _ = Auth(store, SystemClock()).issue_token(

@@ -555,7 +555,7 @@ def test_host_files_and_scripts_are_never_run_or_shown(
     operator token, not a standard-library script whose parameters would run code."""
     marker = tmp_path / "pwned"
     timeit = str(Path(json.__file__).parent.parent / "timeit.py")
-    secret = (host.data_dir / "operator-token").read_text().strip()
+    secret = host.operator_token
     tasks = [
         jobs.SubmitTask(
             task_key="token",

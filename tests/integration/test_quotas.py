@@ -44,7 +44,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevhostProcess]:
 
 
 def operator(host: DevhostProcess) -> dict[str, str]:
-    return bearer((host.data_dir / "operator-token").read_text().strip())
+    return bearer(host.operator_token)
 
 
 def workspace(host: DevhostProcess, **quotas: int) -> tuple[str, str, WorkspaceClient]:

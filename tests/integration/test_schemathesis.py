@@ -189,7 +189,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     h = DevhostProcess(tmp_path_factory.mktemp("fuzz") / "data", env=env).start()
     try:
         user = h.token
-        operator = (h.data_dir / "operator-token").read_text().strip()
+        operator = h.operator_token
         headers = bearer(user)
         versions = httpx.get(h.url + "/api/2.1/clusters/spark-versions", headers=headers).json()
         nodes = httpx.get(h.url + "/api/2.1/clusters/list-node-types", headers=headers).json()

@@ -43,7 +43,7 @@ def test_token_api_with_the_sdk(devhost: DevhostProcess) -> None:
 
 
 def test_operator_endpoints_and_workspace_isolation(devhost: DevhostProcess) -> None:
-    op = (devhost.data_dir / "operator-token").read_text().strip()
+    op = devhost.operator_token
     assert (devhost.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
     url = devhost.url + "/api/admin/workspaces"
     # a user token cannot call admin endpoints, an operator token cannot call workspace APIs
@@ -125,7 +125,7 @@ def test_poison_message_is_dead_lettered_and_blocks_no_other_cluster(
             timeout=timedelta(seconds=60),
         )
         assert len(c.executors) == 1
-        op = (devhost.data_dir / "operator-token").read_text().strip()
+        op = devhost.operator_token
         url = devhost.url + "/api/admin/dead-letters/cluster-lifecycle"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def test_sdk_sees_auth_errors(devhost: DevhostProcess) -> None:
     )
     with pytest.raises(Unauthenticated):
         list(bad.clusters.list())
-    op = (devhost.data_dir / "operator-token").read_text().strip()
+    op = devhost.operator_token
     as_op = WorkspaceClient(
         config=Config(host=devhost.url, token=op, auth_type="pat", retry_timeout_seconds=5)
     )
@@ -177,7 +177,7 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
         )
         w.clusters.delete_and_wait(c.cluster_id, timeout=timedelta(seconds=60))
         httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer("dapi" + "f" * 32))
-        op = (h.data_dir / "operator-token").read_text().strip()
+        op = h.operator_token
         httpx.post(h.url + "/api/admin/workspaces", json={"name": "x"}, headers=bearer(op))
     finally:
         h.close()
@@ -215,7 +215,7 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
     h = DevhostProcess(tmp_path / "data").start()
     try:
         url = h.url + "/api/admin/tokens"
-        boot = (h.data_dir / "operator-token").read_text().strip()
+        boot = h.operator_token
         listed = httpx.get(url, headers=bearer(boot)).json()["token_infos"]
         assert [(t["user"], t["comment"]) for t in listed] == [("operator@local", "operator")]
         boot_id = listed[0]["token_id"]
@@ -246,7 +246,7 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
         h.start()
         # the revoked bootstrap token is not re-registered; the file holds a new one
         assert httpx.get(url, headers=bearer(boot)).status_code == 401
-        new_boot = (h.data_dir / "operator-token").read_text().strip()
+        new_boot = h.operator_token
         assert new_boot != boot
         assert (h.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
         r = httpx.get(url, headers=bearer(new_boot))

@@ -60,7 +60,7 @@ def wait_same(h: DevhostProcess, before: dict[str, int], timeout: float = 60) ->
 
 
 def operator(h: DevhostProcess) -> dict[str, str]:
-    return {"Authorization": "Bearer " + (h.data_dir / "operator-token").read_text().strip()}
+    return {"Authorization": "Bearer " + h.operator_token}
 
 
 def snapshot(h: DevhostProcess) -> dict[str, int]:
