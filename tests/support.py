@@ -41,7 +41,7 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60, every: 
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {got!r})")
         time.sleep(every)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,14 @@ from databricks.sdk.service.compute import AutoScale, State
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
+from tests.support import wait_for
 
 pytestmark = pytest.mark.spark
 
 T = timedelta(minutes=4)
+
+# Pool nodes are real Spark processes: they take a while on a busy 2-core machine.
+WAIT_S = 120
 
 
 @pytest.fixture
@@ -43,17 +47,6 @@ def host(tmp_path: Path) -> Iterator[DevhostProcess]:
     }
     with local_spark_devhost(tmp_path / "data", env) as h:
         yield h
-
-
-def wait(what: str, cond: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess) -> None:
@@ -70,8 +63,12 @@ def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess
         def idle() -> set[str]:
             return {n.node_id for n in prov.pool_nodes(pool_id) if n.status == "IDLE"}
 
-        warm = wait("2 warm idle nodes", lambda: (ids := idle()) and len(ids) == 2 and ids)
-        wait("stats: 2 idle", lambda: w.instance_pools.get(pool_id).stats.idle_count == 2)
+        warm = wait_for(
+            "2 warm idle nodes", lambda: (ids := idle()) and len(ids) == 2 and ids, WAIT_S
+        )
+        wait_for(
+            "stats: 2 idle", lambda: w.instance_pools.get(pool_id).stats.idle_count == 2, WAIT_S
+        )
 
         c = w.clusters.create_and_wait(
             cluster_name="pooled",
@@ -87,16 +84,17 @@ def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess
             assert spark.range(100).selectExpr("sum(id)").collect()[0][0] == 4950
         finally:
             spark.stop()
-        wait(
+        wait_for(
             "used 2 and the pool topped up to its capacity",
             lambda: (
                 (x := w.instance_pools.get(pool_id).stats).used_count == 2
                 and (x.idle_count or 0) + (x.pending_idle_count or 0) == 1
             ),
+            WAIT_S,
         )
 
         w.clusters.delete_and_wait(cluster_id=c.cluster_id, timeout=T)
-        wait("the cluster's nodes back in the pool, warm", lambda: used <= idle())
+        wait_for("the cluster's nodes back in the pool, warm", lambda: used <= idle(), WAIT_S)
 
         big = w.clusters.create(
             cluster_name="big", spark_version=version, instance_pool_id=pool_id, num_workers=3
@@ -107,7 +105,7 @@ def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess
         pids = [p for n in prov.node_pids("").values() for p in n]
         assert pids  # the idle nodes' warm masters
         w.instance_pools.delete(pool_id)
-        wait("the pool's nodes terminated", lambda: prov.pool_nodes(pool_id) == [], 60)
+        wait_for("the pool's nodes terminated", lambda: prov.pool_nodes(pool_id) == [], 60)
         assert not [p for p in pids if psutil.pid_exists(p) and _not_zombie(p)]
     finally:
         prov.close()
@@ -146,7 +144,7 @@ def test_serverless_pool_serves_two_users_and_sizes_compute_and_storage(
             u.stop()
 
     # back to the minimum when the users are done
-    wait(
+    wait_for(
         "back to 1 worker",
         lambda: (g := w.clusters.get(cid)).state == State.RUNNING and len(g.executors) == 1,
         180,
@@ -203,5 +201,5 @@ def _two_users(w: Any, cid: str, ui: str, users: list[Any]) -> None:
     total = df.repartition(4, "k").selectExpr("sum(length(u)) AS n").collect()[0]["n"]
     assert total == 600_000 * 36
 
-    grown = wait("EXPANDED_DISK", lambda: events(w, cid, "EXPANDED_DISK"), 60)
+    grown = wait_for("EXPANDED_DISK", lambda: events(w, cid, "EXPANDED_DISK"), 60)
     assert all(e.details.disk_size > e.details.previous_disk_size for e in grown)

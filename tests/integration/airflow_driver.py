@@ -76,7 +76,8 @@ def connection_uri(host_url: str, token: str) -> str:
 
 def configure(host_url: str, token: str) -> None:
     """Environment for Airflow, set before anything of Airflow is imported."""
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+    if "AIRFLOW_HOME" not in os.environ:  # run by hand: a home of its own (the tests pass theirs)
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-")
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(connection_json(host_url, token))
     # Two more forms, only resolved (never called) by the connection scenario.
     os.environ["AIRFLOW_CONN_SPARKPLANE_URI"] = connection_uri(host_url, token)

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from devhost.process import DevhostProcess
 from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
 from shared.services.auth import LOCAL_WORKSPACE
+from tests.support import wait_for
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -35,18 +35,6 @@ def host(tmp_path: Path) -> Iterator[DevhostProcess]:
         yield h
     finally:
         h.close()
-
-
-def wait(what: str, cond: Callable[[], Any], timeout: float = 30, show: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.2)
-    seen = show() if show else last
-    raise AssertionError(f"timed out waiting for {what} (last: {seen!r})")
 
 
 def stats(w: Any, pool_id: str) -> dict[str, int]:
@@ -72,7 +60,7 @@ def test_instance_pool_keeps_idle_nodes_lends_them_and_takes_them_back(
         custom_tags={"team": "data"},
     ).instance_pool_id
     want_idle = {"used": 0, "idle": 2, "pending_used": 0, "pending_idle": 0}
-    wait("2 idle nodes", lambda: stats(w, pool_id) == want_idle)
+    wait_for("2 idle nodes", lambda: stats(w, pool_id) == want_idle)
     got = w.instance_pools.get(pool_id)
     assert got.state.value == "ACTIVE" and got.custom_tags == {"team": "data"}
     assert got.default_tags["InstancePoolId"] == pool_id
@@ -87,11 +75,11 @@ def test_instance_pool_keeps_idle_nodes_lends_them_and_takes_them_back(
     assert c.node_type_id == "rec-small" and c.driver_node_type_id == "rec-small"
     in_use = {c.driver.node_id, *(e.node_id for e in c.executors)}
     assert in_use == idle_before
-    wait("used 2, idle 1", lambda: stats(w, pool_id) == {**want_idle, "used": 2, "idle": 1})
+    wait_for("used 2, idle 1", lambda: stats(w, pool_id) == {**want_idle, "used": 2, "idle": 1})
 
     # resize beyond the capacity: the cluster keeps its size, with an ADD_NODES_FAILED event
     w.clusters.resize(cluster_id=c.cluster_id, num_workers=3)
-    wait(
+    wait_for(
         "add nodes failed",
         lambda: any(
             e.type.value == "ADD_NODES_FAILED"
@@ -107,10 +95,10 @@ def test_instance_pool_keeps_idle_nodes_lends_them_and_takes_them_back(
     def idle_ids() -> set[str]:
         return {n.node_id for n in prov.pool_nodes(pool_id) if n.status == "IDLE"}
 
-    wait("the nodes back in the pool", lambda: in_use <= idle_ids())
+    wait_for("the nodes back in the pool", lambda: in_use <= idle_ids())
     # the extra idle node goes after 3 (1-second) minutes, the longest idle first: the one
     # the pool added while the cluster ran
-    wait("idle back to 2", lambda: stats(w, pool_id) == want_idle and idle_ids() == in_use)
+    wait_for("idle back to 2", lambda: stats(w, pool_id) == want_idle and idle_ids() == in_use)
 
     # a cluster the pool cannot hold fails with the pool's termination reason
     big = w.clusters.create(
@@ -120,7 +108,7 @@ def test_instance_pool_keeps_idle_nodes_lends_them_and_takes_them_back(
     assert c.termination_reason.code.value == "INSTANCE_POOL_MAX_CAPACITY_REACHED"
     assert c.termination_reason.type.value == "CLIENT_ERROR"
     assert c.termination_reason.parameters["instance_pool_id"] == pool_id
-    wait("nothing left used", lambda: stats(w, pool_id) == want_idle)
+    wait_for("nothing left used", lambda: stats(w, pool_id) == want_idle)
 
     # edit: more idle nodes, same node type
     w.instance_pools.edit(
@@ -130,14 +118,14 @@ def test_instance_pool_keeps_idle_nodes_lends_them_and_takes_them_back(
         min_idle_instances=3,
         max_capacity=3,
     )
-    wait("3 idle after edit", lambda: stats(w, pool_id)["idle"] == 3)
+    wait_for("3 idle after edit", lambda: stats(w, pool_id)["idle"] == 3)
 
     # delete: the pool is gone for the API and its nodes are terminated
     w.instance_pools.delete(pool_id)
     with pytest.raises(NotFound):
         w.instance_pools.get(pool_id)
     assert list(w.instance_pools.list()) == []
-    wait("nodes terminated", lambda: prov.pool_nodes(pool_id) == [])
+    wait_for("nodes terminated", lambda: prov.pool_nodes(pool_id) == [])
 
 
 def test_bad_pool_requests_get_databricks_errors(host: DevhostProcess) -> None:
@@ -215,16 +203,16 @@ def test_a_pool_deleted_under_a_cluster_keeps_it_running_until_it_ends(
     store = SqliteStore(host.data_dir / "store.db")
     assert store.get("instance_pool", LOCAL_WORKSPACE, pid).body["state"] == "DELETED"
     prov = RecordProvisioner(host.data_dir / "records.db")
-    wait(
+    wait_for(
         "idle nodes of the deleted pool gone",
         lambda: all(n.status in ("USED",) for n in prov.pool_nodes(pid)),
     )
     assert w.clusters.get(c.cluster_id).state == State.RUNNING
     w.clusters.delete_and_wait(cluster_id=c.cluster_id, timeout=T)
     # its nodes come back to a pool that is gone: they are terminated
-    wait("no node left", lambda: prov.pool_nodes(pid) == [])
+    wait_for("no node left", lambda: prov.pool_nodes(pid) == [])
     # then the pool's document goes too
-    wait(
+    wait_for(
         "the pool document removed",
         lambda: store.get("instance_pool", LOCAL_WORKSPACE, pid) is None,
     )

@@ -44,6 +44,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from devhost.process import ROOT, DevhostProcess, free_port
+from tests.support import wait_for
 
 SPEC = ROOT / "docs" / "openapi.yaml"
 SEED = 20261126
@@ -170,15 +171,13 @@ class Target:
 
 
 def _wait_state(url: str, token: str, cluster_id: str, state: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def get() -> str | None:
         r = httpx.get(
             url + "/api/2.1/clusters/get", params={"cluster_id": cluster_id}, headers=bearer(token)
         )
-        if r.json().get("state") == state:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"cluster {cluster_id} did not reach {state}")
+        return r.json().get("state")
+
+    wait_for(f"cluster {cluster_id} {state}", lambda: get() == state, timeout, every=0.2)
 
 
 @pytest.fixture(scope="module")

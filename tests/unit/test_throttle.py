@@ -16,6 +16,7 @@ from shared.adapters.sqlite_store import SqliteStore
 from shared.services.throttle import AddressThrottle
 from shared.settings import Settings
 from shared.wiring import Container, bootstrap_local, build
+from tests.support import FakeClock
 
 
 class CountingStore:
@@ -37,17 +38,9 @@ class CountingStore:
         return call
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000_000_000
-
-    def now_ms(self) -> int:
-        return self.ms
-
-
 def test_a_spent_address_is_refused_from_memory_and_others_are_not(tmp_path: Path) -> None:
     store = CountingStore(SqliteStore(tmp_path / "s.db"))
-    t = AddressThrottle(store, Clock(), rate=0.001, burst=3, window_s=60, shared=False)
+    t = AddressThrottle(store, FakeClock(), rate=0.001, burst=3, window_s=60, shared=False)
     for _ in range(3):
         assert t.check("198.51.100.1", "Bearer x") is None
         t.failed("198.51.100.1", "Bearer x")
@@ -62,7 +55,7 @@ def test_the_limit_holds_across_instances_sharing_the_store(tmp_path: Path) -> N
     through; with the shared count, the allowance of one bucket (4 + 0 in this window) plus at
     most one per instance."""
     db = SqliteStore(tmp_path / "s.db")
-    clock = Clock()
+    clock = FakeClock()
     instances = [
         AddressThrottle(db, clock, rate=0.001, burst=4, window_s=60, shared=True) for _ in range(3)
     ]

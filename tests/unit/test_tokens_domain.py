@@ -8,6 +8,7 @@ from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.tokens import NO_EXPIRY, new_token_expiry, ttl_s
 from shared.errors import InvalidParameterValue
 from shared.services.auth import Auth
+from tests.support import FakeClock
 
 NOW = 1_000_000_000
 
@@ -43,16 +44,8 @@ def test_records_are_kept_until_expiry() -> None:
     assert ttl_s(NOW, NOW) == 1
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def now_ms(self) -> int:
-        return self.ms
-
-
 def test_auth_applies_the_rules_down_a_chain_of_tokens(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     auth = Auth(SqliteStore(tmp_path / "s.db"), clock, max_lifetime_s=3600)
     root, _ = auth.issue_token("ws", user="u")  # the operator's first token: no expiry
     p = auth.authenticate("Bearer " + root)
