@@ -882,7 +882,7 @@ def test_concurrent_read_modify_replace_loses_no_update(store_factory: StoreFact
     # Two handles (think: two function workers), four threads each.
     handles = [store_factory(), store_factory()]
     handles[0].create("counter", "p", "n", {"n": 0})
-    threads_n, increments = 8, 200
+    threads_n, increments = 8, 60
     retries = [0] * threads_n
     errors: list[BaseException] = []
     start = threading.Barrier(threads_n)

@@ -10,6 +10,7 @@ import pytest
 
 from bench.chaos import run_chaos
 from devhost.process import DevhostProcess
+from tests.support import wait_for
 
 TRIALS = 5
 
@@ -38,16 +39,11 @@ def test_downsize_then_pin_reaches_running(devhost: DevhostProcess) -> None:
     def state() -> str:
         return str(c.get("/api/2.1/clusters/get", params={"cluster_id": cid}).json()["state"])
 
-    deadline = time.monotonic() + 30
-    while state() != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert state() == "RUNNING"
+    wait_for("RUNNING", lambda: state() == "RUNNING", 30, every=0.1)
     resize = {"cluster_id": cid, "num_workers": 0}
     assert c.post("/api/2.1/clusters/resize", json=resize).is_success
     time.sleep(0.05)
     assert c.post("/api/2.1/clusters/pin", json={"cluster_id": cid}).is_success
-    deadline = time.monotonic() + 10
-    while state() != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for("RUNNING again", lambda: state() == "RUNNING", 10, every=0.2)
     g = c.get("/api/2.1/clusters/get", params={"cluster_id": cid}).json()
     assert (g["state"], len(g.get("executors", []))) == ("RUNNING", 0)

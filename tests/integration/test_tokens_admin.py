@@ -16,6 +16,7 @@ from databricks.sdk.errors import InvalidParameterValue, PermissionDenied, Unaut
 from devhost.process import DevhostProcess
 from shared.adapters.embedded_bus import EmbeddedBus
 from shared.ports import OutMessage
+from tests.support import wait_for
 
 V = "4.1.x-scala2.13"
 
@@ -127,13 +128,9 @@ def test_poison_message_is_dead_lettered_and_blocks_no_other_cluster(
         assert len(c.executors) == 1
         op = devhost.operator_token
         url = devhost.url + "/api/admin/dead-letters/cluster-lifecycle"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msgs = httpx.get(url, headers=bearer(op)).json()["messages"]
-            if msgs:
-                break
-            time.sleep(0.2)
-        [m] = msgs
+        [m] = wait_for(
+            "the dead letter", lambda: httpx.get(url, headers=bearer(op)).json()["messages"], 30
+        )
         assert m["message_id"] == "poison-1" and m["delivery_count"] == 10
         assert m["dead_letter_reason"] == "MaxDeliveryCountExceeded"
         assert "unknown lifecycle message type" in m["dead_letter_description"]
