@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint format requirements autoscaling-plots setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
+.PHONY: node run test test-fast lint format requirements autoscaling-plots setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,spark,local]"
 	touch $(STAMP)
 
-setup: $(STAMP) java chromium cosmos-emulator azurite airflow-venv
+# Everything the tests need. The two venvs and the two npm packages install at once (make -j,
+# each target's output kept together); the apt-get installs (java, chromium, node) run one after
+# another, as dpkg takes one at a time.
+SETUP := $(STAMP) java chromium cosmos-emulator azurite airflow-venv
+setup:
+	@$(MAKE) --no-print-directory -j 6 --output-sync=target $(SETUP)
 
 # Spark needs Java 17+; install it where it is missing (Debian/Ubuntu).
 java:
@@ -26,7 +31,7 @@ java:
 # Python (Playwright's own browser download is not used): installed where it is missing
 # (Debian/Ubuntu, as root); without it the tests skip, except in CI (CI=true), where the target
 # fails instead.
-chromium:
+chromium: | java
 	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo "installing Chromium (chromium)"; \
@@ -45,14 +50,17 @@ chromium:
 console-screenshots: $(STAMP) chromium
 	SPARKPLANE_CONSOLE_SCREENSHOTS=1 $(VENV)/bin/pytest -q tests/browser
 
-# `npm ci` of the Node.js package in directory $(1) (for $(2)): Node.js and npm are installed
-# where they are missing (Debian/Ubuntu, as root); without them the tests that need the package
-# skip, except in CI (CI=true), where the target fails instead.
-define npm_ci
+# Node.js and npm, installed where they are missing (Debian/Ubuntu, as root), after the other
+# apt-get installs.
+node: | chromium
 	@if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "installing Node.js and npm"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
 	fi
+
+# `npm ci` of the Node.js package in directory $(1) (for $(2)); without npm (see `node`) the
+# tests that need the package skip, except in CI (CI=true), where the target fails instead.
+define npm_ci
 	@if command -v npm >/dev/null; then \
 		echo "npm ci --prefix $(1)"; \
 		npm ci --prefix $(1) --no-audit --no-fund --loglevel=error && touch $@; \
@@ -71,7 +79,7 @@ COSMOS_STAMP := $(COSMOS_SERVER)/node_modules/.package-lock.json
 
 cosmos-emulator: $(COSMOS_STAMP)
 
-$(COSMOS_STAMP): $(COSMOS_SERVER)/package.json $(COSMOS_SERVER)/package-lock.json
+$(COSMOS_STAMP): $(COSMOS_SERVER)/package.json $(COSMOS_SERVER)/package-lock.json | node
 	$(call npm_ci,$(COSMOS_SERVER),the Cosmos DB contract tests)
 
 # Azurite (npm azurite), the Blob Storage emulator the file-store contract suite runs against
@@ -81,7 +89,7 @@ AZURITE_STAMP := $(AZURITE)/node_modules/.package-lock.json
 
 azurite: $(AZURITE_STAMP)
 
-$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json
+$(AZURITE_STAMP): $(AZURITE)/package.json $(AZURITE)/package-lock.json | node
 	$(call npm_ci,$(AZURITE),the Blob Storage (Azurite) contract tests)
 
 # Apache Airflow with its Databricks provider, in a venv of its own: it pins far more than the
@@ -116,7 +124,7 @@ test: setup
 	$(PYTEST)
 
 # Everything but the tests that start real Spark processes: the developer's loop.
-test-fast: $(STAMP) chromium cosmos-emulator azurite airflow-venv
+test-fast: setup
 	$(PYTEST) -m "not spark"
 
 lint: $(STAMP)
