@@ -15,8 +15,8 @@ from typing import Any
 
 from shared.domain.cluster import Cluster, TerminationReason, _bump, _move
 from shared.domain.events import EventType, event
+from shared.domain.nodes import Node
 from shared.domain.states import State
-from shared.ports import Node
 
 
 @dataclass(frozen=True)
