@@ -100,6 +100,11 @@ _SQL_LIST_AFTER = (
     "SELECT id, body, etag FROM docs WHERE kind = ? AND pk = ? AND id > ?"
     f" AND {_LIVE} ORDER BY id LIMIT ?"
 )
+# Which of the given event ids (?2, a JSON list) the cluster (?1) has already.
+_SQL_EVENT_IDS_STORED = (
+    "SELECT event_id FROM events WHERE cluster_id = ?1"
+    " AND event_id IN (SELECT value FROM json_each(?2))"
+)
 _SQL_APPEND_EVENT = (
     "INSERT OR IGNORE INTO events (cluster_id, ts, type, event_id, body, expires_ms)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -474,6 +479,14 @@ class SqliteStore:
             return
         conn = self._acquire()
         try:
+            # The callers re-append a write's events before the next write (so a crash between
+            # a document write and its events loses none): they are nearly always stored
+            # already, and a read that says so spares a write transaction.
+            ids = [r[3] for r in rows]
+            if None not in ids:
+                stored = conn.execute(_SQL_EVENT_IDS_STORED, (cluster_id, json.dumps(ids)))
+                if len({eid for (eid,) in stored}) == len(set(ids)):
+                    return
             with self._write_lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
