@@ -44,7 +44,7 @@ def respond(
 
 
 def error(e: ApiError) -> func.HttpResponse:
-    wait = getattr(e, "retry_after_s", None)
+    wait = e.retry_after_s
     return respond(e.body(), e.status, {"Retry-After": str(wait)} if wait else None)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 class ApiError(Exception):
     status = 400
     error_code = "BAD_REQUEST"
+    # Seconds a client should wait before retrying (the Retry-After header), where it applies.
+    retry_after_s: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# The value types the domain rules decide on live with the domain; the ports speak in them.
+from shared.domain.files import FileInfo as FileInfo
+from shared.domain.nodes import Node as Node
+from shared.domain.nodes import NodeStatus as NodeStatus
+from shared.domain.nodes import NodeType as NodeType
+from shared.domain.nodes import PoolNode as PoolNode
+from shared.domain.nodes import PoolNodeStatus as PoolNodeStatus
+from shared.domain.nodes import SparkVersion as SparkVersion
 
 # --------------------------------------------------------------------------------------------
 # Store: documents with optimistic concurrency (Cosmos DB semantics), plus cluster events.
@@ -103,7 +112,7 @@ class Store(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # Bus: what the app sends (Service Bus semantics). Receiving is the Functions host's job; the
-# embedded bus also implements `Receiver` for devhost.
+# embedded bus also implements `Receiver` for devhost, and `QueueAdmin` for the operator API.
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,17 @@ class Receiver(Protocol):
 
     def renew_lock(self, d: Delivery) -> Delivery: ...
 
+
+@runtime_checkable
+class QueueAdmin(Protocol):
+    """An optional capability of a bus: what the operator API reads and repairs of a queue.
+    The embedded bus has it; in Azure the portal and the Service Bus tools do this, so the
+    Service Bus adapter has not. shared/wiring.py hands it to the services (or None)."""
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """active, scheduled, locked and dead_lettered messages of the queue."""
+        ...
+
     def dead_letters(self, queue: str) -> list[Delivery]: ...
 
     def resubmit_dead_letter(self, queue: str, sequence_number: int) -> bool: ...
@@ -164,38 +184,10 @@ class Receiver(Protocol):
 # Provisioner: makes and removes the nodes of a cluster. Every call returns quickly: slow work
 # is started and then observed by later reconciles.
 
-NodeStatus = Literal["STARTING", "RUNNING", "STOPPING", "LOST"]
-
 
 class PoolCapacityReached(Exception):
     """An instance pool has too few idle nodes and no room under its max_capacity to start
     the rest: nothing was taken."""
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    node_id: str
-    role: Literal["driver", "worker"]
-    status: NodeStatus
-    start_ms: int
-    private_ip: str = "127.0.0.1"
-    instance_id: str = ""
-    attrs: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeType:
-    node_type_id: str
-    num_cores: float
-    memory_mb: int
-    description: str
-    category: str = "General Purpose"
-
-
-@dataclass(frozen=True, slots=True)
-class SparkVersion:
-    key: str
-    name: str
 
 
 class ProvisionerUnsupported(Exception):
@@ -213,26 +205,6 @@ class PoolRequest:
     # Idle plus used nodes never exceed it (None: no limit).
     max_capacity: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
-
-
-# PENDING_IDLE: starting to be warm; IDLE: warm, ready to join a cluster; PENDING_USED: taken
-# by a cluster, not running its Spark role yet; USED: running for a cluster; RETURNING: a
-# cluster let it go, its Spark role is stopping (then it is PENDING_IDLE again); STOPPING:
-# being removed from the pool; LOST: died.
-PoolNodeStatus = Literal[
-    "PENDING_IDLE", "IDLE", "PENDING_USED", "USED", "RETURNING", "STOPPING", "LOST"
-]
-
-
-@dataclass(frozen=True, slots=True)
-class PoolNode:
-    node_id: str
-    status: PoolNodeStatus
-    # The cluster using it ("" while idle).
-    cluster_id: str = ""
-    start_ms: int = 0
-    # When it last became idle (idle auto-termination counts from here).
-    idle_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +286,25 @@ class Provisioner(Protocol):
         ...
 
 
+@runtime_checkable
+class WorkspaceResources(Protocol):
+    """An optional capability of a provisioner: resources of their own per workspace (ARM: a
+    resource group with the workspace's network). Provisioners whose nodes need none (records,
+    local Spark) have not. shared/wiring.py hands it to the services (or None)."""
+
+    def create_workspace(self, workspace_id: str, region: str | None = None) -> None:
+        """Start making the workspace's resources (returns quickly)."""
+        ...
+
+    def workspace_status(self, workspace_id: str) -> str:
+        """PROVISIONING, READY, FAILED, DELETING or NOT_FOUND."""
+        ...
+
+    def delete_workspace(self, workspace_id: str) -> None:
+        """Start removing the workspace's resources (idempotent)."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # FileStore: each workspace's files (its DBFS root and its workspace files). Paths are what
 # shared/domain/paths.py makes: absolute, normalised POSIX paths ("/dbfs/a/b.py"), never "..",
@@ -339,14 +330,6 @@ class FileExists(FileStoreError):
 
 class DirectoryNotEmpty(FileStoreError):
     """A non-recursive delete of a directory that has entries."""
-
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    path: str
-    is_dir: bool
-    size: int = 0
-    modified_ms: int = 0
 
 
 class FileStore(Protocol):

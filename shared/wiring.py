@@ -13,7 +13,15 @@ from pathlib import Path
 
 from shared.domain import cluster as dom_cluster
 from shared.domain.ratelimit import RateLimiter
-from shared.ports import Bus, Clock, FileStore, Provisioner, Store
+from shared.ports import (
+    Bus,
+    Clock,
+    FileStore,
+    Provisioner,
+    QueueAdmin,
+    Store,
+    WorkspaceResources,
+)
 from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth, TokenRevoked
@@ -44,6 +52,17 @@ class Container:
     bus: Bus
     provisioner: Provisioner
     clock: Clock
+
+    @cached_property
+    def queue_admin(self) -> QueueAdmin | None:
+        """The bus's operator capability, where the chosen adapter has it (embedded)."""
+        return self.bus if isinstance(self.bus, QueueAdmin) else None
+
+    @cached_property
+    def workspace_resources(self) -> WorkspaceResources | None:
+        """The provisioner's per-workspace resources, where the chosen adapter has them (ARM)."""
+        p = self.provisioner
+        return p if isinstance(p, WorkspaceResources) else None
 
     @cached_property
     def auth(self) -> Auth:
@@ -107,8 +126,8 @@ class Container:
             self.auth,
             self.store,
             self.clusters,
-            self.bus,
-            self.provisioner,
+            self.queue_admin,
+            self.workspace_resources,
             self.files,
             self.quotas,
             self.deletion,
@@ -122,7 +141,7 @@ class Container:
             self.auth,
             self.clusters,
             self.pools,
-            self.provisioner,
+            self.workspace_resources,
             self.files,
             self.clock,
             self.settings,

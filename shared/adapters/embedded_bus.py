@@ -1,9 +1,9 @@
 """The embedded message bus: Azure Service Bus semantics kept in one SQLite file.
 
-Implements the `Bus` and `Receiver` ports for devhost and tests: peek-lock with lock expiry,
-complete / abandon / dead-letter, a dead-letter sub-queue per queue, sessions (FIFO per session
-id and at most one message of a session locked at a time), scheduled messages and duplicate
-detection by message id. Every operation is one short SQLite transaction, so a message is
+Implements the `Bus`, `Receiver` and `QueueAdmin` ports for devhost and tests: peek-lock with
+lock expiry, complete / abandon / dead-letter, a dead-letter sub-queue per queue, sessions (FIFO
+per session id and at most one message of a session locked at a time), scheduled messages and
+duplicate detection by message id. Every operation is one short SQLite transaction, so a message is
 durable once `send` returns and a kill -9 loses nothing: the only in-memory state is the
 wake-up signalling of `wait`.
 
@@ -20,6 +20,7 @@ last few committed transactions (the OS has not flushed the WAL yet).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -163,6 +164,10 @@ class EmbeddedBus:
         self._gen: dict[str, int] = {}
         self._seen = threading.local()
         self._closed = False
+        # Lock tokens: unique per bus instance (a random prefix) and per receive (a counter),
+        # so a receive costs no call to the OS's random source.
+        self._token_prefix = uuid.uuid4().hex[:20]
+        self._token_counter = itertools.count()
 
     # ---------------------------------------------------------------------------------------
     # Bus
@@ -187,6 +192,7 @@ class EmbeddedBus:
             )
             for m in messages
         ]
+        ready = 0
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -207,13 +213,17 @@ class EmbeddedBus:
                             f"VALUES (?, {_ACTIVE}, ?, ?, ?, ?, ?, ?, ?)",
                             row,
                         )
+                        ready += row[-1] <= now
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             if now - self._last_purge_ms >= 60_000:
                 self._last_purge_ms = now
-        self._signal(queue)
+        # A scheduled message wakes nobody (receivers sleep until next_visible_ms); one
+        # receivable message wakes one waiting receiver.
+        if ready:
+            self._signal(queue, ready)
 
     # ---------------------------------------------------------------------------------------
     # Receiver
@@ -230,7 +240,7 @@ class EmbeddedBus:
             now = self._now()
             params["now"] = now
             params["until"] = now + self.lock_ms
-            params["token"] = token = str(uuid.uuid4())
+            params["token"] = token = self._lock_token()
             with self._lock:
                 rows = self._conn.execute(_RECEIVE, params).fetchall()
             if not rows:
@@ -341,11 +351,13 @@ class EmbeddedBus:
     # For the local host
 
     def wait(self, queue: str, timeout_s: float) -> None:
-        """Block until something may have become receivable in `queue` (a send, abandon,
-        resubmit, or the end of a session's in-flight message, in this process) or until
-        `timeout_s`. Returns at once if that happened since this thread's last `receive` (or
-        `wait`) on the queue, so `receive() -> None; wait()` loses no wake-up. Scheduled
-        times and lock expiries do not signal: sleep at most until `next_visible_ms`."""
+        """Block until something may have become receivable in `queue` (a send of a message
+        visible now, abandon, resubmit, or the end of a session's in-flight message, in this
+        process) or until `timeout_s`. Each such change wakes as many waiting receivers as
+        messages it made receivable. Returns at once if one happened since this thread's last
+        `receive` (or `wait`) on the queue, so `receive() -> None; wait()` loses no wake-up.
+        Scheduled times and lock expiries do not signal: sleep at most until
+        `next_visible_ms`."""
         seen = self._seen_gens()
         cond = self._cond(queue)
         with cond:
@@ -378,7 +390,7 @@ class EmbeddedBus:
             ).rowcount
             queues = [q for (q,) in self._conn.execute("SELECT DISTINCT queue FROM messages")]
         for queue in queues:
-            self._signal(queue)
+            self._signal(queue, released)
         return released
 
     def counts(self, queue: str) -> dict[str, int]:
@@ -433,11 +445,17 @@ class EmbeddedBus:
                 cond = self._conds[queue] = threading.Condition()
             return cond
 
-    def _signal(self, queue: str) -> None:
+    def _lock_token(self) -> str:
+        p, n = self._token_prefix, next(self._token_counter)
+        return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{n:012x}"
+
+    def _signal(self, queue: str, ready: int = 1) -> None:
+        """`ready` messages may have become receivable: wake that many waiting receivers
+        (waking all of them made every idle receiver query for the one message)."""
         cond = self._cond(queue)
         with cond:
             self._gen[queue] = self._gen.get(queue, 0) + 1
-            cond.notify_all()
+            cond.notify(ready)
 
 
 def _delivery(queue: str, row: Sequence[Any], *, token: str) -> Delivery:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import itertools
 import json
 import os
 import random
@@ -100,6 +101,11 @@ _SQL_LIST_AFTER = (
     "SELECT id, body, etag FROM docs WHERE kind = ? AND pk = ? AND id > ?"
     f" AND {_LIVE} ORDER BY id LIMIT ?"
 )
+# Which of the given event ids (?2, a JSON list) the cluster (?1) has already.
+_SQL_EVENT_IDS_STORED = (
+    "SELECT event_id FROM events WHERE cluster_id = ?1"
+    " AND event_id IN (SELECT value FROM json_each(?2))"
+)
 _SQL_APPEND_EVENT = (
     "INSERT OR IGNORE INTO events (cluster_id, ts, type, event_id, body, expires_ms)"
     " VALUES (?, ?, ?, ?, ?, ?)"
@@ -147,11 +153,13 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# allow_nan=False: only real JSON goes in (Cosmos DB refuses NaN too). One encoder for every
+# call: json.dumps with these options built a new one each time.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def _dumps(body: Mapping[str, Any]) -> str:
-    # allow_nan=False: only real JSON goes in (Cosmos DB refuses NaN too).
-    return json.dumps(
-        body if isinstance(body, dict) else dict(body), separators=(",", ":"), allow_nan=False
-    )
+    return _encode(body if isinstance(body, dict) else dict(body))
 
 
 def _make_loads() -> Callable[[str], Any]:
@@ -174,8 +182,14 @@ def _make_loads() -> Callable[[str], Any]:
 _loads = _make_loads()
 
 
+# ETags: a random prefix per process and a counter, unique without a call to the OS's random
+# source on every write.
+_ETAG_PREFIX = uuid.uuid4().hex[:20]
+_etag_counter = itertools.count()
+
+
 def _new_etag() -> str:
-    return uuid.uuid4().hex
+    return f"{_ETAG_PREFIX}{next(_etag_counter):012x}"
 
 
 def _encode_token(last_id: str) -> str:
@@ -451,8 +465,7 @@ class SqliteStore:
     ) -> None:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be >= 1, not {ttl_s}")
-        expires_ms = self._clock() + ttl_s * 1000
-        rows = []
+        ids: builtins.list[str | None] = []
         for event in events:
             ts, type_ = event.get("timestamp"), event.get("type")
             if not isinstance(ts, int) or isinstance(ts, bool):
@@ -460,20 +473,23 @@ class SqliteStore:
             if not isinstance(type_, str):
                 raise ValueError(f"event type must be a str: {event!r}")
             eid = event.get("id")
-            rows.append(
-                (
-                    cluster_id,
-                    ts,
-                    type_,
-                    None if eid is None else str(eid),
-                    _dumps(event),
-                    expires_ms,
-                )
-            )
-        if not rows:
+            ids.append(None if eid is None else str(eid))
+        if not ids:
             return
         conn = self._acquire()
         try:
+            # The callers re-append a write's events before the next write (so a crash between
+            # a document write and its events loses none): they are nearly always stored
+            # already, and a read that says so spares encoding them and a write transaction.
+            if None not in ids:
+                stored = conn.execute(_SQL_EVENT_IDS_STORED, (cluster_id, json.dumps(ids)))
+                if len({eid for (eid,) in stored}) == len(set(ids)):
+                    return
+            expires_ms = self._clock() + ttl_s * 1000
+            rows = [
+                (cluster_id, e["timestamp"], e["type"], eid, _dumps(e), expires_ms)
+                for e, eid in zip(events, ids, strict=True)
+            ]
             with self._write_lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:

@@ -283,6 +283,11 @@ class Cluster(BaseModel):
     def doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def clone(self) -> Cluster:
+        """An independent deep copy (a dump validated back: about 4x faster than
+        `model_copy(deep=True)`, which the reconcile path did on every message)."""
+        return Cluster.model_validate(self.model_dump())
+
 
 def _move(c: Cluster, dst: State, now: int, message: str = "") -> None:
     if c.state != dst:
@@ -336,7 +341,7 @@ def create(
 def edit(c: Cluster, spec: ClusterSpec, *, user: str, now: int) -> Cluster:
     if c.state not in (State.RUNNING, State.TERMINATED):
         raise _unexpected(c)
-    c = c.model_copy(deep=True)
+    c = c.clone()
     details = {
         "previous_attributes": c.spec.wire(),
         "attributes": spec.wire(),
@@ -360,7 +365,7 @@ def start(c: Cluster, *, user: str, now: int) -> Cluster:
         raise InvalidParameterValue(
             f"Cluster {c.cluster_id} is a job cluster and cannot be started."
         )
-    c = c.model_copy(deep=True)
+    c = c.clone()
     _move(c, State.PENDING, now, "Starting Spark cluster")
     c.desired = "RUNNING"
     c.target_workers = initial_workers(c.spec)
@@ -372,7 +377,7 @@ def start(c: Cluster, *, user: str, now: int) -> Cluster:
 def restart(c: Cluster, *, user: str, now: int) -> Cluster:
     if c.state != State.RUNNING:
         raise _unexpected(c)
-    c = c.model_copy(deep=True)
+    c = c.clone()
     _move(c, State.RESTARTING, now, "Restarting Spark cluster")
     c.restart_pending = True
     return _bump(c, [(EventType.RESTARTING, {"user": user})], now)
@@ -392,7 +397,7 @@ def resize(
     validate_size(num_workers, autoscale, max_workers)
     if c.state != State.RUNNING:
         raise _unexpected(c)
-    c = c.model_copy(deep=True)
+    c = c.clone()
     current = c.target_workers
     if autoscale is not None:
         c.spec = c.spec.model_copy(update={"autoscale": autoscale, "num_workers": None})
@@ -439,7 +444,7 @@ def autoscale_to(
     target = min(max(target, lo), hi)
     if target == c.target_workers:
         return c
-    c = c.model_copy(deep=True)
+    c = c.clone()
     current = c.target_workers
     c.target_workers = target
     c.remove_hint = list(remove) if target < current else []
@@ -487,7 +492,7 @@ def terminate(
     """delete (= terminate): a no-op on a TERMINATING or TERMINATED cluster."""
     if c.state in (State.TERMINATING, State.TERMINATED):
         return c
-    c = c.model_copy(deep=True)
+    c = c.clone()
     _move(c, State.TERMINATING, now, message)
     c.desired = "TERMINATED"
     c.termination_reason = reason
@@ -503,7 +508,7 @@ USER_REQUEST = TerminationReason(code="USER_REQUEST", type="SUCCESS", parameters
 
 def permanent_delete(c: Cluster, *, user: str, now: int) -> Cluster:
     c = terminate(c, reason=USER_REQUEST, user=user, now=now) if not c.deleted else c
-    c = c.model_copy(deep=True)
+    c = c.clone()
     c.deleted = True
     c.desired = "TERMINATED"
     return _bump(c, [], now)
@@ -512,7 +517,7 @@ def permanent_delete(c: Cluster, *, user: str, now: int) -> Cluster:
 def pin(c: Cluster, *, pinned: bool, user: str, now: int) -> Cluster:
     if c.pinned == pinned:
         return c
-    c = c.model_copy(deep=True)
+    c = c.clone()
     c.pinned = pinned
     return _bump(c, [(EventType.PINNED if pinned else EventType.UNPINNED, {"user": user})], now)
 
@@ -531,7 +536,7 @@ def disk_steps(
     new_limits = {n: v for n, v in at_limit.items() if n not in c.disk_at_limit}
     if not grown and not new_limits and not failed:
         return c
-    c = c.model_copy(deep=True)
+    c = c.clone()
     events: list[tuple[EventType, dict[str, Any]]] = []
     for node_id, (previous, size, free) in sorted(grown.items()):
         c.disk_targets[node_id] = size

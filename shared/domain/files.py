@@ -13,10 +13,21 @@ import base64
 import binascii
 import hashlib
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ApiError, InvalidParameterValue, MaxReadSizeExceeded
-from shared.ports import FileInfo
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """One entry of a workspace's file store (shared/ports.py FileStore)."""
+
+    path: str
+    is_dir: bool
+    size: int = 0
+    modified_ms: int = 0
+
 
 MB = 1 << 20
 MAX_BLOCK_BYTES = MB

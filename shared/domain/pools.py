@@ -14,9 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.domain.cluster import validation_message
+from shared.domain.nodes import PoolNode
 from shared.domain.wire import Int
 from shared.errors import InvalidParameterValue
-from shared.ports import PoolNode
 
 # Databricks' default when idle_instance_autotermination_minutes is not set.
 DEFAULT_IDLE_MINUTES = 60

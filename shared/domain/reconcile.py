@@ -15,8 +15,8 @@ from typing import Any
 
 from shared.domain.cluster import Cluster, TerminationReason, _bump, _move
 from shared.domain.events import EventType, event
+from shared.domain.nodes import Node
 from shared.domain.states import State
-from shared.ports import Node
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def plan(
     startup_timeout_ms: int = 10 * 60_000,
     rng: random.Random | None = None,
 ) -> Plan:
-    c = cluster.model_copy(deep=True)
+    c = cluster.clone()
     events: list[tuple[EventType, dict[str, Any]]] = []
     p = Plan(cluster=c)
     driver = next((n for n in nodes if n.role == "driver"), None)
@@ -251,7 +251,7 @@ def nodes_unavailable(
     """A step of the plan could not get nodes (an instance pool at max_capacity, a pool that
     is gone, a provisioner that cannot use pools). A starting cluster fails with `code`; a
     running one stays at the size it has, with an ADD_NODES_FAILED event."""
-    c = p.cluster.model_copy(deep=True)
+    c = p.cluster.clone()
     events: list[tuple[EventType, dict[str, Any]]] = []
     if c.state in (State.RUNNING, State.RESIZING):
         reason = {"code": code, "type": "CLIENT_ERROR", "parameters": dict(params)}

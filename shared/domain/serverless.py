@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.domain.cluster import ClusterSpec
+from shared.domain.nodes import NodeType
 from shared.errors import InvalidParameterValue
-from shared.ports import NodeType
 
 PROFILE_KEY = "spark.databricks.cluster.profile"
 PROFILE_VALUE = "serverless"

@@ -17,7 +17,14 @@ from shared.errors import (
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
-from shared.ports import Bus, Delivery, FileStore, PreconditionFailed, Provisioner, Store
+from shared.ports import (
+    Delivery,
+    FileStore,
+    PreconditionFailed,
+    QueueAdmin,
+    Store,
+    WorkspaceResources,
+)
 from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal, parse_lifetime
 from shared.services.clusters import ClusterService
 from shared.services.deletion import DELETING, WorkspaceDeletion
@@ -56,8 +63,8 @@ class Admin:
         auth: Auth,
         store: Store,
         clusters: ClusterService,
-        bus: Bus,
-        provisioner: Provisioner,
+        queues: QueueAdmin | None,
+        workspaces: WorkspaceResources | None,
         files: FileStore,
         quotas: QuotaService,
         deletion: WorkspaceDeletion,
@@ -67,8 +74,8 @@ class Admin:
         self.auth = auth
         self.store = store
         self.clusters = clusters
-        self.bus = bus
-        self.provisioner = provisioner
+        self.queues = queues
+        self.workspaces = workspaces
         self.files = files
 
     # ------------------------------------------------------------------ workspaces
@@ -91,9 +98,8 @@ class Admin:
             deleting = " and is being deleted" if old.body.get("state") == DELETING else ""
             raise ResourceAlreadyExists(f"Workspace {ws} already exists{deleting}.")
         self.auth.ensure_workspace(ws, name, region=region, quotas=overrides)
-        create = getattr(self.provisioner, "create_workspace", None)
-        if create is not None:
-            create(ws, region)
+        if self.workspaces is not None:
+            self.workspaces.create_workspace(ws, region)
         user = body.get("admin_user") or "admin"
         # The workspace's root token: not bounded by the maximum lifetime (docs/security.md),
         # but no longer-lived than the operator token that made it.
@@ -108,9 +114,8 @@ class Admin:
         if rec is None or ws == OPERATOR_WORKSPACE:
             raise ResourceDoesNotExist(f"Workspace {ws} does not exist")
         out = dict(rec.body)
-        status = getattr(self.provisioner, "workspace_status", None)
-        if status is not None:
-            out["provisioning_state"] = status(ws)
+        if self.workspaces is not None:
+            out["provisioning_state"] = self.workspaces.workspace_status(ws)
         return out
 
     def get_workspace(self, ws: str) -> dict[str, Any]:
@@ -183,11 +188,11 @@ class Admin:
         ]
         clusters.sort(key=lambda c: (c["workspace_id"], c["cluster_name"], c["cluster_id"]))
         out: dict[str, Any] = {"clusters": clusters}
-        counts = getattr(self.bus, "counts", None)
-        if counts is not None:
+        if self.queues is not None:
             settings = self.clusters.settings
             out["queues"] = [
-                {"queue": q, **counts(q)} for q in (settings.lifecycle_queue, settings.jobs_queue)
+                {"queue": q, **self.queues.counts(q)}
+                for q in (settings.lifecycle_queue, settings.jobs_queue)
             ]
         return out
 
@@ -215,10 +220,10 @@ class Admin:
 
     # ------------------------------------------------------------------ dead letters
 
-    def _receiver(self) -> Any:
-        if not hasattr(self.bus, "dead_letters"):
+    def _receiver(self) -> QueueAdmin:
+        if self.queues is None:
             raise NotImplementedApi("This bus adapter does not expose its dead-letter queue.")
-        return self.bus
+        return self.queues
 
     def dead_letters(self, queue: str) -> dict[str, Any]:
         rx = self._receiver()

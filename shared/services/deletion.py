@@ -29,9 +29,9 @@ from shared.ports import (
     NotFound,
     OutMessage,
     PreconditionFailed,
-    Provisioner,
     Record,
     Store,
+    WorkspaceResources,
 )
 from shared.services.auth import Auth, Principal
 from shared.services.clusters import ClusterService
@@ -65,7 +65,7 @@ class WorkspaceDeletion:
         auth: Auth,
         clusters: ClusterService,
         pools: PoolService,
-        provisioner: Provisioner,
+        workspaces: WorkspaceResources | None,
         files: FileStore,
         clock: Clock,
         settings: Settings,
@@ -75,7 +75,7 @@ class WorkspaceDeletion:
         self.auth = auth
         self.clusters = clusters
         self.pools = pools
-        self.provisioner = provisioner
+        self.workspaces = workspaces
         self.files = files
         self.clock = clock
         self.settings = settings
@@ -165,9 +165,8 @@ class WorkspaceDeletion:
             for kind in PER_CLUSTER:
                 self._drop(kind, cid)
             self.store.delete_events(cid)
-        delete = getattr(self.provisioner, "delete_workspace", None)
-        if delete is not None:
-            delete(ws)
+        if self.workspaces is not None:
+            self.workspaces.delete_workspace(ws)
         with contextlib.suppress(NotFound):  # a concurrent pass finished first
             self.store.delete("workspace", ws, ws)
         log.info("workspace deleted", extra={"workspace": ws})

@@ -955,3 +955,24 @@ def test_failed_authentications_are_counted_across_instances(store_factory: Stor
                 t.failed(address, None)
     assert 3 < through <= 3 + 2  # more than one bucket's burst would be 6
     assert a.check(address, None) is not None and b.check(address, None) is not None
+
+
+def test_re_appending_stored_events_changes_nothing(store: Store) -> None:
+    """What every document write does before writing (the previous write's events again):
+    nothing is added, whether all or some of the ids are given; an event without an id is
+    appended each time."""
+    first = [
+        {"id": "1-0", "timestamp": 10, "type": "CREATING"},
+        {"id": "1-1", "timestamp": 10, "type": "RUNNING"},
+    ]
+    store.append_events("c1", first, ttl_s=3600)
+    store.append_events("c1", first, ttl_s=3600)
+    store.append_events("c1", first[1:], ttl_s=3600)
+    store.append_events("c1", [first[0], first[0]], ttl_s=3600)
+    assert store.events("c1", EventQuery(order="ASC"))[1] == 2
+    no_id = {"timestamp": 12, "type": "RESIZING"}
+    store.append_events("c1", [no_id], ttl_s=3600)
+    store.append_events("c1", [first[0], no_id], ttl_s=3600)
+    events, total = store.events("c1", EventQuery(order="ASC"))
+    assert total == 4
+    assert [e.get("id") for e in events] == ["1-0", "1-1", None, None]
