@@ -20,7 +20,6 @@ from shared.errors import (
 from shared.ports import (
     Delivery,
     FileStore,
-    PreconditionFailed,
     QueueAdmin,
     Store,
     WorkspaceResources,
@@ -28,6 +27,7 @@ from shared.ports import (
 from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal, parse_lifetime
 from shared.services.clusters import ClusterService
 from shared.services.deletion import DELETING, WorkspaceDeletion
+from shared.services.documents import retry_on_conflict
 from shared.services.quotas import QuotaService
 
 _WS_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -150,21 +150,20 @@ class Admin:
     def set_quotas(self, ws: str, body: dict[str, Any]) -> dict[str, Any]:
         """Set the named limits of a workspace; a limit given as null goes back to the
         default. Requests already admitted keep what they hold."""
-        for _ in range(20):
+
+        def step() -> None:  # another operator call writing in between: merge again
             rec = self.store.get("workspace", ws, ws)
             if rec is None or ws == OPERATOR_WORKSPACE or rec.body.get("state") != "ACTIVE":
                 raise ResourceDoesNotExist(f"Workspace {ws} does not exist")
             merged = {**(rec.body.get("quotas") or {}), **body}
             kept = {k: v for k, v in merged.items() if v is not None}
             overrides = _overrides(kept, self.quotas.defaults)
-            try:
-                self.store.replace(
-                    "workspace", ws, ws, {**rec.body, "quotas": overrides}, etag=rec.etag
-                )
-            except PreconditionFailed:
-                continue  # another operator call wrote in between: merge again
-            return self.get_quotas(ws)
-        raise PreconditionFailed(f"workspace {ws} changed too often; retry")
+            self.store.replace(
+                "workspace", ws, ws, {**rec.body, "quotas": overrides}, etag=rec.etag
+            )
+
+        retry_on_conflict(step, f"workspace {ws}")
+        return self.get_quotas(ws)
 
     # ------------------------------------------------------------------ status
 

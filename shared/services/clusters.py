@@ -3,7 +3,6 @@ ETag check (retrying on a concurrent write), write the events, send `reconcile`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -17,21 +16,27 @@ from shared.domain.events import wire as event_wire
 from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.domain.wire import INT64_MAX, integer
-from shared.errors import InvalidParameterValue, ResourceDoesNotExist
+from shared.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
 from shared.ports import (
     AlreadyExists,
     Bus,
     Clock,
     EventQuery,
     NodeType,
-    OutMessage,
-    PreconditionFailed,
     Provisioner,
     Record,
     SparkVersion,
     Store,
 )
 from shared.services.auth import Principal
+from shared.services.documents import (
+    CLUSTER,
+    Activity,
+    ClusterRepo,
+    Idempotency,
+    retry_on_conflict,
+)
+from shared.services.messages import reconcile_message
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,96 +44,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sparkplane.clusters")
 
-KIND = "cluster"
-# The last busy moment of a cluster, written by its heartbeats (shared/services/utilization.py).
-ACTIVITY = "activity"
-MAX_CAS_ATTEMPTS = 20
+KIND = CLUSTER
+# Re-exported: their old home (bench/ imports ClusterRepo from here).
+__all__ = ["KIND", "Catalog", "ClusterRepo", "ClusterService", "reconcile_message"]
 ENDPOINT_TAGS = {
     "SparkConnectUrl": "connect_url",
     "SparkMasterUrl": "master_url",
     "SparkUiUrl": "spark_ui_url",
     "SparkMasterUiUrl": "master_ui_url",
 }
-
-
-def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) -> OutMessage:
-    body = {"type": "reconcile", "cluster_id": c.cluster_id, "workspace_id": c.workspace_id}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=c.cluster_id,
-        scheduled_enqueue_ms=due_ms,
-    )
-
-
-def _log_change(old: Cluster, new: Cluster) -> None:
-    """A state change, or nodes coming and going, as a log record (what `make run` shows and
-    Application Insights keeps): the cluster's name and the reason, never a decision."""
-    workers = len(new.executors)
-    changed = new.state != old.state
-    if (
-        not changed
-        and workers == len(old.executors)
-        and (new.driver is None) == (old.driver is None)
-    ):
-        return
-    reason = new.state_message
-    if not reason and new.termination_reason is not None and new.state == State.TERMINATED:
-        reason = new.termination_reason.code
-    log.info(
-        "cluster state" if changed else "cluster nodes",
-        extra={
-            "cluster_id": new.cluster_id,
-            "cluster_name": new.spec.cluster_name or "",
-            "workspace": new.workspace_id,
-            "state": new.state.value,
-            "previous_state": old.state.value,
-            "reason": reason,
-            "driver_up": new.driver is not None,
-            "workers": workers,
-            "target_workers": new.target_workers,
-        },
-    )
-
-
-class ClusterRepo:
-    """Loads and saves cluster documents; the one place that writes them (events included).
-
-    A document carries the events of its last write (`pending_events`). They are appended with
-    ids that make a second append a no-op, before and after every write, so an event is never
-    lost to a crash between the two writes and never stored twice.
-    """
-
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self.store = store
-        self.event_ttl_s = settings.event_ttl_days * 86400
-
-    def load(self, workspace_id: str, cluster_id: str) -> tuple[Cluster, Record] | None:
-        rec = self.store.get(KIND, workspace_id, cluster_id)
-        if rec is None:
-            return None
-        return Cluster.model_validate(rec.body), rec
-
-    def flush(self, c: Cluster) -> None:
-        if c.pending_events:
-            self.store.append_events(c.cluster_id, c.pending_events, ttl_s=self.event_ttl_s)
-
-    def insert(self, c: Cluster) -> Record:
-        rec = self.store.create(KIND, c.workspace_id, c.cluster_id, c.doc())
-        self.flush(c)
-        return rec
-
-    def save(self, old: Cluster, rec: Record, new: Cluster) -> Record:
-        """Replace with an ETag check; raises PreconditionFailed on a concurrent write."""
-        self.flush(old)
-        out = self.store.replace(KIND, new.workspace_id, new.cluster_id, new.doc(), etag=rec.etag)
-        self.flush(new)
-        _log_change(old, new)
-        return out
-
-    def remove(self, c: Cluster, rec: Record) -> None:
-        self.store.delete(KIND, c.workspace_id, c.cluster_id, etag=rec.etag)
-        self.store.delete_events(c.cluster_id)
 
 
 class Catalog:
@@ -175,6 +99,8 @@ class ClusterService:
         self.clock = clock
         self.settings = settings
         self.repo = ClusterRepo(store, settings)
+        self.activity = Activity(store)
+        self.idempotency = Idempotency(store, "cluster", "cluster_id")
 
     # ---------------------------------------------------------------- helpers
 
@@ -219,18 +145,16 @@ class ClusterService:
     def mutate(
         self, p: Principal, cluster_id: Any, command: Callable[[Cluster], Cluster]
     ) -> Cluster:
-        for _ in range(MAX_CAS_ATTEMPTS):
+        def step() -> Cluster:
             c, rec = self._get(p, cluster_id)
             new = command(c)
             if new is c:
                 return c
-            try:
-                out = self.repo.save(c, rec, new)
-            except PreconditionFailed:
-                continue
+            out = self.repo.save(c, rec, new)
             self.kick(new, f"cmd:{new.cluster_id}:{out.etag}")
             return new
-        raise PreconditionFailed(f"cluster {cluster_id} changed too often; retry")
+
+        return retry_on_conflict(step, f"cluster {cluster_id}")
 
     # ---------------------------------------------------------------- commands
 
@@ -290,23 +214,14 @@ class ClusterService:
         with self._quota(p.workspace_id) as q:
             if idem is not None:
                 # A retry of a create that was answered finds its cluster, quota or not.
-                rec = self.store.get("idempotency", p.workspace_id, f"cluster:{idem}")
-                if rec is not None:
-                    return str(rec.body["cluster_id"])
+                earlier = self.idempotency.find(p.workspace_id, idem)
+                if earlier is not None:
+                    return str(earlier)
             self._check_quota(q, p.workspace_id, None, quota.cluster_workers(spec))
             if idem is not None:
-                try:
-                    self.store.create(
-                        "idempotency",
-                        p.workspace_id,
-                        f"cluster:{idem}",
-                        {"cluster_id": cluster_id},
-                        ttl_s=7 * 86400,
-                    )
-                except AlreadyExists:
-                    rec = self.store.get("idempotency", p.workspace_id, f"cluster:{idem}")
-                    if rec is not None:
-                        return str(rec.body["cluster_id"])
+                holder = self.idempotency.claim(p.workspace_id, idem, cluster_id)
+                if holder is not None and holder != cluster_id:
+                    return str(holder)  # a concurrent request with the token won
             c = dom.create(
                 cluster_id=cluster_id, workspace_id=p.workspace_id, spec=spec, user=p.user, now=now
             )
@@ -405,7 +320,44 @@ class ClusterService:
             ),
         )
 
+    def create_for_job(self, p: Principal, cluster_id: str, body: Mapping[str, Any]) -> bool:
+        """Create a run's job cluster under the id the run chose, unless it exists (cluster
+        source JOB: a user cannot start it again). True when this call created it.
+        InvalidParameterValue for a spec that is not valid; InvalidState while the workspace
+        is being deleted (a run read before the deletion removed it starts nothing more)."""
+        ws = p.workspace_id
+        if self.repo.load(ws, cluster_id) is not None:
+            return False
+        home = self.store.get("workspace", ws, ws)
+        if home is not None and home.body.get("state") == "DELETING":
+            raise InvalidState(f"Workspace {ws} is being deleted.")
+        spec = self.spec(p, body)
+        c = dom.create(
+            cluster_id=cluster_id,
+            workspace_id=ws,
+            spec=spec,
+            user=p.user,
+            now=self.clock.now_ms(),
+            source="JOB",
+        )
+        try:
+            rec = self.repo.insert(c)
+        except AlreadyExists:  # a concurrent evaluation of the same run created it
+            return False
+        self.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
+        return True
+
+    def mark_active(self, cluster_id: str, now: int, *, every_ms: int) -> None:
+        """`now` is a busy moment of the cluster (the idle timer reads it), written at most
+        every `every_ms`."""
+        self.activity.touch(cluster_id, now, every_ms=every_ms)
+
     # ---------------------------------------------------------------- queries
+
+    def find(self, workspace_id: str, cluster_id: str) -> Cluster | None:
+        """The cluster's document as stored (a permanently deleted one too: see `deleted`)."""
+        got = self.repo.load(workspace_id, cluster_id)
+        return None if got is None else got[0]
 
     def _driver_view(self, c: Cluster) -> dict[str, Any] | None:
         """The driver's endpoints as the cluster's workspace sees them: the connect URL with the
@@ -485,9 +437,9 @@ class ClusterService:
     def get(self, p: Principal, cluster_id: Any) -> dict[str, Any]:
         c, _ = self._get(p, cluster_id)
         out = self.details(c)
-        activity = self.store.get(ACTIVITY, c.cluster_id, c.cluster_id)
-        if activity is not None:
-            out["last_activity_time"] = activity.body["last_activity_ms"]
+        last = self.activity.last(c.cluster_id)
+        if last is not None:
+            out["last_activity_time"] = last
         return out
 
     def _listed(self, c: Cluster, now: int, flt: Mapping[str, Any]) -> bool:

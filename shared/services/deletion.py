@@ -15,7 +15,6 @@ workspace, so a lost message or a crash only delays the deletion.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -27,14 +26,14 @@ from shared.ports import (
     Clock,
     FileStore,
     NotFound,
-    OutMessage,
-    PreconditionFailed,
     Record,
     Store,
     WorkspaceResources,
 )
 from shared.services.auth import Auth, Principal
 from shared.services.clusters import ClusterService
+from shared.services.documents import each, retry_on_conflict
+from shared.services.messages import deletion_message
 from shared.services.pools import PoolService
 from shared.settings import Settings
 
@@ -45,16 +44,6 @@ DELETING = "DELETING"
 AT_ONCE = ("job", "run", "idempotency", "dbfs_handle", "instance_pool_name")
 # Documents kept per cluster (partition = cluster id).
 PER_CLUSTER = ("task", "activity", "sample", "disk")
-
-
-def deletion_message(ws: str, message_id: str, due_ms: int | None = None) -> OutMessage:
-    body = {"type": "delete_workspace", "workspace_id": ws}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=f"workspace:{ws}",
-        scheduled_enqueue_ms=due_ms,
-    )
 
 
 class WorkspaceDeletion:
@@ -85,20 +74,17 @@ class WorkspaceDeletion:
 
     def start(self, ws: str) -> dict[str, Any]:
         """Mark the workspace DELETING (its tokens revoked at once) and send the first pass."""
-        for _ in range(20):
+
+        def mark() -> None:  # an operator call writing in between: read it again
             rec = self.store.get("workspace", ws, ws)
             if rec is None:
                 raise ResourceDoesNotExist(f"Workspace {ws} does not exist")
             if rec.body.get("state") == DELETING:
-                break
+                return
             body = {**rec.body, "state": DELETING, "deleting_since": self.clock.now_ms()}
-            try:
-                self.store.replace("workspace", ws, ws, body, etag=rec.etag)
-            except PreconditionFailed:
-                continue  # an operator call wrote in between: read it again
-            break
-        else:
-            raise PreconditionFailed(f"workspace {ws} changed too often; retry")
+            self.store.replace("workspace", ws, ws, body, etag=rec.etag)
+
+        retry_on_conflict(mark, f"workspace {ws}")
         self.auth.revoke_all(ws)
         self.bus.send(self.settings.lifecycle_queue, [deletion_message(ws, f"wsdel:{ws}")])
         return {"workspace_id": ws, "state": DELETING}
@@ -106,13 +92,7 @@ class WorkspaceDeletion:
     # ------------------------------------------------------------------ passes
 
     def _ids(self, kind: str, pk: str) -> Iterator[Record]:
-        token: str | None = None
-        while True:
-            page = self.store.list(kind, pk, page_size=500, page_token=token)
-            yield from page.items
-            token = page.next_token
-            if not token:
-                return
+        return each(self.store, kind, pk)
 
     def _drop(self, kind: str, pk: str) -> int:
         n = 0

@@ -46,6 +46,7 @@ from shared.ports import (
 )
 from shared.ports import DirectoryNotEmpty as StoreDirectoryNotEmpty
 from shared.services.auth import Principal
+from shared.services.documents import ATTEMPTS, retry_on_conflict
 
 if TYPE_CHECKING:
     from shared.services.quotas import QuotaService
@@ -54,7 +55,6 @@ log = logging.getLogger("sparkplane.files")
 
 HANDLE_KIND = "dbfs_handle"
 # Tries of one compare-and-swap on a handle document before the caller gets ABORTED.
-CAS_ATTEMPTS = 20
 DBFS: paths.Root = "dbfs"
 WORKSPACE: paths.Root = "workspace"
 
@@ -269,7 +269,7 @@ class FilesService:
             "created_ms": now,
             "expires_ms": dom.handle_expiry(now),
         }
-        for _ in range(CAS_ATTEMPTS):
+        for _ in range(ATTEMPTS):  # a fresh random handle each time
             handle = dom.new_handle()
             with contextlib.suppress(AlreadyExists):  # the one-in-2^62 collision: draw again
                 self.store.create(
@@ -292,19 +292,19 @@ class FilesService:
     def _claim(self, p: Principal, raw: Any, **change: Any) -> tuple[Record, Record]:
         """Compare-and-swap the handle document: (before, after). Concurrent calls on one
         handle each get their own before; one that keeps losing gets ABORTED."""
-        for _ in range(CAS_ATTEMPTS):
+
+        def step() -> tuple[Record, Record]:  # another call on this handle wrote first
             rec = self._handle(p, raw)
             body = {**rec.body, "expires_ms": dom.handle_expiry(self.clock.now_ms())}
             body.update({k: (v(rec.body) if callable(v) else v) for k, v in change.items()})
-            try:
-                return rec, self.store.replace(HANDLE_KIND, rec.pk, rec.id, body, etag=rec.etag)
-            except PreconditionFailed:
-                continue  # another call on this handle wrote first: read it again
-            except NotFound:  # closed (or swept) meanwhile
-                break
-        else:
-            raise PreconditionFailed("the upload handle changed too often; retry")
-        raise ResourceDoesNotExist(f"The handle {raw} does not exist (or has expired).")
+            return rec, self.store.replace(HANDLE_KIND, rec.pk, rec.id, body, etag=rec.etag)
+
+        try:
+            return retry_on_conflict(step, "the upload handle")
+        except NotFound:  # closed (or swept) meanwhile
+            raise ResourceDoesNotExist(
+                f"The handle {raw} does not exist (or has expired)."
+            ) from None
 
     def dbfs_add_block(self, p: Principal, body: Mapping[str, Any]) -> dict[str, Any]:
         data = dom.b64(body.get("data"), "data", dom.MAX_BLOCK_BYTES, MaxBlockSizeExceeded)

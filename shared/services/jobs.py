@@ -50,7 +50,7 @@ from shared.ports import (
     Store,
 )
 from shared.services.auth import Principal
-from shared.services.clusters import ACTIVITY, ClusterService
+from shared.services.clusters import ClusterService
 from shared.services.tasks import TaskService
 from shared.settings import Settings
 
@@ -355,8 +355,8 @@ class JobService:
 
     def _validated(self, p: Principal, s: dom.JobSettings, *, submit: bool = False) -> None:
         def existing(cluster_id: str, where: str) -> None:
-            got = self.clusters.repo.load(p.workspace_id, cluster_id)
-            if got is None or got[0].deleted:
+            c = self.clusters.find(p.workspace_id, cluster_id)
+            if c is None or c.deleted:
                 raise InvalidParameterValue(f"{where}: Cluster {cluster_id} does not exist")
 
         dom.validate_settings(
@@ -1026,10 +1026,9 @@ class JobService:
                 message=self._create_errors[cluster_id],
                 reason="INVALID_ARGUMENT",
             )
-        got = self.clusters.repo.load(ws, cluster_id)
-        if got is None or got[0].deleted:
+        c = self.clusters.find(ws, cluster_id)
+        if c is None or c.deleted:
             return dom.MISSING
-        c = got[0]
         return dom.ClusterView(
             state=c.state.value,
             message=c.state_message,
@@ -1069,15 +1068,7 @@ class JobService:
         runs plain Python between its Spark queries shows no Spark activity)."""
         now = self.clock.now_ms()
         for cid in {a.cluster_id for a in run.tasks if a.state == L.RUNNING and a.cluster_id}:
-            try:
-                rec = self.store.get(ACTIVITY, cid, cid)
-                body = {"cluster_id": cid, "last_activity_ms": now}
-                if rec is None:
-                    self.store.create(ACTIVITY, cid, cid, body)
-                elif now - int(rec.body.get("last_activity_ms", 0)) >= ACTIVITY_EVERY_MS:
-                    self.store.replace(ACTIVITY, cid, cid, body, etag=rec.etag)
-            except (AlreadyExists, PreconditionFailed):
-                continue  # a heartbeat wrote it just now
+            self.clusters.mark_active(cid, now, every_ms=ACTIVITY_EVERY_MS)
 
     def _principal(self, run: dom.Run) -> Principal:
         return Principal(workspace_id=run.workspace_id, user=run.creator_user_name, token_id="jobs")
@@ -1116,34 +1107,16 @@ class JobService:
     def _ensure_cluster(self, run: dom.Run, a: dom.EnsureCluster) -> None:
         """Create the job cluster unless it exists (cluster_source JOB: it cannot be started
         again by a user)."""
-        ws = run.workspace_id
-        if self.clusters.repo.load(ws, a.cluster_id) is not None:
-            return
-        home = self.store.get("workspace", ws, ws)
-        if home is not None and home.body.get("state") == "DELETING":
-            # A run read before its workspace's deletion removed it: start nothing more.
-            self._create_errors[a.cluster_id] = f"Workspace {ws} is being deleted."
-            return
+        owner = Principal(run.workspace_id, run.creator_user_name, "job-run")
         try:
-            owner = Principal(ws, run.creator_user_name, "job-run")
-            spec = self.clusters.spec(owner, a.spec)
-        except InvalidParameterValue as e:
+            created = self.clusters.create_for_job(owner, a.cluster_id, a.spec)
+        except (InvalidParameterValue, InvalidState) as e:
             self._create_errors[a.cluster_id] = e.message
             return
-        c = cdom.create(
-            cluster_id=a.cluster_id,
-            workspace_id=ws,
-            spec=spec,
-            user=run.creator_user_name,
-            now=self.clock.now_ms(),
-            source="JOB",
-        )
-        try:
-            rec = self.clusters.repo.insert(c)
-        except AlreadyExists:
-            return
-        self.clusters.kick(c, f"cmd:{c.cluster_id}:{rec.etag}")
-        log.info("job cluster created", extra={"run_id": run.run_id, "cluster_id": c.cluster_id})
+        if created:
+            log.info(
+                "job cluster created", extra={"run_id": run.run_id, "cluster_id": a.cluster_id}
+            )
 
     # ----------------------------------------------------------------------------- timer
 

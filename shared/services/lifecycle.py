@@ -18,13 +18,13 @@ from shared.ports import (
     NodeRequest,
     PoolCapacityReached,
     PoolRequest,
-    PreconditionFailed,
     Provisioner,
     ProvisionerUnsupported,
 )
 from shared.services.auth import Auth
-from shared.services.clusters import ClusterRepo, reconcile_message
 from shared.services.deletion import WorkspaceDeletion
+from shared.services.documents import ClusterRepo, retry_on_conflict
+from shared.services.messages import reconcile_message
 from shared.services.pools import PoolService
 from shared.settings import Settings
 
@@ -92,36 +92,36 @@ class Lifecycle:
             raise ValueError(f"unknown lifecycle message type {msg.get('type')!r}")
 
     def reconcile(self, workspace_id: str, cluster_id: str) -> None:
-        for _ in range(10):
-            got = self.repo.load(workspace_id, cluster_id)
-            if got is None:
-                return
-            cluster, record = got
-            nodes = self.provisioner.observe(cluster_id)
-            now = self.clock.now_ms()
-            p = rec.plan(cluster, nodes, now=now)
-            try:
-                self._carry_out(p)
-            except (PoolCapacityReached, PoolGone, ProvisionerUnsupported) as e:
-                p = self._nodes_unavailable(p, nodes, e, now)
-            try:
-                if p.delete_document:
-                    self.auth.revoke_all(agent_scope(cluster_id))
-                    self.repo.flush(cluster)
-                    self.repo.remove(cluster, record)
-                    log.info("cluster removed", extra={"cluster_id": cluster_id})
-                    return
-                etag = record.etag
-                if p.changed:
-                    etag = self.repo.save(cluster, record, p.cluster).etag
-                if p.cluster.state == State.TERMINATED and cluster.state != State.TERMINATED:
-                    self.auth.revoke_all(agent_scope(cluster_id))
-            except PreconditionFailed:
-                continue  # somebody wrote in between: evaluate again on the new document
-            if p.requeue:
-                self.schedule(p.cluster, etag)
+        retry_on_conflict(
+            lambda: self._reconcile(workspace_id, cluster_id), f"cluster {cluster_id}"
+        )
+
+    def _reconcile(self, workspace_id: str, cluster_id: str) -> None:
+        """One evaluation; PreconditionFailed when somebody wrote in between (evaluated again
+        on the new document)."""
+        got = self.repo.load(workspace_id, cluster_id)
+        if got is None:
             return
-        raise RuntimeError(f"cluster {cluster_id}: too many concurrent writes, retry later")
+        cluster, record = got
+        nodes = self.provisioner.observe(cluster_id)
+        now = self.clock.now_ms()
+        p = rec.plan(cluster, nodes, now=now)
+        try:
+            self._carry_out(p)
+        except (PoolCapacityReached, PoolGone, ProvisionerUnsupported) as e:
+            p = self._nodes_unavailable(p, nodes, e, now)
+        if p.delete_document:
+            self.auth.revoke_all(agent_scope(cluster_id))
+            self.repo.remove(cluster, record)
+            log.info("cluster removed", extra={"cluster_id": cluster_id})
+            return
+        etag = record.etag
+        if p.changed:
+            etag = self.repo.save(cluster, record, p.cluster).etag
+        if p.cluster.state == State.TERMINATED and cluster.state != State.TERMINATED:
+            self.auth.revoke_all(agent_scope(cluster_id))
+        if p.requeue:
+            self.schedule(p.cluster, etag)
 
     def _carry_out(self, p: rec.Plan) -> None:
         c = p.cluster

@@ -9,7 +9,6 @@ cluster taking nodes meanwhile never pushes a pool past it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
@@ -24,7 +23,6 @@ from shared.ports import (
     Bus,
     Clock,
     NotFound,
-    OutMessage,
     PoolRequest,
     PreconditionFailed,
     Provisioner,
@@ -34,6 +32,8 @@ from shared.ports import (
 )
 from shared.services.auth import Principal
 from shared.services.clusters import Catalog
+from shared.services.documents import each, retry_on_conflict
+from shared.services.messages import pool_message
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,16 +44,6 @@ log = logging.getLogger("sparkplane.pools")
 KIND = "instance_pool"
 # One document per pool name and workspace: makes names unique without a race.
 NAME_KIND = "instance_pool_name"
-
-
-def pool_message(workspace_id: str, pool_id: str, message_id: str, due_ms: int | None = None):
-    body = {"type": "pool", "pool_id": pool_id, "workspace_id": workspace_id}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=f"pool:{pool_id}",
-        scheduled_enqueue_ms=due_ms,
-    )
 
 
 class PoolService:
@@ -180,7 +170,9 @@ class PoolService:
         spec = self._spec(p, body)
         claimed = ""
         try:
-            for _ in range(20):
+
+            def step() -> None:
+                nonlocal claimed
                 pool, rec = self._get(p, body.get("instance_pool_id"))
                 if spec.node_type_id != pool.spec.node_type_id:
                     raise InvalidParameterValue(
@@ -191,11 +183,7 @@ class PoolService:
                 if renamed and not claimed:
                     self._claim_name(p, spec.instance_pool_name, pool.instance_pool_id)
                     claimed = pool.instance_pool_id
-                new = pool.model_copy(update={"spec": spec})
-                try:
-                    out = self._save(new, rec)
-                except PreconditionFailed:
-                    continue
+                out = self._save(pool.model_copy(update={"spec": spec}), rec)
                 claimed = ""
                 if renamed:
                     self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
@@ -204,8 +192,8 @@ class PoolService:
                     pool.instance_pool_id,
                     f"pool-cmd:{pool.instance_pool_id}:{out.etag}",
                 )
-                return
-            raise PreconditionFailed("instance pool changed too often; retry")
+
+            retry_on_conflict(step, "instance pool")
         finally:
             if claimed:  # the edit did not land: the new name stays free
                 self._release_name(p, spec.instance_pool_name, claimed)
@@ -213,23 +201,18 @@ class PoolService:
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
         """The pool is DELETED at once (clusters can no longer use it); its idle nodes are
         terminated by the reconcile, and nodes in use when their cluster gives them back."""
-        for _ in range(20):
+
+        def step() -> None:
             pool, rec = self._get(p, body.get("instance_pool_id"))
-            new = pool.model_copy(update={"state": "DELETED"})
-            try:
-                out = self.store.replace(
-                    KIND, p.workspace_id, pool.instance_pool_id, new.doc(), etag=rec.etag
-                )
-            except PreconditionFailed:
-                continue
+            out = self._save(pool.model_copy(update={"state": "DELETED"}), rec)
             self._release_name(p, pool.spec.instance_pool_name, pool.instance_pool_id)
             self.kick(
                 p.workspace_id,
                 pool.instance_pool_id,
                 f"pool-cmd:{pool.instance_pool_id}:{out.etag}",
             )
-            return
-        raise PreconditionFailed("instance pool changed too often; retry")
+
+        retry_on_conflict(step, "instance pool")
 
     def get(self, p: Principal, pool_id: Any) -> dict[str, Any]:
         pool, _ = self._get(p, pool_id)
@@ -241,13 +224,7 @@ class PoolService:
         return {"instance_pools": [self.details(pool) for pool in pools]}
 
     def _all(self, workspace_id: str) -> Iterator[Pool]:
-        token: str | None = None
-        while True:
-            page = self.store.list(KIND, workspace_id, page_size=500, page_token=token)
-            yield from (Pool.model_validate(r.body) for r in page.items)
-            token = page.next_token
-            if not token:
-                return
+        return (Pool.model_validate(r.body) for r in each(self.store, KIND, workspace_id))
 
     def _default_tags(self, pool: Pool) -> dict[str, str]:
         return {
@@ -285,46 +262,43 @@ class PoolService:
             log.exception("send pool reconcile failed", extra={"pool_id": pool_id})
 
     def reconcile(self, workspace_id: str, pool_id: str) -> None:
-        for _ in range(10):
-            got = self.load(workspace_id, pool_id)
-            if got is None:
-                return
-            pool, rec = got
-            now = self.clock.now_ms()
-            nodes = self.provisioner.pool_nodes(pool_id)
-            plan = dom.plan(pool, nodes, now=now, minute_ms=self.minute_ms)
-            errors: list[str] = []
-            if plan.remove_idle:
-                self.provisioner.remove_idle(pool_id, plan.remove_idle)
-            if plan.add_idle:
-                try:
-                    self.provisioner.add_idle(self.request(pool), plan.add_idle)
-                except ProvisionerUnsupported as e:
-                    errors.append(str(e))
-                    plan.requeue = False  # nothing will change by itself: the timer retries
-            if plan.gone:
-                # Deleted, and its last node is gone: nothing refers to the pool any more.
-                with contextlib.suppress(NotFound, PreconditionFailed):
-                    self.store.delete(KIND, workspace_id, pool_id, etag=rec.etag)
-                log.info("pool removed", extra={"pool_id": pool_id})
-                return
-            if plan.add_idle or plan.remove_idle:
-                plan.stats = dom.stats(self.provisioner.pool_nodes(pool_id))
-            new = pool.model_copy(update={"stats": plan.stats, "errors": errors})
-            etag = rec.etag
-            if new != pool:
-                try:
-                    etag = self.store.replace(
-                        KIND, workspace_id, pool_id, new.doc(), etag=rec.etag
-                    ).etag
-                except PreconditionFailed:
-                    continue
-            if plan.requeue:
-                due = now + self.interval_ms
-                self.kick(
-                    workspace_id, pool_id, f"pool:{pool_id}:{etag}:{due // self.interval_ms}", due
-                )
+        retry_on_conflict(lambda: self._reconcile(workspace_id, pool_id), f"pool {pool_id}")
+
+    def _reconcile(self, workspace_id: str, pool_id: str) -> None:
+        """One evaluation; PreconditionFailed when somebody wrote in between."""
+        got = self.load(workspace_id, pool_id)
+        if got is None:
             return
+        pool, rec = got
+        now = self.clock.now_ms()
+        nodes = self.provisioner.pool_nodes(pool_id)
+        plan = dom.plan(pool, nodes, now=now, minute_ms=self.minute_ms)
+        errors: list[str] = []
+        if plan.remove_idle:
+            self.provisioner.remove_idle(pool_id, plan.remove_idle)
+        if plan.add_idle:
+            try:
+                self.provisioner.add_idle(self.request(pool), plan.add_idle)
+            except ProvisionerUnsupported as e:
+                errors.append(str(e))
+                plan.requeue = False  # nothing will change by itself: the timer retries
+        if plan.gone:
+            # Deleted, and its last node is gone: nothing refers to the pool any more.
+            with contextlib.suppress(NotFound, PreconditionFailed):
+                self.store.delete(KIND, workspace_id, pool_id, etag=rec.etag)
+            log.info("pool removed", extra={"pool_id": pool_id})
+            return
+        if plan.add_idle or plan.remove_idle:
+            plan.stats = dom.stats(self.provisioner.pool_nodes(pool_id))
+        new = pool.model_copy(update={"stats": plan.stats, "errors": errors})
+        etag = rec.etag
+        if new != pool:
+            etag = self._save(new, rec).etag
+        if plan.requeue:
+            due = now + self.interval_ms
+            self.kick(
+                workspace_id, pool_id, f"pool:{pool_id}:{etag}:{due // self.interval_ms}", due
+            )
 
     def sweep(self) -> dict[str, int]:
         """Kick every pool (idle nodes expire with time, not with a message) and terminate the

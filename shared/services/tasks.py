@@ -33,14 +33,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.domain.cluster import validation_message
 from shared.domain.tasks import SubmissionStatus
 from shared.errors import InvalidParameterValue, InvalidState, ResourceDoesNotExist
-from shared.ports import AlreadyExists, Clock, NotFound, PreconditionFailed, Record, Store
+from shared.ports import AlreadyExists, Clock, NotFound, Record, Store
 from shared.services.auth import Principal
+from shared.services.documents import each, retry_on_conflict
 
 log = logging.getLogger("sparkplane.tasks")
 
 TASK = "task"
 TASK_TTL_S = 7 * 86400
-MAX_CAS = 20
 FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "LOST"})
 # What the agent reports of a task's output (the tails it keeps are this long).
 MAX_TAIL = 64 * 1024
@@ -133,13 +133,11 @@ class TaskService:
 
     def assigned(self, p: Principal) -> dict[str, Any]:
         """The unfinished tasks of the agent's cluster, oldest first."""
-        out, token = [], None
-        while True:
-            page = self.store.list(TASK, p.scope, page_size=100, page_token=token)
-            out += [_wire(r.body) for r in page.items if r.body["state"] not in FINAL]
-            token = page.next_token
-            if not token:
-                break
+        out = [
+            _wire(r.body)
+            for r in each(self.store, TASK, p.scope, page_size=100)
+            if r.body["state"] not in FINAL
+        ]
         out.sort(key=lambda t: (t["created_ms"], t["key"]))
         return {"tasks": out}
 
@@ -201,21 +199,21 @@ class TaskService:
     ) -> dict[str, Any] | None:
         """Apply `change` to the document with an ETag check (again on a conflict); None when
         there is no document."""
-        for _ in range(MAX_CAS):
+
+        def step() -> dict[str, Any] | None:  # the agent and the runs writing at once
             rec: Record | None = self.store.get(TASK, cluster_id, key)
             if rec is None:
                 return None
             body = dict(rec.body)
             if not change(body):
                 return body
-            try:
-                self.store.replace(TASK, cluster_id, key, body, etag=rec.etag)
-                return body
-            except PreconditionFailed:
-                continue  # the agent and the runs wrote at once: read again
-            except NotFound:
-                return None  # expired meanwhile
-        raise RuntimeError(f"task {key}: too many concurrent writes, retry later")
+            self.store.replace(TASK, cluster_id, key, body, etag=rec.etag)
+            return body
+
+        try:
+            return retry_on_conflict(step, f"task {key}")
+        except NotFound:
+            return None  # expired meanwhile
 
 
 def _wire(b: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -25,9 +25,10 @@ from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
-from shared.ports import AlreadyExists, Clock, PreconditionFailed, Provisioner, Store
+from shared.ports import Clock, Provisioner, Store
 from shared.services.auth import Principal
-from shared.services.clusters import ACTIVITY, ClusterRepo, ClusterService
+from shared.services.clusters import ClusterService
+from shared.services.documents import Activity, ClusterRepo, upsert
 from shared.services.pools import KIND as POOL_KIND
 from shared.settings import Settings
 
@@ -154,34 +155,13 @@ class Utilization:
         self._upsert(DISK, cluster_id, body["node_id"], body, ttl_s=self.settings.sample_ttl_s)
 
     def _touch(self, cluster_id: str, now: int) -> None:
-        """Record the last busy moment; the heartbeats of one cluster are its only writer."""
-        body = {"cluster_id": cluster_id, "last_activity_ms": now}
-        self._upsert(
-            ACTIVITY, cluster_id, cluster_id, body, newer=lambda old: old["last_activity_ms"] < now
-        )
+        """Record the last busy moment (unless a later one is stored)."""
+        Activity(self.store).touch(cluster_id, now)
 
-    def _upsert(
-        self,
-        kind: str,
-        pk: str,
-        id: str,
-        body: dict[str, Any],
-        *,
-        newer: Callable[[dict[str, Any]], bool] = lambda old: True,
-        ttl_s: int | None = None,
-    ) -> None:
-        """Create the document, or replace it when `newer(stored body)`; a concurrent write
-        (a replayed heartbeat) makes it look again."""
-        for _ in range(5):
-            rec = self.store.get(kind, pk, id)
-            try:
-                if rec is None:
-                    self.store.create(kind, pk, id, body, ttl_s=ttl_s)
-                elif newer(rec.body):
-                    self.store.replace(kind, pk, id, body, etag=rec.etag)
-                return
-            except (AlreadyExists, PreconditionFailed):
-                continue
+    def _upsert(self, kind: str, pk: str, id: str, body: dict[str, Any], ttl_s: int) -> None:
+        """Create or replace the document; a concurrent write (a replayed heartbeat) makes it
+        look again."""
+        upsert(self.store, kind, pk, id, body, ttl_s=ttl_s)
 
     def samples(
         self, cluster_id: str, limit: int, node_ids: Mapping[str, str] | None = None
@@ -191,9 +171,8 @@ class Utilization:
         return [to_sample(r.body["ts_ms"], r.body, node_ids) for r in reversed(page.items)]
 
     def last_activity(self, c: Cluster) -> int:
-        rec = self.store.get(ACTIVITY, c.cluster_id, c.cluster_id)
         became_running = max(c.running_since, c.start_time)
-        seen = rec.body["last_activity_ms"] if rec else 0
+        seen = Activity(self.store).last(c.cluster_id) or 0
         return max(seen, became_running)
 
     # ------------------------------------------------------------------ timers
