@@ -130,12 +130,12 @@ def job_runs_api(req: func.HttpRequest) -> func.HttpResponse:
 )
 def job_runs(msg: func.ServiceBusMessage) -> None:
     # An exception abandons the message (redelivered; dead-lettered after 10 deliveries).
-    container().jobs.handle(msg.get_body())
+    container().jobs.runs.handle(msg.get_body())
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%SPARKPLANE_JOBS_SCHEDULE%")
 def job_scheduler(timer: func.TimerRequest) -> None:
-    stats = container().jobs.tick()
+    stats = container().jobs.scheduler.tick()
     # Long tasks are re-kicked every SPARKPLANE_JOBS_STUCK_AFTER_S: not worth a log line.
     if stats["fired"] or stats["healed"]:
         log.info("jobs tick", extra=stats)

@@ -1,0 +1,132 @@
+"""The jobs timer: fire due schedules, heal the slot ledgers, re-kick runs that stopped moving.
+
+A fire is written into the job document (`pending_fire`, with the run id it will create) before
+its run is created, so a crash neither loses nor doubles it: the next tick finds the fire and
+creates the run under the same id, or finds the run and only clears the fire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from shared.domain import jobs as dom
+from shared.ports import AlreadyExists, Bus, Clock, PreconditionFailed
+from shared.services.documents import retry_on_conflict
+from shared.services.job_docs import JOB, RUN, JobDocs
+from shared.services.job_runs import Slots
+from shared.services.messages import advance_message
+from shared.settings import Settings
+
+log = logging.getLogger("sparkplane.jobs")
+
+
+class Scheduler:
+    def __init__(
+        self, docs: JobDocs, slots: Slots, bus: Bus, clock: Clock, settings: Settings
+    ) -> None:
+        self.docs = docs
+        self.slots = slots
+        self.bus = bus
+        self.clock = clock
+        self.queue = settings.jobs_queue
+        self.stuck_ms = max(1, int(settings.jobs_stuck_after_s * 1000))
+
+    def tick(self) -> dict[str, int]:
+        """Fire due schedules, heal the slot ledgers, re-kick runs that stopped moving."""
+        now = self.clock.now_ms()
+        fired = healed = kicked = 0
+        store = self.docs.store
+        for rec in store.scan(JOB, field="state", values=["SCHEDULED", "IDLE"]):
+            job = dom.Job.model_validate(rec.body)
+            if job.pending_fire is not None or (
+                job.state == "SCHEDULED"
+                and job.schedule_next_ms is not None
+                and job.schedule_next_ms <= now
+            ):
+                try:
+                    fired += self.fire(job.workspace_id, job.job_id)  # each due trigger
+                except Exception:  # one job's failure must not stop the others' fires
+                    log.exception("schedule fire failed", extra={"job_id": job.job_id})
+            if job.active_runs or job.waiting_runs:
+                healed += self.slots.heal(job)
+        active = [s.value for s in dom.ACTIVE]
+        for rec in store.scan(RUN, field="state", values=active):
+            updated = int(rec.body.get("updated_ms", 0))
+            if now - updated < self.stuck_ms:
+                continue
+            run_id = int(rec.body["run_id"])
+            msg_id = f"kick:{run_id}:{rec.etag}:{now // self.stuck_ms}"
+            self.bus.send(self.queue, [advance_message(rec.pk, run_id, msg_id)])
+            kicked += 1
+        return {"fired": fired, "healed": healed, "kicked": kicked}
+
+    def fire(self, ws: str, job_id: int) -> int:
+        """One due schedule: write the fire into the job document, create its run (the id
+        written there), admit and kick it, then clear the fire. 1 when it fired."""
+        try:
+            return retry_on_conflict(lambda: self._fire(ws, job_id), f"job {job_id}")
+        except PreconditionFailed:  # written by others all along: the next tick fires it
+            return 0
+
+    def _fire(self, ws: str, job_id: int) -> int:
+        got = self.docs.find_job(ws, job_id)
+        if got is None:
+            return 0
+        job, jrec = got
+        now = self.clock.now_ms()
+        updated, fire = dom.schedule_tick(
+            job, now=now, new_run_id=self.docs.next_slot() * dom.TASK_SLOTS
+        )
+        if fire is None:
+            return 0
+        if updated is not job:
+            jrec = self.docs.jobs.save(jrec, updated)
+            job = updated
+        run = dom.new_run(
+            run_id=fire.run_id,
+            workspace_id=ws,
+            settings=job.settings,
+            user=job.creator_user_name,
+            now=now,
+            job_id=job.job_id,
+            trigger="PERIODIC",
+            fire_ms=fire.fire_ms,
+        )
+        try:
+            rec = self.docs.create_run(run)
+        except AlreadyExists:
+            found = self.docs.load_run(ws, run.run_id)
+            if found is None or found[0].job_id != job_id or found[0].fire_ms != fire.fire_ms:
+                # The id was taken by another run: write a new one into the fire, fire again.
+                moved = job.model_copy(deep=True)
+                moved.pending_fire = dom.PendingFire(
+                    fire_ms=fire.fire_ms, run_id=self.docs.next_slot() * dom.TASK_SLOTS
+                )
+                with contextlib.suppress(PreconditionFailed):
+                    self.docs.jobs.save(jrec, moved)
+                raise PreconditionFailed(f"run id {run.run_id} taken") from None
+            run, rec = found
+        if not run.admitted and not run.final:
+            self.slots.start(run, rec)
+        self._clear_fire(ws, job_id, run.run_id)
+        log.info("schedule fired", extra={"job_id": job_id, "run_id": run.run_id})
+        return 1
+
+    def _clear_fire(self, ws: str, job_id: int, run_id: int) -> None:
+        """The fire is carried out: clear it (a concurrent writer keeps it for the next tick,
+        which finds the run and only clears)."""
+
+        def step() -> None:
+            got = self.docs.find_job(ws, job_id)
+            if got is None:
+                return
+            cur, rec = got
+            if cur.pending_fire is None or cur.pending_fire.run_id != run_id:
+                return
+            cur.pending_fire = None
+            cur.generation += 1
+            self.docs.jobs.save(rec, cur)
+
+        with contextlib.suppress(PreconditionFailed):
+            retry_on_conflict(step, f"job {job_id}")
