@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
 
-from functions.http import dispatch, json_body
+from functions.http import Handler, body_op, dispatch, json_body
 from shared.domain import files as dom
 from shared.errors import (
     ApiError,
@@ -25,7 +24,6 @@ from shared.wiring import container
 bp = func.Blueprint()
 log = logging.getLogger("sparkplane.files")
 
-Handler = Callable[[FilesService, Principal, func.HttpRequest], Any]
 
 # Request bodies that carry a file: room for its base64 text (or, in a form, its bytes).
 BLOCK_BODY = dom.encoded_size(dom.MAX_BLOCK_BYTES) + dom.JSON_SLACK_BYTES
@@ -81,30 +79,30 @@ def _export(s: FilesService, p: Principal, r: func.HttpRequest) -> Any:
     return got
 
 
-DBFS_POST: dict[str, Handler] = {
+DBFS_POST: dict[str, Handler[FilesService]] = {
     "put": _put,
-    "create": lambda s, p, r: s.dbfs_create(p, json_body(r)),
+    "create": body_op(lambda s, p, b: s.dbfs_create(p, b)),
     "add-block": lambda s, p, r: s.dbfs_add_block(
         p, json_body(r, BLOCK_BODY, MaxBlockSizeExceeded)
     ),
-    "close": lambda s, p, r: s.dbfs_close(p, json_body(r)),
-    "mkdirs": lambda s, p, r: s.dbfs_mkdirs(p, json_body(r)),
-    "delete": lambda s, p, r: s.dbfs_delete(p, json_body(r)),
-    "move": lambda s, p, r: s.dbfs_move(p, json_body(r)),
+    "close": body_op(lambda s, p, b: s.dbfs_close(p, b)),
+    "mkdirs": body_op(lambda s, p, b: s.dbfs_mkdirs(p, b)),
+    "delete": body_op(lambda s, p, b: s.dbfs_delete(p, b)),
+    "move": body_op(lambda s, p, b: s.dbfs_move(p, b)),
 }
-DBFS_GET: dict[str, Handler] = {
+DBFS_GET: dict[str, Handler[FilesService]] = {
     "read": lambda s, p, r: s.dbfs_read(
         p, r.params.get("path"), r.params.get("offset"), r.params.get("length")
     ),
     "get-status": lambda s, p, r: s.dbfs_get_status(p, r.params.get("path")),
     "list": lambda s, p, r: s.dbfs_list(p, r.params.get("path")),
 }
-WORKSPACE_POST: dict[str, Handler] = {
+WORKSPACE_POST: dict[str, Handler[FilesService]] = {
     "import": _import,
-    "mkdirs": lambda s, p, r: s.ws_mkdirs(p, json_body(r)),
-    "delete": lambda s, p, r: s.ws_delete(p, json_body(r)),
+    "mkdirs": body_op(lambda s, p, b: s.ws_mkdirs(p, b)),
+    "delete": body_op(lambda s, p, b: s.ws_delete(p, b)),
 }
-WORKSPACE_GET: dict[str, Handler] = {
+WORKSPACE_GET: dict[str, Handler[FilesService]] = {
     "export": _export,
     "get-status": lambda s, p, r: s.ws_get_status(p, r.params.get("path")),
     "list": lambda s, p, r: s.ws_list(p, r.params.get("path")),

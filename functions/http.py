@@ -143,6 +143,15 @@ S = TypeVar("S")
 Handler = Callable[[S, Principal, func.HttpRequest], Any]
 
 
+def body_op(fn: Callable[[S, Principal, dict[str, Any]], Any]) -> Handler[S]:
+    """The handler of an operation that takes the request's JSON body."""
+
+    def handler(s: S, p: Principal, req: func.HttpRequest) -> Any:
+        return fn(s, p, json_body(req))
+
+    return handler
+
+
 def dispatch(
     req: func.HttpRequest,
     path: str,
@@ -150,13 +159,19 @@ def dispatch(
     get: Mapping[str, Handler[S]],
     service: Callable[[Container], S],
     *,
-    known_version: bool = True,
+    versions: tuple[str, ...] | None = None,
 ) -> func.HttpResponse:
-    """One call of a Databricks API family (`/api/{path}/{op}`): the handler of `op` for the
-    method (else ENDPOINT_NOT_FOUND), run by `api` for a user token on the request as
-    `with_body_params` reads it."""
+    """One call of a Databricks API family (`/api/{path}/{op}`, or `/api/{version}/{path}/{op}`
+    for a route with a version among `versions`): the handler of `op` for the method (else
+    ENDPOINT_NOT_FOUND), run by `api` for a user token on the request as `with_body_params`
+    reads it."""
     op = req.route_params.get("op", "")
     table = post if req.method == "POST" else get
+    known_version = True
+    if versions is not None:
+        version = req.route_params.get("version") or ""
+        path = f"{version}/{path}"
+        known_version = version in versions
     if not known_version or op not in table:
         e = EndpointNotFound(f"No API found for '{req.method} /api/{path}/{op}'")
         return respond(e.body(), e.status)

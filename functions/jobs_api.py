@@ -4,12 +4,11 @@ that fires due schedules, and the `job-runs` queue that advances runs (session =
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
 
-from functions.http import dispatch, json_body
+from functions.http import Handler, body_op, dispatch
 from shared.domain.wire import integer
 from shared.errors import InvalidParameterValue
 from shared.services.auth import Principal
@@ -20,8 +19,6 @@ bp = func.Blueprint()
 log = logging.getLogger("sparkplane.jobs")
 
 VERSIONS = ("2.1", "2.2")
-
-Handler = Callable[[JobService, Principal, func.HttpRequest], Any]
 
 
 def _int(req: func.HttpRequest, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -36,13 +33,6 @@ def _bool(req: func.HttpRequest, name: str) -> bool:
     if raw == "true":
         return True
     raise InvalidParameterValue(f"{name} must be true or false.")
-
-
-def _post(fn: Callable[[JobService, Principal, dict[str, Any]], Any]) -> Handler:
-    def h(s: JobService, p: Principal, req: func.HttpRequest) -> Any:
-        return fn(s, p, json_body(req))
-
-    return h
 
 
 def _list_jobs(s: JobService, p: Principal, r: func.HttpRequest) -> Any:
@@ -73,44 +63,35 @@ def _list_runs(s: JobService, p: Principal, r: func.HttpRequest) -> Any:
     )
 
 
-JOBS_POST: dict[str, Handler] = {
-    "create": _post(lambda s, p, b: s.create(p, b)),
-    "update": _post(lambda s, p, b: s.update(p, b)),
-    "reset": _post(lambda s, p, b: s.reset(p, b)),
-    "delete": _post(lambda s, p, b: s.delete(p, b)),
-    "run-now": _post(lambda s, p, b: s.run_now(p, b)),
+JOBS_POST: dict[str, Handler[JobService]] = {
+    "create": body_op(lambda s, p, b: s.create(p, b)),
+    "update": body_op(lambda s, p, b: s.update(p, b)),
+    "reset": body_op(lambda s, p, b: s.reset(p, b)),
+    "delete": body_op(lambda s, p, b: s.delete(p, b)),
+    "run-now": body_op(lambda s, p, b: s.run_now(p, b)),
 }
-JOBS_GET: dict[str, Handler] = {
+JOBS_GET: dict[str, Handler[JobService]] = {
     "get": lambda s, p, r: s.get(p, r.params.get("job_id")),
     "list": _list_jobs,
 }
-RUNS_POST: dict[str, Handler] = {
-    "submit": _post(lambda s, p, b: s.submit(p, b)),
-    "cancel": _post(lambda s, p, b: s.cancel_run(p, b)),
-    "cancel-all": _post(lambda s, p, b: s.cancel_all(p, b)),
-    "delete": _post(lambda s, p, b: s.delete_run(p, b)),
+RUNS_POST: dict[str, Handler[JobService]] = {
+    "submit": body_op(lambda s, p, b: s.submit(p, b)),
+    "cancel": body_op(lambda s, p, b: s.cancel_run(p, b)),
+    "cancel-all": body_op(lambda s, p, b: s.cancel_all(p, b)),
+    "delete": body_op(lambda s, p, b: s.delete_run(p, b)),
 }
-RUNS_GET: dict[str, Handler] = {
+RUNS_GET: dict[str, Handler[JobService]] = {
     "get": lambda s, p, r: s.get_run(p, r.params.get("run_id")),
     "get-output": lambda s, p, r: s.get_output(p, r.params.get("run_id")),
     "list": _list_runs,
 }
 
 
-def _dispatch(
-    req: func.HttpRequest, path: str, post: dict[str, Handler], get: dict[str, Handler]
-) -> func.HttpResponse:
-    version = req.route_params.get("version")
-    return dispatch(
-        req, f"{version}/{path}", post, get, lambda c: c.jobs, known_version=version in VERSIONS
-    )
-
-
 @bp.route(
     route="api/{version}/jobs/{op}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS
 )
 def jobs_api(req: func.HttpRequest) -> func.HttpResponse:
-    return _dispatch(req, "jobs", JOBS_POST, JOBS_GET)
+    return dispatch(req, "jobs", JOBS_POST, JOBS_GET, lambda c: c.jobs, versions=VERSIONS)
 
 
 @bp.route(
@@ -119,7 +100,7 @@ def jobs_api(req: func.HttpRequest) -> func.HttpResponse:
     auth_level=func.AuthLevel.ANONYMOUS,
 )
 def job_runs_api(req: func.HttpRequest) -> func.HttpResponse:
-    return _dispatch(req, "jobs/runs", RUNS_POST, RUNS_GET)
+    return dispatch(req, "jobs/runs", RUNS_POST, RUNS_GET, lambda c: c.jobs, versions=VERSIONS)
 
 
 @bp.service_bus_queue_trigger(

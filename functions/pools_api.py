@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import azure.functions as func
 
-from functions.http import dispatch, json_body
-from shared.services.auth import Principal
+from functions.http import Handler, body_op, dispatch
 from shared.services.pools import PoolService
 
 bp = func.Blueprint()
 
-Handler = Callable[[PoolService, Principal, func.HttpRequest], Any]
-
-POST: dict[str, Handler] = {
-    "create": lambda s, p, r: s.create(p, json_body(r)),
-    "edit": lambda s, p, r: s.edit(p, json_body(r)),
-    "delete": lambda s, p, r: s.delete(p, json_body(r)),
+POST: dict[str, Handler[PoolService]] = {
+    "create": body_op(lambda s, p, b: s.create(p, b)),
+    "edit": body_op(lambda s, p, b: s.edit(p, b)),
+    "delete": body_op(lambda s, p, b: s.delete(p, b)),
 }
-GET: dict[str, Handler] = {
+GET: dict[str, Handler[PoolService]] = {
     "get": lambda s, p, r: s.get(p, r.params.get("instance_pool_id")),
     "list": lambda s, p, r: s.list(p),
 }
