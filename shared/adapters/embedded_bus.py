@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.sqlite_tx import write_transaction
 from shared.ports import Delivery, LockLost, OutMessage
 from shared.private_files import private_file
 
@@ -195,8 +196,7 @@ class EmbeddedBus:
         ready = 0
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 if now - self._last_purge_ms >= 60_000:
                     conn.execute("DELETE FROM dedup WHERE sent_ms <= ?", (cutoff,))
                 for row in rows:
@@ -214,10 +214,6 @@ class EmbeddedBus:
                             row,
                         )
                         ready += row[-1] <= now
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             if now - self._last_purge_ms >= 60_000:
                 self._last_purge_ms = now
         # A scheduled message wakes nobody (receivers sleep until next_visible_ms); one
@@ -316,8 +312,7 @@ class EmbeddedBus:
         now = self._now()
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 moved = conn.execute(
                     "INSERT INTO messages (queue, state, message_id, session_id, body, props,"
                     " enqueued_ms, scheduled_ms, visible_ms)"
@@ -328,10 +323,6 @@ class EmbeddedBus:
                 ).rowcount
                 if moved:
                     conn.execute("DELETE FROM messages WHERE seq = ?", (sequence_number,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         if moved:
             self._signal(queue)
         return bool(moved)

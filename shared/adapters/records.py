@@ -36,12 +36,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psutil
 
+from shared.adapters.sqlite_tx import write_transaction
 from shared.domain.node_env import node_environment
 from shared.ports import (
     Node,
@@ -144,17 +145,9 @@ class RecordProvisioner:
             self._local.db = db
         return db
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction (taken at once, so a read in it is not stale when writing)."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        return write_transaction(self._db())
 
     def _settle(self, db: sqlite3.Connection, now: int) -> None:
         """Apply the stops that are due: pool nodes a cluster let go warm up again, the other

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from shared.adapters.sqlite_tx import write_transaction
 from shared.ports import AlreadyExists, EventQuery, NotFound, Page, PreconditionFailed, Record
 from shared.private_files import private_file
 
@@ -282,17 +283,11 @@ class SqliteStore:
                 f"{self._path}: schema version {version} is newer than this code "
                 f"({_SCHEMA_VERSION})"
             )
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._write_lock, write_transaction(conn):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def _acquire(self) -> sqlite3.Connection:
         with self._pool_lock:
@@ -490,14 +485,8 @@ class SqliteStore:
                 (cluster_id, e["timestamp"], e["type"], eid, _dumps(e), expires_ms)
                 for e, eid in zip(events, ids, strict=True)
             ]
-            with self._write_lock:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_SQL_APPEND_EVENT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            with self._write_lock, write_transaction(conn):
+                conn.executemany(_SQL_APPEND_EVENT, rows)
         finally:
             self._release(conn)
 
