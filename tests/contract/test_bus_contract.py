@@ -51,7 +51,7 @@ from shared.adapters.embedded_bus import EmbeddedBus
 from shared.adapters.servicebus import MAX_ID_LEN, ServiceBusSender
 from shared.domain.cluster import Cluster, ClusterSpec
 from shared.ports import Delivery, LockLost, OutMessage
-from shared.services.clusters import reconcile_message
+from shared.services.messages import reconcile_message
 from tests.support import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from azure.servicebus import ServiceBusMessage
 from shared.adapters.servicebus import MAX_ID_LEN, ServiceBusSender, to_servicebus_message
 from shared.domain.cluster import Cluster, ClusterSpec
 from shared.ports import OutMessage
-from shared.services.clusters import reconcile_message
+from shared.services.messages import reconcile_message
 from shared.settings import Settings
 
 

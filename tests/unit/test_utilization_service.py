@@ -14,7 +14,8 @@ from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
 from shared.ports import OutMessage
 from shared.services.auth import Auth
-from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.clusters import Catalog, ClusterService
+from shared.services.documents import ClusterRepo
 from shared.services.lifecycle import Lifecycle
 from shared.services.pools import PoolService
 from shared.services.utilization import Utilization
