@@ -325,14 +325,7 @@ def _setup(
             return
         if v.state == "TERMINATED":
             if a.start_requested:
-                _finish(
-                    a,
-                    now=now,
-                    result=R.FAILED,
-                    state=L.INTERNAL_ERROR,
-                    code="CLUSTER_ERROR",
-                    message=f"Cluster {cid} could not be started: {v.message}".rstrip(": "),
-                )
+                _cluster_error(a, now, f"Cluster {cid} could not be started: {v.message}")
                 return
             a.start_requested = True
             a.message = f"Starting cluster {cid}"
@@ -353,14 +346,7 @@ def _setup(
             return
         if v.state in DEAD:
             reason = f" ({v.reason})" if v.reason else ""
-            _finish(
-                a,
-                now=now,
-                result=R.FAILED,
-                state=L.INTERNAL_ERROR,
-                code="CLUSTER_ERROR",
-                message=f"Cluster {cid} failed to start{reason}: {v.message}".rstrip(": "),
-            )
+            _cluster_error(a, now, f"Cluster {cid} failed to start{reason}: {v.message}")
             return
     if v.state not in ("RUNNING", "RESIZING"):
         a.message = f"Waiting for cluster {cid} ({v.state})"
@@ -377,17 +363,22 @@ def _setup(
     actions.append(_submit(r, a, t, v))
 
 
+def _cluster_error(a: Attempt, now: int, message: str) -> None:
+    """The attempt fails on its cluster (an empty cluster message leaves no trailing ": ")."""
+    _finish(
+        a,
+        now=now,
+        result=R.FAILED,
+        state=L.INTERNAL_ERROR,
+        code="CLUSTER_ERROR",
+        message=message.rstrip(": "),
+    )
+
+
 def _setup_deadline(a: Attempt, cid: str, *, now: int, timing: Timing) -> None:
     if a.pending_since is not None and now - a.pending_since >= timing.setup_timeout_ms:
-        _finish(
-            a,
-            now=now,
-            result=R.FAILED,
-            state=L.INTERNAL_ERROR,
-            code="CLUSTER_ERROR",
-            message=f"Cluster {cid} did not become RUNNING within "
-            f"{timing.setup_timeout_ms // 60_000} minutes.",
-        )
+        minutes = timing.setup_timeout_ms // 60_000
+        _cluster_error(a, now, f"Cluster {cid} did not become RUNNING within {minutes} minutes.")
 
 
 def _submit(r: Run, a: Attempt, t: Task, v: ClusterView) -> Submit:
@@ -445,13 +436,10 @@ def _running(
         return
     if st.state == "PENDING" and a.exec_start and now - a.exec_start >= timing.setup_timeout_ms:
         # No agent took it: the driver runs none (e.g. no agent source in Azure) or is stuck.
-        _finish(
+        _cluster_error(
             a,
-            now=now,
-            result=R.FAILED,
-            state=L.INTERNAL_ERROR,
-            code="CLUSTER_ERROR",
-            message=f"The driver node of cluster {a.cluster_id} did not start the task within "
+            now,
+            f"The driver node of cluster {a.cluster_id} did not start the task within "
             f"{timing.setup_timeout_ms // 60_000} minutes (is its cluster agent running?).",
         )
         return

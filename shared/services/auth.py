@@ -20,6 +20,7 @@ from shared.errors import (
     Unauthenticated,
 )
 from shared.ports import AlreadyExists, Clock, NotFound, Store
+from shared.services.documents import each
 
 LOCAL_WORKSPACE = "local"
 OPERATOR_WORKSPACE = "_operator"
@@ -137,20 +138,11 @@ class Auth:
         )
 
     def list_tokens(self, p: Principal) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        page_token: str | None = None
-        while True:
-            page = self.store.list(
-                "token-info", p.workspace_id, page_size=500, page_token=page_token
-            )
-            out += [
-                _public(r.body)
-                for r in page.items
-                if r.body["user"] == p.user and r.body["role"] == "user"
-            ]
-            page_token = page.next_token
-            if not page_token:
-                return out
+        return [
+            _public(r.body)
+            for r in each(self.store, "token-info", p.workspace_id)
+            if r.body["user"] == p.user and r.body["role"] == "user"
+        ]
 
     def revoke(self, workspace_id: str, token_id: str, *, user: str | None = None) -> None:
         rec = self.store.get("token-info", workspace_id, token_id)
@@ -177,18 +169,11 @@ class Auth:
     def list_role_tokens(self, workspace_id: str, role: Role) -> list[dict[str, Any]]:
         """The tokens of a role in a workspace, every user's (the admin API's listing of
         operator tokens), each with its user."""
-        out: list[dict[str, Any]] = []
-        page_token: str | None = None
-        while True:
-            page = self.store.list("token-info", workspace_id, page_size=500, page_token=page_token)
-            out += [
-                {**_public(r.body), "user": r.body["user"]}
-                for r in page.items
-                if r.body["role"] == role
-            ]
-            page_token = page.next_token
-            if not page_token:
-                return out
+        return [
+            {**_public(r.body), "user": r.body["user"]}
+            for r in each(self.store, "token-info", workspace_id)
+            if r.body["role"] == role
+        ]
 
     def revoke_all(self, workspace_id: str) -> int:
         n = 0

@@ -8,20 +8,27 @@ message with the same id (duplicate detection), which is how a retried send stay
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from shared.domain.cluster import Cluster
 from shared.ports import OutMessage
 
 
-def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) -> OutMessage:
-    """`reconcile` of one cluster (lifecycle queue; session = cluster id: one at a time)."""
-    body = {"type": "reconcile", "cluster_id": c.cluster_id, "workspace_id": c.workspace_id}
+def _message(
+    body: Mapping[str, object], message_id: str, session_id: str, due_ms: int | None
+) -> OutMessage:
     return OutMessage(
         body=json.dumps(body).encode(),
         message_id=message_id,
-        session_id=c.cluster_id,
+        session_id=session_id,
         scheduled_enqueue_ms=due_ms,
     )
+
+
+def reconcile_message(c: Cluster, message_id: str, due_ms: int | None = None) -> OutMessage:
+    """`reconcile` of one cluster (lifecycle queue; session = cluster id: one at a time)."""
+    body = {"type": "reconcile", "cluster_id": c.cluster_id, "workspace_id": c.workspace_id}
+    return _message(body, message_id, c.cluster_id, due_ms)
 
 
 def advance_message(
@@ -29,12 +36,7 @@ def advance_message(
 ) -> OutMessage:
     """`advance` of one job run (jobs queue; session = run id: one handler per run at a time)."""
     body = {"type": "advance", "workspace_id": workspace_id, "run_id": run_id}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=str(run_id),
-        scheduled_enqueue_ms=due_ms,
-    )
+    return _message(body, message_id, str(run_id), due_ms)
 
 
 def pool_message(
@@ -42,20 +44,10 @@ def pool_message(
 ) -> OutMessage:
     """`pool`: reconcile one instance pool (lifecycle queue; session = the pool)."""
     body = {"type": "pool", "pool_id": pool_id, "workspace_id": workspace_id}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=f"pool:{pool_id}",
-        scheduled_enqueue_ms=due_ms,
-    )
+    return _message(body, message_id, f"pool:{pool_id}", due_ms)
 
 
 def deletion_message(ws: str, message_id: str, due_ms: int | None = None) -> OutMessage:
     """`delete_workspace`: one pass of a workspace's deletion (lifecycle queue)."""
     body = {"type": "delete_workspace", "workspace_id": ws}
-    return OutMessage(
-        body=json.dumps(body).encode(),
-        message_id=message_id,
-        session_id=f"workspace:{ws}",
-        scheduled_enqueue_ms=due_ms,
-    )
+    return _message(body, message_id, f"workspace:{ws}", due_ms)

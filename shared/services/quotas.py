@@ -20,6 +20,7 @@ from shared.domain import jobs as jobs_dom
 from shared.domain import quotas as dom
 from shared.domain.states import State
 from shared.ports import FileMissing, FileStore, Store
+from shared.services.documents import each
 from shared.settings import Settings
 
 WORKSPACE = "workspace"
@@ -61,13 +62,7 @@ class QuotaService:
     # ------------------------------------------------------------------ counts
 
     def _docs(self, kind: str, pk: str) -> Iterator[dict[str, Any]]:
-        token: str | None = None
-        while True:
-            page = self.store.list(kind, pk, page_size=500, page_token=token)
-            yield from (r.body for r in page.items)
-            token = page.next_token
-            if not token:
-                return
+        return (r.body for r in each(self.store, kind, pk))
 
     def clusters(self, workspace_id: str, *, without: str = "") -> dom.ClusterUsage:
         """Clusters that count (not deleted, not TERMINATED) and their workers; `without`: a
