@@ -43,7 +43,7 @@ resource provisionerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = 
     ]
     permissions: [
       {
-        // Exactly what shared/adapters/arm.py requests and what ARM checks when it deploys
+        // Exactly what shared/adapters/arm/ requests and what ARM checks when it deploys
         // infra/templates as this identity (tests/unit/test_infra.py derives the list from both):
         // no wildcard but read-only ones. Left out on purpose: VM run commands and extensions
         // (code on any VM), VNet peering, storage account keys and SAS, tag writes of their own.
