@@ -194,6 +194,16 @@ class ProvisionerUnsupported(Exception):
     """This provisioner cannot do what was asked; the message says why (shown to users)."""
 
 
+class ProvisionerThrottled(Exception):
+    """A temporary failure: the cloud's request limits (or the provisioner's own budget of
+    them) allow no more requests for now. Nothing is lost: the caller retries the same work
+    after `retry_after_s` seconds; it never fails a cluster for it."""
+
+    def __init__(self, retry_after_s: float, message: str = "") -> None:
+        super().__init__(message or f"throttled; retry after {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True, slots=True)
 class PoolRequest:
     """What a provisioner needs to know of an instance pool to make its nodes."""

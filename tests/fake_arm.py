@@ -747,3 +747,21 @@ class FakeCredential:
         self.calls += 1
         assert scopes == ("https://management.azure.com/.default",)
         return AccessToken("fake-token", 4_102_444_800)
+
+
+def arm_provisioner(
+    arm: FakeArm, *, clock: Callable[[], float] = time.time, **settings: Any
+) -> Any:
+    """An ArmProvisioner with the repository's templates and cloud-init, sending to `arm`
+    through the real SDK clients."""
+    from shared.adapters.arm import ArmProvisioner
+    from shared.settings import Settings
+
+    s = Settings(
+        arm_subscription_id=SUB,
+        arm_endpoint=BASE,
+        arm_platform_resource_id=f"/subscriptions/{SUB}/resourceGroups/platform/providers/"
+        "Microsoft.Web/sites/sp",
+        **settings,
+    )
+    return ArmProvisioner.from_settings(s, credential=FakeCredential(), transport=arm, clock=clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -20,6 +21,7 @@ from shared.ports import (
     PoolRequest,
     PreconditionFailed,
     Provisioner,
+    ProvisionerThrottled,
     ProvisionerUnsupported,
 )
 from shared.services.auth import Auth
@@ -83,7 +85,11 @@ class Lifecycle:
     def handle(self, body: bytes) -> None:
         msg: dict[str, Any] = json.loads(body)
         if msg.get("type") == "reconcile":
-            self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+            try:
+                self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+            except ProvisionerThrottled as e:
+                # The cloud's request limits: the same reconcile later, never a failed cluster.
+                self.throttled(str(msg["workspace_id"]), str(msg["cluster_id"]), e)
         elif msg.get("type") == "pool":
             self.pools.reconcile(str(msg["workspace_id"]), str(msg["pool_id"]))
         elif msg.get("type") == "delete_workspace" and self.deletion is not None:
@@ -198,11 +204,28 @@ class Lifecycle:
             "SPARKPLANE_KILL_GRACE_S": str(self.settings.jobs_kill_grace_s),
         }
 
-    def schedule(self, c: Cluster, etag: str) -> None:
+    def throttled(self, workspace_id: str, cluster_id: str, e: ProvisionerThrottled) -> None:
+        """Reschedule a reconcile the provisioner was throttled in, after `e.retry_after_s`.
+        A PENDING cluster without a driver yet was not admitted (its create waits for ARM's
+        write budget): its startup timeout counts from its admission, so its `state_since`
+        moves to now (a concurrent write wins; the next attempt moves it again)."""
+        got = self.repo.load(workspace_id, cluster_id)
+        if got is None:
+            return
+        c, record = got
+        etag = record.etag
+        if c.state == State.PENDING and c.driver is None:
+            with contextlib.suppress(PreconditionFailed):  # somebody wrote: that reconcile runs
+                etag = self.repo.save(
+                    c, record, c.model_copy(update={"state_since": self.clock.now_ms()})
+                ).etag
+        self.schedule(c, etag, delay_ms=max(1, int(e.retry_after_s * 1000)))
+
+    def schedule(self, c: Cluster, etag: str, *, delay_ms: int | None = None) -> None:
         """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,
         due-time bucket): two chains for one cluster merge by duplicate detection, while one
         chain's successive follow-ups fall in different buckets and are never dropped."""
-        due = self.clock.now_ms() + self.interval_ms
+        due = self.clock.now_ms() + (self.interval_ms if delay_ms is None else delay_ms)
         msg_id = f"r:{c.cluster_id}:{etag}:{due // self.interval_ms}"
         self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, msg_id, due)])
 

@@ -21,6 +21,7 @@ from shared.adapters.arm.requests import (
     _Res,
     _res,
 )
+from shared.adapters.arm.throttle import ArmThrottle
 from shared.ports import Node
 
 if TYPE_CHECKING:
@@ -87,9 +88,13 @@ class ArmBase(ArmRequests):
         admin_public_key: str = "",
         control_plane_url: str = "",
         principal_id: str = "",
+        throttle: ArmThrottle | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(resources, deployments, clock=clock)
+        # The subscription's request budget; the clients send through its hooks
+        # (ArmProvisioner.from_settings installs them).
+        self.throttle = throttle or ArmThrottle(clock)
         self.subscription_id = subscription_id
         self.templates_dir = Path(templates_dir)
         self.platform_resource_id = platform_resource_id

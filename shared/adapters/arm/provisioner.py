@@ -4,7 +4,8 @@ the mapping of ARM states to nodes: shared/adapters/arm/__init__.py)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from shared.adapters.arm.customdata import sanitize_tags
 from shared.adapters.arm.disks import DisksMixin
 from shared.adapters.arm.observe import ObserveMixin
 from shared.adapters.arm.requests import ACTIVE_DEPLOYMENT, COMPUTE, _group_of
+from shared.adapters.arm.throttle import ArmThrottle
 from shared.adapters.arm.workers import POOLS_UNSUPPORTED, WorkersMixin
 from shared.adapters.arm.workspaces import WorkspacesMixin
 from shared.domain.azure_nodes import NODE_TYPES, SPARK_VERSIONS
@@ -40,11 +42,17 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin):
 
     @classmethod
     def from_settings(
-        cls, s: Settings, *, credential: Any = None, **client_kwargs: Any
+        cls,
+        s: Settings,
+        *,
+        credential: Any = None,
+        clock: Callable[[], float] = time.time,
+        **client_kwargs: Any,
     ) -> ArmProvisioner:
         """Clients for `s.arm_endpoint` with the app's managed identity (`DefaultAzureCredential`)
         unless a credential is given; `client_kwargs` go to both clients (tests pass
-        `transport=`)."""
+        `transport=`). Both send through one `ArmThrottle` (the subscription's request budget)
+        on `clock`."""
         from azure.mgmt.resource.deployments import DeploymentsMgmtClient
         from azure.mgmt.resource.resources import ResourceManagementClient
 
@@ -57,6 +65,8 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin):
         # A throttled or failing call is retried a few times, not for minutes: the reconcile
         # that made it is retried anyway.
         client_kwargs.setdefault("retry_total", 3)
+        throttle = ArmThrottle(clock)
+        client_kwargs.update(throttle.hooks())
         rm = ResourceManagementClient(
             credential, s.arm_subscription_id, base_url=s.arm_endpoint, **client_kwargs
         )
@@ -77,6 +87,8 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin):
             admin_public_key=s.arm_admin_public_key,
             control_plane_url=s.arm_control_plane_url,
             principal_id=s.arm_principal_id,
+            throttle=throttle,
+            clock=clock,
         )
 
     # ------------------------------------------------------------------------ catalog
@@ -95,6 +107,8 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin):
         if req.driver_pool is not None or req.pool is not None:
             raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
         group = self.group_name(req.workspace_id)
+        # Creates go at the rate the subscription's writes allow, FIFO per workspace.
+        self.throttle.admit(self.subscription_id, req.workspace_id, req.cluster_id)
         self._remember(req.cluster_id, group)
         seen = self._recent(req.cluster_id)
         workers = seen.capacity if seen is not None and seen.vmss is not None else 0
