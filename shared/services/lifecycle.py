@@ -27,6 +27,7 @@ from shared.ports import (
 from shared.services.auth import Auth
 from shared.services.clusters import ClusterRepo, reconcile_message
 from shared.services.deletion import WorkspaceDeletion
+from shared.services.health import NodeHealth
 from shared.services.pools import PoolService
 from shared.settings import Settings
 
@@ -81,6 +82,8 @@ class Lifecycle:
         self.clock = clock
         self.settings = settings
         self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
+        self.health = NodeHealth(repo.store, settings)
+        self._last_sweep_ms = 0
 
     def handle(self, body: bytes) -> None:
         msg: dict[str, Any] = json.loads(body)
@@ -237,8 +240,17 @@ class Lifecycle:
         driver), flush events left behind, and stop nodes no cluster owns."""
         # Nodes first, documents second: a cluster's document is written before its first
         # node, so a node seen here belongs to a document the scan below sees.
-        owners = self.provisioner.cluster_ids()
         now = self.clock.now_ms()
+        since, self._last_sweep_ms = self._last_sweep_ms or now - self.interval_ms, now
+        # The cloud is read for drift and orphans at a slow cadence, for node health only when
+        # the heartbeats say so (services/health.py); a throttled read waits for the next tick.
+        throttled = False
+        owners: set[str] = set()
+        if self.health.orphans_due(since, now):
+            try:
+                owners = self.provisioner.cluster_ids()
+            except ProvisionerThrottled:
+                throttled = True
         stuck_ms = int(self.settings.stuck_after_s * 1000)
         kicked = 0
         known: set[str] = set()
@@ -256,7 +268,13 @@ class Lifecycle:
             if c.state == State.RUNNING:
                 # Passive check of a converged cluster: a node that died (or vanished) makes
                 # the planner act; then a reconcile replaces it or ends the cluster.
-                p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+                if throttled or self.health.check(c, since, now) is None:
+                    continue
+                try:
+                    p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+                except ProvisionerThrottled:
+                    throttled = True
+                    continue
                 if p.actions or p.changed:
                     self.bus.send(
                         self.settings.lifecycle_queue,
