@@ -14,6 +14,8 @@ itself before ARM does:
    header is what ARM has left for the subscription, which other instances of the app also
    draw on, so the copy never holds more tokens than the header says.
 3. A 429 empties the bucket and holds it shut until its Retry-After has passed (`throttled`).
+4. Callers refused are given retry times one after the other at the refill rate (`refuse`): a
+   thousand waiting reconciles come back spread over the time the bucket needs for them.
 
 Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
 first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
@@ -58,6 +60,8 @@ class Bucket:
     at_s: float
     # No token before this time (a 429's Retry-After).
     shut_until_s: float = 0.0
+    # The retry slot the next refused caller gets (see `Budget.refuse`).
+    next_retry_s: float = 0.0
 
     def refill(self, now_s: float) -> None:
         if now_s > self.at_s:
@@ -84,12 +88,24 @@ class Budget:
 
     def take(self, kind: Kind, now_s: float) -> float:
         """0 when a token was taken (send the request), else the seconds to wait (do not)."""
+        wait = self.need(kind, 1, now_s)
+        if wait == 0:
+            self.buckets[kind].tokens -= 1
+        return wait
+
+    def need(self, kind: Kind, tokens: int, now_s: float) -> float:
+        """0 when `tokens` are there (none is taken), else the seconds to wait (`refuse`)."""
+        wait = self.buckets[kind].wait_s(now_s, float(tokens))
+        return self.refuse(kind, wait, tokens, now_s) if wait > 0 else 0.0
+
+    def refuse(self, kind: Kind, wait_s: float, tokens: int, now_s: float) -> float:
+        """A refused caller's wait: its own, or later, a slot after the callers refused before
+        it, one slot per `tokens` at the bucket's refill rate, so that refused callers come
+        back spread out at the rate the bucket serves them, not all at the first free token."""
         b = self.buckets[kind]
-        wait = b.wait_s(now_s)
-        if wait > 0:
-            return wait
-        b.tokens -= 1
-        return 0.0
+        slot = max(now_s + wait_s, b.next_retry_s)
+        b.next_retry_s = slot + tokens / b.refill_per_s
+        return slot - now_s
 
     def remaining(self, kind: Kind, tokens: float, now_s: float) -> None:
         """ARM said how many it has left: the copy holds no more than that."""

@@ -73,3 +73,11 @@ def test_a_create_not_asked_for_again_leaves_the_queue() -> None:
     a.admit("ws", "gone", 0.0, b)
     assert a.admit("ws", "next", 0.0, b) > 0
     assert a.admit("ws", "next", 61.0, b) == 0
+
+
+def test_refused_callers_come_back_spread_at_the_refill_rate() -> None:
+    b = Budget.new(0.0)
+    b.remaining("reads", 0, 0.0)
+    assert [b.take("reads", 0.0) for _ in range(3)] == pytest.approx([0.04, 0.08, 0.12])
+    # A caller that needs six tokens at once waits for six, behind the others.
+    assert b.need("reads", 6, 0.0) == pytest.approx(0.24)

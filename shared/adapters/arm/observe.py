@@ -10,6 +10,7 @@ from azure.core.exceptions import HttpResponseError
 from shared.adapters.arm.base import ArmBase, _Seen, cluster_deployment
 from shared.adapters.arm.disks import _disk_attrs
 from shared.adapters.arm.requests import (
+    ACTIVE_DEPLOYMENT,
     COMPUTE,
     COMPUTE_API,
     VM,
@@ -23,12 +24,17 @@ from shared.adapters.arm.requests import (
 from shared.domain.azure_nodes import node_status, pending_slots
 from shared.ports import Node, NodeStatus
 
+# The reads of one observation of a running cluster (deployment, resource listing, driver VM,
+# its NIC, the scale set's instances and their NICs).
+OBSERVE_READS = 6
 # The Spark Connect port of a driver node (infra/bootstrap/cloud-init.yaml).
 CONNECT_PORT = 15002
 
 
 class ObserveMixin(ArmBase):
     def observe(self, cluster_id: str) -> list[Node]:
+        # An observation of a running cluster is six reads: it starts when it can finish.
+        self.throttle.need(self.subscription_id, "reads", OBSERVE_READS)
         group, listed = self._locate(cluster_id)
         if group is None:
             with self._lock:
@@ -36,7 +42,14 @@ class ObserveMixin(ArmBase):
             return []
         dep = self._get_deployment(group, cluster_deployment(cluster_id))
         dep_state = dep.properties.provisioning_state if dep and dep.properties else None
-        resources = listed if listed is not None else self._tagged(group, cluster_id)
+        with self._lock:
+            prev = self._seen.get(cluster_id)
+        if dep_state in ACTIVE_DEPLOYMENT and listed is None and (prev is None or prev.vm is None):
+            # A new cluster's deployment runs: its nodes are STARTING whatever it has made so
+            # far, so its resources are not listed (one read per reconcile instead of six).
+            resources = []
+        else:
+            resources = listed if listed is not None else self._tagged(group, cluster_id)
         seen = _Seen(group=group, at=self._clock(), deployment_state=dep_state)
         vm = next((r for r in resources if r.type == VM), None)
         vmss = next((r for r in resources if r.type == VMSS), None)

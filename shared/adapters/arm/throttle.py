@@ -23,7 +23,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shared.domain.arm_budget import HEADER_PREFIX, KINDS, Admission, Budget, kind_of, retry_after_s
+from shared.domain.arm_budget import (
+    HEADER_PREFIX,
+    KINDS,
+    Admission,
+    Budget,
+    Kind,
+    kind_of,
+    retry_after_s,
+)
 from shared.ports import ProvisionerThrottled
 
 log = logging.getLogger("sparkplane.arm")
@@ -59,6 +67,14 @@ class ArmThrottle:
             )
         if wait > 0:
             raise ProvisionerThrottled(wait, f"create of {cluster_id} queued")
+
+    def need(self, subscription_id: str, kind: Kind, tokens: int) -> None:
+        """Raises ProvisionerThrottled unless `tokens` requests of `kind` can go now: an
+        operation of several requests starts only when it can finish."""
+        with self._lock:
+            wait = self.budget(subscription_id).need(kind, tokens, self.clock())
+        if wait > 0:
+            raise ProvisionerThrottled(wait, f"ARM {kind} budget low")
 
     def on_request(self, request: Any) -> None:
         http = request.http_request
