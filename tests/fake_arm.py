@@ -78,6 +78,34 @@ class _Bucket:
         return (1 - self.tokens) / self.refill
 
 
+class _Resources(dict[str, dict[str, Any]]):
+    """Resources by lower-cased id, indexed by resource group too (a group's listing does
+    not walk the whole subscription)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_group: dict[str, dict[str, dict[str, Any]]] = {}
+        self.by_cluster: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def __setitem__(self, rid: str, r: dict[str, Any]) -> None:
+        super().__setitem__(rid, r)
+        self.by_group.setdefault(_rg(rid), {})[rid] = r
+        cid = (r.get("tags") or {}).get("ClusterId")
+        if cid:
+            self.by_cluster.setdefault(cid, {})[rid] = r
+
+    def __delitem__(self, rid: str) -> None:
+        r = self[rid]
+        super().__delitem__(rid)
+        self.by_group.get(_rg(rid), {}).pop(rid, None)
+        cid = (r.get("tags") or {}).get("ClusterId")
+        if cid:
+            self.by_cluster.get(cid, {}).pop(rid, None)
+
+    def in_group(self, group: str) -> Any:
+        return self.by_group.get(group, {}).values()
+
+
 def request_kind(method: str) -> str:
     """Which of ARM's buckets a request draws from."""
     m = method.upper()
@@ -134,9 +162,11 @@ class FakeArm(HttpTransport):
         self.counts: Counter[str] = Counter()
         self.throttled = 0
         self.latency_s = 0.0
+        # Deployment PUTs ARM accepted, by deployment name.
+        self.deployments_accepted: Counter[str] = Counter()
         self.groups: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
-        self.resources: dict[str, dict[str, Any]] = {}
+        self.resources = _Resources()
         self.stacks: dict[str, dict[str, Any]] = {}
         self.ops: dict[str, tuple[str, Any]] = {}
         self.fail_cluster_deployments = False
@@ -251,7 +281,7 @@ class FakeArm(HttpTransport):
                 del self.groups[key]
                 for k in [k for k in self.deployments if k[0] == key]:
                     del self.deployments[k]
-                for rid in [rid for rid in self.resources if _rg(rid) == key]:
+                for rid in list(self.resources.by_group.get(key, {})):
                     del self.resources[rid]
 
     # -- what a deployment makes
@@ -471,6 +501,7 @@ class FakeArm(HttpTransport):
         if method == "PUT":
             if d is not None and d["state"] in ACTIVE:
                 return _err(409, "DeploymentActive")
+            self.deployments_accepted[name] += 1
             self.deployments[key] = {
                 "name": name,
                 "body": body,
@@ -517,9 +548,14 @@ class FakeArm(HttpTransport):
         # ARM leaves tags out when the filter names a tag value.
         tagged_value = bool(flt and "tagValue" in flt)
         out = []
-        for r in self.resources.values():
-            if group is not None and _rg(r["id"]) != group:
-                continue
+        one = re.fullmatch(r"tagName eq 'ClusterId' and tagValue eq '([^']*)'", flt or "")
+        if group is not None:
+            listed = self.resources.in_group(group)
+        elif one:
+            listed = self.resources.by_cluster.get(one.group(1), {}).values()
+        else:
+            listed = self.resources.values()
+        for r in list(listed):
             if not _match(r["tags"], flt, r["type"]):
                 continue
             item = {k: r[k] for k in ("id", "name", "type", "location") if k in r}

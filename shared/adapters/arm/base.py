@@ -146,8 +146,12 @@ class ArmBase(ArmRequests):
         except ResourceNotFoundError:
             return []  # the workspace's group is gone, and the cluster's resources with it
 
-    def _locate(self, cluster_id: str) -> tuple[str | None, list[_Res] | None]:
-        """The cluster's group and, when finding it needed a query, what the query listed."""
+    def _locate(
+        self, cluster_id: str, *, probe: bool = True
+    ) -> tuple[str | None, list[_Res] | None]:
+        """The cluster's group and, when finding it needed a query, what the query listed.
+        `probe`: with nothing tagged yet, look for the cluster's deployment in every managed
+        group (a read per group: only a termination, which must cancel it, does)."""
         with self._lock:
             group = self._groups.get(cluster_id)
         if group is not None:
@@ -164,6 +168,8 @@ class ArmBase(ArmRequests):
             group = next(iter(found))
             self._remember(cluster_id, group)
             return group, found[group]
+        if not probe:
+            return None, []
         # Nothing tagged yet: a deployment that has only just started, made by another
         # instance of the app. Its group is the one that holds the cluster's deployment.
         name = cluster_deployment(cluster_id)

@@ -35,7 +35,10 @@ class ObserveMixin(ArmBase):
     def observe(self, cluster_id: str) -> list[Node]:
         # An observation of a running cluster is six reads: it starts when it can finish.
         self.throttle.need(self.subscription_id, "reads", OBSERVE_READS)
-        group, listed = self._locate(cluster_id)
+        # A new cluster has nothing tagged and no known group: no nodes. (Another instance of
+        # the app may have just started its deployment: the next start_driver is refused with
+        # 409 DeploymentActive, and remembers the group.)
+        group, listed = self._locate(cluster_id, probe=False)
         if group is None:
             with self._lock:
                 self._seen[cluster_id] = _Seen(group=None, at=self._clock())
