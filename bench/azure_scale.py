@@ -208,7 +208,10 @@ class Sim:
         self.clusters.append((ws, cid))
         return cid
 
-    def step(self, seconds: int = 1) -> None:
+    def step(self, seconds: int = 1, *, setup: bool = False) -> None:
+        """Time passes: due messages are handled; every 10 s the reconciler timer sweeps;
+        every 20 s ARM's operations move one step (a deployment takes two); agents beat.
+        `setup`: only messages and ARM (every 2 s), no timer, no agents (the fill phase)."""
         for _ in range(seconds):
             self.clock.ms += 1000
             t = self.clock.ms // 1000
@@ -217,6 +220,10 @@ class Sim:
                 self.bus.inner.complete(d)
                 self.bus.ops += 2
                 self.handled += 1
+            if setup:
+                if t % 2 == 0:
+                    self.arm.tick()
+                continue
             if t % 10 == 0:
                 self.c.lifecycle.sweep()
             if t % 20 == 0:
@@ -271,9 +278,9 @@ def run(
         for i in range(n - burst):
             sim.create(i)
             if i % 200 == 199:
-                sim.step(1)
+                sim.step(1, setup=True)
         for _ in range(3600):
-            sim.step(5)
+            sim.step(5, setup=True)
             if sim.refresh_running() == n - burst:
                 break
         filled = sim.refresh_running()
