@@ -266,9 +266,7 @@ class Sim:
         }
 
 
-def run(
-    n: int, hours: float, burst: int, drift_check_s: float, workspaces: int
-) -> dict[str, Any]:
+def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int) -> dict[str, Any]:
     wall = time.monotonic()
     burst = min(burst, n)
     with tempfile.TemporaryDirectory(prefix="azure-scale-") as tmp:
@@ -315,9 +313,7 @@ def run(
         # 4. kill one driver
         victim = next(iter(sim.running_ids))
         vm = next(
-            r
-            for r in sim.arm.find("virtualMachines")
-            if r["tags"].get("ClusterId") == victim
+            r for r in sim.arm.find("virtualMachines") if r["tags"].get("ClusterId") == victim
         )
         vm["properties"]["provisioningState"] = "Failed"
         sim.silent.add(victim)

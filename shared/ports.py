@@ -315,6 +315,18 @@ class WorkspaceResources(Protocol):
         ...
 
 
+@runtime_checkable
+class ClusterHealthQuery(Protocol):
+    """An optional capability of a provisioner: the clusters with a node down in the cloud, in
+    one bulk query (paged) for all of them, instead of an observe per cluster (ARM: Azure
+    Resource Graph). The reconciler timer observes only those (shared/services/health.py)."""
+
+    def unhealthy_clusters(self) -> set[str]:
+        """Ids of the clusters some of whose nodes failed or are stopped; may raise
+        ProvisionerThrottled."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # FileStore: each workspace's files (its DBFS root and its workspace files). Paths are what
 # shared/domain/paths.py makes: absolute, normalised POSIX paths ("/dbfs/a/b.py"), never "..",

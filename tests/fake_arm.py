@@ -432,6 +432,8 @@ class FakeArm(HttpTransport):
             if "operationstatuses" in low:
                 return 200, {"status": status}, {}
             return (202, None, {"Retry-After": "0"}) if status == "Running" else (200, None, {})
+        if low == ["providers", "microsoft.resourcegraph", "resources"] and method == "POST":
+            return self._graph(body)
         assert low[0] == "subscriptions" and parts[1] == SUB, path
         if len(low) == 3 and low[2] == "resourcegroups" and method == "GET":
             out = [
@@ -685,6 +687,35 @@ class FakeArm(HttpTransport):
             }
             for iid in vmss["instances"]
         ]
+
+    def _graph(self, body: Any) -> tuple[int, Any, dict[str, str]]:
+        """Azure Resource Graph, for the one query the provisioner sends (its KQL is not
+        interpreted: the fake answers what UNHEALTHY_QUERY asks, with its paging)."""
+        from shared.adapters.arm.bulk import UNHEALTHY_QUERY
+
+        assert body["query"] == UNHEALTHY_QUERY and body["subscriptions"] == [SUB], body
+        bad = set()
+        for r in self.resources.values():
+            cid = (r.get("tags") or {}).get("ClusterId")
+            rtype = r["type"].lower()
+            if not cid or (r.get("tags") or {}).get("Vendor") != "sparkplane":
+                continue
+            vm_failed = (
+                rtype == "microsoft.compute/virtualmachines"
+                and r["properties"]["provisioningState"] == "Failed"
+            )
+            instances = r.get("instances", {}).values()
+            if vm_failed or any(i["state"] == "Failed" for i in instances):
+                bad.add(cid)
+        rows = sorted(bad)
+        opts = body.get("options") or {}
+        start = int(opts.get("$skipToken") or 0)
+        top = int(opts.get("$top") or 1000)
+        page = [{"clusterId": c} for c in rows[start : start + top]]
+        out: dict[str, Any] = {"totalRecords": len(rows), "count": len(page), "data": page}
+        if start + top < len(rows):
+            out["$skipToken"] = str(start + top)
+        return 200, out, {}
 
     # -- test helpers
     def take(self) -> list[Rec]:

@@ -57,6 +57,9 @@ resource provisionerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = 
           'Microsoft.Resources/subscriptions/resourceGroups/delete'
           'Microsoft.Resources/subscriptions/resourceGroups/resources/read'
           'Microsoft.Resources/subscriptions/resources/read'
+          // The bulk health query of every cluster's VMs (Azure Resource Graph; it returns
+          // only what the other read actions already allow).
+          'Microsoft.ResourceGraph/resources/read'
           // Deployments of workspace.json and cluster.json in the managed groups.
           'Microsoft.Resources/deployments/read'
           'Microsoft.Resources/deployments/write'

@@ -12,7 +12,10 @@ reads per cluster and tick, which at ten thousand clusters is far beyond a subsc
 2. Otherwise the cloud is read only for drift, once every `drift_check_s` per cluster, at a
    moment spread over that period by a hash of the cluster id (`drift_due`), so ten thousand
    clusters cost ten thousand observes per period, evenly, never all at one tick.
-3. `drift_check_s` = 0 keeps reading the cloud at every tick (the local provisioners, whose
+3. A provisioner with a bulk health query (ARM: one Resource Graph query, paged, for every
+   cluster's VMs at once) names the clusters with a node failed or stopped at each tick; those
+   are read too ("bulk"), agents or not.
+4. `drift_check_s` = 0 keeps reading the cloud at every tick (the local provisioners, whose
    observe reads local processes or rows and has no request limits).
 
 Transitions (creating, resizing, terminating) are not decided here: their reconciles read the
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-Reason = Literal["every_tick", "silent", "drift"]
+Reason = Literal["every_tick", "silent", "drift", "bulk"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,15 @@ cloud at this tick (the rule: shared/domain/node_health.py).
 
 The heartbeats are already stored (shared/services/utilization.py): the driver's Spark samples
 (newest first in the cluster's partition) and each node agent's latest disk report. A driver
-counts as beating once its cluster has a sample; a worker once it has a disk report."""
+counts as beating once its cluster has a sample; a worker once it has a disk report. Where
+the provisioner has a bulk health query (ports.ClusterHealthQuery), one query per tick names
+the clusters with a node down in the cloud, and those are observed too."""
 
 from __future__ import annotations
 
 from shared.domain import node_health
 from shared.domain.cluster import Cluster
-from shared.ports import Store
+from shared.ports import ClusterHealthQuery, Store
 from shared.settings import Settings
 
 # The kinds utilization.py writes (kept here as names to avoid importing the service).
@@ -18,8 +20,12 @@ DISK = "disk"
 
 
 class NodeHealth:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, provisioner: object = None) -> None:
         self.store = store
+        # The provisioner's bulk query of clusters with a node down (ARM: Resource Graph),
+        # when it has one: those clusters are observed at the next tick, agents or not.
+        self.bulk = provisioner if isinstance(provisioner, ClusterHealthQuery) else None
+        self.suspects: set[str] = set()
         self.params = node_health.HealthParams(
             heartbeat_s=settings.heartbeat_s,
             silent_beats=settings.health_silent_beats,
@@ -44,10 +50,19 @@ class NodeHealth:
                     out[r.id] = int(r.body.get("ts_ms", 0))
         return out
 
+    def refresh(self) -> None:
+        """Once per tick: the clusters the provisioner's bulk query says have a node down.
+        Raises ProvisionerThrottled (the tick goes on without)."""
+        self.suspects = set()
+        if self.bulk is not None and not self.every_tick:
+            self.suspects = self.bulk.unhealthy_clusters()
+
     def check(self, c: Cluster, since_ms: int, now_ms: int) -> node_health.Reason | None:
         """Why the cloud is read for this RUNNING cluster now (None: it is not)."""
         if self.every_tick:
             return "every_tick"
+        if c.cluster_id in self.suspects:
+            return "bulk"
         return node_health.arm_check(
             c.cluster_id,
             beats=self.beats(c),

@@ -82,7 +82,7 @@ class Lifecycle:
         self.clock = clock
         self.settings = settings
         self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
-        self.health = NodeHealth(repo.store, settings)
+        self.health = NodeHealth(repo.store, settings, provisioner)
         self._last_sweep_ms = 0
 
     def handle(self, body: bytes) -> None:
@@ -246,11 +246,12 @@ class Lifecycle:
         # the heartbeats say so (services/health.py); a throttled read waits for the next tick.
         throttled = False
         owners: set[str] = set()
-        if self.health.orphans_due(since, now):
-            try:
+        try:
+            self.health.refresh()
+            if self.health.orphans_due(since, now):
                 owners = self.provisioner.cluster_ids()
-            except ProvisionerThrottled:
-                throttled = True
+        except ProvisionerThrottled:
+            throttled = True
         stuck_ms = int(self.settings.stuck_after_s * 1000)
         kicked = 0
         known: set[str] = set()

@@ -12,7 +12,7 @@ from shared.domain.states import State
 from shared.services.auth import Principal
 from shared.settings import Settings
 from shared.wiring import Container
-from tests.fake_arm import BASE, ArmLimits, FakeArm, arm_provisioner
+from tests.fake_arm import BASE, SUB, ArmLimits, FakeArm, arm_provisioner
 from tests.support import FakeClock
 
 
@@ -74,3 +74,48 @@ def test_heartbeats_spare_arm_and_their_silence_asks_it(tmp_path: Path) -> None:
             break
         clock.advance(10_000)
     assert noticed is not None and noticed <= 40
+
+
+def test_one_paged_resource_graph_query_names_the_clusters_with_a_node_down(
+    tmp_path: Path,
+) -> None:
+    c, arm, bus, clock = _world(tmp_path, drift_check_s=7200)
+    p = Principal("ws1", "admin", "t")
+    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
+    ids = [c.clusters.create(p, {**spec, "cluster_name": f"c{i}", "num_workers": 1}) for i in "ab"]
+    for _ in range(10):
+        _drain(c, bus)
+        arm.tick()
+        clock.advance(2000)
+    assert c.provisioner.unhealthy_clusters() == set()  # type: ignore[attr-defined]
+    # A worker instance fails (it runs no agent: only ARM can tell).
+    vmss = next(r for r in arm.find("virtualMachineScaleSets") if r["tags"]["ClusterId"] == ids[1])
+    next(iter(vmss["instances"].values()))["state"] = "Failed"
+    arm.record = True
+    arm.take()
+    assert c.provisioner.unhealthy_clusters() == {ids[1]}  # type: ignore[attr-defined]
+    assert [(r.method, r.path) for r in arm.take()] == [
+        ("POST", "/providers/Microsoft.ResourceGraph/resources")
+    ]
+    # The next tick observes that cluster (not the healthy one), and the planner replaces it.
+    c.lifecycle.sweep()
+    _drain(c, bus)
+    observed = {r.path for r in arm.take() if r.method == "GET"}
+    assert any(ids[1] in path for path in observed) and not any(ids[0] in p for p in observed)
+
+
+def test_resource_graph_pages(tmp_path: Path) -> None:
+    clock = FakeClock()
+    arm = FakeArm()
+    prov = arm_provisioner(arm, clock=lambda: clock.ms / 1000)
+    for i in range(2500):
+        arm._put_res(
+            f"/subscriptions/{SUB}/resourceGroups/g/providers/Microsoft.Compute/"
+            f"virtualMachines/vm{i}",
+            "westeurope",
+            {"ClusterId": f"c{i:04d}", "Vendor": "sparkplane"},
+            props={"provisioningState": "Failed"},
+        )
+    arm.take()
+    assert prov.unhealthy_clusters() == {f"c{i:04d}" for i in range(2500)}
+    assert len(arm.take()) == 3  # pages of 1000

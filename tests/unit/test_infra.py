@@ -494,6 +494,7 @@ def test_the_provisioner_role_holds_what_arm_py_calls_and_nothing_more() -> None
         "Microsoft.Resources/subscriptions/resourceGroups/write",
         "Microsoft.Resources/subscriptions/resourceGroups/delete",
         "Microsoft.Resources/subscriptions/resources/read",
+        "Microsoft.ResourceGraph/resources/read",
         "Microsoft.Resources/deployments/write",
         "Microsoft.Resources/deployments/cancel/action",
         "Microsoft.Resources/deployments/delete",

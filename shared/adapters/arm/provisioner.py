@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from shared.adapters.arm.base import ROOT, _Seen, cluster_deployment
+from shared.adapters.arm.bulk import BulkMixin
 from shared.adapters.arm.customdata import sanitize_tags
 from shared.adapters.arm.disks import DisksMixin
 from shared.adapters.arm.observe import ObserveMixin
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sparkplane.arm")
 
 
-class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin):
+class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, BulkMixin):
     """`Provisioner` on Azure Resource Manager, plus the workspace operations of the admin
     endpoints (`create_workspace`, `workspace_status`, `delete_workspace`)."""
 

@@ -90,10 +90,15 @@ class ArmThrottle:
 
     def on_response(self, response: Any) -> None:
         http = response.http_request
+        resp = response.http_response
         sub = _subscription(http.url)
         if sub is None:
+            # Not a subscription's request (Resource Graph has limits of its own): a 429 is
+            # still a retry later.
+            if resp.status_code == 429:
+                self.throttled += 1
+                raise ProvisionerThrottled(retry_after_s(resp.headers.get("Retry-After")))
             return
-        resp = response.http_response
         headers = resp.headers
         now = self.clock()
         with self._lock:
