@@ -227,9 +227,12 @@ class Lifecycle:
     def schedule(self, c: Cluster, etag: str, *, delay_ms: int | None = None) -> None:
         """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,
         due-time bucket): two chains for one cluster merge by duplicate detection, while one
-        chain's successive follow-ups fall in different buckets and are never dropped."""
+        chain's successive follow-ups fall in different buckets and are never dropped. A retry
+        after `delay_ms` (throttled) is named by its due time: successive ones within one bucket
+        are not dropped as duplicates either."""
         due = self.clock.now_ms() + (self.interval_ms if delay_ms is None else delay_ms)
-        msg_id = f"r:{c.cluster_id}:{etag}:{due // self.interval_ms}"
+        bucket = due // self.interval_ms if delay_ms is None else f"t{due}"
+        msg_id = f"r:{c.cluster_id}:{etag}:{bucket}"
         self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, msg_id, due)])
 
     # ------------------------------------------------------------------ reconciler timer

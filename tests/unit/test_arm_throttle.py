@@ -113,3 +113,37 @@ def test_throttled_is_a_temporary_failure_with_its_delay() -> None:
     e = ProvisionerThrottled(2.5)
     assert e.retry_after_s == 2.5 and "2.5" in str(e)
     assert json.loads(json.dumps({"s": e.retry_after_s})) == {"s": 2.5}
+
+
+def test_successive_throttled_retries_are_not_dropped_as_duplicates(tmp_path: Path) -> None:
+    clock = FakeClock()
+    now = SimTime(clock)
+    arm = FakeArm(limits=ArmLimits(), clock=now, record=False)
+    prov = arm_provisioner(arm, clock=now)
+    bus = EmbeddedBus(tmp_path / "bus.db", clock=clock)
+    c = Container(
+        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
+        store=SqliteStore(tmp_path / "store.db", clock=clock),
+        bus=bus,
+        provisioner=prov,
+        clock=clock,
+    )
+    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
+    arm.tick(2)
+    p = Principal("ws1", "admin", "t")
+    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
+    cid = c.clusters.create(p, {**spec, "cluster_name": "c", "num_workers": 0})
+    for _ in range(20):
+        while (d := bus.receive("cluster-lifecycle")) is not None:
+            c.lifecycle.handle(d.body)
+            bus.complete(d)
+        arm.tick()
+        clock.advance(1000)
+    got = c.repo.load("ws1", cid)
+    assert got is not None and got[0].state == State.RUNNING  # its document does not change
+    for i in range(3):  # throttled three times within one interval: three retries sent
+        c.lifecycle.throttled("ws1", cid, ProvisionerThrottled(0.04))
+        clock.advance(40)
+        d = bus.receive("cluster-lifecycle")
+        assert d is not None, i
+        bus.complete(d)
