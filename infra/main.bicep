@@ -52,6 +52,14 @@ param jobsQueueName string = 'job-runs'
 @description('NCRONTAB (six fields, with seconds) of the reconciler timer (SPARKPLANE_RECONCILER_SCHEDULE).')
 param reconcilerSchedule string = '*/10 * * * * *'
 
+@description('Seconds between the ARM reads of a RUNNING cluster for drift (SPARKPLANE_DRIFT_CHECK_S): node health comes from the agents\' heartbeats, and ARM is read for a running cluster only when a node is silent or at its drift moment, spread over this period (docs/deploy.md, "Scale"). 0: every reconciler tick, which ARM\'s read limit allows for about 60 running clusters per subscription.')
+@minValue(0)
+param driftCheckSeconds int = 7200
+
+@description('Delay of the follow-up reconcile while a cluster converges (SPARKPLANE_RECONCILE_INTERVAL_S): each one reads ARM, so ARM\'s read limit bounds how many creates a subscription serves at once (docs/deploy.md, "Scale").')
+@minValue(1)
+param reconcileIntervalSeconds int = 10
+
 @description('NCRONTAB of the autoscaling timer (SPARKPLANE_AUTOSCALE_SCHEDULE).')
 param autoscaleSchedule string = '*/10 * * * * *'
 
@@ -626,6 +634,8 @@ var appSettings = {
   SPARKPLANE_LIFECYCLE_QUEUE: lifecycleQueue.name
   SPARKPLANE_JOBS_QUEUE: jobsQueue.name
   SPARKPLANE_RECONCILER_SCHEDULE: reconcilerSchedule
+  SPARKPLANE_DRIFT_CHECK_S: string(driftCheckSeconds)
+  SPARKPLANE_RECONCILE_INTERVAL_S: string(reconcileIntervalSeconds)
   SPARKPLANE_AUTOSCALE_SCHEDULE: autoscaleSchedule
   SPARKPLANE_IDLE_SCHEDULE: idleSchedule
   SPARKPLANE_JOBS_SCHEDULE: jobsSchedule

@@ -22,7 +22,7 @@ the provisioner grows; unset: the sizes of the distinct file systems holding the
 A node's disk is all its Spark local dirs: used is the size of the files under them, total the
 quota or the file systems' sizes (each counted once). In Azure that is the VM's temporary disk
 plus each data disk the control plane attached, which is also what the ARM provisioner counts
-when it grows a node (shared/adapters/arm.py).
+when it grows a node (shared/adapters/arm/).
 
 The same module is what the Azure node bootstrap installs and starts on the node VMs
 (infra/bootstrap/cloud-init.yaml): on the driver, and on the workers of clusters with

@@ -194,6 +194,16 @@ class ProvisionerUnsupported(Exception):
     """This provisioner cannot do what was asked; the message says why (shown to users)."""
 
 
+class ProvisionerThrottled(Exception):
+    """A temporary failure: the cloud's request limits (or the provisioner's own budget of
+    them) allow no more requests for now. Nothing is lost: the caller retries the same work
+    after `retry_after_s` seconds; it never fails a cluster for it."""
+
+    def __init__(self, retry_after_s: float, message: str = "") -> None:
+        super().__init__(message or f"throttled; retry after {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True, slots=True)
 class PoolRequest:
     """What a provisioner needs to know of an instance pool to make its nodes."""
@@ -302,6 +312,18 @@ class WorkspaceResources(Protocol):
 
     def delete_workspace(self, workspace_id: str) -> None:
         """Start removing the workspace's resources (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class ClusterHealthQuery(Protocol):
+    """An optional capability of a provisioner: the clusters with a node down in the cloud, in
+    one bulk query (paged) for all of them, instead of an observe per cluster (ARM: Azure
+    Resource Graph). The reconciler timer observes only those (shared/services/health.py)."""
+
+    def unhealthy_clusters(self) -> set[str]:
+        """Ids of the clusters some of whose nodes failed or are stopped; may raise
+        ProvisionerThrottled."""
         ...
 
 

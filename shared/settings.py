@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     # The URL cluster agents post heartbeats to (default: this host's own address).
     agent_callback_url: str = ""
     heartbeat_s: float = 10.0
+    # Node health (shared/domain/node_health.py): a node whose agent is silent this many
+    # heartbeats is suspect, and only then is the cloud asked about a RUNNING cluster ...
+    health_silent_beats: int = 3
+    # ... which is otherwise read for drift (and orphans) once per this many seconds, spread
+    # over the period by cluster; 0 = at every reconciler tick (local provisioners).
+    drift_check_s: float = 0.0
     sample_ttl_s: int = 3600
     # Samples the autoscaler reads per cluster and decision.
     autoscale_samples: int = 90

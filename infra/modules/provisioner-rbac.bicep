@@ -43,7 +43,7 @@ resource provisionerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = 
     ]
     permissions: [
       {
-        // Exactly what shared/adapters/arm.py requests and what ARM checks when it deploys
+        // Exactly what shared/adapters/arm/ requests and what ARM checks when it deploys
         // infra/templates as this identity (tests/unit/test_infra.py derives the list from both):
         // no wildcard but read-only ones. Left out on purpose: VM run commands and extensions
         // (code on any VM), VNet peering, storage account keys and SAS, tag writes of their own.
@@ -57,6 +57,9 @@ resource provisionerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = 
           'Microsoft.Resources/subscriptions/resourceGroups/delete'
           'Microsoft.Resources/subscriptions/resourceGroups/resources/read'
           'Microsoft.Resources/subscriptions/resources/read'
+          // The bulk health query of every cluster's VMs (Azure Resource Graph; it returns
+          // only what the other read actions already allow).
+          'Microsoft.ResourceGraph/resources/read'
           // Deployments of workspace.json and cluster.json in the managed groups.
           'Microsoft.Resources/deployments/read'
           'Microsoft.Resources/deployments/write'

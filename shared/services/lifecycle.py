@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -18,12 +19,15 @@ from shared.ports import (
     NodeRequest,
     PoolCapacityReached,
     PoolRequest,
+    PreconditionFailed,
     Provisioner,
+    ProvisionerThrottled,
     ProvisionerUnsupported,
 )
 from shared.services.auth import Auth
 from shared.services.deletion import WorkspaceDeletion
 from shared.services.documents import ClusterRepo, retry_on_conflict
+from shared.services.health import NodeHealth
 from shared.services.messages import reconcile_message
 from shared.services.pools import PoolService
 from shared.settings import Settings
@@ -79,11 +83,17 @@ class Lifecycle:
         self.clock = clock
         self.settings = settings
         self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
+        self.health = NodeHealth(repo.store, settings, provisioner)
+        self._last_sweep_ms = 0
 
     def handle(self, body: bytes) -> None:
         msg: dict[str, Any] = json.loads(body)
         if msg.get("type") == "reconcile":
-            self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+            try:
+                self.reconcile(str(msg["workspace_id"]), str(msg["cluster_id"]))
+            except ProvisionerThrottled as e:
+                # The cloud's request limits: the same reconcile later, never a failed cluster.
+                self.throttled(str(msg["workspace_id"]), str(msg["cluster_id"]), e)
         elif msg.get("type") == "pool":
             self.pools.reconcile(str(msg["workspace_id"]), str(msg["pool_id"]))
         elif msg.get("type") == "delete_workspace" and self.deletion is not None:
@@ -198,12 +208,32 @@ class Lifecycle:
             "SPARKPLANE_KILL_GRACE_S": str(self.settings.jobs_kill_grace_s),
         }
 
-    def schedule(self, c: Cluster, etag: str) -> None:
+    def throttled(self, workspace_id: str, cluster_id: str, e: ProvisionerThrottled) -> None:
+        """Reschedule a reconcile the provisioner was throttled in, after `e.retry_after_s`.
+        A PENDING cluster without a driver yet was not admitted (its create waits for ARM's
+        write budget): its startup timeout counts from its admission, so its `state_since`
+        moves to now (a concurrent write wins; the next attempt moves it again)."""
+        got = self.repo.load(workspace_id, cluster_id)
+        if got is None:
+            return
+        c, record = got
+        etag = record.etag
+        if c.state == State.PENDING and c.driver is None:
+            with contextlib.suppress(PreconditionFailed):  # somebody wrote: that reconcile runs
+                etag = self.repo.save(
+                    c, record, c.model_copy(update={"state_since": self.clock.now_ms()})
+                ).etag
+        self.schedule(c, etag, delay_ms=max(1, int(e.retry_after_s * 1000)))
+
+    def schedule(self, c: Cluster, etag: str, *, delay_ms: int | None = None) -> None:
         """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,
         due-time bucket): two chains for one cluster merge by duplicate detection, while one
-        chain's successive follow-ups fall in different buckets and are never dropped."""
-        due = self.clock.now_ms() + self.interval_ms
-        msg_id = f"r:{c.cluster_id}:{etag}:{due // self.interval_ms}"
+        chain's successive follow-ups fall in different buckets and are never dropped. A retry
+        after `delay_ms` (throttled) is named by its due time: successive ones within one bucket
+        are not dropped as duplicates either."""
+        due = self.clock.now_ms() + (self.interval_ms if delay_ms is None else delay_ms)
+        bucket = due // self.interval_ms if delay_ms is None else f"t{due}"
+        msg_id = f"r:{c.cluster_id}:{etag}:{bucket}"
         self.bus.send(self.settings.lifecycle_queue, [reconcile_message(c, msg_id, due)])
 
     # ------------------------------------------------------------------ reconciler timer
@@ -214,8 +244,18 @@ class Lifecycle:
         driver), flush events left behind, and stop nodes no cluster owns."""
         # Nodes first, documents second: a cluster's document is written before its first
         # node, so a node seen here belongs to a document the scan below sees.
-        owners = self.provisioner.cluster_ids()
         now = self.clock.now_ms()
+        since, self._last_sweep_ms = self._last_sweep_ms or now - self.interval_ms, now
+        # The cloud is read for drift and orphans at a slow cadence, for node health only when
+        # the heartbeats say so (services/health.py); a throttled read waits for the next tick.
+        throttled = False
+        owners: set[str] = set()
+        try:
+            self.health.refresh()
+            if self.health.orphans_due(since, now):
+                owners = self.provisioner.cluster_ids()
+        except ProvisionerThrottled:
+            throttled = True
         stuck_ms = int(self.settings.stuck_after_s * 1000)
         kicked = 0
         known: set[str] = set()
@@ -233,7 +273,13 @@ class Lifecycle:
             if c.state == State.RUNNING:
                 # Passive check of a converged cluster: a node that died (or vanished) makes
                 # the planner act; then a reconcile replaces it or ends the cluster.
-                p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+                if throttled or self.health.check(c, since, now) is None:
+                    continue
+                try:
+                    p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+                except ProvisionerThrottled:
+                    throttled = True
+                    continue
                 if p.actions or p.changed:
                     self.bus.send(
                         self.settings.lifecycle_queue,

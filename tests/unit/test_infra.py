@@ -35,7 +35,7 @@ MAIN_BICEP = INFRA / "main.bicep"
 CLOUD_INIT = INFRA / "bootstrap" / "cloud-init.yaml"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
-# The ARM provisioner (shared/adapters/arm.py) deploys the templates with exactly these.
+# The ARM provisioner (shared/adapters/arm/) deploys the templates with exactly these.
 CLUSTER_PARAMS = {
     "clusterId",
     "location",
@@ -487,13 +487,14 @@ def test_the_provisioner_role_holds_what_arm_py_calls_and_nothing_more() -> None
                 assert f"{rtype}/{verb}".lower() in actions, (rtype, verb)
             if rtype.count("/") == 1 or rtype.endswith("/containers"):  # what ARM deletes
                 assert f"{rtype}/delete".lower() in actions, rtype
-    # What arm.py reads or deletes through the generic API, and its own calls.
+    # What the ARM provisioner reads or deletes through the generic API, and its own calls.
     for rtype in arm.API_VERSIONS:
         assert f"{rtype}/read" in actions and f"{rtype}/delete" in actions, rtype
     for a in (
         "Microsoft.Resources/subscriptions/resourceGroups/write",
         "Microsoft.Resources/subscriptions/resourceGroups/delete",
         "Microsoft.Resources/subscriptions/resources/read",
+        "Microsoft.ResourceGraph/resources/read",
         "Microsoft.Resources/deployments/write",
         "Microsoft.Resources/deployments/cancel/action",
         "Microsoft.Resources/deployments/delete",

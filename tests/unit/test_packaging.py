@@ -74,7 +74,7 @@ def test_funcignore_keeps_what_the_app_reads_and_drops_the_rest(tmp_path: Path) 
         "requirements.txt",
         "functions/clusters_api.py",
         "shared/services/clusters.py",
-        "shared/adapters/arm.py",
+        "shared/adapters/arm/provisioner.py",
         "infra/templates/cluster.json",
         "infra/bootstrap/cloud-init.yaml",
         "functions/console.py",

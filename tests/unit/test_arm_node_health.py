@@ -1,0 +1,121 @@
+"""The reconciler timer reads ARM for a RUNNING cluster only when its heartbeats stop (or its
+spread-out drift read is due); a killed driver is noticed from the silence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shared.adapters.embedded_bus import EmbeddedBus
+from shared.adapters.sqlite_store import SqliteStore
+from shared.domain.states import State
+from shared.services.auth import Principal
+from shared.settings import Settings
+from shared.wiring import Container
+from tests.fake_arm import BASE, SUB, ArmLimits, FakeArm, arm_provisioner
+from tests.support import FakeClock
+
+
+def _world(tmp_path: Path, **settings: Any) -> tuple[Container, FakeArm, EmbeddedBus, FakeClock]:
+    clock = FakeClock()
+    now = lambda: clock.ms / 1000  # noqa: E731
+    arm = FakeArm(limits=ArmLimits(), clock=now, record=False)
+    bus = EmbeddedBus(tmp_path / "bus.db", clock=clock)
+    c = Container(
+        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE, **settings),
+        store=SqliteStore(tmp_path / "store.db", clock=clock),
+        bus=bus,
+        provisioner=arm_provisioner(arm, clock=now),
+        clock=clock,
+    )
+    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
+    arm.tick(2)
+    return c, arm, bus, clock
+
+
+def _drain(c: Container, bus: EmbeddedBus) -> None:
+    while (d := bus.receive("cluster-lifecycle")) is not None:
+        c.lifecycle.handle(d.body)
+        bus.complete(d)
+
+
+def test_heartbeats_spare_arm_and_their_silence_asks_it(tmp_path: Path) -> None:
+    c, arm, bus, clock = _world(tmp_path, drift_check_s=7200, health_silent_beats=3)
+    p = Principal("ws1", "admin", "t")
+    cid = c.clusters.create(
+        p,
+        {"cluster_name": "c", "spark_version": "4.1.x-scala2.13", "num_workers": 1}
+        | {"node_type_id": "Standard_D4ds_v5"},
+    )
+    for _ in range(10):
+        _drain(c, bus)
+        arm.tick()
+        clock.advance(2000)
+    assert c.repo.load("ws1", cid)[0].state == State.RUNNING  # type: ignore[index]
+    agent = Principal("ws1", "agent", "a", role="agent", scope=cid)
+    sample = {"cluster_id": cid, "sample": {"running_tasks": 0, "total_slots": 4}}
+
+    reads = arm.counts["reads"]
+    for _ in range(30):  # five minutes of beats and ticks
+        c.utilization.heartbeat(agent, sample)
+        c.lifecycle.sweep()
+        clock.advance(10_000)
+    assert arm.counts["reads"] - reads <= 4  # at most the one drift read, if due now
+
+    # The driver VM is killed: no more beats. ARM is read once the silence is 3 beats long.
+    vm = arm.find("virtualMachines")[0]
+    vm["properties"]["provisioningState"] = "Failed"
+    noticed = None
+    for t in range(0, 120, 10):
+        c.lifecycle.sweep()
+        _drain(c, bus)
+        if c.repo.load("ws1", cid)[0].state != State.RUNNING:  # type: ignore[index]
+            noticed = t
+            break
+        clock.advance(10_000)
+    assert noticed is not None and noticed <= 40
+
+
+def test_one_paged_resource_graph_query_names_the_clusters_with_a_node_down(
+    tmp_path: Path,
+) -> None:
+    c, arm, bus, clock = _world(tmp_path, drift_check_s=7200)
+    p = Principal("ws1", "admin", "t")
+    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
+    ids = [c.clusters.create(p, {**spec, "cluster_name": f"c{i}", "num_workers": 1}) for i in "ab"]
+    for _ in range(10):
+        _drain(c, bus)
+        arm.tick()
+        clock.advance(2000)
+    assert c.provisioner.unhealthy_clusters() == set()  # type: ignore[attr-defined]
+    # A worker instance fails (it runs no agent: only ARM can tell).
+    vmss = next(r for r in arm.find("virtualMachineScaleSets") if r["tags"]["ClusterId"] == ids[1])
+    next(iter(vmss["instances"].values()))["state"] = "Failed"
+    arm.record = True
+    arm.take()
+    assert c.provisioner.unhealthy_clusters() == {ids[1]}  # type: ignore[attr-defined]
+    assert [(r.method, r.path) for r in arm.take()] == [
+        ("POST", "/providers/Microsoft.ResourceGraph/resources")
+    ]
+    # The next tick observes that cluster (not the healthy one), and the planner replaces it.
+    c.lifecycle.sweep()
+    _drain(c, bus)
+    observed = {r.path for r in arm.take() if r.method == "GET"}
+    assert any(ids[1] in path for path in observed) and not any(ids[0] in p for p in observed)
+
+
+def test_resource_graph_pages(tmp_path: Path) -> None:
+    clock = FakeClock()
+    arm = FakeArm()
+    prov = arm_provisioner(arm, clock=lambda: clock.ms / 1000)
+    for i in range(2500):
+        arm._put_res(
+            f"/subscriptions/{SUB}/resourceGroups/g/providers/Microsoft.Compute/"
+            f"virtualMachines/vm{i}",
+            "westeurope",
+            {"ClusterId": f"c{i:04d}", "Vendor": "sparkplane"},
+            props={"provisioningState": "Failed"},
+        )
+    arm.take()
+    assert prov.unhealthy_clusters() == {f"c{i:04d}" for i in range(2500)}
+    assert len(arm.take()) == 3  # pages of 1000
