@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.autoscale --trace FILE.csv --json OUT.json
     .venv/bin/python -m bench.autoscale --plot OUT.png --plot-trace bursty-s0
     .venv/bin/python -m bench.autoscale --frontier     # settings k0..k4 against the baselines
+    .venv/bin/python -m bench.autoscale --generated 30 --seeds 0,1,2   # generated shapes
+    .venv/bin/python -m bench.autoscale --week --warmup-s 259200       # 7-day traces, 3 scored
     .venv/bin/python -m bench.autoscale --scale-check  # decide_size over 10,000 clusters
 
 The simulator (bench/sim/engine.py) runs `shared.domain.autoscale` unchanged for the
@@ -31,17 +33,21 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bench import autoscale_sweep as sweep
 from bench.sim.engine import Result, Sim
+from bench.sim.generated import generated_traces
 from bench.sim.model import ClusterSpec, Trace
 from bench.sim.policies import BASELINES, FRONTIER, STATIC, make_policy
 from bench.sim.traces import (
     SHAPES,
     SWIM_FILE,
+    WEEK_SHAPES,
     builtin_traces,
     demand_curve,
     load_csv,
     swim_rows,
     swim_trace,
+    week_traces,
     write_csv,
 )
 from shared.domain.autoscale import (
@@ -63,9 +69,9 @@ DEFAULT_BOOTS = (60.0, 180.0)
 # Running
 
 
-def _run_one(args: tuple[Trace, str, float, float | None]) -> Result:
-    trace, policy, boot_s, record = args
-    return Sim(trace, make_policy(policy), boot_s, record_period_s=record).run()
+def _run_one(args: tuple[Trace, str, float, float | None, float]) -> Result:
+    trace, policy, boot_s, record, warmup_s = args
+    return Sim(trace, make_policy(policy), boot_s, record_period_s=record, warmup_s=warmup_s).run()
 
 
 def run_all(
@@ -75,8 +81,9 @@ def run_all(
     *,
     workers: int = 1,
     progress: bool = True,
+    warmup_s: float = 0.0,
 ) -> list[Result]:
-    tasks = [(t, p, b, None) for b in boots for t in traces for p in policies]
+    tasks = [(t, p, b, None, warmup_s) for b in boots for t in traces for p in policies]
     if workers > 1:
         from multiprocessing import get_context
 
@@ -366,7 +373,7 @@ def plot(trace: Trace, boot_s: float, policies: Sequence[str], out: Path) -> Non
     fig, axes = plt.subplots(len(policies), 1, figsize=(12, 1.9 * len(policies)), sharex=True)
     cap = trace.cluster.max_workers
     for ax, name in zip(axes, policies, strict=True):
-        r = _run_one((trace, name, boot_s, step))
+        r = _run_one((trace, name, boot_s, step, 0.0))
         xs = [t / 3600 for t, _ in demand]
         ax.fill_between(
             xs,
@@ -466,6 +473,11 @@ def scale_check(n: int = 10_000) -> float:
 # ------------------------------------------------------------------------------------------
 
 
+def _seed_list(text: str) -> list[int]:
+    """`1,2,3` or `1`: the seeds of one --seeds word."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.autoscale",
@@ -477,7 +489,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="draw demand against capacity per policy (PNG)")
     ap.add_argument("--plot-trace", help="which trace to plot (default: the first)")
     ap.add_argument("--boot", type=float, nargs="+", help="boot delays in s (default 60 180)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--seeds",
+        type=_seed_list,
+        nargs="+",
+        default=[[0, 1, 2]],
+        help="seeds, space- or comma-separated (default 0 1 2)",
+    )
+    ap.add_argument(
+        "--generated",
+        type=int,
+        metavar="N",
+        help="run the generated shapes gen-00 .. gen-<N-1> (bench/sim/generated.py), each seed",
+    )
+    ap.add_argument(
+        "--week", action="store_true", help="run the 7-day office-hours and nightly-etl traces"
+    )
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        help="leave jobs submitted before S out of the slowdowns; count node-hours from S on",
+    )
     ap.add_argument("--quick", action="store_true", help="one seed, boot 60 s, 6 h of SWIM")
     ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
@@ -500,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("all-purpose", "job"), default="all-purpose")
     ap.add_argument("--autotermination", type=int, default=60, help="minutes, 0 = off")
     args = ap.parse_args(argv)
+    args.seeds = [s for group in args.seeds for s in group]
 
     if args.scale_check:
         scale_check()
@@ -529,6 +563,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         traces = [load_csv(args.trace, cluster)]
         boots = args.boot or list(DEFAULT_BOOTS)
+    elif args.generated or args.week:
+        traces = generated_traces(args.generated, args.seeds) if args.generated else []
+        if args.week:
+            traces += week_traces(args.seeds)
+        boots = args.boot or list(DEFAULT_BOOTS)
     elif args.quick:
         traces = [swim_trace(hours=6)] + [make(args.seeds[0]) for make in SHAPES.values()]
         boots = args.boot or [60.0]
@@ -538,10 +577,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     policies = [*FRONTIER, *BASELINES] if args.frontier else args.policies
-    results = run_all(traces, boots, policies, workers=args.workers)
+    results = run_all(traces, boots, policies, workers=args.workers, warmup_s=args.warmup_s)
     rows = [r.row() for r in results]
     elapsed = time.perf_counter() - t0
-    if args.markdown:
+    if args.generated or args.week:
+        ours = [p for p in policies if p.startswith(OURS) and p != "sparkplane-noterm"]
+        print(sweep.markdown(rows, ours, [b for b in BASELINES if b in policies]))
+        for v in sweep.static_goal(rows, OURS):
+            if v["trace"].startswith(tuple(WEEK_SHAPES)):
+                print(
+                    f"{v['trace']} boot {v['boot_s']:.0f}: node-h {v['node_hours_vs_max']:.2f}x "
+                    f"static-max's, p95 {v['p95_vs_max']:.2f}x: "
+                    + ("met" if v["met"] else "not met")
+                )
+    elif args.markdown:
         print(markdown(rows))
     elif args.frontier:
         print_frontier(rows)

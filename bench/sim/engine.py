@@ -20,6 +20,10 @@ The model:
   running tasks are killed and re-queued, and may wait for the worker's live shuffle too.
 - Idle termination (sparkplane only) releases every worker; the next job starts the cluster
   again at its minimum size with a cold start.
+- Warm-up (`warmup_s`): jobs submitted before it are left out of the slowdowns, and node-hours,
+  idle node-hours, scaling actions, reversals and recomputed work count from it on, for every
+  policy alike; a forecaster's learning days are run but not scored. Terminations and false
+  terminations count over the whole run.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from shared.domain.autoscale import Sample, WorkerLoad
 BOOTING, READY, DECOM = 0, 1, 2
 
 # Event kinds, in the order they are handled at the same instant.
-EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD = range(7)
+EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD, EV_WARMUP = range(8)
 
 REVERSAL_WINDOW_S = 600.0
 
@@ -196,8 +200,10 @@ class Sim:
         cold_start_s: float = 120.0,
         record_period_s: float | None = None,
         jitter: float = 0.2,
+        warmup_s: float = 0.0,
     ) -> None:
         self.trace = trace
+        self.warmup_s = max(0.0, warmup_s)
         # Task durations vary by +-jitter around task_s, a fixed function of each task.
         self.jitter = jitter
         self.spec = trace.cluster
@@ -253,6 +259,8 @@ class Sim:
             self._push(self.policy.period_s, EV_TICK)
         if self.record_period_s:
             self._push(0.0, EV_RECORD)
+        if self.warmup_s > 0:
+            self._push(self.warmup_s, EV_WARMUP)
         duration = self.trace.duration_s
         heap = self._heap
         pop = heapq.heappop
@@ -288,6 +296,8 @@ class Sim:
             elif kind == EV_RECORD:
                 self.timeline.append((t, len(self.nodes), len(self.ready)))
                 self._push(t + self.record_period_s, EV_RECORD)  # type: ignore[operator]
+            elif kind == EV_WARMUP:
+                self._start_scoring()
             self._dispatch()
         else:
             end_t = max(duration, self.last_finish, self.now)
@@ -417,6 +427,19 @@ class Sim:
 
     # ---------------------------------------------------------------- mechanics
 
+    def _start_scoring(self) -> None:
+        """The end of the warm-up: what was billed, idle or counted so far is not scored;
+        the workers alive now are billed from now on."""
+        self.node_s = 0.0
+        self.idle_node_s = 0.0
+        self.actions = 0
+        self.reversals = 0
+        self.recomputed_task_s = 0.0
+        for node in self.nodes.values():
+            node.requested_at = max(node.requested_at, self.now)
+            node.idle_s = 0.0
+            node.idle_since = self.now
+
     def _new_node(self, ready_at: float) -> Node:
         self._node_seq += 1
         node = Node(f"w{self._node_seq}", self.now, ready_at)
@@ -516,7 +539,7 @@ class Sim:
         self.jobs_finished += 1
         self.last_finish = self.now
         ideal = job.spec.ideal_s(self.jitter)
-        if ideal > 0:
+        if ideal > 0 and job.spec.submit_s >= self.warmup_s:
             self.slowdowns.append((self.now - job.spec.submit_s) / ideal)
         for node in job.holders:
             freed = 0
@@ -674,5 +697,8 @@ def run(
     boot_s: float,
     *,
     record_period_s: float | None = None,
+    warmup_s: float = 0.0,
 ) -> Result:
-    return Sim(trace, policy_factory(), boot_s, record_period_s=record_period_s).run()
+    return Sim(
+        trace, policy_factory(), boot_s, record_period_s=record_period_s, warmup_s=warmup_s
+    ).run()
