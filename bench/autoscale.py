@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.autoscale --quick        # one seed, boot 60 s, 6 h of SWIM
     .venv/bin/python -m bench.autoscale --trace FILE.csv --json OUT.json
     .venv/bin/python -m bench.autoscale --plot OUT.png --plot-trace bursty-s0
-    .venv/bin/python -m bench.autoscale --frontier     # settings k0..k4 against the baselines
+    .venv/bin/python -m bench.autoscale --frontier     # adds the knob's settings, sparkplane-<s>
     .venv/bin/python -m bench.autoscale --generated 30 --seeds 0,1,2   # generated shapes
     .venv/bin/python -m bench.autoscale --week --warmup-s 259200       # 7-day traces, 3 scored
     .venv/bin/python -m bench.autoscale --scale-check  # decide_size over 10,000 clusters
@@ -58,6 +58,7 @@ from shared.domain.autoscale import (
     idle_decision,
     last_activity,
 )
+from shared.domain.autoscale_settings import PREFERENCES
 
 SHARED_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 OURS = "sparkplane"
@@ -328,7 +329,7 @@ def markdown(rows: list[dict]) -> str:
 
 def print_frontier(rows: list[dict]) -> None:
     """For each (trace, boot) and baseline: which settings of the sparkplane family
-    (bench.sim.policies.FRONTIER, k0 cheapest ... k4 most conservative) are Pareto-better."""
+    (bench.sim.policies.FRONTIER: the preference knob, cost ... latency) are Pareto-better."""
     from rich.console import Console
     from rich.table import Table
 
@@ -336,19 +337,23 @@ def print_frontier(rows: list[dict]) -> None:
     for r in rows:
         groups[(r["trace"], r["boot_s"])][r["policy"]] = r
     t = Table(
-        title="Which sparkplane settings (k0 cheapest .. k4 most conservative) are "
+        title="Which preference settings (cost cheapest .. latency most responsive) are "
         "Pareto-better than each baseline"
     )
     t.add_column("trace")
     t.add_column("boot s")
     for b in BASELINES:
         t.add_column(b)
-    t.add_column("sparkplane k0..k4: node-h / p95")
+    t.add_column("cost .. latency: node-h / p95")
     covered = total = 0
     for (trace, boot), by in groups.items():
         cells = []
         for b in BASELINES:
-            ks = [k[-2:] for k in FRONTIER if k in by and b in by and beats(by[k], by[b])]
+            ks = [
+                k.removeprefix("sparkplane-")
+                for k in FRONTIER
+                if k in by and b in by and beats(by[k], by[b])
+            ]
             total += 1
             covered += bool(ks)
             cells.append(",".join(ks) or "-")
@@ -512,14 +517,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="leave jobs submitted before S out of the slowdowns; count node-hours from S on",
     )
     ap.add_argument("--quick", action="store_true", help="one seed, boot 60 s, 6 h of SWIM")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, *FRONTIER])
+    ap.add_argument(
+        "--preference",
+        choices=list(PREFERENCES),
+        help="the CSV trace's cluster sets spark.sparkplane.autoscaling.preference to this",
+    )
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     ap.add_argument("--summary-only", action="store_true", help="skip the per-run table")
     ap.add_argument("--scale-check", action="store_true", help="time decide_size, then exit")
     ap.add_argument(
         "--frontier",
         action="store_true",
-        help="run the sparkplane settings k0..k4 against the baselines instead",
+        help="add rows sparkplane-<setting> for each preference setting (cost .. latency)",
     )
     ap.add_argument("--export-swim", type=Path, help="write the converted SWIM trace as CSV")
     ap.add_argument(
@@ -560,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.slots,
             args.kind,
             args.autotermination or None,
+            args.preference,
         )
         traces = [load_csv(args.trace, cluster)]
         boots = args.boot or list(DEFAULT_BOOTS)
@@ -576,13 +587,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         boots = args.boot or list(DEFAULT_BOOTS)
 
     t0 = time.perf_counter()
-    policies = [*FRONTIER, *BASELINES] if args.frontier else args.policies
+    policies = args.policies
+    if args.frontier:
+        policies = [*policies, *(f for f in FRONTIER if f not in policies)]
     results = run_all(traces, boots, policies, workers=args.workers, warmup_s=args.warmup_s)
     rows = [r.row() for r in results]
     elapsed = time.perf_counter() - t0
     if args.generated or args.week:
         ours = [p for p in policies if p.startswith(OURS) and p != "sparkplane-noterm"]
         print(sweep.markdown(rows, ours, [b for b in BASELINES if b in policies]))
+        if args.frontier:
+            cov = sweep.covered(rows, list(FRONTIER), BASELINES)
+            for b, k in cov["covered"].items():
+                print(f"some preference setting is Pareto-better than {b} in {k} of {cov['cells']}")
         for v in sweep.static_goal(rows, OURS):
             if v["trace"].startswith(tuple(WEEK_SHAPES)):
                 print(

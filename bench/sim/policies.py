@@ -26,6 +26,7 @@ from shared.domain.autoscale import (
     idle_decision,
     last_activity,
 )
+from shared.domain.autoscale_settings import PREFERENCES
 
 
 def _need(sim: Sim) -> int:
@@ -78,7 +79,12 @@ class Sparkplane:
 
     def initial_workers(self, sim: Sim) -> int:
         if self.explicit is None:
-            self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
+            # As the live timer reads it: the cluster's preference, else the defaults.
+            pref = sim.spec.preference
+            if pref is not None:
+                self.params = PREFERENCES[pref]
+            else:
+                self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
         # The policy needs the samples of its hold window; its memory carries the rest.
         keep_s = max(self.params.down_hold_s, self.params.up_backlog_s) + 60
         self.samples = deque(maxlen=int(keep_s / self.period_s) + 2)
@@ -486,18 +492,16 @@ BASELINES = (
 STATIC = ("static-max", "static-min")
 
 
-# A family of sparkplane settings from the cheapest to the most conservative, for the
-# frontier check (python -m bench.autoscale --frontier). k2 is the default.
-FRONTIER = {
-    "sparkplane-k0": AutoscaleParams(down_hold_s=40.0, down_half_life_s=0.0, floor_factor=0.0),
-    "sparkplane-k1": AutoscaleParams(down_hold_s=90.0, down_half_life_s=60.0, floor_factor=1.0),
-    "sparkplane-k2": AutoscaleParams(),
-    "sparkplane-k3": AutoscaleParams(down_hold_s=300.0, down_half_life_s=300.0, floor_factor=3.0),
-    "sparkplane-k4": AutoscaleParams(down_hold_s=600.0, down_half_life_s=600.0, floor_factor=4.0),
-}
+# The knob's settings (spark.sparkplane.autoscaling.preference), from the cheapest to the most
+# responsive, for the frontier check (python -m bench.autoscale --frontier): rows
+# `sparkplane-<setting>`. `balanced` is the default. The earlier names k0..k4 still resolve.
+FRONTIER = {f"sparkplane-{name}": params for name, params in PREFERENCES.items()}
+_K_NAMES = {f"sparkplane-k{i}": name for i, name in enumerate(FRONTIER)}
 
 
 def make_policy(name: str, params: AutoscaleParams | None = None) -> Policy:
+    if name in _K_NAMES:
+        return Sparkplane(FRONTIER[_K_NAMES[name]], name=name)
     if name in FRONTIER:
         return Sparkplane(FRONTIER[name], name=name)
     if name == "sparkplane":

@@ -18,9 +18,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.domain import autoscale as pol
+from shared.domain import autoscale_settings, storage
 from shared.domain import cluster as dom
 from shared.domain import pools as pools_dom
-from shared.domain import storage
 from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
 from shared.domain.states import State
@@ -321,7 +321,7 @@ class Utilization:
             slots,
             memory,
             now,
-            self.params,
+            autoscale_settings.params_for(b["spec"].get("spark_conf"), self.params),
         )
         if d.target == current:
             return 0
