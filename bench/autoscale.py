@@ -37,7 +37,7 @@ from bench import autoscale_sweep as sweep
 from bench.sim.engine import Result, Sim
 from bench.sim.generated import generated_traces
 from bench.sim.model import ClusterSpec, Trace
-from bench.sim.policies import BASELINES, FRONTIER, STATIC, make_policy
+from bench.sim.policies import BASELINES, FRONTIER, PREDICTIVE, STATIC, make_policy
 from bench.sim.traces import (
     SHAPES,
     SWIM_FILE,
@@ -517,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="leave jobs submitted before S out of the slowdowns; count node-hours from S on",
     )
     ap.add_argument("--quick", action="store_true", help="one seed, boot 60 s, 6 h of SWIM")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, *FRONTIER])
+    ap.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, *FRONTIER, *PREDICTIVE]
+    )
     ap.add_argument(
         "--preference",
         choices=list(PREFERENCES),

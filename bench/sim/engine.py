@@ -236,6 +236,7 @@ class Sim:
         self._last_action: tuple[float, int] | None = None
         self.false_terminations = 0
         self.terminations = 0
+        self.resumes = 0
         self.recomputed_task_s = 0.0
         self.slowdowns: list[float] = []
         self.jobs_finished = 0
@@ -277,6 +278,11 @@ class Sim:
             elif kind == EV_TICK:
                 if not self.terminated:
                     self.policy.tick(self)
+                else:
+                    # Only policies that predict use look at a terminated cluster.
+                    resume_check = getattr(self.policy, "tick_terminated", None)
+                    if resume_check is not None:
+                        resume_check(self)
                 self._push(t + self.policy.period_s, EV_TICK)  # type: ignore[operator]
             elif kind == EV_ARRIVE:
                 self._arrive(a)  # type: ignore[arg-type]
@@ -418,6 +424,13 @@ class Sim:
         self.terminated = True
         if self.active:
             # A terminated busy cluster: its work is resubmitted at once (a cold start).
+            self._restart()
+
+    def resume(self) -> None:
+        """Start the terminated cluster ahead of use (a proactive resume): a cold start, as
+        when a job arrives."""
+        if self.terminated:
+            self.resumes += 1
             self._restart()
 
     def _restart(self) -> None:

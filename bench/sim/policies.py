@@ -20,13 +20,23 @@ from bench.sim.engine import READY, Node, Policy, Sim
 from shared.domain.autoscale import (
     JOB_CLUSTER_PARAMS,
     AutoscaleParams,
+    Decision,
     Sample,
     ScalingMemory,
     decide_size,
     idle_decision,
     last_activity,
 )
+from shared.domain.autoscale_forecast import resume_decision, with_forecast
 from shared.domain.autoscale_settings import PREFERENCES
+from shared.domain.forecast import (
+    ForecastParams,
+    demand_workers,
+    forecast,
+    new_state,
+    next_use,
+    observe,
+)
 
 
 def _need(sim: Sim) -> int:
@@ -95,6 +105,19 @@ class Sparkplane:
         self.memory = None
         self.last_activity_ms = int(sim.now * 1000)
 
+    def decide(self, sim: Sim, s: Sample) -> Decision:
+        spec = sim.spec
+        return decide_size(
+            self.samples,
+            spec.min_workers,
+            spec.max_workers,
+            sim.size,
+            spec.slots_per_worker,
+            self.memory,
+            s.ts_ms,
+            self.params,
+        )
+
     def tick(self, sim: Sim) -> None:
         spec = sim.spec
         s = sim.sample()
@@ -107,22 +130,79 @@ class Sparkplane:
             if idle is not None:
                 sim.terminate()
                 return
-        d = decide_size(
-            self.samples,
-            spec.min_workers,
-            spec.max_workers,
-            sim.size,
-            spec.slots_per_worker,
-            self.memory,
-            s.ts_ms,
-            self.params,
-        )
+        d = self.decide(sim, s)
         self.decisions += 1
         self.memory = d.memory
         if d.target > sim.size:
             sim.add_nodes(d.target - sim.size)
         elif d.remove:
             sim.remove_nodes([sim.node(n) for n in d.remove])
+
+
+class SparkplaneForecast(Sparkplane):
+    """Sparkplane with `spark.sparkplane.autoscaling.forecast` and `...proactiveResume` on:
+    every tick folds the sample into the forecaster's state (shared/domain/forecast.py), the
+    reactive decision is raised to the forecast of the next boot period
+    (shared/domain/autoscale_forecast.py: with_forecast), and while the cluster is terminated
+    it is started when its predicted next use is one cold start and boot away."""
+
+    def __init__(
+        self,
+        params: AutoscaleParams | None = None,
+        *,
+        name: str = "sparkplane-forecast",
+        forecast_params: ForecastParams | None = None,
+        resume: bool = True,
+    ) -> None:
+        super().__init__(params, name=name)
+        self.fparams = forecast_params or ForecastParams(week_start_ms=0)
+        self.fstate = new_state(name, self.fparams)
+        self.resume = resume
+        self.forecast_actions = 0
+
+    def initial_workers(self, sim: Sim) -> int:
+        self.fstate = new_state(sim.trace.name, self.fparams)
+        return super().initial_workers(sim)
+
+    def _observe(self, sim: Sim, ts_ms: int) -> None:
+        spec = sim.spec
+        w = demand_workers(sim.running, sim.pending, spec.slots_per_worker, spec.max_workers)
+        self.fstate = observe(self.fstate, ts_ms, w, self.fparams)
+
+    def decide(self, sim: Sim, s: Sample) -> Decision:
+        spec = sim.spec
+        self._observe(sim, s.ts_ms)
+        d = super().decide(sim, s)
+        fc = forecast(self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams)
+        out = with_forecast(
+            d,
+            fc,
+            min_workers=spec.min_workers,
+            max_workers=spec.max_workers,
+            current_workers=sim.size,
+            last_change=self.memory,
+            now_ms=s.ts_ms,
+        )
+        self.forecast_actions += out is not d and out.target != d.target
+        return out
+
+    def tick_terminated(self, sim: Sim) -> None:
+        now_ms = int(sim.now * 1000)
+        self._observe(sim, now_ms)
+        if not self.resume:
+            return
+        lead = sim.cold_start_s + sim.boot_s + float(self.period_s)
+        nxt = next_use(self.fstate, now_ms, lead, self.fparams)
+        fc = forecast(self.fstate, nxt, 0.0, self.fparams) if nxt is not None else None
+        r = resume_decision(
+            nxt,
+            fc,
+            now_ms=now_ms,
+            lead_s=lead,
+            autotermination_minutes=sim.spec.autotermination_minutes,
+        )
+        if r is not None:
+            sim.resume()
 
 
 class DatabricksStandard:
@@ -490,6 +570,8 @@ BASELINES = (
     "k8s-cluster-autoscaler",
 )
 STATIC = ("static-max", "static-min")
+# sparkplane with the forecast (and proactive resume, or without it).
+PREDICTIVE = ("sparkplane-forecast", "sparkplane-forecast-noresume")
 
 
 # The knob's settings (spark.sparkplane.autoscaling.preference), from the cheapest to the most
@@ -506,6 +588,10 @@ def make_policy(name: str, params: AutoscaleParams | None = None) -> Policy:
         return Sparkplane(FRONTIER[name], name=name)
     if name == "sparkplane":
         return Sparkplane(params)
+    if name == PREDICTIVE[0]:
+        return SparkplaneForecast(params)
+    if name == PREDICTIVE[1]:
+        return SparkplaneForecast(params, name=name, resume=False)
     if name == "sparkplane-noterm":
         return Sparkplane(params, idle_termination=False, name=name)
     if name == "static-max":

@@ -69,3 +69,23 @@ def test_cli_generated_sweep_with_comma_seeds(tmp_path: Path, capsys):
     rows = json.loads(out.read_text())
     assert {r["trace"] for r in rows} == {"gen-00-s0", "gen-00-s1"}
     assert "| sparkplane | databricks-optimized |" in capsys.readouterr().out
+
+
+def _daily() -> Trace:
+    """A 64-task job at 10:00 every day for four days; the cluster terminates after 30 min idle."""
+    jobs = tuple(csv_row_to_job(d, d * DAY + 36_000.0, 64, 20.0) for d in range(4))
+    cluster = ClusterSpec(1, 16, 4, autotermination_minutes=30)
+    return Trace("daily", "daily", 0, jobs, cluster, 4 * DAY)
+
+
+def test_the_forecast_has_the_workers_ready_for_the_daily_job():
+    warm = 2 * DAY
+    reactive = Sim(_daily(), make_policy("sparkplane"), 60.0, warmup_s=warm).run()
+    ahead = Sim(_daily(), make_policy("sparkplane-forecast"), 60.0, warmup_s=warm).run()
+    # Reactive: a cold start and a boot at every job; predicted: resumed and grown ahead.
+    assert reactive.slowdown_p95 > 3
+    assert ahead.slowdown_p95 < 1.1
+    assert ahead.false_terminations == 0
+    assert ahead.node_hours < 0.2 * 16 * 48  # far below holding the maximum
+    no_resume = Sim(_daily(), make_policy("sparkplane-forecast-noresume"), 60.0, warmup_s=warm)
+    assert no_resume.run().slowdown_p95 > 3  # the cold start is what resume saves
