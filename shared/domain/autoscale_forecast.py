@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from shared.domain import cluster as cluster_dom
 from shared.domain.autoscale import Decision, ScalingMemory
+from shared.domain.cluster import Cluster
 from shared.domain.forecast import Forecast
+from shared.domain.states import State
 
 
 def with_forecast(
@@ -100,3 +103,26 @@ def resume_decision(
             f"{lead_s:.0f} s ahead"
         ),
     )
+
+
+def proactive_start(c: Cluster, r: ResumeDecision, *, now: int) -> Cluster:
+    """Start a cluster that idle termination stopped, ahead of its predicted use: the STARTING
+    event names the forecast. Only an all-purpose cluster terminated for inactivity is resumed
+    (a cluster a user terminated stays terminated); anything else is returned unchanged."""
+    reason = c.termination_reason
+    if (
+        c.state != State.TERMINATED
+        or c.cluster_source == "JOB"
+        or c.deleted
+        or reason is None
+        or reason.code != "INACTIVITY"
+    ):
+        return c
+    out = cluster_dom.start(c, user=RESUME_USER, now=now)
+    for ev in out.pending_events:
+        if ev["type"] == "STARTING":
+            ev["details"] = {**ev["details"], "cause": "PROACTIVE_RESUME", "reason": r.reason}
+    return out
+
+
+RESUME_USER = "sparkplane-forecast"

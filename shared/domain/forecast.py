@@ -235,3 +235,55 @@ def next_use(
         if f is not None and f.workers > 0:
             return max(now_ms, start)
     return None
+
+
+def to_doc(state: ForecastState) -> dict[str, object]:
+    """The state as a JSON document (tuples as lists)."""
+    return {
+        "phase_ms": state.phase_ms,
+        "cur_bin": state.cur_bin,
+        "cur_peak": state.cur_peak,
+        "weekday": [list(v) for v in state.weekday],
+        "weekend": [list(v) for v in state.weekend],
+        "recent": list(state.recent),
+        "expected_recent": list(state.expected_recent),
+        "trend": state.trend,
+        "weekday_days": state.weekday_days,
+        "weekend_days": state.weekend_days,
+        "last_day": state.last_day,
+    }
+
+
+def from_doc(doc: dict[str, object]) -> ForecastState:
+    """The state of `to_doc`'s document."""
+
+    def table(key: str) -> tuple[tuple[int, ...], ...]:
+        raw = doc.get(key) or []
+        assert isinstance(raw, list)
+        return tuple(tuple(int(x) for x in v) for v in raw)
+
+    def ints(key: str) -> tuple[int, ...]:
+        raw = doc.get(key) or []
+        assert isinstance(raw, list)
+        return tuple(int(x) for x in raw)
+
+    def num(key: str, default: float) -> float:
+        v = doc.get(key, default)
+        assert isinstance(v, int | float)
+        return float(v)
+
+    raw_expected = doc.get("expected_recent") or []
+    assert isinstance(raw_expected, list)
+    return ForecastState(
+        phase_ms=int(num("phase_ms", 0)),
+        cur_bin=int(num("cur_bin", -1)),
+        cur_peak=int(num("cur_peak", 0)),
+        weekday=table("weekday"),
+        weekend=table("weekend"),
+        recent=ints("recent"),
+        expected_recent=tuple(float(x) for x in raw_expected),
+        trend=num("trend", 1.0),
+        weekday_days=int(num("weekday_days", 0)),
+        weekend_days=int(num("weekend_days", 0)),
+        last_day=int(num("last_day", -1)),
+    )

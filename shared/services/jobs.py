@@ -49,6 +49,7 @@ from shared.ports import (
     Record,
     Store,
 )
+from shared.services import prewarm
 from shared.services.auth import Principal
 from shared.services.clusters import ACTIVITY, ClusterService
 from shared.services.tasks import TaskService
@@ -1179,6 +1180,7 @@ class JobService:
             )
             self.bus.send(self.settings.jobs_queue, [msg])
             kicked += 1
+        prewarm.tick(self.store, self.clusters, self.clock)  # capacity ahead of predicted use
         return {"fired": fired, "healed": healed, "kicked": kicked}
 
     def _heal(self, job: dom.Job) -> int:
