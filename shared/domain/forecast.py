@@ -257,15 +257,17 @@ def to_doc(state: ForecastState) -> dict[str, object]:
 def from_doc(doc: dict[str, object]) -> ForecastState:
     """The state of `to_doc`'s document."""
 
+    # The document is the one `to_doc` wrote (JSON ints stay ints): converted in bulk, not
+    # value by value (the first autoscaling tick after a start reads thousands of them).
     def table(key: str) -> tuple[tuple[int, ...], ...]:
         raw = doc.get(key) or []
         assert isinstance(raw, list)
-        return tuple(tuple(int(x) for x in v) for v in raw)
+        return tuple(map(tuple, raw))
 
     def ints(key: str) -> tuple[int, ...]:
         raw = doc.get(key) or []
         assert isinstance(raw, list)
-        return tuple(int(x) for x in raw)
+        return tuple(raw)
 
     def num(key: str, default: float) -> float:
         v = doc.get(key, default)

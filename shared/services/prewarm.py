@@ -11,7 +11,8 @@ this module only feeds and applies them.
   only writer. Only the samples newer than the last one folded in are observed, and the
   document is written when a bin closes (every `bin_s`, at a per-cluster phase, so 10,000
   clusters spread their writes over the ticks); a restart of the process loses at most the
-  open bin's peak.
+  open bin's peak. After a start, at most `LOADS_PER_TICK` states are read per tick, so the
+  first ticks stay as fast as the others; a cluster not read yet is held reactively.
 - `Prewarm.tick` (called from the jobs scheduler's timer) starts a cluster ahead of use: a
   cluster that idle termination stopped, with proactive resume on, when its predicted next use
   is one expected start away; and a terminated `existing_cluster_id` target of a scheduled job,
@@ -44,6 +45,8 @@ BOOT_KIND = "boot"  # partition "node_type", id the node type: learned start tim
 STARTS_KIND = "prewarm_start"  # partition "start", id the cluster: a start this service made
 # The autoscaling timer's period, added to the boot period the forecast looks ahead.
 TICK_MARGIN_S = 60.0
+# Forecast states read from the store per autoscaling tick (the rest wait for the next ticks).
+LOADS_PER_TICK = 1000
 
 
 @dataclass(slots=True)
@@ -54,10 +57,31 @@ class _Cached:
 
 
 class Forecasts:
-    def __init__(self, store: Store, params: fc.ForecastParams | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        params: fc.ForecastParams | None = None,
+        *,
+        loads_per_tick: int = LOADS_PER_TICK,
+    ) -> None:
         self.store = store
         self.params = params or fc.ForecastParams()
         self._cache: dict[str, _Cached] = {}
+        self.loads_per_tick = loads_per_tick
+        self._tick_ms = -1
+        self._loads_left = loads_per_tick
+
+    def _may_load(self, now: int) -> bool:
+        """At most `loads_per_tick` states are read from the store per timer tick (a tick is
+        one `now`): after a process start, 10,000 opted-in clusters are read over several
+        ticks, and those not read yet are held by the reactive policy alone meanwhile."""
+        if now != self._tick_ms:
+            self._tick_ms = now
+            self._loads_left = self.loads_per_tick
+        if self._loads_left <= 0:
+            return False
+        self._loads_left -= 1
+        return True
 
     def load(self, cluster_id: str) -> fc.ForecastState:
         got = self._cache.get(cluster_id)
@@ -118,6 +142,8 @@ class Forecasts:
         if not use and not conf.flag(spark_conf, conf.PROACTIVE_RESUME):
             return d
         cid = body["cluster_id"]
+        if cid not in self._cache and not self._may_load(now):
+            return d
         self.observe(cid, samples, slots, max_workers)
         if not use:
             return d
