@@ -70,9 +70,10 @@ DEFAULT_BOOTS = (60.0, 180.0)
 # Running
 
 
-def _run_one(args: tuple[Trace, str, float, float | None, float]) -> Result:
-    trace, policy, boot_s, record, warmup_s = args
-    return Sim(trace, make_policy(policy), boot_s, record_period_s=record, warmup_s=warmup_s).run()
+def _run_one(args: tuple[Trace, str, float, float | None, float, dict]) -> Result:
+    trace, policy, boot_s, record, warmup_s, kw = args
+    sim = Sim(trace, make_policy(policy), boot_s, record_period_s=record, warmup_s=warmup_s, **kw)
+    return sim.run()
 
 
 def run_all(
@@ -83,8 +84,10 @@ def run_all(
     workers: int = 1,
     progress: bool = True,
     warmup_s: float = 0.0,
+    sim_kw: dict | None = None,
 ) -> list[Result]:
-    tasks = [(t, p, b, None, warmup_s) for b in boots for t in traces for p in policies]
+    kw = sim_kw or {}
+    tasks = [(t, p, b, None, warmup_s, kw) for b in boots for t in traces for p in policies]
     if workers > 1:
         from multiprocessing import get_context
 
@@ -378,7 +381,7 @@ def plot(trace: Trace, boot_s: float, policies: Sequence[str], out: Path) -> Non
     fig, axes = plt.subplots(len(policies), 1, figsize=(12, 1.9 * len(policies)), sharex=True)
     cap = trace.cluster.max_workers
     for ax, name in zip(axes, policies, strict=True):
-        r = _run_one((trace, name, boot_s, step, 0.0))
+        r = _run_one((trace, name, boot_s, step, 0.0, {}))
         xs = [t / 3600 for t, _ in demand]
         ax.fill_between(
             xs,
@@ -511,6 +514,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--week", action="store_true", help="run the 7-day office-hours and nightly-etl traces"
     )
     ap.add_argument(
+        "--pool-idle",
+        type=int,
+        help="every cluster draws from an instance pool keeping this many idle instances",
+    )
+    ap.add_argument(
+        "--pool-acquire-s",
+        type=float,
+        default=20.0,
+        help="join time of a worker taken from the pool's idle instances (default 20)",
+    )
+    ap.add_argument(
         "--warmup-s",
         type=float,
         default=0.0,
@@ -592,7 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = args.policies
     if args.frontier:
         policies = [*policies, *(f for f in FRONTIER if f not in policies)]
-    results = run_all(traces, boots, policies, workers=args.workers, warmup_s=args.warmup_s)
+    sim_kw = {}
+    if args.pool_idle is not None:
+        sim_kw = {"pool_min_idle": args.pool_idle, "pool_acquire_s": args.pool_acquire_s}
+    results = run_all(
+        traces, boots, policies, workers=args.workers, warmup_s=args.warmup_s, sim_kw=sim_kw
+    )
     rows = [r.row() for r in results]
     elapsed = time.perf_counter() - t0
     if args.generated or args.week:

@@ -20,6 +20,8 @@ The model:
   running tasks are killed and re-queued, and may wait for the worker's live shuffle too.
 - Idle termination (sparkplane only) releases every worker; the next job starts the cluster
   again at its minimum size with a cold start.
+- An instance pool (`pool_min_idle`, bench/sim/pool.py): a worker taken from the pool's idle
+  instances joins after `pool_acquire_s` instead of `boot_s`; the idle instances are billed.
 - Warm-up (`warmup_s`): jobs submitted before it are left out of the slowdowns, and node-hours,
   idle node-hours, scaling actions, reversals and recomputed work count from it on, for every
   policy alike; a forecaster's learning days are run but not scored. Terminations and false
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.sim.model import JobSpec, Trace, task_factor
+from bench.sim.pool import Pool
 from shared.domain.autoscale import Sample, WorkerLoad
 
 BOOTING, READY, DECOM = 0, 1, 2
@@ -201,8 +204,12 @@ class Sim:
         record_period_s: float | None = None,
         jitter: float = 0.2,
         warmup_s: float = 0.0,
+        pool_min_idle: int | None = None,
+        pool_acquire_s: float = 20.0,
     ) -> None:
         self.trace = trace
+        # An instance pool under the cluster (bench/sim/pool.py), or None: every worker boots.
+        self.pool = None if pool_min_idle is None else Pool(pool_min_idle, pool_acquire_s, boot_s)
         self.warmup_s = max(0.0, warmup_s)
         # Task durations vary by +-jitter around task_s, a fixed function of each task.
         self.jitter = jitter
@@ -311,6 +318,10 @@ class Sim:
         for node in list(self.nodes.values()):
             self._bill(node)
         self.nodes.clear()
+        if self.pool is not None:
+            pool_s = self.pool.close(end_t)
+            self.node_s += pool_s
+            self.idle_node_s += pool_s
         if self.record_period_s:
             self.timeline.append((end_t, 0, 0))
         return self._result(end_t)
@@ -374,7 +385,9 @@ class Sim:
         if count <= 0:
             return
         for _ in range(count):
-            node = self._new_node(self.now + self.boot_s + extra_boot_s)
+            acquire = self.pool.take(self.now) if self.pool is not None else None
+            join_s = self.boot_s if acquire is None else acquire
+            node = self._new_node(self.now + join_s + extra_boot_s)
             self.booting[node.name] = node
             self._push(node.ready_at, EV_READY, node)
         if action:
@@ -448,6 +461,8 @@ class Sim:
         self.actions = 0
         self.reversals = 0
         self.recomputed_task_s = 0.0
+        if self.pool is not None:
+            self.pool.reset_billing(self.now)
         for node in self.nodes.values():
             node.requested_at = max(node.requested_at, self.now)
             node.idle_s = 0.0
@@ -511,6 +526,8 @@ class Sim:
         node.shuffle_bytes = 0
         self._bill(node)
         del self.nodes[node.name]
+        if self.pool is not None:
+            self.pool.give_back(self.now)
 
     def _wait(self, job: Job) -> None:
         """(Re-)enter the job in the fair-share heap with its current running count."""

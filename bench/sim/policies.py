@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import replace
 
 from bench.sim.engine import READY, Node, Policy, Sim
 from shared.domain.autoscale import (
@@ -95,6 +96,9 @@ class Sparkplane:
                 self.params = PREFERENCES[pref]
             else:
                 self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
+        if sim.pool is not None:
+            # A worker from the pool joins in the pool's acquisition time, not a VM boot.
+            self.params = replace(self.params, expected_boot_s=sim.pool.acquire_s)
         # The policy needs the samples of its hold window; its memory carries the rest.
         keep_s = max(self.params.down_hold_s, self.params.up_backlog_s) + 60
         self.samples = deque(maxlen=int(keep_s / self.period_s) + 2)
@@ -153,8 +157,11 @@ class SparkplaneForecast(Sparkplane):
         name: str = "sparkplane-forecast",
         forecast_params: ForecastParams | None = None,
         resume: bool = True,
+        pool_only: bool = False,
     ) -> None:
         super().__init__(params, name=name)
+        self.pool_only = pool_only
+        self.base_idle: int | None = None
         self.fparams = forecast_params or ForecastParams(week_start_ms=0)
         self.fstate = new_state(name, self.fparams)
         self.resume = resume
@@ -174,6 +181,14 @@ class SparkplaneForecast(Sparkplane):
         self._observe(sim, s.ts_ms)
         d = super().decide(sim, s)
         fc = forecast(self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams)
+        if self.pool_only and sim.pool is not None:
+            # Pre-warm the pool, not the cluster: idle instances for the forecast demand the
+            # cluster does not hold yet; the cluster itself scales reactively from the pool.
+            if self.base_idle is None:
+                self.base_idle = sim.pool.min_idle
+            want = 0 if fc is None else max(0, min(fc.workers, spec.max_workers) - sim.size)
+            sim.pool.set_min_idle(sim.now, max(self.base_idle, want))
+            return d
         out = with_forecast(
             d,
             fc,
@@ -571,7 +586,9 @@ BASELINES = (
 )
 STATIC = ("static-max", "static-min")
 # sparkplane with the forecast (and proactive resume, or without it).
-PREDICTIVE = ("sparkplane-forecast", "sparkplane-forecast-noresume")
+# With a pool (--pool-idle), "sparkplane-forecast-pool" drives the pool's idle instances by the
+# forecast instead of the cluster's size.
+PREDICTIVE = ("sparkplane-forecast", "sparkplane-forecast-noresume", "sparkplane-forecast-pool")
 
 
 # The knob's settings (spark.sparkplane.autoscaling.preference), from the cheapest to the most
@@ -592,6 +609,8 @@ def make_policy(name: str, params: AutoscaleParams | None = None) -> Policy:
         return SparkplaneForecast(params)
     if name == PREDICTIVE[1]:
         return SparkplaneForecast(params, name=name, resume=False)
+    if name == PREDICTIVE[2]:
+        return SparkplaneForecast(params, name=name, pool_only=True)
     if name == "sparkplane-noterm":
         return Sparkplane(params, idle_termination=False, name=name)
     if name == "static-max":

@@ -89,3 +89,22 @@ def test_the_forecast_has_the_workers_ready_for_the_daily_job():
     assert ahead.node_hours < 0.2 * 16 * 48  # far below holding the maximum
     no_resume = Sim(_daily(), make_policy("sparkplane-forecast-noresume"), 60.0, warmup_s=warm)
     assert no_resume.run().slowdown_p95 > 3  # the cold start is what resume saves
+
+
+def test_a_pool_serves_workers_in_its_acquisition_time_and_bills_its_idle_instances():
+    from bench.sim.pool import Pool
+
+    pool = Pool(min_idle=2, acquire_s=20.0, boot_s=180.0)
+    assert pool.take(0.0) == 20.0 and pool.take(0.0) == 20.0
+    assert pool.take(0.0) is None  # empty until the replacements have booted
+    assert pool.take(200.0) == 20.0
+    pool.set_min_idle(300.0, 0)
+    assert pool.ready == 0 and not pool.booting
+    assert pool.close(1000.0) > 0
+    jobs = (csv_row_to_job(0, 600.0, 32, 30.0),)
+    trace = Trace("p", "p", 0, jobs, ClusterSpec(1, 8, 4, autotermination_minutes=None), 1800.0)
+    booted = Sim(trace, make_policy("sparkplane"), 180.0).run()
+    pooled = Sim(trace, make_policy("sparkplane"), 180.0, pool_min_idle=8).run()
+    assert pooled.slowdown_p95 < booted.slowdown_p95
+    assert pooled.node_hours > booted.node_hours  # the idle instances are billed
+    assert pooled.idle_node_hours > booted.idle_node_hours
