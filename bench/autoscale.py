@@ -621,13 +621,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cov = sweep.covered(rows, list(FRONTIER), BASELINES)
             for b, k in cov["covered"].items():
                 print(f"some preference setting is Pareto-better than {b} in {k} of {cov['cells']}")
-        for v in sweep.static_goal(rows, OURS):
-            if v["trace"].startswith(tuple(WEEK_SHAPES)):
-                print(
-                    f"{v['trace']} boot {v['boot_s']:.0f}: node-h {v['node_hours_vs_max']:.2f}x "
-                    f"static-max's, p95 {v['p95_vs_max']:.2f}x: "
-                    + ("met" if v["met"] else "not met")
-                )
+        for name in ours:
+            for v in sweep.static_goal(rows, name):
+                if v["trace"].startswith(tuple(WEEK_SHAPES)):
+                    print(
+                        f"{name} on {v['trace']} boot {v['boot_s']:.0f}: node-h "
+                        f"{v['node_hours_vs_max']:.2f}x static-max's, p95 {v['p95_vs_max']:.2f}x: "
+                        + ("met" if v["met"] else "not met")
+                    )
     elif args.markdown:
         print(markdown(rows))
     elif args.frontier:

@@ -136,6 +136,9 @@ def run(n: int, busy_share: float, ticks: int, forecast_share: float = 0.0) -> d
         "tick_s_median": round(statistics.median(times), 3),
         "tick_cpu_s_first": round(cpu[0], 3),
         "tick_cpu_s_median": round(statistics.median(cpu), 3),
+        # After every forecast state has been read (at most 1,000 a tick after a start).
+        "tick_s_last3_median": round(statistics.median(times[-3:]), 3),
+        "tick_cpu_s_last3_median": round(statistics.median(cpu[-3:]), 3),
         "changed_first_tick": changed if ticks == 1 else None,
         "reconciles_sent": bus.sent,
     }

@@ -98,7 +98,11 @@ class Forecasts:
         self.load(cluster_id)
         entry = self._cache[cluster_id]
         state = entry.state
-        fresh = [s for s in reversed(samples) if s.ts_ms > entry.seen_ms]
+        fresh = []
+        for s in reversed(samples):  # newest first, up to the last one folded in
+            if s.ts_ms <= entry.seen_ms:
+                break
+            fresh.append(s)
         for s in reversed(fresh):
             w = fc.demand_workers(s.running_tasks, s.pending_tasks, slots, hi)
             state = fc.observe(state, s.ts_ms, w, self.params)
