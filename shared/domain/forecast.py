@@ -219,6 +219,17 @@ def forecast(
     return Forecast(workers=workers, basis=basis)
 
 
+def window_key(
+    state: ForecastState, now_ms: int, horizon_s: float, p: ForecastParams | None = None
+) -> tuple[int, int, int]:
+    """What `forecast(state, now_ms, horizon_s)` depends on besides the parameters: the first
+    and last bin of the window and the open bin (the profile and trend change only when a bin
+    closes). A caller may keep the last forecast while the key stays the same."""
+    p = p or ForecastParams()
+    b0 = _bin(now_ms, state, p)
+    return b0, _bin(now_ms + int(horizon_s * 1000), state, p), state.cur_bin
+
+
 def next_use(
     state: ForecastState, now_ms: int, within_s: float, p: ForecastParams | None = None
 ) -> int | None:

@@ -54,6 +54,9 @@ class _Cached:
     state: fc.ForecastState
     seen_ms: int
     stored_bin: int
+    # The last forecast and its window key (fc.window_key): recomputed when the key changes.
+    key: tuple[int, int, int] = (-1, -1, -1)
+    forecast: fc.Forecast | None = None
 
 
 class Forecasts:
@@ -152,7 +155,12 @@ class Forecasts:
         if not use:
             return d
         horizon = params.expected_boot_s + TICK_MARGIN_S
-        f = fc.forecast(self._cache[cid].state, now, horizon, self.params)
+        entry = self._cache[cid]
+        key = fc.window_key(entry.state, now, horizon, self.params)
+        if key != entry.key:
+            entry.key = key
+            entry.forecast = fc.forecast(entry.state, now, horizon, self.params)
+        f = entry.forecast
         lo = int(body["spec"]["autoscale"]["min_workers"])
         return af.with_forecast(
             d,

@@ -20,6 +20,7 @@ from shared.domain.forecast import (
     new_state,
     next_use,
     observe,
+    window_key,
 )
 
 P = ForecastParams(week_start_ms=0)  # day 0 is a Monday
@@ -154,3 +155,14 @@ def test_proactive_resume_only_within_the_lead_and_the_autotermination_window():
     assert resume_decision(200_000, FC, **short) is None  # type: ignore[arg-type]
     r = resume_decision(100_000, FC, **kw)  # type: ignore[arg-type]
     assert r is not None and "forecast 6 workers" in r.reason
+
+
+def test_the_forecast_depends_only_on_its_window_key():
+    s = feed(new_state("c", P), 0, 3 * DAY_MS + 9 * H, office)
+    seen: dict[tuple[int, int, int], Forecast | None] = {}
+    for k in range(0, 4 * H, 10_000):
+        now = 3 * DAY_MS + 7 * H + k
+        key = window_key(s, now, 180, P)
+        f = forecast(s, now, 180, P)
+        assert seen.setdefault(key, f) == f
+    assert len(seen) > 10
