@@ -4,7 +4,9 @@
     .venv/bin/python -m bench.autoscale --quick        # one seed, boot 60 s, 6 h of SWIM
     .venv/bin/python -m bench.autoscale --trace FILE.csv --json OUT.json
     .venv/bin/python -m bench.autoscale --plot OUT.png --plot-trace bursty-s0
-    .venv/bin/python -m bench.autoscale --frontier     # settings k0..k4 against the baselines
+    .venv/bin/python -m bench.autoscale --frontier     # adds the knob's settings, sparkplane-<s>
+    .venv/bin/python -m bench.autoscale --generated 30 --seeds 0,1,2   # generated shapes
+    .venv/bin/python -m bench.autoscale --week --warmup-s 259200       # 7-day traces, 3 scored
     .venv/bin/python -m bench.autoscale --scale-check  # decide_size over 10,000 clusters
 
 The simulator (bench/sim/engine.py) runs `shared.domain.autoscale` unchanged for the
@@ -31,17 +33,21 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bench import autoscale_sweep as sweep
 from bench.sim.engine import Result, Sim
+from bench.sim.generated import generated_traces
 from bench.sim.model import ClusterSpec, Trace
-from bench.sim.policies import BASELINES, FRONTIER, STATIC, make_policy
+from bench.sim.policies import BASELINES, FRONTIER, PREDICTIVE, STATIC, make_policy
 from bench.sim.traces import (
     SHAPES,
     SWIM_FILE,
+    WEEK_SHAPES,
     builtin_traces,
     demand_curve,
     load_csv,
     swim_rows,
     swim_trace,
+    week_traces,
     write_csv,
 )
 from shared.domain.autoscale import (
@@ -52,6 +58,7 @@ from shared.domain.autoscale import (
     idle_decision,
     last_activity,
 )
+from shared.domain.autoscale_settings import PREFERENCES
 
 SHARED_TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 OURS = "sparkplane"
@@ -63,9 +70,10 @@ DEFAULT_BOOTS = (60.0, 180.0)
 # Running
 
 
-def _run_one(args: tuple[Trace, str, float, float | None]) -> Result:
-    trace, policy, boot_s, record = args
-    return Sim(trace, make_policy(policy), boot_s, record_period_s=record).run()
+def _run_one(args: tuple[Trace, str, float, float | None, float, dict]) -> Result:
+    trace, policy, boot_s, record, warmup_s, kw = args
+    sim = Sim(trace, make_policy(policy), boot_s, record_period_s=record, warmup_s=warmup_s, **kw)
+    return sim.run()
 
 
 def run_all(
@@ -75,8 +83,11 @@ def run_all(
     *,
     workers: int = 1,
     progress: bool = True,
+    warmup_s: float = 0.0,
+    sim_kw: dict | None = None,
 ) -> list[Result]:
-    tasks = [(t, p, b, None) for b in boots for t in traces for p in policies]
+    kw = sim_kw or {}
+    tasks = [(t, p, b, None, warmup_s, kw) for b in boots for t in traces for p in policies]
     if workers > 1:
         from multiprocessing import get_context
 
@@ -321,7 +332,7 @@ def markdown(rows: list[dict]) -> str:
 
 def print_frontier(rows: list[dict]) -> None:
     """For each (trace, boot) and baseline: which settings of the sparkplane family
-    (bench.sim.policies.FRONTIER, k0 cheapest ... k4 most conservative) are Pareto-better."""
+    (bench.sim.policies.FRONTIER: the preference knob, cost ... latency) are Pareto-better."""
     from rich.console import Console
     from rich.table import Table
 
@@ -329,19 +340,23 @@ def print_frontier(rows: list[dict]) -> None:
     for r in rows:
         groups[(r["trace"], r["boot_s"])][r["policy"]] = r
     t = Table(
-        title="Which sparkplane settings (k0 cheapest .. k4 most conservative) are "
+        title="Which preference settings (cost cheapest .. latency most responsive) are "
         "Pareto-better than each baseline"
     )
     t.add_column("trace")
     t.add_column("boot s")
     for b in BASELINES:
         t.add_column(b)
-    t.add_column("sparkplane k0..k4: node-h / p95")
+    t.add_column("cost .. latency: node-h / p95")
     covered = total = 0
     for (trace, boot), by in groups.items():
         cells = []
         for b in BASELINES:
-            ks = [k[-2:] for k in FRONTIER if k in by and b in by and beats(by[k], by[b])]
+            ks = [
+                k.removeprefix("sparkplane-")
+                for k in FRONTIER
+                if k in by and b in by and beats(by[k], by[b])
+            ]
             total += 1
             covered += bool(ks)
             cells.append(",".join(ks) or "-")
@@ -366,7 +381,7 @@ def plot(trace: Trace, boot_s: float, policies: Sequence[str], out: Path) -> Non
     fig, axes = plt.subplots(len(policies), 1, figsize=(12, 1.9 * len(policies)), sharex=True)
     cap = trace.cluster.max_workers
     for ax, name in zip(axes, policies, strict=True):
-        r = _run_one((trace, name, boot_s, step))
+        r = _run_one((trace, name, boot_s, step, 0.0, {}))
         xs = [t / 3600 for t, _ in demand]
         ax.fill_between(
             xs,
@@ -466,6 +481,11 @@ def scale_check(n: int = 10_000) -> float:
 # ------------------------------------------------------------------------------------------
 
 
+def _seed_list(text: str) -> list[int]:
+    """`1,2,3` or `1`: the seeds of one --seeds word."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.autoscale",
@@ -477,16 +497,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, help="draw demand against capacity per policy (PNG)")
     ap.add_argument("--plot-trace", help="which trace to plot (default: the first)")
     ap.add_argument("--boot", type=float, nargs="+", help="boot delays in s (default 60 180)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--seeds",
+        type=_seed_list,
+        nargs="+",
+        default=[[0, 1, 2]],
+        help="seeds, space- or comma-separated (default 0 1 2)",
+    )
+    ap.add_argument(
+        "--generated",
+        type=int,
+        metavar="N",
+        help="run the generated shapes gen-00 .. gen-<N-1> (bench/sim/generated.py), each seed",
+    )
+    ap.add_argument(
+        "--week", action="store_true", help="run the 7-day office-hours and nightly-etl traces"
+    )
+    ap.add_argument(
+        "--pool-idle",
+        type=int,
+        help="every cluster draws from an instance pool keeping this many idle instances",
+    )
+    ap.add_argument(
+        "--pool-acquire-s",
+        type=float,
+        default=20.0,
+        help="join time of a worker taken from the pool's idle instances (default 20)",
+    )
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        help="leave jobs submitted before S out of the slowdowns; count node-hours from S on",
+    )
     ap.add_argument("--quick", action="store_true", help="one seed, boot 60 s, 6 h of SWIM")
-    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    ap.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), choices=[*POLICIES, *FRONTIER, *PREDICTIVE]
+    )
+    ap.add_argument(
+        "--preference",
+        choices=list(PREFERENCES),
+        help="the CSV trace's cluster sets spark.sparkplane.autoscaling.preference to this",
+    )
     ap.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     ap.add_argument("--summary-only", action="store_true", help="skip the per-run table")
     ap.add_argument("--scale-check", action="store_true", help="time decide_size, then exit")
     ap.add_argument(
         "--frontier",
         action="store_true",
-        help="run the sparkplane settings k0..k4 against the baselines instead",
+        help="add rows sparkplane-<setting> for each preference setting (cost .. latency)",
     )
     ap.add_argument("--export-swim", type=Path, help="write the converted SWIM trace as CSV")
     ap.add_argument(
@@ -500,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("all-purpose", "job"), default="all-purpose")
     ap.add_argument("--autotermination", type=int, default=60, help="minutes, 0 = off")
     args = ap.parse_args(argv)
+    args.seeds = [s for group in args.seeds for s in group]
 
     if args.scale_check:
         scale_check()
@@ -526,8 +586,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.slots,
             args.kind,
             args.autotermination or None,
+            args.preference,
         )
         traces = [load_csv(args.trace, cluster)]
+        boots = args.boot or list(DEFAULT_BOOTS)
+    elif args.generated or args.week:
+        traces = generated_traces(args.generated, args.seeds) if args.generated else []
+        if args.week:
+            traces += week_traces(args.seeds)
         boots = args.boot or list(DEFAULT_BOOTS)
     elif args.quick:
         traces = [swim_trace(hours=6)] + [make(args.seeds[0]) for make in SHAPES.values()]
@@ -537,11 +603,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         boots = args.boot or list(DEFAULT_BOOTS)
 
     t0 = time.perf_counter()
-    policies = [*FRONTIER, *BASELINES] if args.frontier else args.policies
-    results = run_all(traces, boots, policies, workers=args.workers)
+    policies = args.policies
+    if args.frontier:
+        policies = [*policies, *(f for f in FRONTIER if f not in policies)]
+    sim_kw = {}
+    if args.pool_idle is not None:
+        sim_kw = {"pool_min_idle": args.pool_idle, "pool_acquire_s": args.pool_acquire_s}
+    results = run_all(
+        traces, boots, policies, workers=args.workers, warmup_s=args.warmup_s, sim_kw=sim_kw
+    )
     rows = [r.row() for r in results]
     elapsed = time.perf_counter() - t0
-    if args.markdown:
+    if args.generated or args.week:
+        ours = [p for p in policies if p.startswith(OURS) and p != "sparkplane-noterm"]
+        print(sweep.markdown(rows, ours, [b for b in BASELINES if b in policies]))
+        if args.frontier:
+            cov = sweep.covered(rows, list(FRONTIER), BASELINES)
+            for b, k in cov["covered"].items():
+                print(f"some preference setting is Pareto-better than {b} in {k} of {cov['cells']}")
+        for name in ours:
+            for v in sweep.static_goal(rows, name):
+                if v["trace"].startswith(tuple(WEEK_SHAPES)):
+                    print(
+                        f"{name} on {v['trace']} boot {v['boot_s']:.0f}: node-h "
+                        f"{v['node_hours_vs_max']:.2f}x static-max's, p95 {v['p95_vs_max']:.2f}x: "
+                        + ("met" if v["met"] else "not met")
+                    )
+    elif args.markdown:
         print(markdown(rows))
     elif args.frontier:
         print_frontier(rows)

@@ -6,6 +6,12 @@ Writes N RUNNING autoscale(1..8) clusters and 10 synthetic heartbeat samples eac
 fresh SQLite store, then times `Utilization.autoscale_tick()` (the timer function's work:
 scan, read samples, run the policy, write the clusters that change). Target: at most 1 s
 for 10,000 clusters.
+
+`--forecast-share F` opts that share of the clusters into the forecast hold
+(spark.sparkplane.autoscaling.forecast on) and gives each a stored forecast state of 5 days of
+history, its open bin in its own phase (as a cluster that has been running has it): the tick
+then also reads those states (the first tick) and folds samples, forecasts and writes the
+states whose bin closed (the later ones).
 """
 
 from __future__ import annotations
@@ -16,15 +22,19 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from bench.report import emit
 from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
+from shared.domain import autoscale_settings as conf
 from shared.domain import cluster as dom
+from shared.domain import forecast as fc
 from shared.domain.states import State
 from shared.ports import OutMessage
 from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.prewarm import KIND as FKIND
 from shared.services.utilization import SAMPLE, Utilization
 from shared.settings import Settings
 
@@ -42,18 +52,44 @@ class Clock:
         return int(time.time() * 1000)
 
 
-def populate(store: SqliteStore, n: int, busy_share: float, rng: random.Random) -> None:
+def _history(now: int) -> fc.ForecastState:
+    """Five days of an office-hours-like demand (0-8 workers), one sample a minute."""
+    s = fc.new_state("template")
+    t = now - 5 * fc.DAY_MS
+    while t < now - 60_000:
+        hour = (t // 3_600_000) % 24
+        s = fc.observe(s, t, 8 if 9 <= hour < 18 else 0)
+        t += 60_000
+    return s
+
+
+def populate(
+    store: SqliteStore, n: int, busy_share: float, rng: random.Random, forecast_share: float = 0.0
+) -> None:
     now = int(time.time() * 1000)
-    spec = dom.parse_spec(
-        {
-            "spark_version": "4.1.x-scala2.13",
-            "node_type_id": "rec-small",
-            "autoscale": {"min_workers": 1, "max_workers": 8},
-        }
-    )
+    body = {
+        "spark_version": "4.1.x-scala2.13",
+        "node_type_id": "rec-small",
+        "autoscale": {"min_workers": 1, "max_workers": 8},
+    }
+    spec = dom.parse_spec(body)
+    fspec = dom.parse_spec({**body, "spark_conf": {conf.FORECAST: "on"}})
+    template = _history(now) if forecast_share > 0 else None
+    p = fc.ForecastParams()
     for i in range(n):
+        forecasting = template is not None and rng.random() < forecast_share
+        if forecasting:
+            assert template is not None
+            phase = fc.new_state(f"c{i:06d}").phase_ms
+            cur = (now - 20_000 - p.week_start_ms - phase) // (p.bin_s * 1000)
+            state = replace(template, phase_ms=phase, cur_bin=cur)
+            store.create(FKIND, f"c{i:06d}", f"c{i:06d}", fc.to_doc(state))
         c = dom.create(
-            cluster_id=f"c{i:06d}", workspace_id="w", spec=spec, user="u", now=now - 3_600_000
+            cluster_id=f"c{i:06d}",
+            workspace_id="w",
+            spec=fspec if forecasting else spec,
+            user="u",
+            now=now - 3_600_000,
         )
         c.state = State.RUNNING
         c.running_since = now - 3_600_000
@@ -73,7 +109,7 @@ def populate(store: SqliteStore, n: int, busy_share: float, rng: random.Random) 
             store.create(SAMPLE, c.cluster_id, f"{10**13 - ts:013d}-0000", sample, ttl_s=3600)
 
 
-def run(n: int, busy_share: float, ticks: int) -> dict[str, float]:
+def run(n: int, busy_share: float, ticks: int, forecast_share: float = 0.0) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="sp-tick-"))
     store = SqliteStore(tmp / "store.db")
     settings = Settings(data_dir=tmp)
@@ -81,20 +117,28 @@ def run(n: int, busy_share: float, ticks: int) -> dict[str, float]:
     bus = NullBus()
     clusters = ClusterService(store, bus, Catalog(prov), Clock(), settings)
     util = Utilization(store, ClusterRepo(store, settings), clusters, Clock(), settings)
-    populate(store, n, busy_share, random.Random(7))
+    populate(store, n, busy_share, random.Random(7), forecast_share)
     times = []
+    cpu = []
     changed = 0
     for _ in range(ticks):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         stats = util.autoscale_tick()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
         changed += stats["changed"]
     store.close()
     return {
         "clusters": n,
         "busy_share": busy_share,
+        "forecast_share": forecast_share,
         "tick_s_first": round(times[0], 3),
         "tick_s_median": round(statistics.median(times), 3),
+        "tick_cpu_s_first": round(cpu[0], 3),
+        "tick_cpu_s_median": round(statistics.median(cpu), 3),
+        # After every forecast state has been read (at most 1,000 a tick after a start).
+        "tick_s_last3_median": round(statistics.median(times[-3:]), 3),
+        "tick_cpu_s_last3_median": round(statistics.median(cpu[-3:]), 3),
         "changed_first_tick": changed if ticks == 1 else None,
         "reconciles_sent": bus.sent,
     }
@@ -105,9 +149,10 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=10_000)
     ap.add_argument("--busy-share", type=float, default=0.2)
     ap.add_argument("--ticks", type=int, default=3)
+    ap.add_argument("--forecast-share", type=float, default=0.0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    result = run(args.clusters, args.busy_share, args.ticks)
+    result = run(args.clusters, args.busy_share, args.ticks, args.forecast_share)
     emit(f"autoscale tick over {args.clusters} clusters (SQLite store)", result, args.json)
 
 

@@ -20,6 +20,12 @@ The model:
   running tasks are killed and re-queued, and may wait for the worker's live shuffle too.
 - Idle termination (sparkplane only) releases every worker; the next job starts the cluster
   again at its minimum size with a cold start.
+- An instance pool (`pool_min_idle`, bench/sim/pool.py): a worker taken from the pool's idle
+  instances joins after `pool_acquire_s` instead of `boot_s`; the idle instances are billed.
+- Warm-up (`warmup_s`): jobs submitted before it are left out of the slowdowns, and node-hours,
+  idle node-hours, scaling actions, reversals and recomputed work count from it on, for every
+  policy alike; a forecaster's learning days are run but not scored. Terminations and false
+  terminations count over the whole run.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bench.sim.model import JobSpec, Trace, task_factor
+from bench.sim.pool import Pool
 from shared.domain.autoscale import Sample, WorkerLoad
 
 BOOTING, READY, DECOM = 0, 1, 2
 
 # Event kinds, in the order they are handled at the same instant.
-EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD = range(7)
+EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD, EV_WARMUP = range(8)
 
 REVERSAL_WINDOW_S = 600.0
 
@@ -196,8 +203,14 @@ class Sim:
         cold_start_s: float = 120.0,
         record_period_s: float | None = None,
         jitter: float = 0.2,
+        warmup_s: float = 0.0,
+        pool_min_idle: int | None = None,
+        pool_acquire_s: float = 20.0,
     ) -> None:
         self.trace = trace
+        # An instance pool under the cluster (bench/sim/pool.py), or None: every worker boots.
+        self.pool = None if pool_min_idle is None else Pool(pool_min_idle, pool_acquire_s, boot_s)
+        self.warmup_s = max(0.0, warmup_s)
         # Task durations vary by +-jitter around task_s, a fixed function of each task.
         self.jitter = jitter
         self.spec = trace.cluster
@@ -230,6 +243,7 @@ class Sim:
         self._last_action: tuple[float, int] | None = None
         self.false_terminations = 0
         self.terminations = 0
+        self.resumes = 0
         self.recomputed_task_s = 0.0
         self.slowdowns: list[float] = []
         self.jobs_finished = 0
@@ -253,6 +267,8 @@ class Sim:
             self._push(self.policy.period_s, EV_TICK)
         if self.record_period_s:
             self._push(0.0, EV_RECORD)
+        if self.warmup_s > 0:
+            self._push(self.warmup_s, EV_WARMUP)
         duration = self.trace.duration_s
         heap = self._heap
         pop = heapq.heappop
@@ -269,6 +285,11 @@ class Sim:
             elif kind == EV_TICK:
                 if not self.terminated:
                     self.policy.tick(self)
+                else:
+                    # Only policies that predict use look at a terminated cluster.
+                    resume_check = getattr(self.policy, "tick_terminated", None)
+                    if resume_check is not None:
+                        resume_check(self)
                 self._push(t + self.policy.period_s, EV_TICK)  # type: ignore[operator]
             elif kind == EV_ARRIVE:
                 self._arrive(a)  # type: ignore[arg-type]
@@ -288,6 +309,8 @@ class Sim:
             elif kind == EV_RECORD:
                 self.timeline.append((t, len(self.nodes), len(self.ready)))
                 self._push(t + self.record_period_s, EV_RECORD)  # type: ignore[operator]
+            elif kind == EV_WARMUP:
+                self._start_scoring()
             self._dispatch()
         else:
             end_t = max(duration, self.last_finish, self.now)
@@ -295,6 +318,10 @@ class Sim:
         for node in list(self.nodes.values()):
             self._bill(node)
         self.nodes.clear()
+        if self.pool is not None:
+            pool_s = self.pool.close(end_t)
+            self.node_s += pool_s
+            self.idle_node_s += pool_s
         if self.record_period_s:
             self.timeline.append((end_t, 0, 0))
         return self._result(end_t)
@@ -358,7 +385,9 @@ class Sim:
         if count <= 0:
             return
         for _ in range(count):
-            node = self._new_node(self.now + self.boot_s + extra_boot_s)
+            acquire = self.pool.take(self.now) if self.pool is not None else None
+            join_s = self.boot_s if acquire is None else acquire
+            node = self._new_node(self.now + join_s + extra_boot_s)
             self.booting[node.name] = node
             self._push(node.ready_at, EV_READY, node)
         if action:
@@ -410,12 +439,34 @@ class Sim:
             # A terminated busy cluster: its work is resubmitted at once (a cold start).
             self._restart()
 
+    def resume(self) -> None:
+        """Start the terminated cluster ahead of use (a proactive resume): a cold start, as
+        when a job arrives."""
+        if self.terminated:
+            self.resumes += 1
+            self._restart()
+
     def _restart(self) -> None:
         self.terminated = False
         self.policy.on_restart(self)
         self.add_nodes(self.spec.min_workers, extra_boot_s=self.cold_start_s, action=False)
 
     # ---------------------------------------------------------------- mechanics
+
+    def _start_scoring(self) -> None:
+        """The end of the warm-up: what was billed, idle or counted so far is not scored;
+        the workers alive now are billed from now on."""
+        self.node_s = 0.0
+        self.idle_node_s = 0.0
+        self.actions = 0
+        self.reversals = 0
+        self.recomputed_task_s = 0.0
+        if self.pool is not None:
+            self.pool.reset_billing(self.now)
+        for node in self.nodes.values():
+            node.requested_at = max(node.requested_at, self.now)
+            node.idle_s = 0.0
+            node.idle_since = self.now
 
     def _new_node(self, ready_at: float) -> Node:
         self._node_seq += 1
@@ -475,6 +526,8 @@ class Sim:
         node.shuffle_bytes = 0
         self._bill(node)
         del self.nodes[node.name]
+        if self.pool is not None:
+            self.pool.give_back(self.now)
 
     def _wait(self, job: Job) -> None:
         """(Re-)enter the job in the fair-share heap with its current running count."""
@@ -516,7 +569,7 @@ class Sim:
         self.jobs_finished += 1
         self.last_finish = self.now
         ideal = job.spec.ideal_s(self.jitter)
-        if ideal > 0:
+        if ideal > 0 and job.spec.submit_s >= self.warmup_s:
             self.slowdowns.append((self.now - job.spec.submit_s) / ideal)
         for node in job.holders:
             freed = 0
@@ -674,5 +727,8 @@ def run(
     boot_s: float,
     *,
     record_period_s: float | None = None,
+    warmup_s: float = 0.0,
 ) -> Result:
-    return Sim(trace, policy_factory(), boot_s, record_period_s=record_period_s).run()
+    return Sim(
+        trace, policy_factory(), boot_s, record_period_s=record_period_s, warmup_s=warmup_s
+    ).run()

@@ -68,6 +68,8 @@ class ClusterSpec:
     kind: Literal["all-purpose", "job"] = "all-purpose"
     # For the sparkplane idle policy (baselines never terminate).
     autotermination_minutes: int | None = 60
+    # spark.sparkplane.autoscaling.preference of the cluster (None: not set).
+    preference: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

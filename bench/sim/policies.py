@@ -15,16 +15,28 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import replace
 
 from bench.sim.engine import READY, Node, Policy, Sim
 from shared.domain.autoscale import (
     JOB_CLUSTER_PARAMS,
     AutoscaleParams,
+    Decision,
     Sample,
     ScalingMemory,
     decide_size,
     idle_decision,
     last_activity,
+)
+from shared.domain.autoscale_forecast import resume_decision, with_forecast
+from shared.domain.autoscale_settings import PREFERENCES
+from shared.domain.forecast import (
+    ForecastParams,
+    demand_workers,
+    forecast,
+    new_state,
+    next_use,
+    observe,
 )
 
 
@@ -78,7 +90,15 @@ class Sparkplane:
 
     def initial_workers(self, sim: Sim) -> int:
         if self.explicit is None:
-            self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
+            # As the live timer reads it: the cluster's preference, else the defaults.
+            pref = sim.spec.preference
+            if pref is not None:
+                self.params = PREFERENCES[pref]
+            else:
+                self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
+        if sim.pool is not None:
+            # A worker from the pool joins in the pool's acquisition time, not a VM boot.
+            self.params = replace(self.params, expected_boot_s=sim.pool.acquire_s)
         # The policy needs the samples of its hold window; its memory carries the rest.
         keep_s = max(self.params.down_hold_s, self.params.up_backlog_s) + 60
         self.samples = deque(maxlen=int(keep_s / self.period_s) + 2)
@@ -88,6 +108,19 @@ class Sparkplane:
         self.samples.clear()
         self.memory = None
         self.last_activity_ms = int(sim.now * 1000)
+
+    def decide(self, sim: Sim, s: Sample) -> Decision:
+        spec = sim.spec
+        return decide_size(
+            self.samples,
+            spec.min_workers,
+            spec.max_workers,
+            sim.size,
+            spec.slots_per_worker,
+            self.memory,
+            s.ts_ms,
+            self.params,
+        )
 
     def tick(self, sim: Sim) -> None:
         spec = sim.spec
@@ -101,22 +134,90 @@ class Sparkplane:
             if idle is not None:
                 sim.terminate()
                 return
-        d = decide_size(
-            self.samples,
-            spec.min_workers,
-            spec.max_workers,
-            sim.size,
-            spec.slots_per_worker,
-            self.memory,
-            s.ts_ms,
-            self.params,
-        )
+        d = self.decide(sim, s)
         self.decisions += 1
         self.memory = d.memory
         if d.target > sim.size:
             sim.add_nodes(d.target - sim.size)
         elif d.remove:
             sim.remove_nodes([sim.node(n) for n in d.remove])
+
+
+class SparkplaneForecast(Sparkplane):
+    """Sparkplane with `spark.sparkplane.autoscaling.forecast` and `...proactiveResume` on:
+    every tick folds the sample into the forecaster's state (shared/domain/forecast.py), the
+    reactive decision is raised to the forecast of the next boot period
+    (shared/domain/autoscale_forecast.py: with_forecast), and while the cluster is terminated
+    it is started when its predicted next use is one cold start and boot away."""
+
+    def __init__(
+        self,
+        params: AutoscaleParams | None = None,
+        *,
+        name: str = "sparkplane-forecast",
+        forecast_params: ForecastParams | None = None,
+        resume: bool = True,
+        pool_only: bool = False,
+    ) -> None:
+        super().__init__(params, name=name)
+        self.pool_only = pool_only
+        self.base_idle: int | None = None
+        self.fparams = forecast_params or ForecastParams(week_start_ms=0)
+        self.fstate = new_state(name, self.fparams)
+        self.resume = resume
+        self.forecast_actions = 0
+
+    def initial_workers(self, sim: Sim) -> int:
+        self.fstate = new_state(sim.trace.name, self.fparams)
+        return super().initial_workers(sim)
+
+    def _observe(self, sim: Sim, ts_ms: int) -> None:
+        spec = sim.spec
+        w = demand_workers(sim.running, sim.pending, spec.slots_per_worker, spec.max_workers)
+        self.fstate = observe(self.fstate, ts_ms, w, self.fparams)
+
+    def decide(self, sim: Sim, s: Sample) -> Decision:
+        spec = sim.spec
+        self._observe(sim, s.ts_ms)
+        d = super().decide(sim, s)
+        fc = forecast(self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams)
+        if self.pool_only and sim.pool is not None:
+            # Pre-warm the pool, not the cluster: idle instances for the forecast demand the
+            # cluster does not hold yet; the cluster itself scales reactively from the pool.
+            if self.base_idle is None:
+                self.base_idle = sim.pool.min_idle
+            want = 0 if fc is None else max(0, min(fc.workers, spec.max_workers) - sim.size)
+            sim.pool.set_min_idle(sim.now, max(self.base_idle, want))
+            return d
+        out = with_forecast(
+            d,
+            fc,
+            min_workers=spec.min_workers,
+            max_workers=spec.max_workers,
+            current_workers=sim.size,
+            last_change=self.memory,
+            now_ms=s.ts_ms,
+        )
+        self.forecast_actions += out is not d and out.target != d.target
+        return out
+
+    def tick_terminated(self, sim: Sim) -> None:
+        now_ms = int(sim.now * 1000)
+        self._observe(sim, now_ms)
+        if not self.resume:
+            return
+        lead = sim.cold_start_s + sim.boot_s + float(self.period_s)
+        nxt = next_use(self.fstate, now_ms, lead, self.fparams)
+        fc = forecast(self.fstate, nxt, 0.0, self.fparams) if nxt is not None else None
+        r = resume_decision(
+            nxt,
+            fc,
+            now_ms=now_ms,
+            lead_s=lead,
+            autotermination_minutes=sim.spec.autotermination_minutes,
+        )
+        if r is not None:
+            sim.resume()
 
 
 class DatabricksStandard:
@@ -484,24 +585,32 @@ BASELINES = (
     "k8s-cluster-autoscaler",
 )
 STATIC = ("static-max", "static-min")
+# sparkplane with the forecast (and proactive resume, or without it).
+# With a pool (--pool-idle), "sparkplane-forecast-pool" drives the pool's idle instances by the
+# forecast instead of the cluster's size.
+PREDICTIVE = ("sparkplane-forecast", "sparkplane-forecast-noresume", "sparkplane-forecast-pool")
 
 
-# A family of sparkplane settings from the cheapest to the most conservative, for the
-# frontier check (python -m bench.autoscale --frontier). k2 is the default.
-FRONTIER = {
-    "sparkplane-k0": AutoscaleParams(down_hold_s=40.0, down_half_life_s=0.0, floor_factor=0.0),
-    "sparkplane-k1": AutoscaleParams(down_hold_s=90.0, down_half_life_s=60.0, floor_factor=1.0),
-    "sparkplane-k2": AutoscaleParams(),
-    "sparkplane-k3": AutoscaleParams(down_hold_s=300.0, down_half_life_s=300.0, floor_factor=3.0),
-    "sparkplane-k4": AutoscaleParams(down_hold_s=600.0, down_half_life_s=600.0, floor_factor=4.0),
-}
+# The knob's settings (spark.sparkplane.autoscaling.preference), from the cheapest to the most
+# responsive, for the frontier check (python -m bench.autoscale --frontier): rows
+# `sparkplane-<setting>`. `balanced` is the default. The earlier names k0..k4 still resolve.
+FRONTIER = {f"sparkplane-{name}": params for name, params in PREFERENCES.items()}
+_K_NAMES = {f"sparkplane-k{i}": name for i, name in enumerate(FRONTIER)}
 
 
 def make_policy(name: str, params: AutoscaleParams | None = None) -> Policy:
+    if name in _K_NAMES:
+        return Sparkplane(FRONTIER[_K_NAMES[name]], name=name)
     if name in FRONTIER:
         return Sparkplane(FRONTIER[name], name=name)
     if name == "sparkplane":
         return Sparkplane(params)
+    if name == PREDICTIVE[0]:
+        return SparkplaneForecast(params)
+    if name == PREDICTIVE[1]:
+        return SparkplaneForecast(params, name=name, resume=False)
+    if name == PREDICTIVE[2]:
+        return SparkplaneForecast(params, name=name, pool_only=True)
     if name == "sparkplane-noterm":
         return Sparkplane(params, idle_termination=False, name=name)
     if name == "static-max":

@@ -110,28 +110,56 @@ def _job(
     return csv_row_to_job(jid, round(t, 3), tasks, round(task_s, 3), shuffle_mb)
 
 
+def _office_day(
+    rng: random.Random,
+    jobs: list[JobSpec],
+    day_s: float,
+    rate: float,
+    lunch_rate: float,
+    start_h: float = 9.0,
+    end_h: float = 18.0,
+) -> None:
+    """One day of notebook queries from `start_h` to `end_h` (`rate` per hour, `lunch_rate`
+    from 12:00 to 13:00), appended to `jobs`, the day starting at `day_s`."""
+    t = start_h * HOUR
+    while True:
+        r = lunch_rate if 12 * HOUR <= t < 13 * HOUR else rate  # queries per hour
+        t += rng.expovariate(r / HOUR)
+        if t >= end_h * HOUR:
+            break
+        u = rng.random()
+        at = day_s + t
+        if u < 0.70:
+            job = _job(rng, len(jobs), at, rng.randint(1, 16), rng.uniform(0.5, 4), False)
+        elif u < 0.95:
+            tasks = min(400, max(16, int(rng.lognormvariate(math.log(64), 0.7))))
+            job = _job(rng, len(jobs), at, tasks, rng.uniform(2, 10), rng.random() < 0.5)
+        else:
+            job = _job(rng, len(jobs), at, rng.randint(200, 2000), rng.uniform(5, 20), True)
+        jobs.append(job)
+
+
 def office_hours(seed: int) -> Trace:
     """A weekday of an interactive all-purpose cluster: notebook queries 09:00-18:00 (fewer at
     lunch), nothing at night. Mostly small queries, some medium, a few heavy ones."""
     rng = random.Random(1000 + seed)
     jobs: list[JobSpec] = []
-    t = 9 * HOUR
-    while True:
-        rate = 15.0 if 12 * HOUR <= t < 13 * HOUR else 40.0  # queries per hour
-        t += rng.expovariate(rate / HOUR)
-        if t >= 18 * HOUR:
-            break
-        u = rng.random()
-        if u < 0.70:
-            job = _job(rng, len(jobs), t, rng.randint(1, 16), rng.uniform(0.5, 4), False)
-        elif u < 0.95:
-            tasks = min(400, max(16, int(rng.lognormvariate(math.log(64), 0.7))))
-            job = _job(rng, len(jobs), t, tasks, rng.uniform(2, 10), rng.random() < 0.5)
-        else:
-            job = _job(rng, len(jobs), t, rng.randint(200, 2000), rng.uniform(5, 20), True)
-        jobs.append(job)
+    _office_day(rng, jobs, 0.0, 40.0, 15.0)
     cluster = ClusterSpec(2, 20, 4, "all-purpose", autotermination_minutes=60)
     return Trace(f"office-hours-s{seed}", "office-hours", seed, tuple(jobs), cluster, 24 * HOUR)
+
+
+def _etl_day(rng: random.Random, jobs: list[JobSpec], day_s: float) -> None:
+    """An hourly small shuffle job, and the nightly pipeline around 01:00, from `day_s`."""
+    for h in range(24):
+        t = day_s + h * HOUR + rng.uniform(0, 120)
+        jobs.append(_job(rng, len(jobs), t, rng.randint(16, 64), rng.uniform(10, 30), True))
+    t = day_s + 1 * HOUR + rng.uniform(0, 600)
+    for _ in range(rng.randint(5, 8)):
+        tasks = int(2 ** rng.uniform(3, 10))
+        task_s = rng.uniform(20, 60)
+        jobs.append(_job(rng, len(jobs), t, tasks, task_s, True))
+        t += rng.uniform(5, 15) * 60
 
 
 def nightly_etl(seed: int) -> Trace:
@@ -139,15 +167,7 @@ def nightly_etl(seed: int) -> Trace:
     (8-1024 tasks per stage) around 01:00."""
     rng = random.Random(2000 + seed)
     jobs: list[JobSpec] = []
-    for h in range(24):
-        t = h * HOUR + rng.uniform(0, 120)
-        jobs.append(_job(rng, len(jobs), t, rng.randint(16, 64), rng.uniform(10, 30), True))
-    t = 1 * HOUR + rng.uniform(0, 600)
-    for _ in range(rng.randint(5, 8)):
-        tasks = int(2 ** rng.uniform(3, 10))
-        task_s = rng.uniform(20, 60)
-        jobs.append(_job(rng, len(jobs), t, tasks, task_s, True))
-        t += rng.uniform(5, 15) * 60
+    _etl_day(rng, jobs, 0.0)
     jobs.sort(key=lambda j: j.submit_s)
     jobs = [JobSpec(i, j.submit_s, j.stages) for i, j in enumerate(jobs)]
     cluster = ClusterSpec(2, 32, 4, "job", autotermination_minutes=120)
@@ -219,6 +239,47 @@ def long_job(seed: int) -> Trace:
     jobs = [JobSpec(i, j.submit_s, j.stages) for i, j in enumerate(jobs)]
     cluster = ClusterSpec(1, 20, 4, "all-purpose", autotermination_minutes=30)
     return Trace(f"long-job-s{seed}", "long-job", seed, tuple(jobs), cluster, 5 * HOUR)
+
+
+DAY = 24 * HOUR
+WEEK_DAYS = 7
+
+
+def office_hours_week(seed: int) -> Trace:
+    """Seven days of the office-hours cluster, Monday first: the weekday shape on Monday to
+    Friday (each day its own draw), and a few queries on Saturday and Sunday (10:00-14:00, 4 per
+    hour). The working day shifts by up to half an hour from day to day."""
+    rng = random.Random(6000 + seed)
+    jobs: list[JobSpec] = []
+    for d in range(WEEK_DAYS):
+        if d < 5:
+            shift = rng.uniform(-0.5, 0.5)
+            _office_day(rng, jobs, d * DAY, 40.0, 15.0, 9.0 + shift, 18.0 + shift)
+        else:
+            _office_day(rng, jobs, d * DAY, 4.0, 4.0, 10.0, 14.0)
+    cluster = ClusterSpec(2, 20, 4, "all-purpose", autotermination_minutes=60)
+    name = f"office-hours-week-s{seed}"
+    return Trace(name, "office-hours-week", seed, tuple(jobs), cluster, WEEK_DAYS * DAY)
+
+
+def nightly_etl_week(seed: int) -> Trace:
+    """Seven days of the nightly-etl job cluster (each day its own draw of the same schedule)."""
+    rng = random.Random(7000 + seed)
+    jobs: list[JobSpec] = []
+    for d in range(WEEK_DAYS):
+        _etl_day(rng, jobs, d * DAY)
+    jobs.sort(key=lambda j: j.submit_s)
+    jobs = [JobSpec(i, j.submit_s, j.stages) for i, j in enumerate(jobs)]
+    cluster = ClusterSpec(2, 32, 4, "job", autotermination_minutes=120)
+    name = f"nightly-etl-week-s{seed}"
+    return Trace(name, "nightly-etl-week", seed, tuple(jobs), cluster, WEEK_DAYS * DAY)
+
+
+WEEK_SHAPES = {"office-hours-week": office_hours_week, "nightly-etl-week": nightly_etl_week}
+
+
+def week_traces(seeds: Iterable[int] = (0, 1, 2)) -> list[Trace]:
+    return [make(s) for make in WEEK_SHAPES.values() for s in seeds]
 
 
 SHAPES = {

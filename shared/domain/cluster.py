@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.domain.autoscale_settings import conf_problem as autoscaling_conf_problem
 from shared.domain.events import EventType, event
 from shared.domain.node_env import spark_env_problem
 from shared.domain.states import State, check_move
@@ -209,6 +210,9 @@ def validate_spec(
             raise InvalidParameterValue(f"Invalid spark_env_vars: {problem}.")
     if len(spec.ssh_public_keys) > 10:
         raise InvalidParameterValue("A cluster can have at most 10 SSH public keys.")
+    problem = autoscaling_conf_problem(spec.spark_conf)
+    if problem:
+        raise InvalidParameterValue(problem)
     updates: dict[str, Any] = {}
     if spec.num_workers is None and spec.autoscale is None:
         updates["num_workers"] = 0

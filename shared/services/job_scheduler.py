@@ -16,6 +16,8 @@ from shared.services.documents import retry_on_conflict
 from shared.services.job_docs import JOB, RUN, JobDocs
 from shared.services.job_runs import Slots
 from shared.services.messages import advance_message
+from shared.services.prewarm import Prewarm
+from shared.services.prewarm import tick as prewarm_tick
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.jobs")
@@ -23,9 +25,16 @@ log = logging.getLogger("sparkplane.jobs")
 
 class Scheduler:
     def __init__(
-        self, docs: JobDocs, slots: Slots, bus: Bus, clock: Clock, settings: Settings
+        self,
+        docs: JobDocs,
+        slots: Slots,
+        bus: Bus,
+        clock: Clock,
+        settings: Settings,
+        prewarm: Prewarm | None = None,
     ) -> None:
         self.docs = docs
+        self.prewarm = prewarm
         self.slots = slots
         self.bus = bus
         self.clock = clock
@@ -59,6 +68,8 @@ class Scheduler:
             msg_id = f"kick:{run_id}:{rec.etag}:{now // self.stuck_ms}"
             self.bus.send(self.queue, [advance_message(rec.pk, run_id, msg_id)])
             kicked += 1
+        if self.prewarm is not None:
+            prewarm_tick(self.prewarm)  # capacity ahead of predicted and scheduled use
         return {"fired": fired, "healed": healed, "kicked": kicked}
 
     def fire(self, ws: str, job_id: int) -> int:

@@ -27,6 +27,7 @@ from shared.services.clusters import ClusterService
 from shared.services.job_docs import JOB, RUN, JobDocs
 from shared.services.job_runs import RunQueue, Slots
 from shared.services.job_scheduler import Scheduler
+from shared.services.prewarm import Prewarm
 from shared.services.tasks import TaskService
 from shared.settings import Settings
 
@@ -65,7 +66,8 @@ class JobService:
             cleanup_timeout_ms=int(settings.jobs_cleanup_timeout_s * 1000),
         )
         self.runs = RunQueue(self.docs, self.slots, clusters, tasks, clock, timing)
-        self.scheduler = Scheduler(self.docs, self.slots, bus, clock, settings)
+        prewarm = Prewarm(store, clusters, clock)
+        self.scheduler = Scheduler(self.docs, self.slots, bus, clock, settings, prewarm)
         self.wire = wire.RunWire(f"http://{settings.host}:{settings.port}")
 
     # ----------------------------------------------------------------------------- validation

@@ -18,9 +18,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.domain import autoscale as pol
+from shared.domain import autoscale_settings, storage
 from shared.domain import cluster as dom
 from shared.domain import pools as pools_dom
-from shared.domain import storage
 from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
 from shared.domain.states import State
@@ -30,6 +30,7 @@ from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 from shared.services.documents import Activity, ClusterRepo, upsert
 from shared.services.pools import KIND as POOL_KIND
+from shared.services.prewarm import Forecasts
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.utilization")
@@ -122,6 +123,8 @@ class Utilization:
         self.clock = clock
         self.settings = settings
         self.params = autoscale_params(settings)
+        # The forecast hold of clusters that opted in (shared/services/prewarm.py).
+        self.forecasts = Forecasts(store)
         self.minute_ms = int(settings.idle_minute_s * 1000)
 
     # ------------------------------------------------------------------ heartbeats
@@ -292,15 +295,19 @@ class Utilization:
         samples = self.samples(cluster_id, self.settings.autoscale_samples, node_ids)
         mem = b.get("scaling_memory")
         memory = pol.ScalingMemory(**mem) if mem else None
-        d = pol.decide_size(
+        hi = self._max_workers(b, current)
+        params = autoscale_settings.params_for(b["spec"].get("spark_conf"), self.params)
+        d = pol.decide_size(samples, auto["min_workers"], hi, current, slots, memory, now, params)
+        d = self.forecasts.hold(
+            b,
+            d,
             samples,
-            auto["min_workers"],
-            self._max_workers(b, current),
-            current,
-            slots,
-            memory,
-            now,
-            self.params,
+            slots=slots,
+            max_workers=hi,
+            current=current,
+            memory=memory,
+            now=now,
+            params=params,
         )
         if d.target == current:
             return 0
