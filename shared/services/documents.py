@@ -91,7 +91,7 @@ def upsert(
 
     try:
         retry_on_conflict(step, f"{kind} {id}")
-    except PreconditionFailed:
+    except PreconditionFailed:  # others kept writing: theirs stands (see above)
         log.warning("upsert gave up", extra={"kind": kind, "id": id})
 
 
@@ -162,7 +162,7 @@ class Idempotency:
             self.store.create(
                 self.KIND, workspace_id, self._id(token), {self.field: value}, ttl_s=self.TTL_S
             )
-        except AlreadyExists:
+        except AlreadyExists:  # a concurrent request with the token was first: its value
             return self.find(workspace_id, token)
         return value
 

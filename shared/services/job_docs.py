@@ -126,7 +126,7 @@ class JobDocs:
         read it (PreconditionFailed otherwise)."""
         try:
             self.store.delete(rec.kind, rec.pk, rec.id, etag=rec.etag if checked else None)
-        except NotFound:
+        except NotFound:  # deleted already (a retried request, a TTL): nothing to do
             return
 
     def save_run(self, rec: Record, run: dom.Run) -> Record:
@@ -228,7 +228,7 @@ class JobDocs:
         """Send `advance`; a failed send is not fatal: the jobs timer re-kicks stuck runs."""
         try:
             self.bus.send(self.queue, [advance_message(run.workspace_id, run.run_id, message_id)])
-        except Exception:
+        except Exception:  # the bus is down or refuses: not the caller's failure (above)
             log.exception("send advance failed", extra={"run_id": run.run_id})
 
     def follow_up(self, run: dom.Run, etag: str, delay_ms: int) -> None:

@@ -106,7 +106,7 @@ class Scheduler:
         )
         try:
             rec = self.docs.create_run(run)
-        except AlreadyExists:
+        except AlreadyExists:  # created by an earlier tick that crashed, or an id collision
             found = self.docs.load_run(ws, run.run_id)
             if found is None or found[0].job_id != job_id or found[0].fire_ms != fire.fire_ms:
                 # The id was taken by another run: write a new one into the fire, fire again.

@@ -148,7 +148,7 @@ def test_get_cluster_gives_the_workspace_the_connect_url_with_its_token() -> Non
     """details() (GET and list, reached only for the caller's own workspace) adds the cluster's
     token to driver.connect_url and the SparkConnectUrl tag; the document keeps the bare URL."""
     from shared.domain.cluster import Cluster
-    from shared.services.clusters import ClusterService
+    from shared.services.cluster_wire import ClusterWire
 
     c = Cluster.model_validate(
         {
@@ -158,9 +158,7 @@ def test_get_cluster_gives_the_workspace_the_connect_url_with_its_token() -> Non
             "driver": {"connect_url": "sc://localhost:20001", "master_url": "spark://x:1"},
         }
     )
-    svc = object.__new__(ClusterService)
-    svc.settings = Settings(spark_secret_key="k")
-    out = svc.details(c)
+    out = ClusterWire({}, {}, spark_secret_key="k").details(c)
     creds = sa.cluster_credentials("k", "c-7")
     assert creds is not None
     want = f"sc://localhost:20001/;token={creds.connect_token}"
