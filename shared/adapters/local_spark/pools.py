@@ -7,13 +7,13 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.store import COLS, Rec, rec_of
-from shared.adapters.local_spark.supervision import Supervisor, driver_of
+from shared.adapters.local_spark.supervision import READY_FILE, Supervisor, driver_of
 from shared.domain import node_rules
 from shared.ports import PoolCapacityReached, PoolNode, PoolRequest
 
@@ -30,6 +30,7 @@ class PoolNodes(Supervisor):
         procs.reap()
         out: list[PoolNode] = []
         masters: dict[str, dict[str, Any] | None] = {}
+        executors: dict[str, Callable[[], set[int]]] = {}
         for r in self.store.load_pool(pool_id):
             status: str
             if r.phase == "idle":
@@ -50,7 +51,9 @@ class PoolNodes(Supervisor):
                         if r.cluster_id not in masters:
                             driver = driver_of(self.store.load(r.cluster_id))
                             masters[r.cluster_id] = self._master_json(driver)
-                        self._active_status(r, True, masters[r.cluster_id])  # sets ready_s
+                            executors[r.cluster_id] = self._executors(driver)
+                        # sets ready_s
+                        self._active_status(r, True, masters[r.cluster_id], executors[r.cluster_id])
                     status = "USED" if r.ready_s is not None else "PENDING_USED"
             elif self._advance(r, None):
                 if r.phase == "idle":  # given back just now: warm again soon
@@ -181,6 +184,7 @@ class PoolNodes(Supervisor):
         shutil.rmtree(node_dir / "scratch", ignore_errors=True)
         shutil.rmtree(node_dir / "work", ignore_errors=True)
         (node_dir / "agent-token").unlink(missing_ok=True)
+        (node_dir / READY_FILE).unlink(missing_ok=True)
         now = time.time()
         r.cluster_id, r.role, r.phase, r.phase_s = "", "pool", "idle", now
         r.procs, r.attrs = [], {}

@@ -177,16 +177,18 @@ class Launcher:
         r: Rec,
         name: str,
         argv: list[str],
-        conf: Mapping[str, str],
+        conf: Mapping[str, str] | None,
         req: NodeRequest | None,
         daemon_memory: str,
         *,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         node_dir, log_dir = self.dirs(r)
-        conf_dir = private_dir(node_dir / f"conf-{name}")
-        write_private(conf_dir / "spark-defaults.conf", spark_defaults(conf))
-        for file_name, content in (req.conf_files if req else {}).items():
+        conf_dir = node_dir / f"conf-{name}"
+        if conf is not None:  # a Spark process (the agent has no Spark configuration)
+            private_dir(conf_dir)
+            write_private(conf_dir / "spark-defaults.conf", spark_defaults(conf))
+        for file_name, content in (req.conf_files if req and conf is not None else {}).items():
             if Path(file_name).name != file_name or file_name == "spark-defaults.conf":
                 raise ValueError(f"bad configuration file name {file_name!r}")
             write_private(conf_dir / file_name, content)

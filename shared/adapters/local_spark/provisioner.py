@@ -23,7 +23,7 @@ from shared.adapters.local_spark.java import check_java, check_spark_home, defau
 from shared.adapters.local_spark.pools import PoolNodes
 from shared.adapters.local_spark.processes import Launcher
 from shared.adapters.local_spark.store import COLS, NodeStore, Rec, rec_of
-from shared.adapters.local_spark.supervision import driver_of
+from shared.adapters.local_spark.supervision import READY_FILE, driver_of
 from shared.domain import node_rules, spark_auth
 from shared.ports import Clock, Node, NodeRequest, NodeType, SparkVersion
 from shared.private_files import private_dir, private_file, write_private
@@ -48,6 +48,8 @@ class LocalSparkProvisioner(PoolNodes):
         http_timeout_s: float = 1.0,
         tune_jvms: bool = True,
         scratch_quota_bytes: int = 10 * 2**30,
+        ready_timeout_s: float = node_rules.READY_TIMEOUT_S,
+        executor_wait_s: float = node_rules.EXECUTOR_WAIT_S,
     ) -> None:
         self.java = check_java(java)
         self.spark_home = Path(spark_home) if spark_home else default_spark_home()
@@ -67,6 +69,8 @@ class LocalSparkProvisioner(PoolNodes):
         self._master_wait_s = master_wait_s
         self._http_timeout_s = http_timeout_s
         self._tune_jvms = tune_jvms
+        self._ready_timeout_s = ready_timeout_s
+        self._executor_wait_s = executor_wait_s
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
         self._closed = threading.Event()
@@ -130,10 +134,11 @@ class LocalSparkProvisioner(PoolNodes):
         )
         driver = driver_of(recs)
         master = self._master_json(driver) if need_master and driver is not None else None
+        executors = self._executors(driver)
         nodes: list[Node] = []
         for r in recs:
             if r.phase == "active":
-                status = self._active_status(r, alive[r.node_id], master)
+                status = self._active_status(r, alive[r.node_id], master, executors)
             elif self._advance(r, master):
                 continue  # gone
             else:
@@ -177,7 +182,8 @@ class LocalSparkProvisioner(PoolNodes):
         the Spark Connect server, and the cluster agent."""
         p = rec.ports
         master_url = f"spark://{cf.LOOPBACK}:{p['master']}"
-        _, log_dir = self.launcher.dirs(rec)
+        node_dir, log_dir = self.launcher.dirs(rec)
+        (node_dir / READY_FILE).unlink(missing_ok=True)  # a pool node's, from its last cluster
         rec.attrs = {
             "node_type_id": driver_type.node_type_id,
             "spark_version": self.spark_version,
@@ -227,25 +233,30 @@ class LocalSparkProvisioner(PoolNodes):
             driver_memory,
             extra_env=token_env,
         )
-        if req.agent_env:
-            self._spawn_agent(rec, req)
+        # Always on the driver: its readiness report makes the node RUNNING.
+        self._spawn_agent(rec, req)
 
     def _spawn_agent(self, rec: Rec, req: NodeRequest) -> None:
-        """The cluster agent (shared/agent.py) on the node: on the driver it reads the
-        application UI and posts heartbeats; on a worker it reports the node's local disk.
-        Its token goes in a 0600 file, not in the environment. The agent is the platform's
-        process: the cluster's spark_env_vars are not in its environment."""
+        """The cluster agent (shared/agent.py) on the node: on the driver it reports readiness
+        (the ready file), reads the application UI and posts heartbeats; on a worker it reports
+        the node's local disk. Its token goes in a 0600 file, not in the environment. The agent
+        is the platform's process: the cluster's spark_env_vars are not in its environment.
+        Without `req.agent_env` (a node started outside the control plane) the driver's agent
+        only writes the ready file."""
         node_dir, _ = self.launcher.dirs(rec)
         env = dict(req.agent_env)
-        token_file = node_dir / "agent-token"
-        write_private(token_file, env.pop("SPARKPLANE_AGENT_TOKEN", ""))
-        env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
-        if "spark_ui_url" in rec.attrs:  # the driver: heartbeats and the cluster's job tasks
+        if "SPARKPLANE_AGENT_TOKEN" in env:
+            token_file = node_dir / "agent-token"
+            write_private(token_file, env.pop("SPARKPLANE_AGENT_TOKEN"))
+            env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
+        if "spark_ui_url" in rec.attrs:  # the driver: readiness, heartbeats, job tasks
             env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
             env["SPARKPLANE_CONNECT_URL"] = spark_auth.connect_url(
                 rec.attrs["connect_url"], req.connect_token
             )
-            env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
+            env["SPARKPLANE_READY_FILE"] = str(node_dir / READY_FILE)
+            if req.agent_env:
+                env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
         env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
         env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
@@ -253,7 +264,7 @@ class LocalSparkProvisioner(PoolNodes):
             rec,
             "agent",
             [sys.executable, "-m", "shared.agent"],
-            {},
+            None,
             replace(req, spark_env_vars={}),
             node_rules.DAEMON_MEMORY,
             extra_env=env,

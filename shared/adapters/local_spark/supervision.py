@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -28,6 +29,8 @@ from shared.private_files import write_private
 log = logging.getLogger("sparkplane.local_spark")
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Written by the driver's agent once Spark Connect answered a query (shared/agent.py).
+READY_FILE = "ready.json"
 
 
 def worker_states(master: Mapping[str, Any] | None) -> dict[int, str]:
@@ -59,6 +62,8 @@ class Supervisor:
     _decommission_timeout_s: float
     _kill_grace_s: float
     _http_timeout_s: float
+    _ready_timeout_s: float
+    _executor_wait_s: float
     _scratch_quota: int
     _lock: threading.Lock
     _reaper: threading.Thread | None
@@ -70,38 +75,109 @@ class Supervisor:
 
     # ---------------------------------------------------------------------------- status
 
-    def _active_status(self, r: Rec, alive: bool, master: dict[str, Any] | None) -> str:
+    def _active_status(
+        self,
+        r: Rec,
+        alive: bool,
+        master: dict[str, Any] | None,
+        executors: Callable[[], set[int]] | None = None,
+    ) -> str:
+        """STARTING, RUNNING or LOST (shared/domain/node_rules.py, rule 4); `executors` gives
+        the worker UI ports of the executors registered with the driver (asked only when a
+        worker's readiness depends on it)."""
+        now = time.time()
+        ready_now = (
+            alive and r.ready_s is None and master is not None and self._ready(r, master, executors)
+        )
+        if (
+            alive
+            and r.ready_s is None
+            and not ready_now
+            and node_rules.ready_overdue(
+                r.role, starting_for_s=now - r.phase_s, ready_timeout_s=self._ready_timeout_s
+            )
+        ):
+            log.error(
+                "driver not ready in time: the node agent did not report that Spark Connect"
+                " answered a query",
+                extra={
+                    "cluster_id": r.cluster_id,
+                    "node_id": r.node_id,
+                    "ready_timeout_s": self._ready_timeout_s,
+                },
+            )
+            alive = False
         if not alive:
             if r.lost_s is None:
-                r.lost_s = time.time()
+                r.lost_s = now
                 self.store.update(r, lost_s=r.lost_s)
                 log.warning(
                     "node lost",
                     extra={"cluster_id": r.cluster_id, "node_id": r.node_id, "role": r.role},
                 )
             return "LOST"
-        ready_now = r.ready_s is None and master is not None and self._ready(r, master)
         status = node_rules.active_status(
             alive=True, was_ready=r.ready_s is not None, ready_now=ready_now
         )
         if ready_now:
-            r.ready_s = time.time()
+            r.ready_s = now
             self.store.update(r, ready_s=r.ready_s)
         return status
 
-    def _ready(self, r: Rec, master: dict[str, Any]) -> bool:
+    def _ready(
+        self, r: Rec, master: dict[str, Any], executors: Callable[[], set[int]] | None
+    ) -> bool:
         if r.role == "driver":
             return node_rules.node_ready(
                 "driver",
                 master_alive=master.get("status") == "ALIVE",
-                connect_answered=procs.port_open(r.ports["connect"]),
+                connect_answered=(self.launcher.node_dir(r) / READY_FILE).exists(),
             )
+        state = worker_states(master).get(r.ports["worker"])
         return node_rules.node_ready(
             r.role,
             master_alive=True,
-            worker_state=worker_states(master).get(r.ports["worker"]),
-            executor_registered=True,
+            worker_state=state,
+            executor_registered=state == "ALIVE"
+            and executors is not None
+            and r.ports["worker_ui"] in executors(),
+            starting_for_s=time.time() - r.phase_s,
+            executor_wait_s=self._executor_wait_s,
         )
+
+    def _executors(self, driver: Rec | None) -> Callable[[], set[int]]:
+        """The worker UI ports of the executors registered with the driver's application
+        (its REST API, asked at most once per call of the result's owner)."""
+        found: list[set[int]] = []
+
+        def get() -> set[int]:
+            if not found:
+                found.append(self._app_executors(driver))
+            return found[0]
+
+        return get
+
+    def _app_executors(self, driver: Rec | None) -> set[int]:
+        if driver is None or "app_ui" not in driver.ports:
+            return set()
+        base = f"http://{LOOPBACK}:{driver.ports['app_ui']}/api/v1/applications"
+        out: set[int] = set()
+        try:
+            with _NO_PROXY.open(f"{base}?status=running", timeout=self._http_timeout_s) as resp:
+                apps = json.load(resp)
+            for app in apps:
+                url = f"{base}/{app['id']}/executors"
+                with _NO_PROXY.open(url, timeout=self._http_timeout_s) as resp:
+                    for ex in json.load(resp):
+                        if ex.get("id") == "driver" or not ex.get("isActive", True):
+                            continue
+                        for link in (ex.get("executorLogs") or {}).values():
+                            port = urlsplit(str(link)).port
+                            if port is not None:
+                                out.add(port)
+        except (OSError, ValueError, KeyError, TypeError):
+            return out  # the application UI is not up (yet): no executor known
+        return out
 
     def _alive(self, r: Rec) -> bool:
         """Every process of the node is the one started (pid and create time) and running."""
