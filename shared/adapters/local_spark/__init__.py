@@ -48,6 +48,7 @@ The package, by concern (each module's doc says more):
     supervision.py   node status (alive, ready, lost) and removal step by step, the reaper
     processes.py     starting node processes, finding and signalling them
     conf.py          Spark settings, JVM options and command lines (configuration rendering)
+    cds.py           class-data-sharing archives per role (`make spark-cds`)
     store.py         the SQLite file of nodes and port allocations
     java.py          Java and the Spark distribution
 

@@ -131,12 +131,13 @@ def connect_conf(
     executor_memory_mb: int,
     driver_memory: str,
     tune_jvms: bool,
+    executor_cds_opts: str = "",
 ) -> dict[str, str]:
     """The spark-defaults of the Spark Connect server: the cluster's one application."""
     users = user_conf(req)
     executor_opts = users.get("spark.executor.extraJavaOptions", "")
     if tune_jvms:
-        executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_opts}".strip()
+        executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_cds_opts} {executor_opts}".strip()
     conf = {
         **DEFAULT_CONF,
         "spark.app.name": f"sparkplane {req.cluster_id}",
@@ -158,7 +159,13 @@ def connect_conf(
     return conf
 
 
-def master_argv(spark_home: Path, ports: Mapping[str, int]) -> list[str]:
+def _props(properties_file: Path | None) -> list[str]:
+    return ["--properties-file", str(properties_file)] if properties_file else []
+
+
+def master_argv(
+    spark_home: Path, ports: Mapping[str, int], properties_file: Path | None = None
+) -> list[str]:
     return [
         str(spark_home / "bin" / "spark-class"),
         MASTER_CLASS,
@@ -168,12 +175,16 @@ def master_argv(spark_home: Path, ports: Mapping[str, int]) -> list[str]:
         str(ports["master"]),
         "--webui-port",
         str(ports["master_ui"]),
+        *_props(properties_file),
     ]
 
 
-def connect_argv(spark_home: Path, cluster_id: str) -> list[str]:
+def connect_argv(
+    spark_home: Path, cluster_id: str, properties_file: Path | None = None
+) -> list[str]:
     return [
         str(spark_home / "bin" / "spark-submit"),
+        *_props(properties_file),
         "--class",
         CONNECT_SERVER_CLASS,
         "--name",
@@ -190,6 +201,7 @@ def worker_argv(
     memory_mb: int,
     work_dir: Path,
     master_url: str,
+    properties_file: Path | None = None,
 ) -> list[str]:
     return [
         str(spark_home / "bin" / "spark-class"),
@@ -206,6 +218,7 @@ def worker_argv(
         f"{memory_mb}m",
         "--work-dir",
         str(work_dir),
+        *_props(properties_file),
         master_url,
     ]
 

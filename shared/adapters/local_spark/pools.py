@@ -169,9 +169,18 @@ class PoolNodes(Supervisor):
     def _warm(self, r: Rec) -> None:
         """Start the warm master of an idle pool node."""
         try:
-            argv = cf.master_argv(self.launcher.spark_home, r.ports)
+            props = (
+                self.launcher.properties_file(r, "master") if self.launcher.cds_for(None) else None
+            )
+            argv = cf.master_argv(self.launcher.spark_home, r.ports, props)
             self.launcher.spawn(
-                r, "master", argv, cf.daemon_conf(None), None, node_rules.DAEMON_MEMORY
+                r,
+                "master",
+                argv,
+                cf.daemon_conf(None),
+                None,
+                node_rules.DAEMON_MEMORY,
+                cds_role="master",
             )
         except Exception:
             # The node stays idle without a master: it is seen LOST and replaced.

@@ -157,6 +157,27 @@ class Launcher:
     java_home: Path
     store: NodeStore
     daemon_java_opts: str
+    # Class-data-sharing archives (shared/adapters/local_spark/cds.py): their directory, and
+    # whether this launcher writes them (the build) rather than maps them.
+    cds_dir: Path | None = None
+    cds_dump: bool = False
+
+    def cds_for(self, req: NodeRequest | None) -> bool:
+        """Whether the node's JVMs use the archives: they are there, and the cluster has no
+        configuration files of its own (they need a conf directory of the node's own on the
+        class path, where an archive needs the shared empty one)."""
+        return self.cds_dir is not None and not (req is not None and req.conf_files)
+
+    def properties_file(self, r: Rec, name: str) -> Path:
+        """The spark-defaults.conf `spawn` writes for process `name` of the node."""
+        return self.node_dir(r) / f"conf-{name}" / "spark-defaults.conf"
+
+    def cds_opts(self, role: str) -> str:
+        assert self.cds_dir is not None
+        archive = self.cds_dir / f"{role}.jsa"
+        if self.cds_dump:
+            return f"-XX:ArchiveClassesAtExit={archive}"
+        return f"-XX:SharedArchiveFile={archive} -Xshare:auto"
 
     def home(self, r: Rec) -> str:
         """A node's directories live under its cluster, or under its pool (for good)."""
@@ -182,7 +203,11 @@ class Launcher:
         daemon_memory: str,
         *,
         extra_env: Mapping[str, str] | None = None,
+        cds_role: str | None = None,
     ) -> None:
+        """Start process `name` of the node. `cds_role`: a Spark JVM that maps (or, building,
+        writes) that role's class-data-sharing archive when the node uses them (`cds_for`);
+        its argv then names its spark-defaults.conf with --properties-file."""
         node_dir, log_dir = self.dirs(r)
         conf_dir = node_dir / f"conf-{name}"
         if conf is not None:  # a Spark process (the agent has no Spark configuration)
@@ -201,6 +226,11 @@ class Launcher:
                 "spark_env_vars not set on the node",
                 extra={"cluster_id": r.cluster_id, "names": refused},
             )
+        java_opts, spark_conf_dir = self.daemon_java_opts, conf_dir
+        if cds_role is not None and self.cds_for(req):
+            assert self.cds_dir is not None
+            java_opts = f"{java_opts} {self.cds_opts(cds_role)}".strip()
+            spark_conf_dir = self.cds_dir / "conf"
         env = node_environment(
             python=sys.executable,
             java_home=str(self.java_home),
@@ -208,9 +238,9 @@ class Launcher:
             spark_env_vars=user_env,
             settings={
                 "SPARK_DAEMON_MEMORY": daemon_memory,
-                "SPARK_DAEMON_JAVA_OPTS": self.daemon_java_opts,
+                "SPARK_DAEMON_JAVA_OPTS": java_opts,
                 "SPARK_HOME": str(self.spark_home),
-                "SPARK_CONF_DIR": str(conf_dir),
+                "SPARK_CONF_DIR": str(spark_conf_dir),
                 "SPARK_LOG_DIR": str(log_dir),
                 "SPARK_PID_DIR": str(node_dir),
                 "SPARK_LOCAL_DIRS": str(node_dir / "scratch"),

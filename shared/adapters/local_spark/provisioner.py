@@ -17,13 +17,14 @@ from typing import Any
 
 import psutil
 
+from shared.adapters.local_spark import cds
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.java import check_java, check_spark_home, default_spark_home
 from shared.adapters.local_spark.pools import PoolNodes
 from shared.adapters.local_spark.processes import Launcher
 from shared.adapters.local_spark.store import COLS, NodeStore, Rec, rec_of
-from shared.adapters.local_spark.supervision import READY_FILE, driver_of
+from shared.adapters.local_spark.supervision import READY_FILE, driver_of, master_view
 from shared.domain import node_rules, spark_auth
 from shared.ports import Clock, Node, NodeRequest, NodeType, SparkVersion
 from shared.private_files import private_dir, private_file, write_private
@@ -50,6 +51,8 @@ class LocalSparkProvisioner(PoolNodes):
         scratch_quota_bytes: int = 10 * 2**30,
         ready_timeout_s: float = node_rules.READY_TIMEOUT_S,
         executor_wait_s: float = node_rules.EXECUTOR_WAIT_S,
+        cds_root: Path | None = cds.DEFAULT_ROOT,
+        cds_dump: bool = False,
     ) -> None:
         self.java = check_java(java)
         self.spark_home = Path(spark_home) if spark_home else default_spark_home()
@@ -81,12 +84,20 @@ class LocalSparkProvisioner(PoolNodes):
             now_ms=self._now_ms,
             scratch_quota=scratch_quota_bytes,
         )
+        # Class-data-sharing archives of this Spark and Java, when built (`make spark-cds`).
+        cds_dir = None
+        if tune_jvms and cds_root is not None:
+            cds_dir = cds.archive_dir(cds_root, self.spark_version, self.java)
+            if not (cds_dump or cds.complete(cds_dir)):
+                cds_dir = None
         self.launcher = Launcher(
             data_dir=self.data_dir,
             spark_home=self.spark_home,
             java_home=self.java.home,
             store=self.store,
             daemon_java_opts=cf.DAEMON_JAVA_OPTS if tune_jvms else "",
+            cds_dir=cds_dir,
+            cds_dump=cds_dump,
         )
         # Carry on with removals a previous instance started (a restart of the control plane).
         self._kick_reaper()
@@ -195,6 +206,7 @@ class LocalSparkProvisioner(PoolNodes):
         }
         self._write_quota(rec)
         driver_memory = node_rules.driver_memory(cf.user_conf(req))
+        cds_on = self.launcher.cds_for(req)
         app_conf = cf.connect_conf(
             req,
             p,
@@ -202,6 +214,7 @@ class LocalSparkProvisioner(PoolNodes):
             executor_memory_mb=worker_type.memory_mb,
             driver_memory=driver_memory,
             tune_jvms=self._tune_jvms,
+            executor_cds_opts=self.launcher.cds_opts("executor") if cds_on else "",
         )
         warm_master = procs.leader(rec, "master")
         if warm_master is not None and req.spark_auth_secret:
@@ -211,19 +224,22 @@ class LocalSparkProvisioner(PoolNodes):
             warm_master = None
         if warm_master is None:
             rec.procs = [pr for pr in rec.procs if pr.name != "master"]
+            props = self.launcher.properties_file(rec, "master") if cds_on else None
             self.launcher.spawn(
                 rec,
                 "master",
-                cf.master_argv(self.spark_home, p),
+                cf.master_argv(self.spark_home, p, props),
                 cf.daemon_conf(req),
                 req,
                 node_rules.DAEMON_MEMORY,
+                cds_role="master",
             )
         # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
         # Its token goes in its environment (readable by this user only), not on its command
         # line (which every user sees); the secret is in its 0600 spark-defaults.conf.
         token_env = {spark_auth.CONNECT_TOKEN_ENV: req.connect_token} if req.connect_token else {}
-        argv = cf.connect_argv(self.spark_home, req.cluster_id)
+        props = self.launcher.properties_file(rec, "connect") if cds_on else None
+        argv = cf.connect_argv(self.spark_home, req.cluster_id, props)
         self.launcher.spawn(
             rec,
             "connect",
@@ -232,6 +248,7 @@ class LocalSparkProvisioner(PoolNodes):
             req,
             driver_memory,
             extra_env=token_env,
+            cds_role="connect",
         )
         # Always on the driver: its readiness report makes the node RUNNING.
         self._spawn_agent(rec, req)
@@ -333,6 +350,9 @@ class LocalSparkProvisioner(PoolNodes):
             memory_mb=nt.memory_mb,
             work_dir=node_dir / "work",
             master_url=master_url,
+            properties_file=(
+                self.launcher.properties_file(rec, "worker") if self.launcher.cds_for(req) else None
+            ),
         )
         self.launcher.spawn(
             rec,
@@ -342,6 +362,7 @@ class LocalSparkProvisioner(PoolNodes):
             req,
             node_rules.DAEMON_MEMORY,
             extra_env={"SPARK_WORKER_DIR": str(node_dir / "work")},
+            cds_role="worker",
         )
         if req.agent_env:
             self._spawn_agent(rec, req)
@@ -442,24 +463,7 @@ class LocalSparkProvisioner(PoolNodes):
             "node_rss_mb": self.node_rss_mb(cluster_id),
         }
         if master is not None:
-            apps = master.get("activeapps") or []
-            out.update(
-                master_status=master.get("status"),
-                alive_workers=master.get("aliveworkers"),
-                cores=master.get("cores"),
-                memory_mb=master.get("memory"),
-                app_id=apps[0].get("id") if apps else None,
-                workers=[
-                    {
-                        "id": w.get("id"),
-                        "port": w.get("port"),
-                        "state": w.get("state"),
-                        "cores": w.get("cores"),
-                        "memory_mb": w.get("memory"),
-                    }
-                    for w in master.get("workers") or []
-                ],
-            )
+            out.update(master_view(master))
         return out
 
     def node_rss_mb(self, cluster_id: str) -> dict[str, float]:

@@ -48,6 +48,28 @@ def worker_states(master: Mapping[str, Any] | None) -> dict[int, str]:
     return out
 
 
+def master_view(master: Mapping[str, Any]) -> dict[str, Any]:
+    """The master's JSON as `info` shows it."""
+    apps = master.get("activeapps") or []
+    return {
+        "master_status": master.get("status"),
+        "alive_workers": master.get("aliveworkers"),
+        "cores": master.get("cores"),
+        "memory_mb": master.get("memory"),
+        "app_id": apps[0].get("id") if apps else None,
+        "workers": [
+            {
+                "id": w.get("id"),
+                "port": w.get("port"),
+                "state": w.get("state"),
+                "cores": w.get("cores"),
+                "memory_mb": w.get("memory"),
+            }
+            for w in master.get("workers") or []
+        ],
+    }
+
+
 def driver_of(recs: Sequence[Rec]) -> Rec | None:
     return next((r for r in recs if r.role == "driver" and r.phase == "active"), None)
 
