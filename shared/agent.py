@@ -21,7 +21,8 @@ executors just as often and posts `ready` again whenever their number changes (a
 is ready once an executor on it has registered with the driver), so the reconcile that makes
 the cluster RUNNING follows the last registration, not a polling interval. Without
 SPARKPLANE_CONTROL_PLANE_URL (a node started outside the control plane) the agent only writes
-the ready file, then exits.
+the ready file, then exits; the long-lived agent runs the Connect check in such a child, so the
+gRPC stubs do not stay in its memory.
 
 Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
@@ -49,6 +50,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -318,6 +321,22 @@ def write_ready(path: str, workers: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
+def connect_answered_in_child(
+    stop: threading.Event, env: Mapping[str, str], ready_file: str
+) -> bool:
+    """Wait for Spark Connect's answer in a child agent in readiness-only mode (it writes the
+    ready file, then exits): the gRPC stubs it imports (about 40 MB) leave with it instead of
+    staying in this long-lived process. True once the ready file is written."""
+    child_env = {k: v for k, v in env.items() if k != "SPARKPLANE_CONTROL_PLANE_URL"}
+    child = subprocess.Popen([sys.executable, "-m", "shared.agent"], env=child_env)
+    while child.poll() is None:
+        if stop.wait(0.05):
+            child.terminate()
+            child.wait()
+            return False
+    return child.returncode == 0 and os.path.exists(ready_file)
+
+
 def watch_ready(
     stop: threading.Event,
     env: Mapping[str, str],
@@ -332,10 +351,14 @@ def watch_ready(
     ready_file = env.get("SPARKPLANE_READY_FILE", "")
     ui = env.get("SPARKPLANE_SPARK_UI_URL") or None
     started = time.monotonic()
-    while not stop.is_set() and not connect_answers(connect_url):
-        stop.wait(poll_s)
-    if stop.is_set():
-        return
+    if report is not None and ready_file:
+        if not connect_answered_in_child(stop, env, ready_file):
+            return
+    else:
+        while not stop.is_set() and not connect_answers(connect_url):
+            stop.wait(poll_s)
+        if stop.is_set():
+            return
     log.info("spark connect answered", extra={"after_s": round(time.monotonic() - started, 2)})
     workers: list[str] = []
     with httpx.Client(timeout=5) as spark:
