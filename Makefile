@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: node run test test-fast lint format requirements autoscaling-plots setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
+.PHONY: node run spark-cds test test-fast lint format requirements autoscaling-plots setup java chromium console-screenshots cosmos-emulator azurite airflow-venv bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -109,8 +109,15 @@ $(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r $(AIRFLOW_REQS) -c $(AIRFLOW_CONSTRAINTS)
 	touch $@
 
-run: setup
+run: setup spark-cds
 	$(PY) -m sparkplane_cli up
+
+# Class-data-sharing archives for the JVMs of local Spark nodes (master, worker, Spark Connect
+# server, executor), under .sparkplane/cds/ with one directory per Spark and Java version (a new
+# version builds its own; an existing one is kept). Nodes start without them, about twice as
+# slowly (docs/local-spark.md).
+spark-cds: $(STAMP) | java
+	$(PY) -c 'from shared.adapters.local_spark.cds import main; main()'
 
 # Workers of the test run (pytest-xdist): a module's tests stay on one worker, real-Spark
 # tests keep to two of them (tests/conftest.py, SPARK_LANES), the others take the rest.

@@ -7,13 +7,16 @@ Starts devhost with the local Spark provisioner and an instance pool whose min_i
 covers one cluster (driver + workers). Runs alternate: a cluster from the pool (its nodes are
 warm: a started node with a running standalone master, so the driver only starts its Spark
 Connect server and a worker only its Worker), then the same cluster from fresh nodes. Before
-each pool run the pool is back to its idle nodes, all warm.
+each pool run the pool is back to its idle nodes, all warm. The first pool start is also shown
+phase by phase, and a bare `spark-class` master + worker start, measured in the same run, gives
+the floor (bench/start_timeline.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -25,13 +28,37 @@ from rich.table import Table
 
 from bench.cluster_start import start_and_query
 from bench.report import emit
+from bench.start_timeline import Timeline, bare_floor_s
 from devhost.process import DevhostProcess
 
 
-def _timed_start(w: Any, name: str, version: str, workers: int, **where: Any) -> dict[str, float]:
+def _timed_start(
+    w: Any,
+    name: str,
+    version: str,
+    workers: int,
+    watch: tuple[Path, dict[str, float]] | None = None,
+    **where: Any,
+) -> dict[str, float]:
+    """One start; with `watch` (the devhost's data dir, a dict to fill) its phase timeline."""
+    seen: list[Timeline] = []
+
+    def watched(cid: str, t0: float) -> None:
+        if watch is not None:
+            seen.append(Timeline(watch[0], cid, workers, t0))
+
     c, running_s, first_query_s = start_and_query(
-        w, cluster_name=name, spark_version=version, num_workers=workers, **where
+        w,
+        on_created=watched,
+        cluster_name=name,
+        spark_version=version,
+        num_workers=workers,
+        **where,
     )
+    if watch is not None and seen:
+        watch[1].update(seen[0].stop())
+        watch[1]["RUNNING"] = round(running_s, 2)
+        watch[1]["first query result"] = round(first_query_s, 2)
     w.clusters.permanent_delete(c.cluster_id)
     return {"running_s": round(running_s, 2), "first_query_s": round(first_query_s, 2)}
 
@@ -47,6 +74,10 @@ def _pool_idle(w: Any, pool_id: str, n: int, timeout: float = 180) -> None:
 
 
 def run(runs: int, workers: int) -> dict[str, Any]:
+    from shared.adapters.local_spark import check_java, default_spark_home
+
+    floor_s = bare_floor_s(default_spark_home(), check_java().home)
+    timeline: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="sp-pool-"))
     h = DevhostProcess(
         tmp / "data",
@@ -71,7 +102,8 @@ def run(runs: int, workers: int) -> dict[str, Any]:
         for i in range(runs):
             _pool_idle(w, pool_id, workers + 1)
             time.sleep(2)  # the warm masters are up; let the machine settle
-            warm = _timed_start(w, f"warm-{i}", version, workers, instance_pool_id=pool_id)
+            watch = (tmp / "data", timeline) if i == 0 else None
+            warm = _timed_start(w, f"warm-{i}", version, workers, watch, instance_pool_id=pool_id)
             rows.append({"run": i, "kind": "pool (warm)", **warm})
             _pool_idle(w, pool_id, workers + 1)
             time.sleep(2)
@@ -99,6 +131,10 @@ def run(runs: int, workers: int) -> dict[str, Any]:
             "cold": median("cold", "first_query_s"),
         },
         "rows": rows,
+        "timeline_first_pool_run_s": timeline,
+        "bare_master_worker_s": floor_s,
+        "pool_running_to_bare_ratio": round(median("pool (warm)", "running_s") / floor_s, 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

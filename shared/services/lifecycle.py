@@ -203,6 +203,8 @@ class Lifecycle:
             "SPARKPLANE_CONTROL_PLANE_URL": self.settings.agent_callback_url
             or f"http://{self.settings.host}:{self.settings.port}",
             "SPARKPLANE_CLUSTER_ID": c.cluster_id,
+            # Where the cluster's document is: its `ready` reports name it (shared/agent.py).
+            "SPARKPLANE_WORKSPACE_ID": c.workspace_id,
             "SPARKPLANE_AGENT_TOKEN": token,
             "SPARKPLANE_HEARTBEAT_S": str(self.settings.heartbeat_s),
             "SPARKPLANE_KILL_GRACE_S": str(self.settings.jobs_kill_grace_s),

@@ -56,6 +56,12 @@ class DiskIn(BaseModel):
     total_bytes: int = Field(ge=0)
 
 
+class ReadyIn(BaseModel):
+    workspace_id: str = Field(default="", max_length=200)
+    node_id: str = Field(default="", max_length=200)
+    executors: int = Field(default=0, ge=0)
+
+
 class SampleIn(BaseModel):
     running_tasks: int = Field(default=0, ge=0)
     pending_tasks: int = Field(default=0, ge=0)
@@ -138,8 +144,12 @@ class Utilization:
             # agent only its disk.
             sample = SampleIn.model_validate(body["sample"]) if "sample" in body else None
             disk = DiskIn.model_validate(body["disk"]) if body.get("disk") else None
+            ready = ReadyIn.model_validate(body["ready"]) if "ready" in body else None
         except ValidationError as e:
             raise InvalidParameterValue(f"Invalid report: {e.errors()[0]['msg']}") from None
+        if ready is not None:
+            self._ready(cluster_id, ready)
+            return {}
         if sample is None and disk is None:
             raise InvalidParameterValue("A heartbeat carries a sample, a disk report or both.")
         now = self.clock.now_ms()
@@ -152,6 +162,23 @@ class Utilization:
         if disk is not None:
             self._put_disk(cluster_id, {"ts_ms": now, **disk.model_dump()})
         return {}
+
+    def _ready(self, cluster_id: str, ready: ReadyIn) -> None:
+        """The driver's agent says the cluster got readier (Spark Connect answered a query, an
+        executor registered): reconcile now instead of at the next interval. One message per
+        (driver, executor count): a replayed report is dropped by duplicate detection. The
+        agent's token names its cluster, not the workspace: the report does when its agent
+        knows it (a wrong one finds no document and sends nothing); else the cluster is looked
+        up by id (a cross-partition query, a few times per start)."""
+        if ready.workspace_id:
+            got = self.repo.load(ready.workspace_id, cluster_id)
+            cluster = got[0] if got is not None else None
+        else:
+            found = self.store.scan("cluster", field="cluster_id", values=[cluster_id])
+            cluster = next((Cluster.model_validate(r.body) for r in found), None)
+        if cluster is not None:
+            msg_id = f"ready:{cluster_id}:{ready.node_id}:{ready.executors}"
+            self.clusters.kick(cluster, msg_id)
 
     def _put_disk(self, cluster_id: str, body: dict[str, Any]) -> None:
         """The node's latest report replaces the previous one (one writer per node)."""

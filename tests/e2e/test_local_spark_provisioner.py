@@ -183,6 +183,27 @@ def test_cluster_lifecycle(
     p.observe(cid)
     observe_ms = (time.perf_counter() - t) * 1000
 
+    # RUNNING means ready: Spark Connect answered the agent's query (its ready file) and an
+    # executor of the cluster's application runs on every worker, before any query of ours.
+    assert (data_dir.resolve() / "nodes" / cid / driver.node_id / "ready.json").exists()
+    jvms: dict[int, str] = {}
+    for pid in tree_pids(p, cid):
+        with contextlib.suppress(psutil.Error):
+            jvms[pid] = _role(psutil.Process(pid))
+    assert sorted(r for r in jvms.values() if r not in ("agent", "other")) == [
+        "connect",
+        "executor",
+        "executor",
+        "master",
+        "worker",
+        "worker",
+    ]
+    # With the class-data-sharing archives built (make spark-cds), each JVM maps its role's.
+    if p.launcher.cds_dir is not None:
+        for pid, role in jvms.items():
+            if role not in ("agent", "other"):
+                assert f"/{role}.jsa" in Path(f"/proc/{pid}/maps").read_text(), role
+
     attrs = nodes[0].attrs
     assert attrs["master_url"].startswith("spark://127.0.0.1:")
     assert attrs["connect_url"].startswith("sc://localhost:")

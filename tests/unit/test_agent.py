@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from shared import agent
@@ -346,3 +347,73 @@ def test_nothing_to_report_returns_at_once(tmp_path: Path) -> None:
     stop = threading.Event()
     agent.run(stop, {"SPARKPLANE_CONTROL_PLANE_URL": "http://127.0.0.1:9", **env})
     assert not stop.is_set()
+
+
+# ------------------------------------------------------------------------------- readiness
+
+
+def test_connect_target_reads_the_address_and_the_token() -> None:
+    assert agent.connect_target("sc://localhost:15002") == ("localhost:15002", "")
+    url = "sc://localhost:15002/;user_id=x;token=a%2Fb%3D"
+    assert agent.connect_target(url) == ("localhost:15002", "a/b=")
+
+
+def test_connect_does_not_answer_where_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        assert not agent.connect_answers(f"sc://localhost:{s.getsockname()[1]}", timeout_s=5)
+
+
+class SparkUI:
+    """The Spark UI's REST API of one application with the given executors."""
+
+    def __init__(self, executors: list[dict[str, Any]]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.startswith("/api/v1/applications?"):
+                    data: Any = [{"id": "app-1"}]
+                elif self.path == "/api/v1/applications/app-1/executors":
+                    data = executors
+                else:
+                    data = {}
+                raw = json.dumps(data).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_registered_workers_are_the_workers_of_active_executors() -> None:
+    def ex(i: str, worker: str, active: bool = True) -> dict[str, Any]:
+        logs = {"stderr": f"http://127.0.0.1:{worker}/logPage/?appId=app-1&executorId={i}"}
+        return {"id": i, "isActive": active, "executorLogs": logs}
+
+    ui = SparkUI([{"id": "driver"}, ex("0", "8081"), ex("1", "8082"), ex("2", "8083", False)])
+    try:
+        with httpx.Client(timeout=5) as client:
+            workers = agent.registered_workers(client, ui.url)
+    finally:
+        ui.close()
+    assert workers == ["http://127.0.0.1:8081/", "http://127.0.0.1:8082/"]
+
+
+def test_the_ready_file_is_replaced_whole(tmp_path: Path) -> None:
+    path = str(tmp_path / "ready.json")
+    agent.write_ready(path, [])
+    agent.write_ready(path, ["http://127.0.0.1:8081/"])
+    assert json.loads(Path(path).read_text()) == {
+        "connect": True,
+        "workers": ["http://127.0.0.1:8081/"],
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]

@@ -1,0 +1,97 @@
+"""Class-data-sharing archives per role: a JVM that maps the classes a Master, a Worker, a
+Spark Connect server or an executor loads from an archive, instead of parsing and verifying
+them from the jars, starts in about half the time (docs/local-spark.md has the measurements).
+
+    make spark-cds
+
+builds them once under `.sparkplane/cds/spark-<version>-java-<version>/`: it starts one
+cluster (a driver and a worker) with `-XX:ArchiveClassesAtExit`, waits until it is ready (a
+query ran: the Connect server and its executor loaded what a query needs), stops it, and each
+JVM writes its archive as it exits. A new Spark or Java version has a directory of its own, so
+it is built again; the provisioner uses the archives of the versions it runs, when they are
+there, and starts without them otherwise.
+
+An archive is valid only for the class path it was made with, so every node that uses one
+runs with the same SPARK_CONF_DIR, an empty directory beside the archives, and reads its own
+spark-defaults.conf through `--properties-file` (a directory on a class path must be empty for
+the JVM to map an archive). A cluster with configuration files of its own (`conf_files`) needs
+its own conf directory on the class path: its nodes start without archives.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from shared.adapters.local_spark.java import JavaInfo
+
+log = logging.getLogger("sparkplane.local_spark")
+
+ROLES = ("master", "worker", "connect", "executor")
+DEFAULT_ROOT = Path(__file__).resolve().parents[3] / ".sparkplane" / "cds"
+
+
+def archive_dir(root: Path, spark_version: str, java: JavaInfo) -> Path:
+    return root / f"spark-{spark_version}-java-{java.version}"
+
+
+def complete(directory: Path) -> bool:
+    """Every role's archive is there (a build that stopped half-way is not used)."""
+    return all((directory / f"{role}.jsa").is_file() for role in ROLES)
+
+
+def build(root: Path = DEFAULT_ROOT, *, timeout_s: float = 600) -> Path:
+    """The archives of the installed Spark and Java (built when missing)."""
+    from shared.adapters.local_spark.provisioner import LocalSparkProvisioner
+    from shared.ports import NodeRequest
+
+    with tempfile.TemporaryDirectory(prefix="sp-cds-") as tmp:
+        p = LocalSparkProvisioner(Path(tmp), kill_grace_s=120, cds_root=root, cds_dump=True)
+        target = archive_dir(root, p.spark_version, p.java)
+        if complete(target):
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        (target / "conf").mkdir(parents=True)
+        req = NodeRequest(
+            cluster_id="cds-build",
+            workspace_id="",
+            node_type_id="local-small",
+            driver_node_type_id="local-small",
+            spark_version="",
+            spark_conf={},
+            spark_env_vars={},
+            tags={},
+        )
+        p.start_driver(req)
+        p.add_workers(req, 1)
+        deadline = time.monotonic() + timeout_s
+        while not all(n.status == "RUNNING" for n in p.observe("cds-build")) or (
+            len(p.observe("cds-build")) < 2
+        ):
+            if time.monotonic() > deadline:
+                p.stop_cluster("cds-build")
+                raise TimeoutError("the archive cluster did not become ready")
+            time.sleep(0.5)
+        p.stop_cluster("cds-build")
+        while p.cluster_ids():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the archive cluster did not stop")
+            time.sleep(0.5)
+        p.close()
+    missing = [role for role in ROLES if not (target / f"{role}.jsa").is_file()]
+    if missing:
+        raise RuntimeError(f"no archive written for {', '.join(missing)} under {target}")
+    return target
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    try:
+        print(build())
+    except (RuntimeError, TimeoutError) as e:
+        print(f"class-data-sharing archives not built: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,203 @@
+"""The decisions of the local Spark provisioner: pure functions of what it knows about its nodes.
+
+No I/O, no clock reads: the adapter (shared/adapters/local_spark/) passes the node records'
+facts and the time, and carries out the answer.
+
+1. Node types: the catalog of local node types, and the lookup that names the known ones when
+   an id is unknown.
+2. Ports and memory per role: a driver node runs a standalone Master (RPC and web UI ports) and
+   the Spark Connect server (gRPC and application UI ports); a worker node one Worker (RPC and
+   web UI); a pool node can become either, so it holds both sets. The Master and Worker daemons
+   get a small heap (`DAEMON_MEMORY`); the driver `DRIVER_MEMORY` unless the cluster's
+   spark_conf sets spark.driver.memory. A worker offers its node type's cores (at least one)
+   and memory.
+3. Which pool nodes a cluster takes (`take_from_pool`): idle nodes that are ready first (their
+   warm master answers), then the longest idle; when too few are idle, new pool nodes are
+   started while the pool is under max_capacity. All or nothing: a request that does not fit
+   takes nothing. Nodes being removed from the pool do not count toward max_capacity.
+4. Status of a node that should be running (`active_status`): LOST once a process of it is
+   gone, RUNNING once it was seen ready, STARTING before. RUNNING means ready to run a query,
+   not merely started (`node_ready`): a driver is ready when its master is ALIVE and its Spark
+   Connect server has answered a query (the node agent's report, shared/agent.py); a worker
+   when it is ALIVE at the master and an executor of the cluster's application on it has
+   registered with the driver. Two bounds keep a start from hanging: a driver without that
+   report `ready_timeout_s` after it started is failed (`ready_overdue`: the agent cannot
+   report, the cluster fails with that reason instead of starting forever); a worker ALIVE at
+   the master that got no executor within `executor_wait_s` (spark_conf that caps the
+   application's cores, e.g. spark.cores.max) counts as ready.
+5. Graceful removal (`decommission_done`): a decommissioning worker is stopped once the master
+   took note and no executor is left on it, or after the decommission timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.domain.nodes import NodeType
+
+# ---------------------------------------------------------------------------- node types
+
+NODE_TYPES: tuple[NodeType, ...] = (
+    NodeType("local-small", 1, 1024, "Local worker: 1 core, 1 GiB executor memory"),
+    NodeType("local-medium", 2, 2048, "Local worker: 2 cores, 2 GiB executor memory"),
+    NodeType("local-large", 4, 4096, "Local worker: 4 cores, 4 GiB executor memory"),
+    NodeType(
+        "local-memory",
+        2,
+        4096,
+        "Local worker: 2 cores, 4 GiB executor memory",
+        category="Memory Optimized",
+    ),
+)
+
+
+def node_type(node_type_id: str, catalog: Sequence[NodeType] = NODE_TYPES) -> NodeType:
+    """The node type of that id; ValueError naming the known ones otherwise."""
+    for nt in catalog:
+        if nt.node_type_id == node_type_id:
+            return nt
+    known = ", ".join(nt.node_type_id for nt in catalog)
+    raise ValueError(f"unknown node type {node_type_id!r} (known: {known})")
+
+
+# ---------------------------------------------------------------------------- ports and memory
+
+Role = Literal["driver", "worker", "pool"]
+
+PORTS_DRIVER = ("master", "master_ui", "connect", "app_ui")
+PORTS_WORKER = ("worker", "worker_ui")
+# A pool node can become either.
+PORTS_POOL = PORTS_DRIVER + PORTS_WORKER
+
+DAEMON_MEMORY = "256m"  # heap of the Master and Worker daemons (and the agent's launcher)
+DRIVER_MEMORY = "512m"  # heap of the Spark Connect server (the driver), unless spark_conf says
+
+
+def ports_for(role: Role) -> tuple[str, ...]:
+    """The ports a new node of that role is allocated."""
+    return {"driver": PORTS_DRIVER, "worker": PORTS_WORKER, "pool": PORTS_POOL}[role]
+
+
+def driver_memory(user_conf: Mapping[str, str]) -> str:
+    return user_conf.get("spark.driver.memory", DRIVER_MEMORY)
+
+
+def worker_cores(nt: NodeType) -> int:
+    """The cores a Worker of that node type offers (at least one)."""
+    return max(1, round(nt.num_cores))
+
+
+def expected_procs(role: str) -> int:
+    """Processes that make the node (a driver: master and Connect server; a worker: its
+    Worker; an idle pool node: its warm master). The agent does not count: a dead agent only
+    means no heartbeats."""
+    return 2 if role == "driver" else 1
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+@dataclass(frozen=True, slots=True)
+class IdleNode:
+    """An idle pool node as `take_from_pool` sees it."""
+
+    node_id: str
+    ready: bool  # its warm master answers
+    idle_since_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """Idle nodes to take (in order), how many new pool nodes to start, or why nothing fits."""
+
+    taken: tuple[str, ...] = ()
+    fresh: int = 0
+    refused: str = ""
+
+
+def take_from_pool(
+    pool_id: str,
+    idle: Sequence[IdleNode],
+    count: int,
+    *,
+    max_capacity: int | None,
+    pool_size: int,
+) -> Take:
+    """Which nodes of a pool a cluster gets for `count` nodes (rule 3). `pool_size` counts the
+    pool's nodes that are not being removed."""
+    order = sorted(idle, key=lambda n: (not n.ready, n.idle_since_ms, n.node_id))
+    taken = tuple(n.node_id for n in order[:count])
+    missing = count - len(taken)
+    if missing and max_capacity is not None:
+        room = max_capacity - pool_size
+        if missing > room:
+            return Take(
+                refused=f"Instance pool {pool_id} is at its max_capacity ({max_capacity}): "
+                f"{len(idle)} idle node(s) and room for {max(0, room)} more, {count} needed."
+            )
+    return Take(taken=taken, fresh=missing)
+
+
+def idle_to_add(count: int, *, max_capacity: int | None, pool_size: int) -> int:
+    """How many of `count` requested idle nodes fit in the pool."""
+    room = count if max_capacity is None else max_capacity - pool_size
+    return max(0, min(count, room))
+
+
+def ending_phase(pool_id: str | None) -> str:
+    """The phase of a node whose processes are being stopped for good or for its pool."""
+    return "returning" if pool_id else "terminating"
+
+
+# ---------------------------------------------------------------------------- status
+
+ActiveStatus = Literal["STARTING", "RUNNING", "LOST"]
+
+
+def active_status(*, alive: bool, was_ready: bool, ready_now: bool) -> ActiveStatus:
+    """The status of a node that should be running (rule 4)."""
+    if not alive:
+        return "LOST"
+    if was_ready or ready_now:
+        return "RUNNING"
+    return "STARTING"
+
+
+READY_TIMEOUT_S = 180.0
+EXECUTOR_WAIT_S = 60.0
+
+
+def node_ready(
+    role: str,
+    *,
+    master_alive: bool,
+    connect_answered: bool = False,
+    worker_state: str | None = None,
+    executor_registered: bool = False,
+    starting_for_s: float = 0.0,
+    executor_wait_s: float = EXECUTOR_WAIT_S,
+) -> bool:
+    """Whether a starting node's Spark role is usable (rule 4)."""
+    if role == "driver":
+        return master_alive and connect_answered
+    if worker_state != "ALIVE":
+        return False
+    return executor_registered or starting_for_s >= executor_wait_s
+
+
+def ready_overdue(role: str, *, starting_for_s: float, ready_timeout_s: float) -> bool:
+    """A driver still not ready `ready_timeout_s` after it started is failed (rule 4)."""
+    return role == "driver" and starting_for_s >= ready_timeout_s
+
+
+def decommission_done(
+    *,
+    acknowledged: bool,
+    has_executors: bool,
+    elapsed_s: float,
+    timeout_s: float,
+) -> bool:
+    """A decommissioning worker may be stopped now (rule 5)."""
+    return (acknowledged and not has_executors) or elapsed_s >= timeout_s
