@@ -33,7 +33,8 @@ from shared.domain import cluster as dom
 from shared.domain import forecast as fc
 from shared.domain.states import State
 from shared.ports import OutMessage
-from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.clusters import Catalog, ClusterService
+from shared.services.documents import ClusterRepo
 from shared.services.prewarm import KIND as FKIND
 from shared.services.utilization import SAMPLE, Utilization
 from shared.settings import Settings

@@ -25,8 +25,9 @@ from shared.ports import (
 from shared.private_files import private_dir, write_private
 from shared.services.admin import Admin
 from shared.services.auth import LOCAL_WORKSPACE, OPERATOR_WORKSPACE, Auth, TokenRevoked
-from shared.services.clusters import Catalog, ClusterRepo, ClusterService
+from shared.services.clusters import Catalog, ClusterService
 from shared.services.deletion import WorkspaceDeletion
+from shared.services.documents import ClusterRepo
 from shared.services.files import FilesService
 from shared.services.jobs import JobService
 from shared.services.lifecycle import Lifecycle

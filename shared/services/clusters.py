@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sparkplane.clusters")
 
 KIND = CLUSTER
-# Re-exported: their old home (bench/ imports ClusterRepo from here).
-__all__ = ["KIND", "Catalog", "ClusterRepo", "ClusterService", "reconcile_message"]
 
 
 class Catalog:

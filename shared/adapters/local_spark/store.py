@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.adapters.sqlite_tx import write_transaction
 from shared.domain import node_rules
 
 _SCHEMA = """
@@ -153,14 +154,8 @@ class NodeStore:
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: provisioners over the same data_dir take
         turns, so ports and pool capacity are never handed out twice)."""
-        with self.db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self.db() as db, write_transaction(db):
+            yield db
 
     # ---------------------------------------------------------------------------- reads
 
@@ -301,8 +296,6 @@ class NodeStore:
         self.update(r, phase=phase, phase_s=now, **values)
 
     def delete(self, r: Rec) -> None:
-        with self.db() as db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.tx() as db:
             db.execute("DELETE FROM ports WHERE node_id=?", (r.node_id,))
             db.execute("DELETE FROM nodes WHERE node_id=?", (r.node_id,))
-            db.execute("COMMIT")
