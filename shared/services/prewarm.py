@@ -8,11 +8,13 @@ this module only feeds and applies them.
 - `Forecasts` keeps each opted-in cluster's `ForecastState` (spark_conf
   `spark.sparkplane.autoscaling.forecast` or `...proactiveResume` on) in its own document (kind
   `forecast`, partition and id the cluster id), cached in process: the autoscaling timer is its
-  only writer. Only the samples newer than the last one folded in are observed, and the
-  document is written when a bin closes (every `bin_s`, at a per-cluster phase, so 10,000
-  clusters spread their writes over the ticks); a restart of the process loses at most the
-  open bin's peak. After a start, at most `LOADS_PER_TICK` states are read per tick, so the
-  first ticks stay as fast as the others; a cluster not read yet is held reactively.
+  only writer. Only the samples newer than the last one folded in are observed. A state whose
+  bin closed (every `bin_s`, at a per-cluster phase, so 10,000 clusters spread over the ticks)
+  is written at the start of a later tick, at most `WRITES_PER_TICK` a tick, the longest
+  waiting first; with 10,000 opted-in clusters a state is written about every 80 minutes,
+  which is what a restart of the process can lose. After a start, at most `LOADS_PER_TICK`
+  states are read per tick, so the first ticks stay as fast as the others; a cluster not read
+  yet is held reactively.
 - `Prewarm.tick` (called from the jobs scheduler's timer) starts a cluster ahead of use: a
   cluster that idle termination stopped, with proactive resume on, when its predicted next use
   is one expected start away; and a terminated `existing_cluster_id` target of a scheduled job,
@@ -47,6 +49,9 @@ STARTS_KIND = "prewarm_start"  # partition "start", id the cluster: a start this
 TICK_MARGIN_S = 60.0
 # Forecast states read from the store per autoscaling tick (the rest wait for the next ticks).
 LOADS_PER_TICK = 1000
+# Forecast states written per autoscaling tick: a write costs a store round trip, and 10,000
+# clusters close a bin 11 times a second; states wait in memory (their later bins included).
+WRITES_PER_TICK = 20
 
 
 @dataclass(slots=True)
@@ -66,21 +71,30 @@ class Forecasts:
         params: fc.ForecastParams | None = None,
         *,
         loads_per_tick: int = LOADS_PER_TICK,
+        writes_per_tick: int = WRITES_PER_TICK,
     ) -> None:
         self.store = store
         self.params = params or fc.ForecastParams()
         self._cache: dict[str, _Cached] = {}
         self.loads_per_tick = loads_per_tick
+        self.writes_per_tick = writes_per_tick
+        # States whose bin closed since their last write (ordered: the oldest first).
+        self._dirty: dict[str, None] = {}
         self._tick_ms = -1
         self._loads_left = loads_per_tick
 
-    def _may_load(self, now: int) -> bool:
-        """At most `loads_per_tick` states are read from the store per timer tick (a tick is
-        one `now`): after a process start, 10,000 opted-in clusters are read over several
-        ticks, and those not read yet are held by the reactive policy alone meanwhile."""
+    def _tick(self, now: int) -> None:
+        """A new timer tick (a tick is one `now`): renew the read budget and write the states
+        that waited longest."""
         if now != self._tick_ms:
             self._tick_ms = now
             self._loads_left = self.loads_per_tick
+            self.flush(self.writes_per_tick)
+
+    def _may_load(self) -> bool:
+        """At most `loads_per_tick` states are read from the store per tick: after a process
+        start, 10,000 opted-in clusters are read over several ticks, and those not read yet
+        are held by the reactive policy alone meanwhile."""
         if self._loads_left <= 0:
             return False
         self._loads_left -= 1
@@ -114,8 +128,23 @@ class Forecasts:
         entry.state = state
         if state.cur_bin == entry.stored_bin or not state.recent:
             return  # no bin closed since the last write (or none at all yet)
-        self._save(cluster_id, state)
-        entry.stored_bin = state.cur_bin
+        self._dirty[cluster_id] = None
+
+    def flush(self, limit: int | None = None) -> int:
+        """Write up to `limit` states whose bin closed since their last write, the longest
+        waiting first (None: all of them)."""
+        written = 0
+        for cluster_id in list(self._dirty):
+            if limit is not None and written >= limit:
+                break
+            del self._dirty[cluster_id]
+            entry = self._cache.get(cluster_id)
+            if entry is None:
+                continue
+            self._save(cluster_id, entry.state)
+            entry.stored_bin = entry.state.cur_bin
+            written += 1
+        return written
 
     def _save(self, cluster_id: str, state: fc.ForecastState) -> None:
         doc = fc.to_doc(state)
@@ -149,7 +178,8 @@ class Forecasts:
         if not use and not conf.flag(spark_conf, conf.PROACTIVE_RESUME):
             return d
         cid = body["cluster_id"]
-        if cid not in self._cache and not self._may_load(now):
+        self._tick(now)
+        if cid not in self._cache and not self._may_load():
             return d
         self.observe(cid, samples, slots, max_workers)
         if not use:

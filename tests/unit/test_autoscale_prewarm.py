@@ -124,3 +124,21 @@ def test_the_expected_start_is_learned_with_a_margin():
     assert rules.start_ahead(1_000_000, 900_000, 120) is not None
     assert rules.start_ahead(1_000_000, 800_000, 120) is None
     assert rules.start_ahead(1_000_000, 1_000_001, 120) is None
+
+
+def test_forecast_states_are_written_a_bounded_number_per_tick(tmp_path: Path) -> None:
+    from shared.domain.autoscale import Sample
+    from shared.services.prewarm import Forecasts
+
+    world = World(tmp_path)
+    keeper = Forecasts(world.store, writes_per_tick=2)
+    t0 = world.clock.ms
+    for cid in ("a", "b", "c"):
+        # two bins' worth of samples: the first bin closes
+        samples = [Sample(t0 + k * 60_000, running_tasks=4) for k in range(32)]
+        keeper.observe(cid, samples, 4, 8)
+    assert all(world.store.get(KIND, c, c) is None for c in "abc")  # not written yet
+    assert keeper.flush(2) == 2 and keeper.flush(2) == 1
+    for c in "abc":
+        rec = world.store.get(KIND, c, c)
+        assert rec is not None and fc.from_doc(rec.body) == keeper.load(c)

@@ -91,3 +91,11 @@ def test_the_live_timer_applies_the_preference(tmp_path: Path) -> None:
         world.util.autoscale_tick()
     sizes = {c: world.store.get("cluster", "w", c).body["target_workers"] for c in (cost, default)}
     assert sizes == {cost: 1, default: 3}
+
+
+def test_the_simulator_names_the_frontier_rows_after_the_settings():
+    from bench.sim.policies import FRONTIER, make_policy
+
+    assert list(FRONTIER) == [f"sparkplane-{name}" for name in st.PREFERENCES]
+    assert make_policy("sparkplane-cost").params == st.PREFERENCES["cost"]  # type: ignore[attr-defined]
+    assert make_policy("sparkplane-k4").params == st.PREFERENCES["latency"]  # type: ignore[attr-defined]
