@@ -93,3 +93,13 @@ def test_refused_callers_come_back_spread_at_the_refill_rate() -> None:
     assert [b.take("reads", 0.0) for _ in range(3)] == pytest.approx([0.04, 0.08, 0.12])
     # A caller that needs six tokens at once waits for six, behind the others.
     assert b.need("reads", 6, 0.0) == pytest.approx(0.24)
+
+
+def test_a_create_waits_behind_the_callers_already_refused() -> None:
+    b = Budget.new(0.0)
+    b.remaining("reads", 0, 0.0)
+    for _ in range(10):
+        b.need("reads", 6, 0.0)  # ten observations of admitted creates wait: 2.4 s of reads
+    a = Admission()
+    assert a.admit("ws", "c0", 2.0, b, {"reads": 24}) > 0  # tokens there, but not its turn
+    assert a.admit("ws", "c0", 4.0, b, {"reads": 24}) == 0
