@@ -19,12 +19,12 @@ itself before ARM does:
 
 Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
 first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
-queue, the buckets hold what a create costs (`CREATE_COST`: its writes, and the reads of its
-reconciles until it runs) and no refused caller is still waiting for its retry slot, so that
-admitted creates are not starved of reads and time out;
+queue and the buckets hold what a create costs (`CREATE_COST`: its writes, and the reads of
+its reconciles until it runs);
 the others are told to come back after the time the buckets need for the ones ahead of them
-(at least a second). A queue entry not asked for again within `stale_s` (its cluster was
-deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind it.
+(at least a second per create ahead). A queue entry not asked for again within `stale_s` (its
+cluster was deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind
+it.
 """
 
 from __future__ import annotations
@@ -168,13 +168,8 @@ class Admission:
         for cid in [c for c, (_, last) in q.items() if now_s - last > self.stale_s]:
             del q[cid]
         position = list(q).index(cluster_id)
-        # The tokens, and no backlog: callers refused before (admitted creates among them)
-        # have their retry slots first.
         wait = max(
-            max(
-                budget.buckets[k].wait_s(now_s, tokens=float(n * (position + 1))),
-                budget.buckets[k].next_retry_s - now_s,
-            )
+            budget.buckets[k].wait_s(now_s, tokens=float(n * (position + 1)))
             for k, n in cost.items()
         )
         if position == 0 and wait == 0:
@@ -182,7 +177,8 @@ class Admission:
             if not q:
                 del self.queues[workspace_id]
             return 0.0
-        return max(wait, 1.0)
+        # Those behind ask again no sooner than a second per create ahead of them.
+        return max(wait, float(position + 1))
 
     def waiting(self, cluster_id: str) -> bool:
         """The create is queued (asked for, not admitted), in whichever workspace."""
