@@ -43,9 +43,10 @@ ARM_LIMITS: Mapping[Kind, tuple[float, float]] = {
     "deletes": (200.0, 10.0),
 }
 HEADER_PREFIX = "x-ms-ratelimit-remaining-subscription-"
-# What creating one cluster costs in ARM requests until it runs (bench.azure_scale counts
-# them): the deployment PUT and the scale set's capacity PATCH; the reads of its reconciles
-# (one per reconcile while the deployment runs, then about six per observation).
+# What admitting one create asks of the buckets: its two writes (the deployment PUT, the scale
+# set's capacity PATCH) and the reads of its reconciles without retries (one per reconcile
+# while the deployment runs, then about six per observation). bench.azure_scale measured about
+# 43 reads per create in a burst, retries of throttled reconciles included.
 CREATE_COST: Mapping[Kind, int] = {"writes": 2, "reads": 24}
 
 
