@@ -260,6 +260,7 @@ class Sim:
             "writes": self.arm.counts["writes"],
             "deletes": self.arm.counts["deletes"],
             "throttled": self.arm.throttled,
+            "graph": self.arm.counts["graph"],
             "ru": self.store.ru,
             "bus": self.bus.ops,
             "t": self.clock.seconds(),
@@ -341,13 +342,18 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
         "arm_deletes_limit_per_h": round(ARM_LIMITS["deletes"][1] * 3600),
         "arm_429_steady": int(b["throttled"] - a["throttled"]),
         "cosmos_ru_per_h": round((b["ru"] - a["ru"]) * per_h),
+        "resource_graph_queries_per_h": round((b["graph"] - a["graph"]) * per_h),
         "cosmos_ru_per_s_per_1000_clusters": round(
-            (b["ru"] - a["ru"]) * per_h / 3600 / max(1, n) * 1000, 1
+            (b["ru"] - a["ru"]) * per_h / 3600 / max(1, filled) * 1000, 1
         ),
         "servicebus_ops_per_h": round((b["bus"] - a["bus"]) * per_h),
         "servicebus_ops_per_h_per_1000_clusters": round(
-            (b["bus"] - a["bus"]) * per_h / max(1, n) * 1000
+            (b["bus"] - a["bus"]) * per_h / max(1, filled) * 1000
         ),
+        "burst_cosmos_ru": round(c_["ru"] - b["ru"]),
+        "burst_servicebus_ops": int(c_["bus"] - b["bus"]),
+        "burst_arm_reads": int(c_["reads"] - b["reads"]),
+        "burst_arm_writes": int(c_["writes"] - b["writes"]),
         "burst_creates": burst,
         "burst_to_running_s": None if done_s is None else round(done_s),
         "burst_running": st.get("RUNNING", 0),

@@ -35,9 +35,9 @@ param cosmosZoneRedundant bool = false
 @description('Cosmos DB database name (SPARKPLANE_COSMOS_DATABASE).')
 param cosmosDatabaseName string = 'sparkplane'
 
-@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it).')
+@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it). About 1,600 RU/s per 1,000 running clusters (heartbeat samples, the reconciler\'s scan, the node-health reads; bench.azure_scale, docs/deploy.md "Scale"): the default serves about 2,500; 10,000 running clusters need about 16,000.')
 @minValue(1000)
-param cosmosMaxThroughput int = 1000
+param cosmosMaxThroughput int = 4000
 
 @description('Retention of cluster events in days (SPARKPLANE_EVENT_TTL_DAYS, also the events container\'s default TTL).')
 @minValue(1)
@@ -313,6 +313,8 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   tags: allTags
   sku: {
     // Standard: the smallest tier with sessions, duplicate detection and scheduled messages.
+    // Its operations suffice: running clusters send none (bench.azure_scale: health comes from
+    // heartbeats), a create some tens (docs/deploy.md, "Scale").
     name: 'Standard'
     tier: 'Standard'
   }

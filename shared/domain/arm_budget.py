@@ -19,9 +19,12 @@ itself before ARM does:
 
 Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
 first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
-queue; the others are told to come back after the time the write bucket needs for the ones
-ahead of them. A queue entry not asked for again within `stale_s` (its cluster was deleted, or
-its reconcile went elsewhere) leaves the queue, so nobody waits behind it.
+queue and the buckets hold what a create costs (`CREATE_COST`: its writes, and the reads of
+its reconciles until it runs);
+the others are told to come back after the time the buckets need for the ones ahead of them
+(at least a second per create ahead). A queue entry not asked for again within `stale_s` (its
+cluster was deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind
+it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ ARM_LIMITS: Mapping[Kind, tuple[float, float]] = {
     "deletes": (200.0, 10.0),
 }
 HEADER_PREFIX = "x-ms-ratelimit-remaining-subscription-"
+# What admitting one create asks of the buckets: its two writes (the deployment PUT, the scale
+# set's capacity PATCH) and the reads of its reconciles without retries (one per reconcile
+# while the deployment runs, then about six per observation). bench.azure_scale measured about
+# 43 reads per create in a burst, retries of throttled reconciles included.
+CREATE_COST: Mapping[Kind, int] = {"writes": 2, "reads": 24}
 
 
 def kind_of(method: str) -> Kind:
@@ -145,24 +153,37 @@ class Admission:
     queues: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def admit(
-        self, workspace_id: str, cluster_id: str, now_s: float, budget: Budget, cost: int = 1
+        self,
+        workspace_id: str,
+        cluster_id: str,
+        now_s: float,
+        budget: Budget,
+        cost: Mapping[Kind, int] = CREATE_COST,
     ) -> float:
-        """0: the create may go now (its writes are taken from `budget` by the requests
-        themselves); else the seconds after which to ask again."""
+        """0: the create may go now (its requests take their tokens from `budget`
+        themselves); else the seconds after which to ask again: the time until the buckets
+        hold what the creates ahead of it in its workspace and itself cost (`cost` each)."""
         q = self.queues.setdefault(workspace_id, {})
         first, _ = q.get(cluster_id, (now_s, now_s))
         q[cluster_id] = (first, now_s)
         for cid in [c for c, (_, last) in q.items() if now_s - last > self.stale_s]:
             del q[cid]
         position = list(q).index(cluster_id)
-        b = budget.buckets["writes"]
-        wait = b.wait_s(now_s, tokens=float(cost * (position + 1)))
+        wait = max(
+            budget.buckets[k].wait_s(now_s, tokens=float(n * (position + 1)))
+            for k, n in cost.items()
+        )
         if position == 0 and wait == 0:
             del q[cluster_id]
             if not q:
                 del self.queues[workspace_id]
             return 0.0
-        return max(wait, 1.0 / b.refill_per_s)
+        # Those behind ask again no sooner than a second per create ahead of them.
+        return max(wait, float(position + 1))
+
+    def waiting(self, cluster_id: str) -> bool:
+        """The create is queued (asked for, not admitted), in whichever workspace."""
+        return any(cluster_id in q for q in self.queues.values())
 
     def forget(self, workspace_id: str, cluster_id: str) -> None:
         q = self.queues.get(workspace_id)

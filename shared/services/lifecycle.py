@@ -212,15 +212,16 @@ class Lifecycle:
 
     def throttled(self, workspace_id: str, cluster_id: str, e: ProvisionerThrottled) -> None:
         """Reschedule a reconcile the provisioner was throttled in, after `e.retry_after_s`.
-        A PENDING cluster without a driver yet was not admitted (its create waits for ARM's
-        write budget): its startup timeout counts from its admission, so its `state_since`
-        moves to now (a concurrent write wins; the next attempt moves it again)."""
+        A PENDING cluster is waiting for ARM's budget, not failing to start: its startup
+        timeout counts from when ARM's limits last held it back (its admission, at the
+        latest), so its `state_since` moves to now (a concurrent write wins; the next
+        attempt moves it again)."""
         got = self.repo.load(workspace_id, cluster_id)
         if got is None:
             return
         c, record = got
         etag = record.etag
-        if c.state == State.PENDING and c.driver is None:
+        if c.state == State.PENDING:
             with contextlib.suppress(PreconditionFailed):  # somebody wrote: that reconcile runs
                 etag = self.repo.save(
                     c, record, c.model_copy(update={"state_since": self.clock.now_ms()})

@@ -51,28 +51,40 @@ def test_kinds_and_retry_after() -> None:
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 1
 
 
-def test_creates_are_admitted_fifo_per_workspace_at_the_write_rate() -> None:
+def test_creates_are_admitted_fifo_per_workspace_at_the_rate_arm_allows() -> None:
     b = Budget.new(0.0)
     b.remaining("writes", 0, 0.0)
     a = Admission()
-    waits = [a.admit("ws", f"c{i}", 0.0, b) for i in range(3)]
-    assert waits == pytest.approx([0.1, 0.2, 0.3])
+    cost = {"writes": 1}
+    waits = [a.admit("ws", f"c{i}", 0.0, b, cost) for i in range(3)]
+    assert waits == pytest.approx([1.0, 2.0, 3.0])  # a second per create ahead
+    assert [a.waiting(f"c{i}") for i in range(3)] == [True] * 3
     # c1 comes back first, but c0 is ahead of it in ws; another workspace is not.
-    assert a.admit("ws", "c1", 0.25, b) > 0
-    assert a.admit("ws", "c0", 0.25, b) == 0
+    assert a.admit("ws", "c1", 0.25, b, cost) > 0
+    assert a.admit("ws", "c0", 0.25, b, cost) == 0
+    assert not a.waiting("c0")
     b.take("writes", 0.25)
-    assert a.admit("other", "d0", 0.35, b) == 0
+    assert a.admit("other", "d0", 0.35, b, cost) == 0
     b.take("writes", 0.35)
-    assert a.admit("ws", "c1", 0.45, b) == 0
+    assert a.admit("ws", "c1", 0.45, b, cost) == 0
+
+
+def test_a_create_waits_for_the_reads_it_will_need() -> None:
+    b = Budget.new(0.0)
+    b.remaining("reads", 10, 0.0)  # in-flight creates are reading
+    a = Admission()
+    assert a.admit("ws", "c0", 0.0, b) == 1.0  # 24 reads needed: 14 more in 0.56 s
+    assert a.admit("ws", "c0", 0.5, b) > 0
+    assert a.admit("ws", "c0", 0.6, b) == 0
 
 
 def test_a_create_not_asked_for_again_leaves_the_queue() -> None:
     b = Budget.new(0.0)
     a = Admission(stale_s=60)
     b.remaining("writes", 0, 0.0)
-    a.admit("ws", "gone", 0.0, b)
-    assert a.admit("ws", "next", 0.0, b) > 0
-    assert a.admit("ws", "next", 61.0, b) == 0
+    a.admit("ws", "gone", 0.0, b, {"writes": 1})
+    assert a.admit("ws", "next", 0.0, b, {"writes": 1}) > 0
+    assert a.admit("ws", "next", 61.0, b, {"writes": 1}) == 0
 
 
 def test_refused_callers_come_back_spread_at_the_refill_rate() -> None:

@@ -33,6 +33,9 @@ CONNECT_PORT = 15002
 
 class ObserveMixin(ArmBase):
     def observe(self, cluster_id: str) -> list[Node]:
+        if self.throttle.waiting(cluster_id):
+            # Its create waits for admission: nothing of it is in ARM, and asking costs reads.
+            return []
         # An observation of a running cluster is six reads: it starts when it can finish.
         self.throttle.need(self.subscription_id, "reads", OBSERVE_READS)
         # A new cluster has nothing tagged and no known group: no nodes. (Another instance of

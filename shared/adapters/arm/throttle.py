@@ -68,6 +68,11 @@ class ArmThrottle:
         if wait > 0:
             raise ProvisionerThrottled(wait, f"create of {cluster_id} queued")
 
+    def waiting(self, cluster_id: str) -> bool:
+        """The cluster's create is queued for admission (nothing of it is in ARM yet)."""
+        with self._lock:
+            return self.admission.waiting(cluster_id)
+
     def need(self, subscription_id: str, kind: Kind, tokens: int) -> None:
         """Raises ProvisionerThrottled unless `tokens` requests of `kind` can go now: an
         operation of several requests starts only when it can finish."""
