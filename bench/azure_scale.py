@@ -177,21 +177,14 @@ class Sim:
         self.arm.tick(2)
         self.clusters: list[tuple[str, str]] = []
         self.silent: set[str] = set()
+        self.running_ids: set[str] = set()
         self.handled = 0
 
     # ---- limits
     def limits(self, on: bool) -> None:
         """ARM's documented limits (on) or none (setup); the provisioner's budget starts full."""
-        self.arm.limits = ArmLimits() if on else UNLIMITED
+        self.arm.set_limits(ArmLimits() if on else UNLIMITED)
         now = self.clock.seconds()
-        lim = self.arm.limits
-        from tests.fake_arm import _Bucket
-
-        self.arm._buckets = {
-            "reads": _Bucket(*lim.reads, now),
-            "writes": _Bucket(*lim.writes, now),
-            "deletes": _Bucket(*lim.deletes, now),
-        }
         self.prov.throttle.budgets.clear()
         if not on:
             from shared.domain.arm_budget import Budget
@@ -238,8 +231,6 @@ class Sim:
                 continue
             agent = Principal(ws, "agent", "a", role="agent", scope=cid)
             self.c.utilization.heartbeat(agent, {"cluster_id": cid, "sample": {"total_slots": 4}})
-
-    running_ids: set[str] = set()
 
     def refresh_running(self) -> int:
         self.running_ids = {

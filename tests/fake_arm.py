@@ -147,18 +147,8 @@ class FakeArm(HttpTransport):
         self.requests: list[Rec] = []
         # Keep each request (the tests read them); a benchmark only counts.
         self.record = record
-        self.limits = limits
         self.clock = clock
-        now = clock()
-        self._buckets = (
-            {
-                "reads": _Bucket(*limits.reads, now),
-                "writes": _Bucket(*limits.writes, now),
-                "deletes": _Bucket(*limits.deletes, now),
-            }
-            if limits
-            else {}
-        )
+        self.set_limits(limits)
         self.counts: Counter[str] = Counter()
         self.throttled = 0
         self.latency_s = 0.0
@@ -177,6 +167,21 @@ class FakeArm(HttpTransport):
         self._lock = threading.RLock()
 
     # -- HttpTransport
+
+    def set_limits(self, limits: ArmLimits | None) -> None:
+        """ARM's throttling model from now on (None: no limits), its buckets full."""
+        self.limits = limits
+        now = self.clock()
+        self._buckets = (
+            {
+                "reads": _Bucket(*limits.reads, now),
+                "writes": _Bucket(*limits.writes, now),
+                "deletes": _Bucket(*limits.deletes, now),
+            }
+            if limits
+            else {}
+        )
+
     def open(self) -> None: ...
 
     def close(self) -> None: ...
