@@ -10,6 +10,12 @@ tests/integration/test_airflow.py runs it as a subprocess:
 The token comes from --token or SPARKPLANE_TOKEN. The result is one JSON object on stdout;
 Airflow's own logs go to stderr.
 
+With --serve instead of a scenario it runs many: Airflow is imported once, then each line on
+stdin ({"scenario", "spec", "out", "err"}) runs in a process forked from that one (as Airflow's
+own executors fork a task from an imported Airflow), which writes the result to the file `out`
+and its stderr to the file `err`; one line {"code": exit code} on stdout answers each. The test
+module uses it: importing Airflow costs more CPU than most scenarios do.
+
 No scheduler, webserver or metadata database: the connection is the environment variable
 AIRFLOW_CONN_DATABRICKS_DEFAULT (Airflow's environment-variables secrets backend, which every
 Airflow reads first), and AIRFLOW_HOME is a throwaway directory unless the caller sets one.
@@ -46,6 +52,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -414,20 +421,61 @@ SCENARIOS = {
 }
 
 
+def run_scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    # Whatever Airflow prints goes to stderr; stdout carries the JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        return SCENARIOS[name](spec)
+
+
+def serve() -> int:
+    """Scenarios read from stdin, each in a forked process (the module docstring)."""
+    # Imported before the forks: what each scenario's process saves.
+    import airflow
+    import airflow.providers.databricks.operators.databricks
+    import airflow.providers.databricks.triggers.databricks  # noqa: F401
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the scenario's process: it never returns into this loop
+            code = 1
+            try:
+                err = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(err, 2)
+                result = run_scenario(req["scenario"], req["spec"])
+                with open(req["out"], "w") as f:
+                    f.write(json.dumps(result, default=str) + "\n")
+                code = 0
+            except BaseException:  # reported as a script's uncaught exception would be
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        sys.stdout.write(json.dumps({"code": os.waitstatus_to_exitcode(status)}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", required=True, help="the sparkplane URL, e.g. http://127.0.0.1:8080")
     ap.add_argument("--token", default=os.environ.get("SPARKPLANE_TOKEN"), help="a PAT")
     ap.add_argument("--spec", default="{}", help="the scenario's inputs (JSON)")
-    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    ap.add_argument("--serve", action="store_true", help="scenarios from stdin (docstring)")
+    ap.add_argument("scenario", nargs="?", choices=sorted(SCENARIOS))
     args = ap.parse_args(argv)
     if not args.token:
         ap.error("--token or SPARKPLANE_TOKEN is required")
+    if args.serve == (args.scenario is not None):
+        ap.error("give a scenario or --serve")
     configure(args.host, args.token)
+    if args.serve:
+        return serve()
     out = sys.stdout
-    # Whatever Airflow prints goes to stderr; stdout carries the one JSON result.
-    with contextlib.redirect_stdout(sys.stderr):
-        result = SCENARIOS[args.scenario](json.loads(args.spec))
+    result = run_scenario(args.scenario, json.loads(args.spec))
     out.write(json.dumps(result, default=str) + "\n")
     out.flush()
     return 0

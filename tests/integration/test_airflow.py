@@ -23,8 +23,11 @@ Three things the provider depends on have their own tests:
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
+import select
+import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -109,24 +112,55 @@ def host(
 @pytest.fixture(scope="module")
 def airflow(
     airflow_python: Path, host: DevhostProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Drive:
-    """Runs one driver scenario in the Airflow venv; returns its JSON result."""
+) -> Iterator[Drive]:
+    """Runs one driver scenario in the Airflow venv; returns its JSON result. One driver
+    process imports Airflow once and forks a process per scenario (airflow_driver.py --serve)."""
     home = tmp_path_factory.mktemp("airflow-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "DATABRICKS_"))}
     env.update({"SPARKPLANE_TOKEN": host.token, "AIRFLOW_HOME": str(home)})
     env.pop("PYTHONPATH", None)
+    server_err = home / "driver.err"
+    with open(server_err, "wb") as err:
+        server = subprocess.Popen(
+            [str(airflow_python), str(DRIVER), "--host", host.url, "--serve"],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,  # its scenario processes too, for the kill below
+        )
+    assert server.stdin is not None and server.stdout is not None
+    calls = itertools.count()
 
     def drive(scenario: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        cmd = [str(airflow_python), str(DRIVER), "--host", host.url, scenario]
-        cmd += ["--spec", json.dumps(spec or {})]
-        p = subprocess.run(
-            cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S
-        )
-        if p.returncode != 0:
-            raise DriverFailed(scenario, p.returncode, p.stderr)
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        assert server.stdin is not None and server.stdout is not None
+        n = next(calls)
+        out, err = home / f"{n}-{scenario}.json", home / f"{n}-{scenario}.err"
+        req = {"scenario": scenario, "spec": spec or {}, "out": str(out), "err": str(err)}
+        server.stdin.write(json.dumps(req) + "\n")
+        server.stdin.flush()
+        if not select.select([server.stdout], [], [], DRIVER_TIMEOUT_S)[0]:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise subprocess.TimeoutExpired(scenario, DRIVER_TIMEOUT_S)
+        line = server.stdout.readline()
+        if not line:
+            raise DriverFailed(scenario, server.wait(10), server_err.read_text())
+        code = json.loads(line)["code"]
+        if code != 0:
+            raise DriverFailed(scenario, code, err.read_text())
+        return json.loads(out.read_text().strip().splitlines()[-1])
 
-    return drive
+    try:
+        yield drive
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 def api(host: DevhostProcess, method: str, path: str, **kw: Any) -> httpx.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -310,9 +311,17 @@ def test_the_locked_ssh_key_is_derived_as_documented() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _parse_bicep(path: Path) -> dict[str, Any]:
+    """A Bicep file as pycep parses it, once per file for the module (a parse takes seconds of
+    CPU; the tests only read the result)."""
+    doc: dict[str, Any] = BicepParser().parse(file_path=path)
+    return doc
+
+
 @pytest.fixture(scope="module")
 def bicep() -> dict[str, Any]:
-    return BicepParser().parse(file_path=MAIN_BICEP)
+    return _parse_bicep(MAIN_BICEP)
 
 
 def _number(value: Any) -> Any:
@@ -332,7 +341,7 @@ def _by_type(doc: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("path", BICEP_FILES, ids=lambda p: str(p.relative_to(INFRA)))
 def test_bicep_parses(path: Path) -> None:
-    doc = BicepParser().parse(file_path=path)
+    doc = _parse_bicep(path)
     assert doc["resources"]
     for name, p in doc.get("parameters", {}).items():
         decorators = {d["type"] for d in p.get("decorators", [])}
@@ -444,7 +453,7 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
     assert _by_type(bicep, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
     (module,) = bicep["modules"].values()
     assert module["detail"]["path"] == "modules/provisioner-rbac.bicep"
-    rbac = BicepParser().parse(file_path=INFRA / "modules" / "provisioner-rbac.bicep")
+    rbac = _parse_bicep(INFRA / "modules" / "provisioner-rbac.bicep")
     (role,) = _by_type(rbac, "Microsoft.Authorization/roleDefinitions").values()
     (perms,) = _config(role)["properties"]["permissions"]
     assert "*" not in perms["actions"]
@@ -453,7 +462,7 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
 
 
 def _provisioner_actions() -> set[str]:
-    rbac = BicepParser().parse(file_path=INFRA / "modules" / "provisioner-rbac.bicep")
+    rbac = _parse_bicep(INFRA / "modules" / "provisioner-rbac.bicep")
     (role,) = _by_type(rbac, "Microsoft.Authorization/roleDefinitions").values()
     (perms,) = _config(role)["properties"]["permissions"]
     return {a.lower() for a in perms["actions"]}
