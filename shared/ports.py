@@ -251,7 +251,8 @@ class Provisioner(Protocol):
     def spark_versions(self) -> list[SparkVersion]: ...
 
     def observe(self, cluster_id: str) -> list[Node]:
-        """The nodes that exist for the cluster now, driver first."""
+        """The nodes that exist for the cluster now, driver first. A node reports its local
+        disk (attrs["disk_total_bytes"]) once it runs; while it starts it may not yet."""
         ...
 
     def start_driver(self, req: NodeRequest) -> Node: ...
@@ -280,6 +281,8 @@ class Provisioner(Protocol):
     # nodes of the pool first, then start new pool nodes while under its max_capacity, and
     # raise PoolCapacityReached (taking nothing) when the whole request does not fit.
     # remove_workers/stop_cluster give pool nodes back: they are RETURNING, then idle again.
+    # A provisioner without pools raises ProvisionerUnsupported from add_idle and from
+    # start_driver/add_workers given a pool; its pool_nodes and pool_ids are empty.
 
     def pool_nodes(self, pool_id: str) -> list[PoolNode]: ...
 
