@@ -257,7 +257,10 @@ class Provisioner(Protocol):
 
     def start_driver(self, req: NodeRequest) -> Node: ...
 
-    def add_workers(self, req: NodeRequest, count: int) -> list[Node]: ...
+    def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
+        """Start `count` workers; until the driver's resources exist it may start none (the
+        caller, planning from observe(), asks again)."""
+        ...
 
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
         """Start a graceful removal (decommission); the nodes disappear from observe() later."""

@@ -99,8 +99,11 @@ def _arm(tmp_path: Path) -> Adapter:
     arm = FakeArm()
     p = arm_provisioner(arm)
     p.create_workspace(WORKSPACE, "westeurope")
-    while p.workspace_status(WORKSPACE) != "READY":
+    for _ in range(10):  # the workspace deployment: a few steps
+        if p.workspace_status(WORKSPACE) == "READY":
+            break
         arm.tick()
+    assert p.workspace_status(WORKSPACE) == "READY"
     return Adapter(p, timeout_s=5.0, pools=False, advance=arm.tick)
 
 
