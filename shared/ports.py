@@ -251,12 +251,16 @@ class Provisioner(Protocol):
     def spark_versions(self) -> list[SparkVersion]: ...
 
     def observe(self, cluster_id: str) -> list[Node]:
-        """The nodes that exist for the cluster now, driver first."""
+        """The nodes that exist for the cluster now, driver first. A node reports its local
+        disk (attrs["disk_total_bytes"]) once it runs; while it starts it may not yet."""
         ...
 
     def start_driver(self, req: NodeRequest) -> Node: ...
 
-    def add_workers(self, req: NodeRequest, count: int) -> list[Node]: ...
+    def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
+        """Start `count` workers; until the driver's resources exist it may start none (the
+        caller, planning from observe(), asks again)."""
+        ...
 
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
         """Start a graceful removal (decommission); the nodes disappear from observe() later."""
@@ -280,6 +284,8 @@ class Provisioner(Protocol):
     # nodes of the pool first, then start new pool nodes while under its max_capacity, and
     # raise PoolCapacityReached (taking nothing) when the whole request does not fit.
     # remove_workers/stop_cluster give pool nodes back: they are RETURNING, then idle again.
+    # A provisioner without pools raises ProvisionerUnsupported from add_idle and from
+    # start_driver/add_workers given a pool; its pool_nodes and pool_ids are empty.
 
     def pool_nodes(self, pool_id: str) -> list[PoolNode]: ...
 
