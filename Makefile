@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,spark,local]"
 	touch $(STAMP)
 
-# Everything the tests need. The two venvs and the two npm packages install at once (make -j,
-# each target's output kept together); the apt-get installs (java, chromium, node) run one after
+# Everything the tests and `make run` need. The two venvs, the two npm packages and the Spark
+# class-data-sharing archives (once the venv and Java are there) are made at once (make -j, each
+# target's output kept together); the apt-get installs (java, chromium, node) run one after
 # another, as dpkg takes one at a time.
-SETUP := $(STAMP) java chromium cosmos-emulator azurite airflow-venv
+SETUP := $(STAMP) java chromium cosmos-emulator azurite airflow-venv spark-cds
 setup:
 	@$(MAKE) --no-print-directory -j 6 --output-sync=target $(SETUP)
 
@@ -109,7 +110,7 @@ $(AIRFLOW_STAMP): $(AIRFLOW_REQS) $(AIRFLOW_CONSTRAINTS)
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r $(AIRFLOW_REQS) -c $(AIRFLOW_CONSTRAINTS)
 	touch $@
 
-run: setup spark-cds
+run: setup
 	$(PY) -m sparkplane_cli up
 
 # Class-data-sharing archives for the JVMs of local Spark nodes (master, worker, Spark Connect
@@ -127,9 +128,9 @@ spark-cds: $(STAMP) | java
 TEST_WORKERS ?= 5
 PYTEST := PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
-# The archives are built first: the Spark tests' JVMs then start about twice as fast, which saves
-# far more than the archives cost to build (measured in docs/testing.md).
-test: setup spark-cds
+# setup builds the archives (spark-cds) too: the Spark tests' JVMs then start about twice as
+# fast, which saves far more than the archives cost to build (measured in docs/testing.md).
+test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
