@@ -31,11 +31,11 @@ from shared.services.clusters import ClusterService
 from shared.services.documents import Activity, ClusterRepo, upsert
 from shared.services.pools import KIND as POOL_KIND
 from shared.services.prewarm import Forecasts
+from shared.services.sample_windows import SAMPLE, SampleWindows
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.utilization")
 
-SAMPLE = "sample"
 # The latest local-disk report of each node (partition: cluster, id: node).
 DISK = "disk"
 _TS_MAX = 10**13
@@ -131,6 +131,8 @@ class Utilization:
         self.params = autoscale_params(settings)
         # The forecast hold of clusters that opted in (shared/services/prewarm.py).
         self.forecasts = Forecasts(store)
+        # Each autoscaled cluster's recent samples and policy memory, between ticks.
+        self.windows = SampleWindows(store, to_sample)
         self.minute_ms = int(settings.idle_minute_s * 1000)
 
     # ------------------------------------------------------------------ heartbeats
@@ -226,6 +228,7 @@ class Utilization:
                 continue
             looked += 1
             changed += self._autoscale_one(r.body, now)
+        self.windows.end_tick()
         return {"clusters": looked, "changed": changed, "disk_steps": disks}
 
     def _storage_one(self, b: dict[str, Any], now: int) -> int:
@@ -319,9 +322,9 @@ class Utilization:
         node_ids = {
             e["worker_ui_url"]: e["node_id"] for e in b.get("executors", []) if "worker_ui_url" in e
         }
-        samples = self.samples(cluster_id, self.settings.autoscale_samples, node_ids)
+        samples = self.windows.samples(cluster_id, self.settings.autoscale_samples, node_ids)
         mem = b.get("scaling_memory")
-        memory = pol.ScalingMemory(**mem) if mem else None
+        memory = self.windows.memory(cluster_id, pol.ScalingMemory(**mem) if mem else None)
         hi = self._max_workers(b, current)
         params = autoscale_settings.params_for(b["spec"].get("spark_conf"), self.params)
         d = pol.decide_size(samples, auto["min_workers"], hi, current, slots, memory, now, params)
@@ -336,6 +339,7 @@ class Utilization:
             now=now,
             params=params,
         )
+        self.windows.remember(cluster_id, d.memory)
         if d.target == current:
             return 0
 
