@@ -333,6 +333,21 @@ class ClusterHealthQuery(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadyReports(Protocol):
+    """An optional capability of a provisioner that cannot see its nodes' readiness itself
+    (ARM: a VM that runs is not yet a Spark driver that answers). The driver's agent reports
+    `ready` (Spark Connect answered a query; again as executors register) to the control
+    plane, which hands the report on here; observe() reports the driver RUNNING only after
+    one. Provisioners that see readiness themselves (local Spark reads the node's ready file)
+    have not. shared/wiring.py hands it to the services (or None)."""
+
+    def ready_reported(self, cluster_id: str, node_id: str, executors: int, at_ms: int) -> None:
+        """Keep the driver agent's report (`executors` registered, at `at_ms`); quick, no
+        cloud request."""
+        ...
+
+
 # --------------------------------------------------------------------------------------------
 # FileStore: each workspace's files (its DBFS root and its workspace files). Paths are what
 # shared/domain/paths.py makes: absolute, normalised POSIX paths ("/dbfs/a/b.py"), never "..",

@@ -25,7 +25,7 @@ from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
-from shared.ports import Clock, Provisioner, Store
+from shared.ports import Clock, Provisioner, ReadyReports, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 from shared.services.documents import Activity, ClusterRepo, upsert
@@ -117,9 +117,14 @@ class Utilization:
         clock: Clock,
         settings: Settings,
         provisioner: Provisioner | None = None,
+        *,
+        ready_reports: ReadyReports | None = None,
     ) -> None:
         self.store = store
         self.provisioner = provisioner
+        # Where ready reports go besides the reconcile they trigger: the provisioner, when it
+        # cannot see readiness itself (ARM; ports.ReadyReports).
+        self.ready_reports = ready_reports
         self.storage_params = storage.StorageParams(
             min_step_bytes=settings.storage_min_step_mb * 2**20,
             max_total_bytes=settings.storage_max_gb * 2**30,
@@ -165,7 +170,8 @@ class Utilization:
 
     def _ready(self, cluster_id: str, ready: ReadyIn) -> None:
         """The driver's agent says the cluster got readier (Spark Connect answered a query, an
-        executor registered): reconcile now instead of at the next interval. One message per
+        executor registered): hand the report to the provisioner where it keeps them (ARM),
+        and reconcile now instead of at the next interval. One message per
         (driver, executor count): a replayed report is dropped by duplicate detection. The
         agent's token names its cluster, not the workspace: the report does when its agent
         knows it (a wrong one finds no document and sends nothing); else the cluster is looked
@@ -177,6 +183,11 @@ class Utilization:
             found = self.store.scan("cluster", field="cluster_id", values=[cluster_id])
             cluster = next((Cluster.model_validate(r.body) for r in found), None)
         if cluster is not None:
+            if self.ready_reports is not None:
+                # First, so that the reconcile it triggers sees it.
+                self.ready_reports.ready_reported(
+                    cluster_id, ready.node_id, ready.executors, self.clock.now_ms()
+                )
             msg_id = f"ready:{cluster_id}:{ready.node_id}:{ready.executors}"
             self.clusters.kick(cluster, msg_id)
 
