@@ -334,9 +334,13 @@ def book_match(
 #   VM_FAILED (a capacity or allocation problem of the region, or an eviction: a new start
 #   may well work).
 
-# How long a VM may take from its creation to Spark ready: the boot, cloud-init installing
-# Java, Spark and pyspark (infra/bootstrap/cloud-init.yaml), the Spark daemons, the first query.
-READY_TIMEOUT_S = 900.0
+# How long a driver VM may take from its creation to Spark ready: the boot, cloud-init
+# installing Java, Spark and pyspark (infra/bootstrap/cloud-init.yaml), the Spark daemons, the
+# first query. Below the planner's startup bound (10 minutes from create, BOOTSTRAP_TIMEOUT,
+# shared/domain/reconcile.py) less the deployment's minutes before the VM exists, so that a
+# node that never gets ready fails with its own reason, not the generic one.
+READY_TIMEOUT_S = 420.0
+# A worker VM with no executor this long after its creation counts as ready (as locally).
 EXECUTOR_WAIT_S = 300.0
 
 
