@@ -246,30 +246,33 @@ class Utilization:
         if self.provisioner is None:
             return 0
         cluster_id = b["cluster_id"]
-        nodes = {e["node_id"] for e in b.get("executors", [])}
-        if b.get("driver"):
-            nodes.add(b["driver"]["node_id"])
+        # A node's agent names its reports by its VM (ARM: a worker's scale-set instance, its
+        # `instance_id`), the cluster by node id: either leads to the node.
+        wired = [*b.get("executors", []), *([b["driver"]] if b.get("driver") else [])]
+        nodes = {e["node_id"]: e["node_id"] for e in wired}
+        nodes.update({e["instance_id"]: e["node_id"] for e in wired if e.get("instance_id")})
         targets: dict[str, int] = b.get("disk_targets") or {}
         grown: dict[str, tuple[int, int, int]] = {}
         at_limit: dict[str, tuple[int, int]] = {}
         page = self.store.list(DISK, cluster_id, page_size=1000, page_token=None)
         for r in page.items:
-            if r.id not in nodes:
+            node_id = nodes.get(r.id)
+            if node_id is None:
                 continue  # a node that is gone
             report = storage.DiskReport(
-                node_id=r.id,
+                node_id=node_id,
                 used_bytes=r.body["used_bytes"],
                 total_bytes=r.body["total_bytes"],
                 ts_ms=r.body["ts_ms"],
             )
-            d = storage.decide(report, targets.get(r.id), self.storage_params)
+            d = storage.decide(report, targets.get(node_id), self.storage_params)
             if d.grow_to is not None:
-                previous = max(report.total_bytes, targets.get(r.id) or 0)
-                grown[r.id] = (previous, d.grow_to, d.free_bytes)
+                previous = max(report.total_bytes, targets.get(node_id) or 0)
+                grown[node_id] = (previous, d.grow_to, d.free_bytes)
             elif d.at_limit:
-                at_limit[r.id] = (report.total_bytes, d.free_bytes)
+                at_limit[node_id] = (report.total_bytes, d.free_bytes)
             elif d.reapply:
-                self._grow(cluster_id, r.id, targets[r.id])
+                self._grow(cluster_id, node_id, targets[node_id])
         if not grown and not set(at_limit) - set(b.get("disk_at_limit") or []):
             return 0
         system = Principal(b["workspace_id"], "storage-monitor", "system")

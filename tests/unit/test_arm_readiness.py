@@ -111,3 +111,36 @@ def test_a_driver_never_ready_fails_the_start_with_a_permanent_failure(tmp_path:
     assert "DRIVER_UNAVAILABLE" in types and "TERMINATING" in types
     # It failed on its own bound, before the planner's generic one (BOOTSTRAP_TIMEOUT).
     assert w.clock.ms - CREATED_MS < 10 * 60_000
+
+
+def test_a_worker_agents_disk_report_by_its_instance_name_grows_that_worker(
+    tmp_path: Path,
+) -> None:
+    """A worker's node agent knows its VM's name (the scale-set instance), not its node id
+    (a slot): its disk reports still reach the node (shared/services/utilization.py)."""
+    w = World(tmp_path)
+    spec = {**SPEC, "cluster_name": "c", "num_workers": 1, "enable_elastic_disk": True}
+    cid = w.c.clusters.create(w.p, spec)
+    for _ in range(12):
+        w.drain()
+        w.arm.tick()
+        w.agents.heartbeat(w.c.utilization)
+        w.clock.advance(5000)
+        w.c.lifecycle.sweep()
+    assert w.state(cid) == State.RUNNING
+    cluster = w.c.repo.load("ws1", cid)[0]  # type: ignore[index]
+    (worker,) = cluster.executors
+    assert worker["node_id"] == f"{cid}-worker-0"
+    instance = f"sp-{cid}-workers_0"
+    assert worker["instance_id"] == instance
+    total = 150 * 2**30  # the D4ds_v5's temporary disk
+    agent = Principal("", "agent", "a", role="agent", scope=cid)
+    disk = {"node_id": instance, "used_bytes": total - 2**20, "total_bytes": total}
+    w.c.utilization.heartbeat(agent, {"cluster_id": cid, "disk": disk})
+    w.arm.take()
+    assert w.c.utilization.autoscale_tick()["disk_steps"] == 1
+    puts = [r for r in w.arm.take() if r.method == "PUT"]
+    assert [r.path.rsplit("/", 2)[-2:] for r in puts] == [["virtualMachines", "0"]]
+    # The cluster knows the growth by the node id.
+    cluster = w.c.repo.load("ws1", cid)[0]  # type: ignore[index]
+    assert list(cluster.disk_targets) == [worker["node_id"]]
