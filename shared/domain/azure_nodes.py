@@ -16,6 +16,12 @@ size of a cluster's worker scale set.
   `sku.capacity`; instances being deleted no longer count in it, and the capacity above the
   instances listed are workers still coming (STARTING slots). Adding workers raises the
   capacity; removing pending slots lowers it; it never goes below zero.
+- Node ids (`driver_vm_name`, `WorkerBook`, `book_match`): the driver's is its VM's name, made
+  from the cluster id; a worker's a slot handed out when it is asked for and matched to the
+  scale-set instance ARM makes for it (see "node ids" below).
+- Readiness (`driver_ready_status`, `worker_ready_status`): RUNNING means ready, from the driver
+  agent's `ready` report; a node that fails carries a `NodeFailure`, temporary or permanent
+  (see "readiness" below).
 """
 
 from __future__ import annotations

@@ -1043,7 +1043,7 @@ def test_a_node_at_its_vm_sizes_disk_limit_is_refused_without_a_request(
 def test_growing_what_is_no_vm_sends_nothing(arm: FakeArm, prov: ArmProvisioner) -> None:
     running_cluster(arm, prov)
     prov.grow_storage(CID, f"{W}_0", 0)
-    prov.grow_storage(CID, f"{CID}-worker-pending-0", 10 * GIB)
+    prov.grow_storage(CID, f"{CID}-worker-9", 10 * GIB)  # a slot with no instance
     prov.grow_storage(CID, "someone-else_1", 10 * GIB)
     assert arm.take() == []
     # A worker that went since the last observation.
