@@ -279,6 +279,11 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
             sim.step(5, setup=True)
             if sim.refresh_running() == n - burst:
                 break
+        for _ in range(60):  # and the reconciles still scheduled for them have run
+            counts = sim.bus.inner.counts(QUEUE)
+            if counts["active"] + counts["scheduled"] + counts["locked"] == 0:
+                break
+            sim.step(5, setup=True)
         filled = sim.refresh_running()
         # 2. steady state
         sim.limits(on=True)

@@ -2030,3 +2030,22 @@ def test_the_guard_needs_a_principal_guid() -> None:
             tags={},
             control_plane_principal_id="not-a-guid",
         )
+
+
+def test_workers_the_scale_set_did_not_take_leave_no_slot(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    """A capacity PATCH that is not sent (the write budget is spent: ProvisionerThrottled)
+    starts no worker, so its slots go again: the reconcile retried later asks anew, and no
+    observe() raises the capacity for them (it would leave out the workers' customData)."""
+    from shared.ports import ProvisionerThrottled
+
+    running_cluster(arm, prov, workers=1)
+    before = [n.node_id for n in prov.observe(CID)]
+    arm.take()
+    prov.throttle.budget(SUB).remaining("writes", 0, prov._clock())
+    with pytest.raises(ProvisionerThrottled):
+        prov.add_workers(request_for(), 2)
+    assert arm.take() == []
+    assert [n.node_id for n in prov.observe(CID)] == before
+    assert not [r for r in arm.take() if r.method == "PATCH"]

@@ -184,9 +184,10 @@ class ObserveMixin(ArmBase):
             self._seen[cluster_id] = seen
         return nodes
 
-    def _set_capacity(self, seen: _Seen, capacity: int, *, custom_data: str | None = None) -> None:
+    def _set_capacity(self, seen: _Seen, capacity: int, *, custom_data: str | None = None) -> bool:
         """PATCHes the scale set's capacity and, when given, its model's customData (one
-        operation: the instances it adds are made from the new model)."""
+        operation: the instances it adds are made from the new model). False: the set was
+        busy (409) and nothing changed."""
         assert seen.vmss is not None
         sku = seen.vmss.sku or {}
         model = {"virtualMachineProfile": {"osProfile": {"customData": custom_data}}}
@@ -202,8 +203,9 @@ class ObserveMixin(ArmBase):
             if e.status_code != 409:
                 raise
             log.info("scale set busy; capacity is set by the next reconcile")
-            return
+            return False
         seen.capacity = capacity
+        return True
 
     def _match(
         self,

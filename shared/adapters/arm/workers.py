@@ -65,11 +65,24 @@ class WorkersMixin(CustomDataMixin, ObserveMixin):
             new[:] = [s.node_id for s in out.slots[len(book.slots) :]]
             return out
 
-        # The slots first: if the PATCH below is refused or throttled, observe() raises the
-        # capacity they need.
+        # The slots first (an observe() meanwhile sees them, not capacity nobody asked for);
+        # while the deployment makes the set, observe() raises the capacity they need.
         self.book.change(req.cluster_id, step)
-        if vmss is not None:
-            self._set_capacity(seen, capacity_after(seen.capacity, count), custom_data=custom)
+        if vmss is None:
+            return [Node(node_id, "worker", "STARTING", now) for node_id in new]
+        sent = False
+        try:
+            sent = self._set_capacity(
+                seen, capacity_after(seen.capacity, count), custom_data=custom
+            )
+        finally:
+            if not sent:
+                # Busy (409) or throttled: no worker was started, so the slots go again and
+                # the next reconcile asks anew (with the customData, which observe() would not
+                # give).
+                self.book.change(req.cluster_id, lambda b: book_drop(b, new))
+        if not sent:
+            return []
         return [Node(node_id, "worker", "STARTING", now) for node_id in new]
 
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
