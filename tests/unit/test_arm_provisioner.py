@@ -420,6 +420,8 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
         (w0, f"{W}_0", "RUNNING", "10.0.1.0"),
         (w1, f"{W}_1", "RUNNING", "10.0.1.1"),
     ]
+    # How the driver's agent names a worker in its samples (the autoscaler's removal hints).
+    assert workers[0].attrs["worker_ui_url"] == "http://10.0.1.0:8081/"
     assert shape(arm.take())[-1] == ("GET", f"{VMSS_ID}/networkInterfaces")
 
     # ---- resize up: one PATCH of the scale set's capacity (3)

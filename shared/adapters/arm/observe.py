@@ -46,6 +46,8 @@ log = logging.getLogger("sparkplane.arm")
 OBSERVE_READS = 6
 # The Spark Connect port of a driver node (infra/bootstrap/cloud-init.yaml).
 CONNECT_PORT = 15002
+# A worker node's Spark web UI port (infra/bootstrap/cloud-init.yaml, spark-worker.service).
+WORKER_UI_PORT = 8081
 
 
 def _failed(node: Node, failure: NodeFailure) -> Node:
@@ -283,15 +285,20 @@ class ObserveMixin(ArmBase):
             name = str(v.get("name") or f"{vmss.name}_{instance_id}")
             seen.instances[name] = instance_id
             start = _ms(props.get("timeCreated")) or vmss.created_ms
+            ip = ips.get(instance_id, "")
+            attrs = _disk_attrs(props, str((v.get("sku") or {}).get("name") or set_size))
+            if ip:
+                # How the driver's agent names the worker in its samples (its web UI).
+                attrs["worker_ui_url"] = f"http://{ip}:{WORKER_UI_PORT}/"
             out.append(
                 Node(
                     name,
                     "worker",
                     status,
                     start,
-                    private_ip=ips.get(instance_id, ""),
+                    private_ip=ip,
                     instance_id=name,
-                    attrs=_disk_attrs(props, str((v.get("sku") or {}).get("name") or set_size)),
+                    attrs=attrs,
                 )
             )
         out.sort(key=lambda n: (n.start_ms, n.node_id))
