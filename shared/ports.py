@@ -182,7 +182,11 @@ class QueueAdmin(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # Provisioner: makes and removes the nodes of a cluster. Every call returns quickly: slow work
-# is started and then observed by later reconciles.
+# is started and then observed by later reconciles. A node's id is known when the call that
+# starts it returns and is the node's for its life (observe reports it, remove_workers and
+# grow_storage take it); `Node.instance_id` is the cloud's own name for it where that differs.
+# A node is RUNNING when its Spark role is ready (a query runs on the driver; a worker has an
+# executor registered), not merely when its machine runs.
 
 
 class PoolCapacityReached(Exception):

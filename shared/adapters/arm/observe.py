@@ -145,8 +145,8 @@ class ObserveMixin(ArmBase):
                 now=now,
             )
             if match.short and not set_deleting:
-                # Slots asked for before the scale set existed (or whose capacity PATCH was
-                # refused): the capacity they need.
+                # Slots asked for while the deployment made the scale set: the capacity they
+                # need (add_workers sets it itself once the set exists).
                 self._set_capacity(seen, seen.capacity + match.short)
             rank = 0
             for w in made:
