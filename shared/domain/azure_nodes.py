@@ -225,7 +225,9 @@ def driver_vm_name(cluster_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """A worker asked for: its node id and, once ARM made it, the scale-set instance."""
+    """A worker asked for: its node id and, once ARM made it, the scale-set instance (the
+    provisioner's key for it: its name and creation time, since Azure may reuse a deleted
+    instance's id)."""
 
     node_id: str
     instance: str = ""

@@ -176,3 +176,14 @@ def test_a_named_failure_of_a_starting_driver_is_the_termination_reason() -> Non
     # Without a named failure: as before.
     p = rec.plan(c, [Node("d", "driver", "LOST", 1)], now=5000)
     assert p.cluster.termination_reason.code == "SPARK_STARTUP_FAILURE"  # type: ignore[union-attr]
+
+
+def test_a_reused_instance_name_is_a_new_worker() -> None:
+    """Azure may give a new instance a deleted one's id: the provisioner keys instances by
+    name and creation time, so the new one gets a slot of its own."""
+    book = book_add(WorkerBook(), "c", 1, now_ms=0)
+    book = book_match(
+        book, "c", [("set_1@100", "RUNNING")], capacity=1, set_deleting=False, now_ms=0
+    ).book
+    m = book_match(book, "c", [("set_1@200", "STARTING")], capacity=1, set_deleting=False, now_ms=0)
+    assert m.ids == {"set_1@200": "c-worker-1"}

@@ -56,6 +56,12 @@ def _failed(node: Node, failure: NodeFailure) -> Node:
     return replace(node, attrs=attrs)
 
 
+def _instance_key(worker: Node) -> str:
+    """What a slot is matched to: the instance's name and creation time (Azure may give a new
+    instance the id, and so the name, of one deleted before)."""
+    return f"{worker.instance_id}@{worker.start_ms}"
+
+
 class ObserveMixin(ArmBase):
     # The slots and ready reports (shared/adapters/arm/nodebook.py) and how long a driver may
     # take to report ready (ArmProvisioner sets both).
@@ -139,7 +145,7 @@ class ObserveMixin(ArmBase):
             made = self._workers(vmss, seen)
             match = self._match(
                 cluster_id,
-                [(w.instance_id, w.status) for w in made],
+                [(_instance_key(w), w.status) for w in made],
                 capacity=seen.capacity,
                 set_deleting=set_deleting,
                 now=now,
@@ -150,7 +156,7 @@ class ObserveMixin(ArmBase):
                 self._set_capacity(seen, seen.capacity + match.short)
             rank = 0
             for w in made:
-                node_id = match.ids[w.instance_id]
+                node_id = match.ids[_instance_key(w)]
                 seen.instances[node_id] = seen.instances[w.instance_id]
                 status, failure = worker_ready_status(
                     w.status,
