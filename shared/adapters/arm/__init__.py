@@ -42,12 +42,15 @@ driver's is its VM's name, which the template makes from the cluster id
 Uniform scale set names its instances itself (`<set>_<instance id>`, ids Azure assigns in no
 promised order and may reuse), so add_workers hands out slots (`<cluster>-worker-<n>`), kept in
 the cluster's worker book in the app's store (shared/adapters/arm/nodebook.py); observe()
-matches each new instance to the oldest pending slot (`book_match`) and reports the slot's id,
-the instance's name as `instance_id`. add_workers may be called while the deployment still
-makes the scale set: the slots are kept, and the first observe() that finds the set raises its
-capacity to what they need (one write, as a resize). Capacity that nobody here asked for (another
-instance's PATCH whose book write was lost) gets slots when observe() sees it. Explicitly named
-VMs (flexible orchestration) would give ids without a book, but cost a write per worker where a
+matches each new instance (by name and creation time: Azure may reuse a deleted instance's id)
+to the oldest pending slot (`book_match`) and reports the slot's id, the instance's name as
+`instance_id`. add_workers may be called while the deployment still makes the scale set: the
+slots are kept, and the first observe() that finds the set raises its capacity to what they
+need (one write, as a resize); once the set exists add_workers raises it itself, and gives its
+slots back when the PATCH is not sent. Capacity no slot asks for (the deployment's
+`workerCount` when a cluster starts over its scale set, a change made outside the app) gets
+slots when observe() sees it. Explicitly named VMs (flexible orchestration) would give ids
+without a book, but cost a write per worker where a
 resize is one PATCH of the capacity, against the subscription's 10 writes/s.
 
 Readiness (RUNNING means ready, as with local Spark: docs/local-spark.md): ARM sees VMs, not
