@@ -50,8 +50,8 @@ need (one write, as a resize); once the set exists add_workers raises it itself,
 slots back when the PATCH is not sent. Capacity no slot asks for (the deployment's
 `workerCount` when a cluster starts over its scale set, a change made outside the app) gets
 slots when observe() sees it. Explicitly named VMs (flexible orchestration) would give ids
-without a book, but cost a write per worker where a
-resize is one PATCH of the capacity, against the subscription's 10 writes/s.
+without a book, but cost a write per worker where a resize is one PATCH of the capacity,
+against the subscription's 10 writes/s.
 
 Readiness (RUNNING means ready, as with local Spark: docs/local-spark.md): ARM sees VMs, not
 Spark. The driver's agent (started by the bootstrap) reports `ready` to the control plane when
