@@ -22,6 +22,9 @@ finding its bucket empty gets 429 `TooManyRequests` with `Retry-After` (whole se
 token is back) and changes nothing. `counts` tallies requests by kind, `throttled` the 429s,
 and `latency_s` adds the modelled latency of each request (`ArmLimits.latency_s`) without
 waiting for it.
+
+`FakeAgents` plays the nodes' side of readiness: the driver agent's `ready` reports for the
+driver VMs that run (the ARM provisioner reports a node RUNNING only after one).
 """
 
 from __future__ import annotations

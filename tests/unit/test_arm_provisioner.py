@@ -17,7 +17,8 @@ set) and each instance the one of the model it was made from; like ARM, no GET r
 The tests assert request by request what the provisioner sends for a workspace create, a
 cluster create, a resize, a terminate and a workspace delete, and that no call waits on a long
 running operation (no operation-status poll, no poller thread): the reconciles' observe()
-calls see the progress.
+calls see the progress. The driver agents' `ready` reports, which make a running VM a RUNNING
+node, come from `FakeAgents`.
 """
 
 from __future__ import annotations
