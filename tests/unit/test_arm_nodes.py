@@ -3,6 +3,8 @@ and readiness."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from shared.domain.azure_nodes import (
@@ -187,3 +189,36 @@ def test_a_reused_instance_name_is_a_new_worker() -> None:
     ).book
     m = book_match(book, "c", [("set_1@200", "STARTING")], capacity=1, set_deleting=False, now_ms=0)
     assert m.ids == {"set_1@200": "c-worker-1"}
+
+
+# ---- the book in the store (shared/adapters/arm/nodebook.py)
+
+
+@pytest.mark.parametrize("with_store", [True, False], ids=["store", "memory"])
+def test_the_book_keeps_the_newest_ready_report_and_decides_again_on_a_concurrent_write(
+    tmp_path: Path, with_store: bool
+) -> None:
+    from shared.adapters.arm.nodebook import NodeBook
+    from shared.adapters.sqlite_store import SqliteStore
+    from shared.domain.azure_nodes import ReadyReport
+
+    book = NodeBook(SqliteStore(tmp_path / "store.db") if with_store else None)
+    book.report_ready("c", ReadyReport("d", 2, at_ms=200))
+    book.report_ready("c", ReadyReport("d", 1, at_ms=100))  # an older one, late: ignored
+    assert book.ready("c") == ReadyReport("d", 2, 200)
+
+    # Another instance adds a slot while this one decides: the step runs again on its book.
+    calls: list[int] = []
+
+    def step(b: WorkerBook) -> WorkerBook:
+        if not calls:
+            book.change("c", lambda other: book_add(other, "c", 1, now_ms=0))
+        calls.append(len(b.slots))
+        return book_add(b, "c", 1, now_ms=0)
+
+    out = book.change("c", step)
+    assert calls == [0, 1]
+    assert [s.node_id for s in out.slots] == ["c-worker-0", "c-worker-1"]
+    assert book.slots("c") == out
+    book.forget("c")
+    assert book.slots("c") == WorkerBook() and book.ready("c") is None
