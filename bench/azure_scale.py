@@ -13,7 +13,8 @@ reconciler timer every 10 s, heartbeats every 10 s, drift reads every `--drift-c
 Phases:
 1. Fill: `--clusters` minus the burst are created and brought to RUNNING. This is setup, not
    measured: ARM's limits are lifted meanwhile (both the simulator's and the provisioner's
-   budget), and every RUNNING cluster's driver agent then heartbeats.
+   budget), and every RUNNING cluster's driver agent then heartbeats. Throughout, a driver
+   agent reports `ready` once its VM runs, and again as its executors register (`FakeAgents`).
 2. Steady state for `--hours` of simulated time: every cluster RUNNING, the sweep every 10 s,
    every driver heartbeating. ARM reads/writes/deletes, 429s, store operations (as Cosmos RUs)
    and bus operations are counted, and reported per hour of simulated time.
@@ -51,7 +52,7 @@ from shared.ports import OutMessage, Page, Record
 from shared.services.auth import Principal
 from shared.settings import Settings
 from shared.wiring import Container
-from tests.fake_arm import SUB, ArmLimits, FakeArm, arm_provisioner
+from tests.fake_arm import SUB, ArmLimits, FakeAgents, FakeArm, arm_provisioner
 
 QUEUE = "cluster-lifecycle"
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5", "num_workers": 1}
@@ -153,8 +154,11 @@ class Sim:
     def __init__(self, root: Path, *, drift_check_s: float, workspaces: int) -> None:
         self.clock = SimClock()
         self.arm = FakeArm(limits=UNLIMITED, clock=self.clock.seconds, record=False)
-        self.prov = arm_provisioner(self.arm, clock=self.clock.seconds)
         self.store = MeteredStore(SqliteStore(root / "store.db", clock=self.clock))
+        # Its worker slots and ready reports in the app's store, as in Azure.
+        self.prov = arm_provisioner(self.arm, clock=self.clock.seconds, store=self.store)
+        # The driver agents' `ready` reports (a silent cluster's agent sends none).
+        self.agents = FakeAgents(self.arm)
         self.bus = MeteredBus(EmbeddedBus(root / "bus.db", clock=self.clock))
         self.settings = Settings(
             data_dir=root / "data",
@@ -216,11 +220,13 @@ class Sim:
             if setup:
                 if t % 2 == 0:
                     self.arm.tick()
+                    self.agents.heartbeat(self.c.utilization)
                 continue
             if t % 10 == 0:
                 self.c.lifecycle.sweep()
             if t % 20 == 0:
                 self.arm.tick()
+                self.agents.heartbeat(self.c.utilization)
             self.beat(t)
 
     def beat(self, t: int) -> None:
@@ -273,6 +279,11 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
             sim.step(5, setup=True)
             if sim.refresh_running() == n - burst:
                 break
+        for _ in range(60):  # and the reconciles still scheduled for them have run
+            counts = sim.bus.inner.counts(QUEUE)
+            if counts["active"] + counts["scheduled"] + counts["locked"] == 0:
+                break
+            sim.step(5, setup=True)
         filled = sim.refresh_running()
         # 2. steady state
         sim.limits(on=True)
@@ -309,6 +320,7 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
         )
         vm["properties"]["provisioningState"] = "Failed"
         sim.silent.add(victim)
+        sim.agents.silent.add(victim)
         killed = sim.clock.seconds()
         noticed = None
         ws = next(w for w, cid in sim.clusters if cid == victim)

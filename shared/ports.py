@@ -182,7 +182,11 @@ class QueueAdmin(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # Provisioner: makes and removes the nodes of a cluster. Every call returns quickly: slow work
-# is started and then observed by later reconciles.
+# is started and then observed by later reconciles. A node's id is known when the call that
+# starts it returns and is the node's for its life (observe reports it, remove_workers and
+# grow_storage take it); `Node.instance_id` is the cloud's own name for it where that differs.
+# A node is RUNNING when its Spark role is ready (a query runs on the driver; a worker has an
+# executor registered), not merely when its machine runs.
 
 
 class PoolCapacityReached(Exception):
@@ -330,6 +334,21 @@ class ClusterHealthQuery(Protocol):
     def unhealthy_clusters(self) -> set[str]:
         """Ids of the clusters some of whose nodes failed or are stopped; may raise
         ProvisionerThrottled."""
+        ...
+
+
+@runtime_checkable
+class ReadyReports(Protocol):
+    """An optional capability of a provisioner that cannot see its nodes' readiness itself
+    (ARM: a VM that runs is not yet a Spark driver that answers). The driver's agent reports
+    `ready` (Spark Connect answered a query; again as executors register) to the control
+    plane, which hands the report on here; observe() reports the driver RUNNING only after
+    one. Provisioners that see readiness themselves (local Spark reads the node's ready file)
+    have not. shared/wiring.py hands it to the services (or None)."""
+
+    def ready_reported(self, cluster_id: str, node_id: str, executors: int, at_ms: int) -> None:
+        """Keep the driver agent's report (`executors` registered, at `at_ms`); quick, no
+        cloud request."""
         ...
 
 

@@ -19,6 +19,7 @@ from shared.ports import (
     FileStore,
     Provisioner,
     QueueAdmin,
+    ReadyReports,
     Store,
     WorkspaceResources,
 )
@@ -64,6 +65,13 @@ class Container:
         """The provisioner's per-workspace resources, where the chosen adapter has them (ARM)."""
         p = self.provisioner
         return p if isinstance(p, WorkspaceResources) else None
+
+    @cached_property
+    def ready_reports(self) -> ReadyReports | None:
+        """Where the driver agents' `ready` reports go, where the provisioner cannot see
+        readiness itself (ARM)."""
+        p = self.provisioner
+        return p if isinstance(p, ReadyReports) else None
 
     @cached_property
     def auth(self) -> Auth:
@@ -151,7 +159,13 @@ class Container:
     @cached_property
     def utilization(self) -> Utilization:
         return Utilization(
-            self.store, self.repo, self.clusters, self.clock, self.settings, self.provisioner
+            self.store,
+            self.repo,
+            self.clusters,
+            self.clock,
+            self.settings,
+            self.provisioner,
+            ready_reports=self.ready_reports,
         )
 
     @cached_property
@@ -217,7 +231,7 @@ def _bus(s: Settings) -> Bus:
     )
 
 
-def _provisioner(s: Settings) -> Provisioner:
+def _provisioner(s: Settings, store: Store) -> Provisioner:
     if s.provisioner == "local":
         from shared.adapters.local_spark import LocalSparkProvisioner
 
@@ -227,7 +241,8 @@ def _provisioner(s: Settings) -> Provisioner:
     if s.provisioner == "arm":
         from shared.adapters.arm import ArmProvisioner
 
-        return ArmProvisioner.from_settings(s)
+        # The worker slots and ready reports are the app's, shared by its instances.
+        return ArmProvisioner.from_settings(s, store=store)
     from shared.adapters.records import RecordProvisioner
 
     return RecordProvisioner(
@@ -267,11 +282,12 @@ def _with_spark_key(s: Settings) -> Settings:
 def build(settings: Settings) -> Container:
     private_dir(settings.data_dir)
     settings = _with_spark_key(settings)
+    store = _store(settings)
     return Container(
         settings=settings,
-        store=_store(settings),
+        store=store,
         bus=_bus(settings),
-        provisioner=_provisioner(settings),
+        provisioner=_provisioner(settings, store),
         clock=SystemClock(),
     )
 

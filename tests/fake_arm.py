@@ -22,6 +22,9 @@ finding its bucket empty gets 429 `TooManyRequests` with `Retry-After` (whole se
 token is back) and changes nothing. `counts` tallies requests by kind, `throttled` the 429s,
 and `latency_s` adds the modelled latency of each request (`ArmLimits.latency_s`) without
 waiting for it.
+
+`FakeAgents` plays the nodes' side of readiness: the driver agent's `ready` reports for the
+driver VMs that run (the ARM provisioner reports a node RUNNING only after one).
 """
 
 from __future__ import annotations
@@ -827,10 +830,10 @@ class FakeCredential:
 
 
 def arm_provisioner(
-    arm: FakeArm, *, clock: Callable[[], float] = time.time, **settings: Any
+    arm: FakeArm, *, clock: Callable[[], float] = time.time, store: Any = None, **settings: Any
 ) -> Any:
     """An ArmProvisioner with the repository's templates and cloud-init, sending to `arm`
-    through the real SDK clients."""
+    through the real SDK clients (`store`: where it keeps worker slots and ready reports)."""
     from shared.adapters.arm import ArmProvisioner
     from shared.settings import Settings
 
@@ -841,4 +844,58 @@ def arm_provisioner(
         "Microsoft.Web/sites/sp",
         **settings,
     )
-    return ArmProvisioner.from_settings(s, credential=FakeCredential(), transport=arm, clock=clock)
+    return ArmProvisioner.from_settings(
+        s, credential=FakeCredential(), transport=arm, clock=clock, store=store
+    )
+
+
+class FakeAgents:
+    """The driver agents of the clusters in `arm`, as far as readiness goes: a driver whose
+    VM runs is ready at once, with an executor for each running instance of its scale set
+    (what shared/agent.py reports once Spark Connect answers and as executors register).
+    `ready()` lists the reports that changed since the last call: (cluster id, driver node
+    id, executors)."""
+
+    def __init__(self, arm: FakeArm) -> None:
+        self.arm = arm
+        self.silent: set[str] = set()  # clusters whose agent never reports (a broken node)
+        self._sent: dict[str, tuple[str, int]] = {}
+
+    def ready(self) -> list[tuple[str, str, int]]:
+        out = []
+        with self.arm._lock:
+            for vm in self.arm.find("/virtualMachines"):
+                cid = vm["tags"].get("ClusterId")
+                if not vm["name"].endswith("-driver") or cid is None or cid in self.silent:
+                    continue
+                if vm["properties"]["provisioningState"] not in ("Succeeded", "Updating"):
+                    continue
+                workers = f"{vm['id'].rsplit('/virtualMachines/', 1)[0]}/virtualMachineScaleSets/"
+                vmss = self.arm.resources.get(
+                    f"{workers}{vm['name'][: -len('-driver')]}-workers".lower()
+                )
+                live = (vmss or {}).get("instances", {}).values()
+                report = (
+                    vm["name"],
+                    sum(1 for i in live if i["state"] in ("Succeeded", "Updating")),
+                )
+                if self._sent.get(cid) != report:
+                    self._sent[cid] = report
+                    out.append((cid, *report))
+        return out
+
+    def heartbeat(self, utilization: Any) -> None:
+        """The changed reports as they reach the control plane: a `ready` heartbeat with the
+        cluster's agent token, to the heartbeat service (shared/services/utilization.py)."""
+        from shared.services.auth import Principal
+
+        for cid, node_id, executors in self.ready():
+            agent = Principal("", "agent", "fake-agent", role="agent", scope=cid)
+            body = {"cluster_id": cid, "ready": {"node_id": node_id, "executors": executors}}
+            utilization.heartbeat(agent, body)
+
+    def report(self, prov: Any, now_ms: int | None = None) -> None:
+        """Hand the changed reports to the provisioner (ports.ReadyReports)."""
+        at = int(time.time() * 1000) if now_ms is None else now_ms
+        for cid, node_id, executors in self.ready():
+            prov.ready_reported(cid, node_id, executors, at)

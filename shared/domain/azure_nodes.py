@@ -16,11 +16,18 @@ size of a cluster's worker scale set.
   `sku.capacity`; instances being deleted no longer count in it, and the capacity above the
   instances listed are workers still coming (STARTING slots). Adding workers raises the
   capacity; removing pending slots lowers it; it never goes below zero.
+- Node ids (`driver_vm_name`, `WorkerBook`, `book_match`): the driver's is its VM's name, made
+  from the cluster id; a worker's a slot handed out when it is asked for and matched to the
+  scale-set instance ARM makes for it (see "node ids" below).
+- Readiness (`driver_ready_status`, `worker_ready_status`): RUNNING means ready, from the driver
+  agent's `ready` report; a node that fails carries a `NodeFailure`, temporary or permanent
+  (see "readiness" below).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.domain.nodes import NodeStatus, NodeType, SparkVersion
@@ -198,3 +205,218 @@ def pending_slots(capacity: int, listed: Sequence[NodeStatus], *, set_deleting: 
 def capacity_after(capacity: int, change: int) -> int:
     """The scale set's capacity after adding (change > 0) or dropping pending slots (< 0)."""
     return max(0, capacity + change)
+
+
+# ---------------------------------------------------------------------------- node ids
+#
+# A node's id is known when start_driver/add_workers return and stays the node's for its life
+# (the Provisioner port). The driver VM is named by the cluster template from the cluster id
+# (infra/templates/cluster.json: `sp-<lower-case cluster id>-driver`), so its id is final at
+# once. A scale set in Uniform orchestration names its instances itself (`<set>_<instance id>`,
+# ids Azure assigns and may reuse, in no promised order), so a worker's id is a slot the
+# provisioner hands out (`<cluster>-worker-<n>`), kept in a `WorkerBook` and matched to an
+# instance once ARM lists one; the instance's name is the node's `instance_id`.
+
+
+def driver_vm_name(cluster_id: str) -> str:
+    """The driver VM's name, as cluster.json makes it (variables driverName)."""
+    return f"sp-{cluster_id.lower()}-driver"
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A worker asked for: its node id and, once ARM made it, the scale-set instance (the
+    provisioner's key for it: its name and creation time, since Azure may reuse a deleted
+    instance's id)."""
+
+    node_id: str
+    instance: str = ""
+    asked_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBook:
+    """A cluster's worker slots, in the order they were asked for; `seq` numbers the next."""
+
+    slots: tuple[Slot, ...] = ()
+    seq: int = 0
+
+    @property
+    def pending(self) -> list[Slot]:
+        """Slots no instance is matched to yet."""
+        return [s for s in self.slots if not s.instance]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"seq": self.seq, "slots": [[s.node_id, s.instance, s.asked_ms] for s in self.slots]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> WorkerBook:
+        slots = tuple(Slot(str(a), str(b), int(c)) for a, b, c in body.get("slots") or [])
+        return cls(slots, int(body.get("seq") or 0))
+
+
+def worker_slot_id(cluster_id: str, seq: int) -> str:
+    return f"{cluster_id}-worker-{seq}"
+
+
+def book_add(book: WorkerBook, cluster_id: str, count: int, now_ms: int) -> WorkerBook:
+    """`count` new pending slots."""
+    new = tuple(
+        Slot(worker_slot_id(cluster_id, book.seq + i), "", now_ms) for i in range(max(0, count))
+    )
+    return WorkerBook(book.slots + new, book.seq + len(new))
+
+
+def book_drop(book: WorkerBook, node_ids: Sequence[str]) -> WorkerBook:
+    """Without the pending slots among `node_ids` (a slot with an instance goes when the
+    instance does)."""
+    gone = set(node_ids)
+    return replace(book, slots=tuple(s for s in book.slots if s.instance or s.node_id not in gone))
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    book: WorkerBook
+    # Instance name -> node id of every listed instance.
+    ids: dict[str, str]
+    # Capacity the scale set must gain so that every pending slot gets an instance.
+    short: int
+
+
+def book_match(
+    book: WorkerBook,
+    cluster_id: str,
+    instances: Sequence[tuple[str, NodeStatus]],
+    *,
+    capacity: int,
+    set_deleting: bool,
+    now_ms: int,
+) -> Match:
+    """Match what the scale set lists (instance name and status, oldest first) to the slots:
+    an instance keeps its slot; a new instance takes the oldest pending slot, or a new slot
+    when none is pending (capacity set elsewhere); a slot whose instance is gone goes. Then
+    the capacity still owed (`pending_slots`) against the pending slots: more owed than
+    pending gets new slots (ids for the workers coming), fewer makes `short` > 0 (slots asked
+    for before the capacity was raised: the caller raises it). A set being deleted keeps no
+    pending slot."""
+    listed = {name for name, _ in instances}
+    kept = [s for s in book.slots if not s.instance or s.instance in listed]
+    taken = {s.instance for s in kept if s.instance}
+    seq = book.seq
+    for name, _ in instances:
+        if name in taken:
+            continue
+        i = next((k for k, s in enumerate(kept) if not s.instance), None)
+        if i is None:
+            kept.append(Slot(worker_slot_id(cluster_id, seq), name, now_ms))
+            seq += 1
+        else:
+            kept[i] = replace(kept[i], instance=name)
+        taken.add(name)
+    if set_deleting:
+        kept = [s for s in kept if s.instance]
+    owed = pending_slots(capacity, [st for _, st in instances], set_deleting=set_deleting)
+    pending = sum(1 for s in kept if not s.instance)
+    for _ in range(owed - pending):
+        kept.append(Slot(worker_slot_id(cluster_id, seq), "", now_ms))
+        seq += 1
+    out = WorkerBook(tuple(kept), seq)
+    return Match(out, {s.instance: s.node_id for s in kept if s.instance}, max(0, pending - owed))
+
+
+# ---------------------------------------------------------------------------- readiness
+#
+# RUNNING means ready, in Azure as locally (docs/local-spark.md): the cloud saying a VM runs
+# is not enough. The driver's agent (infra/bootstrap/cloud-init.yaml starts it with the node)
+# reports `ready` when the Connect server has answered a query, and again as executors
+# register; the provisioner keeps the last report (`ReadyReport`), and observe reports:
+#
+# - the driver RUNNING once its VM runs and it reported ready; STARTING before; LOST with the
+#   permanent failure NOT_READY when its VM has run `ready_timeout_s` after it was created
+#   without a report (the bootstrap or Spark failed: starting it again would fail again);
+# - a worker RUNNING once its VM runs, the driver is ready and an executor is registered for
+#   it: the driver reports how many, and the oldest running workers count as the ones with
+#   an executor; a worker with none `executor_wait_s` after it was created counts as ready
+#   (spark_conf that caps the application's cores, as locally);
+# - a VM that ARM reports failed, stopped or deallocated LOST with the temporary failure
+#   VM_FAILED (a capacity or allocation problem of the region, or an eviction: a new start
+#   may well work).
+
+# How long a driver VM may take from its creation to Spark ready: the boot, cloud-init
+# installing Java, Spark and pyspark (infra/bootstrap/cloud-init.yaml), the Spark daemons, the
+# first query. Below the planner's startup bound (10 minutes from create, BOOTSTRAP_TIMEOUT,
+# shared/domain/reconcile.py) less the deployment's minutes before the VM exists, so that a
+# node that never gets ready fails with its own reason, not the generic one.
+READY_TIMEOUT_S = 420.0
+# A worker VM with no executor this long after its creation counts as ready (as locally).
+EXECUTOR_WAIT_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyReport:
+    """The driver agent's last `ready` report: the node, executors registered, when."""
+
+    node_id: str
+    executors: int
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailure:
+    """Why a node is LOST: a termination code and whether a new start may work (temporary)
+    or would fail the same way (permanent)."""
+
+    code: str
+    kind: str  # "temporary" | "permanent"
+    message: str
+
+
+NOT_READY = NodeFailure(
+    "SPARK_STARTUP_FAILURE",
+    "permanent",
+    "The driver's VM runs but Spark did not report ready in time (node bootstrap failed).",
+)
+VM_FAILED = NodeFailure(
+    "CLOUD_PROVIDER_LAUNCH_FAILURE",
+    "temporary",
+    "Azure reports the VM failed, stopped or deallocated.",
+)
+
+
+def driver_ready_status(
+    cloud: NodeStatus,
+    *,
+    reported: bool,
+    created_for_s: float,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+) -> tuple[NodeStatus, NodeFailure | None]:
+    """The driver's status from its VM's (`node_status`) and the agent's report."""
+    if cloud == "LOST":
+        return "LOST", VM_FAILED
+    if cloud != "RUNNING":
+        return cloud, None
+    if reported:
+        return "RUNNING", None
+    if created_for_s >= ready_timeout_s:
+        return "LOST", NOT_READY
+    return "STARTING", None
+
+
+def worker_ready_status(
+    cloud: NodeStatus,
+    *,
+    driver_ready: bool,
+    rank: int,
+    executors: int,
+    created_for_s: float,
+    executor_wait_s: float = EXECUTOR_WAIT_S,
+) -> tuple[NodeStatus, NodeFailure | None]:
+    """A worker's status from its VM's and the driver's report; `rank`: its place among the
+    cluster's workers whose VM runs, oldest first."""
+    if cloud == "LOST":
+        return "LOST", VM_FAILED
+    if cloud != "RUNNING":
+        return cloud, None
+    if driver_ready and (rank < executors or created_for_s >= executor_wait_s):
+        return "RUNNING", None
+    return "STARTING", None

@@ -147,12 +147,22 @@ def plan(
     if driver is None or driver.status in ("LOST", "STOPPING"):
         if was_up or (driver is not None and driver.status == "LOST"):
             code = "DRIVER_UNREACHABLE" if was_up else "SPARK_STARTUP_FAILURE"
+            type_ = "SERVICE_FAULT"
+            params: dict[str, str] = {}
+            failure = driver.attrs.get("failure", "") if driver is not None else ""
+            if driver is not None and failure and not was_up:
+                # The provisioner named why the driver never started (ARM: its VM failed in
+                # the cloud, a temporary failure; or it ran but never reported ready, a
+                # permanent one): that is the reason, with its kind.
+                kind = driver.attrs.get("failure_kind", "")
+                code, params = failure, {"failure_kind": kind}
+                type_ = "CLOUD_FAILURE" if kind == "temporary" else "SERVICE_FAULT"
             msg = (
                 "The driver node is unreachable; the cluster was terminated."
                 if was_up
                 else "The driver node failed to start."
             )
-            _fail(c, now, code, "SERVICE_FAULT", msg)
+            _fail(c, now, code, type_, msg, **params)
             c.last_state_loss_time = now
             events.append((EventType.DRIVER_UNAVAILABLE, {}))
             events.append((EventType.TERMINATING, {"reason": c.termination_reason.model_dump()}))  # type: ignore[union-attr]

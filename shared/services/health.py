@@ -43,11 +43,16 @@ class NodeHealth:
         if newest and c.driver:
             out[str(c.driver.get("node_id", "driver"))] = int(newest[0].body.get("ts_ms", 0))
         if c.spec.enable_elastic_disk:
-            nodes = {str(e.get("node_id")) for e in c.executors}
+            # A worker's agent names its reports by its VM (ARM: the instance, `instance_id`).
+            nodes = {
+                str(e.get("instance_id") or e.get("node_id")): str(e.get("node_id"))
+                for e in c.executors
+            }
+            nodes.update({str(e.get("node_id")): str(e.get("node_id")) for e in c.executors})
             page = self.store.list(DISK, c.cluster_id, page_size=1000, page_token=None)
             for r in page.items:
                 if r.id in nodes:
-                    out[r.id] = int(r.body.get("ts_ms", 0))
+                    out[nodes[r.id]] = int(r.body.get("ts_ms", 0))
         return out
 
     def refresh(self) -> None:

@@ -25,7 +25,7 @@ from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
-from shared.ports import Clock, Provisioner, Store
+from shared.ports import Clock, Provisioner, ReadyReports, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 from shared.services.documents import Activity, ClusterRepo, upsert
@@ -117,9 +117,14 @@ class Utilization:
         clock: Clock,
         settings: Settings,
         provisioner: Provisioner | None = None,
+        *,
+        ready_reports: ReadyReports | None = None,
     ) -> None:
         self.store = store
         self.provisioner = provisioner
+        # Where ready reports go besides the reconcile they trigger: the provisioner, when it
+        # cannot see readiness itself (ARM; ports.ReadyReports).
+        self.ready_reports = ready_reports
         self.storage_params = storage.StorageParams(
             min_step_bytes=settings.storage_min_step_mb * 2**20,
             max_total_bytes=settings.storage_max_gb * 2**30,
@@ -167,7 +172,8 @@ class Utilization:
 
     def _ready(self, cluster_id: str, ready: ReadyIn) -> None:
         """The driver's agent says the cluster got readier (Spark Connect answered a query, an
-        executor registered): reconcile now instead of at the next interval. One message per
+        executor registered): hand the report to the provisioner where it keeps them (ARM),
+        and reconcile now instead of at the next interval. One message per
         (driver, executor count): a replayed report is dropped by duplicate detection. The
         agent's token names its cluster, not the workspace: the report does when its agent
         knows it (a wrong one finds no document and sends nothing); else the cluster is looked
@@ -179,6 +185,11 @@ class Utilization:
             found = self.store.scan("cluster", field="cluster_id", values=[cluster_id])
             cluster = next((Cluster.model_validate(r.body) for r in found), None)
         if cluster is not None:
+            if self.ready_reports is not None:
+                # First, so that the reconcile it triggers sees it.
+                self.ready_reports.ready_reported(
+                    cluster_id, ready.node_id, ready.executors, self.clock.now_ms()
+                )
             msg_id = f"ready:{cluster_id}:{ready.node_id}:{ready.executors}"
             self.clusters.kick(cluster, msg_id)
 
@@ -238,30 +249,33 @@ class Utilization:
         if self.provisioner is None:
             return 0
         cluster_id = b["cluster_id"]
-        nodes = {e["node_id"] for e in b.get("executors", [])}
-        if b.get("driver"):
-            nodes.add(b["driver"]["node_id"])
+        # A node's agent names its reports by its VM (ARM: a worker's scale-set instance, its
+        # `instance_id`), the cluster by node id: either leads to the node.
+        wired = [*b.get("executors", []), *([b["driver"]] if b.get("driver") else [])]
+        nodes = {e["node_id"]: e["node_id"] for e in wired}
+        nodes.update({e["instance_id"]: e["node_id"] for e in wired if e.get("instance_id")})
         targets: dict[str, int] = b.get("disk_targets") or {}
         grown: dict[str, tuple[int, int, int]] = {}
         at_limit: dict[str, tuple[int, int]] = {}
         page = self.store.list(DISK, cluster_id, page_size=1000, page_token=None)
         for r in page.items:
-            if r.id not in nodes:
+            node_id = nodes.get(r.id)
+            if node_id is None:
                 continue  # a node that is gone
             report = storage.DiskReport(
-                node_id=r.id,
+                node_id=node_id,
                 used_bytes=r.body["used_bytes"],
                 total_bytes=r.body["total_bytes"],
                 ts_ms=r.body["ts_ms"],
             )
-            d = storage.decide(report, targets.get(r.id), self.storage_params)
+            d = storage.decide(report, targets.get(node_id), self.storage_params)
             if d.grow_to is not None:
-                previous = max(report.total_bytes, targets.get(r.id) or 0)
-                grown[r.id] = (previous, d.grow_to, d.free_bytes)
+                previous = max(report.total_bytes, targets.get(node_id) or 0)
+                grown[node_id] = (previous, d.grow_to, d.free_bytes)
             elif d.at_limit:
-                at_limit[r.id] = (report.total_bytes, d.free_bytes)
+                at_limit[node_id] = (report.total_bytes, d.free_bytes)
             elif d.reapply:
-                self._grow(cluster_id, r.id, targets[r.id])
+                self._grow(cluster_id, node_id, targets[node_id])
         if not grown and not set(at_limit) - set(b.get("disk_at_limit") or []):
             return 0
         system = Principal(b["workspace_id"], "storage-monitor", "system")

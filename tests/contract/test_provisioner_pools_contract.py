@@ -21,7 +21,8 @@ What the port asks of its callers, and the tests therefore do too:
 
 Adapters: "records" (RecordProvisioner: rows in SQLite, fast), "arm" (ArmProvisioner
 through the real SDK clients against tests/fake_arm.py's `FakeArm`, fast: its operations
-move one step per `wait` poll; no instance pools) and "local" (LocalSparkProvisioner: real
+move one step per `wait` poll, and its driver agents report ready (`FakeAgents`); no instance
+pools) and "local" (LocalSparkProvisioner: real
 Spark standalone processes, marked `spark`; it needs Java 17+ and pyspark, skips without
 them, except in CI where it fails). The local run is kept short: few nodes where the records
 adapter can take many (`Adapter.concurrency_nodes`). A test an adapter fails for a known bug
@@ -63,7 +64,7 @@ from shared.ports import (
     Provisioner,
     ProvisionerUnsupported,
 )
-from tests.fake_arm import FakeArm, arm_provisioner
+from tests.fake_arm import FakeAgents, FakeArm, arm_provisioner
 
 T = TypeVar("T")
 WORKSPACE = "w-contract"
@@ -98,13 +99,19 @@ def _records(tmp_path: Path) -> Adapter:
 def _arm(tmp_path: Path) -> Adapter:
     arm = FakeArm()
     p = arm_provisioner(arm)
+    agents = FakeAgents(arm)
     p.create_workspace(WORKSPACE, "westeurope")
     for _ in range(10):  # the workspace deployment: a few steps
         if p.workspace_status(WORKSPACE) == "READY":
             break
         arm.tick()
     assert p.workspace_status(WORKSPACE) == "READY"
-    return Adapter(p, timeout_s=5.0, pools=False, advance=arm.tick)
+
+    def advance() -> None:
+        arm.tick()
+        agents.report(p)  # a driver is RUNNING once its agent reported ready
+
+    return Adapter(p, timeout_s=5.0, pools=False, advance=advance)
 
 
 def _in_ci() -> bool:
@@ -787,15 +794,6 @@ def test_a_cluster_without_pool_runs_and_stops(prov: Provisioner, wait: Wait) ->
     assert prov.pool_ids() == pools_before
 
 
-@pytest.mark.parametrize(
-    "adapter",
-    adapter_params(
-        arm="ARM reports placeholder node ids ({cluster}-driver-pending,"
-        " {cluster}-worker-pending-N) that observe later replaces with the VM and scale-set"
-        " instance names, and add_workers starts none until the scale set exists"
-    ),
-    indirect=True,
-)
 def test_nodes_without_pool_are_fresh_and_are_not_kept(prov: Provisioner, wait: Wait) -> None:
     pools_before = prov.pool_ids()
     req = new_cluster(prov)

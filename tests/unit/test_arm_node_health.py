@@ -12,7 +12,7 @@ from shared.domain.states import State
 from shared.services.auth import Principal
 from shared.settings import Settings
 from shared.wiring import Container
-from tests.fake_arm import BASE, SUB, ArmLimits, FakeArm, arm_provisioner
+from tests.fake_arm import BASE, SUB, ArmLimits, FakeAgents, FakeArm, arm_provisioner
 from tests.support import FakeClock
 
 
@@ -47,9 +47,11 @@ def test_heartbeats_spare_arm_and_their_silence_asks_it(tmp_path: Path) -> None:
         {"cluster_name": "c", "spark_version": "4.1.x-scala2.13", "num_workers": 1}
         | {"node_type_id": "Standard_D4ds_v5"},
     )
+    agents = FakeAgents(arm)
     for _ in range(10):
         _drain(c, bus)
         arm.tick()
+        agents.heartbeat(c.utilization)  # the drivers report ready
         clock.advance(2000)
     assert c.repo.load("ws1", cid)[0].state == State.RUNNING  # type: ignore[index]
     agent = Principal("ws1", "agent", "a", role="agent", scope=cid)
@@ -83,9 +85,11 @@ def test_one_paged_resource_graph_query_names_the_clusters_with_a_node_down(
     p = Principal("ws1", "admin", "t")
     spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
     ids = [c.clusters.create(p, {**spec, "cluster_name": f"c{i}", "num_workers": 1}) for i in "ab"]
+    agents = FakeAgents(arm)
     for _ in range(10):
         _drain(c, bus)
         arm.tick()
+        agents.heartbeat(c.utilization)  # the drivers report ready
         clock.advance(2000)
     assert c.provisioner.unhealthy_clusters() == set()  # type: ignore[attr-defined]
     # A worker instance fails (it runs no agent: only ARM can tell).

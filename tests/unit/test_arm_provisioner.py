@@ -17,7 +17,8 @@ set) and each instance the one of the model it was made from; like ARM, no GET r
 The tests assert request by request what the provisioner sends for a workspace create, a
 cluster create, a resize, a terminate and a workspace delete, and that no call waits on a long
 running operation (no operation-status poll, no poller thread): the reconciles' observe()
-calls see the progress.
+calls see the progress. The driver agents' `ready` reports, which make a running VM a RUNNING
+node, come from `FakeAgents`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from shared.adapters.arm import (
     sanitize_tags,
     temp_disk_bytes,
 )
+from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.node_env import (
     HARMLESS_PYTHON,
     PINNED_SPARK_ENV,
@@ -69,9 +71,9 @@ from shared.domain.node_env import (
     SPARK_ENV_NAME,
     spark_env_problem,
 )
-from shared.ports import NodeRequest, PoolRequest, ProvisionerUnsupported
+from shared.ports import NodeRequest, PoolRequest, ProvisionerUnsupported, Store
 from shared.settings import Settings
-from tests.fake_arm import BASE, SUB, FakeArm, FakeCredential, Rec, _made
+from tests.fake_arm import BASE, SUB, FakeAgents, FakeArm, FakeCredential, Rec, _made
 
 PLATFORM = f"/subscriptions/{SUB}/resourceGroups/platform/providers/Microsoft.Web/sites/sp"
 RG_API = "2025-04-01"
@@ -112,7 +114,8 @@ VM_ID = f"{RG_ID}/Microsoft.Compute/virtualMachines/sp-{CID}-driver"
 NIC_ID = f"{RG_ID}/Microsoft.Network/networkInterfaces/sp-{CID}-driver-nic"
 DISK_ID = f"{RG_ID}/Microsoft.Compute/disks/sp-{CID}-driver-osdisk"
 VMSS_ID = f"{RG_ID}/Microsoft.Compute/virtualMachineScaleSets/sp-{CID}-workers"
-W = f"sp-{CID}-workers"  # worker node ids: <scale set>_<instance id>
+W = f"sp-{CID}-workers"  # worker instance names: <scale set>_<instance id>
+DRIVER = f"sp-{CID}-driver"  # the driver's node id: its VM's name
 CLOUD_INIT = """#cloud-config
 write_files:
   - path: /etc/sparkplane/node.env
@@ -145,7 +148,9 @@ def templates(tmp_path: Path) -> Path:
     return d
 
 
-def make(arm: FakeArm, templates: Path, **settings: Any) -> ArmProvisioner:
+def make(
+    arm: FakeArm, templates: Path, store: Store | None = None, **settings: Any
+) -> ArmProvisioner:
     settings.setdefault("arm_cloud_init", str(templates / "cloud-init.yaml"))
     s = Settings(
         arm_subscription_id=SUB,
@@ -154,7 +159,7 @@ def make(arm: FakeArm, templates: Path, **settings: Any) -> ArmProvisioner:
         arm_templates_dir=str(templates),
         **settings,
     )
-    return ArmProvisioner.from_settings(s, credential=FakeCredential(), transport=arm)
+    return ArmProvisioner.from_settings(s, credential=FakeCredential(), transport=arm, store=store)
 
 
 @pytest.fixture
@@ -309,9 +314,10 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     assert shape(recs) == [("GET", f"/subscriptions/{SUB}/resources")]
     assert recs[0].query["$filter"] == f"tagName eq 'ClusterId' and tagValue eq '{CID}'"
 
-    # ---- create: start_driver deploys the cluster template; add_workers waits for the set
+    # ---- create: start_driver deploys the cluster template; the driver's id (its VM's name,
+    # made from the cluster id) is final at once
     driver = prov.start_driver(req)
-    assert (driver.role, driver.status) == ("driver", "STARTING")
+    assert (driver.node_id, driver.role, driver.status) == (DRIVER, "driver", "STARTING")
     recs = arm.take()
     assert shape(recs) == [
         ("GET", RG_PATH),
@@ -341,24 +347,38 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     )  # ROLE and DRIVER_HOST are the template's; no agent source configured: left unfilled
     no_polling(recs)
 
-    assert prov.add_workers(wreq, 2) == []  # the deployment makes the set; nothing sent
+    # add_workers while the deployment makes the scale set: slots (their ids final), nothing
+    # sent yet
+    early = prov.add_workers(wreq, 2)
+    w0, w1 = f"{CID}-worker-0", f"{CID}-worker-1"
+    assert [(n.node_id, n.role, n.status) for n in early] == [
+        (w0, "worker", "STARTING"),
+        (w1, "worker", "STARTING"),
+    ]
     assert arm.take() == []
 
-    # ---- the deployment runs: a driver on its way, no workers yet
+    # ---- the deployment runs: the driver and the slots on their way
     arm.tick()
     nodes = prov.observe(CID)
-    assert [(n.role, n.status) for n in nodes] == [("driver", "STARTING")]
+    assert [(n.node_id, n.status) for n in nodes] == [
+        (DRIVER, "STARTING"),
+        (w0, "STARTING"),
+        (w1, "STARTING"),
+    ]
     # While a new cluster's deployment runs, only the deployment is read.
     assert shape(arm.take()) == [("GET", f"{DEP_PATH}/{cluster_deployment(CID)}")]
     # A second start while it runs (a replayed reconcile) is refused by ARM and ignored.
     prov.start_driver(req)
     assert shape(arm.take()) == [("PUT", f"{DEP_PATH}/{cluster_deployment(CID)}")]
 
-    # ---- the deployment succeeded: the driver VM runs, the scale set is empty
+    # ---- the deployment succeeded: the driver VM runs, but its agent has not reported ready,
+    # so it is STARTING; the scale set, made empty, gets the capacity the two slots need
     arm.tick()
     nodes = prov.observe(CID)
     assert [(n.node_id, n.role, n.status, n.private_ip) for n in nodes] == [
-        (f"sp-{CID}-driver", "driver", "RUNNING", "10.0.0.4")
+        (DRIVER, "driver", "STARTING", "10.0.0.4"),
+        (w0, "worker", "STARTING", "127.0.0.1"),
+        (w1, "worker", "STARTING", "127.0.0.1"),
     ]
     recs = arm.take()
     assert shape(recs) == [
@@ -367,47 +387,59 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
         ("GET", VM_ID),
         ("GET", NIC_ID),
         ("GET", f"{VMSS_ID}/virtualMachines"),
+        ("PATCH", VMSS_ID),
     ]
     assert recs[1].query == {
         "$filter": f"tagName eq 'ClusterId' and tagValue eq '{CID}'",
         "$expand": "provisioningState,createdTime",
     }
     assert recs[2].query == {"$expand": "instanceView"} and recs[2].api_version == COMPUTE_API
-
-    # ---- workers: one PATCH of the scale set's capacity
-    added = prov.add_workers(wreq, 2)
-    assert [(n.role, n.status) for n in added] == [("worker", "STARTING")] * 2
-    recs = arm.take()
-    assert shape(recs) == [("PATCH", VMSS_ID)]
-    assert recs[0].api_version == COMPUTE_API
-    assert recs[0].body == {"sku": {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 2}}
+    assert recs[5].api_version == COMPUTE_API
+    assert recs[5].body == {"sku": {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 2}}
     no_polling(recs)
 
+    # ---- the driver's agent reports ready (Spark Connect answered; no executor yet): the
+    # driver is RUNNING, the workers still start
+    agents = FakeAgents(arm)
+    agents.report(prov)
     nodes = prov.observe(CID)
-    assert [(n.role, n.status) for n in nodes] == [("driver", "RUNNING")] + [
-        ("worker", "STARTING")
-    ] * 2
+    assert [(n.node_id, n.status) for n in nodes] == [
+        (DRIVER, "RUNNING"),
+        (w0, "STARTING"),
+        (w1, "STARTING"),
+    ]
     arm.take()
     arm.tick()
+    # Their VMs run, but no executor has registered: still STARTING.
+    nodes = prov.observe(CID)
+    assert [n.status for n in nodes if n.role == "worker"] == ["STARTING"] * 2
+    agents.report(prov)  # two executors
     nodes = prov.observe(CID)
     workers = [n for n in nodes if n.role == "worker"]
-    assert [(n.node_id, n.status, n.private_ip) for n in workers] == [
-        (f"{W}_0", "RUNNING", "10.0.1.0"),
-        (f"{W}_1", "RUNNING", "10.0.1.1"),
+    # The slots' ids stay; the instances are their instance_id.
+    assert [(n.node_id, n.instance_id, n.status, n.private_ip) for n in workers] == [
+        (w0, f"{W}_0", "RUNNING", "10.0.1.0"),
+        (w1, f"{W}_1", "RUNNING", "10.0.1.1"),
     ]
+    # How the driver's agent names a worker in its samples (the autoscaler's removal hints).
+    assert workers[0].attrs["worker_ui_url"] == "http://10.0.1.0:8081/"
     assert shape(arm.take())[-1] == ("GET", f"{VMSS_ID}/networkInterfaces")
 
-    # ---- resize up: capacity 3
-    prov.add_workers(wreq, 1)
+    # ---- resize up: one PATCH of the scale set's capacity (3)
+    (added,) = prov.add_workers(wreq, 1)
+    w2 = f"{CID}-worker-2"
+    assert (added.node_id, added.role, added.status) == (w2, "worker", "STARTING")
     recs = arm.take()
     assert shape(recs) == [("PATCH", VMSS_ID)]
-    assert recs[0].body["sku"]["capacity"] == 3
+    assert recs[0].body == {"sku": {"name": "Standard_D4ds_v5", "tier": "Standard", "capacity": 3}}
+    no_polling(recs)
     arm.tick()
+    agents.report(prov)
     prov.observe(CID)
     arm.take()
 
-    # ---- resize down: the chosen worker is deleted from the set (capacity follows)
-    prov.remove_workers(CID, [f"{W}_1"])
+    # ---- resize down: the chosen worker's instance is deleted from the set (capacity follows)
+    prov.remove_workers(CID, [w1])
     recs = arm.take()
     assert shape(recs) == [("POST", f"{VMSS_ID}/delete")]
     assert recs[0].api_version == COMPUTE_API
@@ -416,9 +448,9 @@ def test_create_resize_terminate_request_by_request(arm: FakeArm, prov: ArmProvi
     nodes = prov.observe(CID)
     arm.take()
     assert {n.node_id: n.status for n in nodes if n.role == "worker"} == {
-        f"{W}_0": "RUNNING",
-        f"{W}_1": "STOPPING",
-        f"{W}_2": "RUNNING",
+        w0: "RUNNING",
+        w1: "STOPPING",
+        w2: "RUNNING",
     }
     assert arm.find("virtualMachineScaleSets")[0]["sku"]["capacity"] == 2
 
@@ -522,20 +554,27 @@ def test_a_failed_deployment_is_a_lost_driver_until_stopped(
 
 
 def test_a_fresh_instance_finds_the_cluster_by_its_tags(
-    arm: FakeArm, prov: ArmProvisioner, templates: Path
+    arm: FakeArm, templates: Path, tmp_path: Path
 ) -> None:
+    store = SqliteStore(tmp_path / "store.db")  # the app's store, shared by its instances
+    prov = make(arm, templates, store=store)
     ready_workspace(arm, prov)
     req = request_for()
     prov.start_driver(req)
     arm.tick(2)
     prov.observe(CID)
-    prov.add_workers(req, 1)
+    (worker,) = prov.add_workers(req, 1)
     arm.tick()
+    FakeAgents(arm).report(prov)
 
-    other = make(arm, templates)  # another instance of the app: nothing cached
+    other = make(arm, templates, store=store)  # another instance of the app: nothing cached
     arm.take()
     nodes = other.observe(CID)
-    assert [(n.role, n.status) for n in nodes] == [("driver", "RUNNING"), ("worker", "RUNNING")]
+    # The same ids, and the readiness the first instance was told of.
+    assert [(n.node_id, n.status) for n in nodes] == [
+        (DRIVER, "RUNNING"),
+        (worker.node_id, "RUNNING"),
+    ]
     recs = arm.take()
     assert shape(recs)[:2] == [
         ("GET", f"/subscriptions/{SUB}/resources"),
@@ -543,8 +582,10 @@ def test_a_fresh_instance_finds_the_cluster_by_its_tags(
     ]
     assert ("GET", f"{RG_PATH}/resources") not in shape(recs)  # the lookup listed them
     # And it can act on what it found.
-    other.remove_workers(CID, [f"{W}_0"])
-    assert shape(arm.take()) == [("POST", f"{VMSS_ID}/delete")]
+    other.remove_workers(CID, [worker.node_id])
+    recs = arm.take()
+    assert shape(recs) == [("POST", f"{VMSS_ID}/delete")]
+    assert recs[0].body == {"instanceIds": ["0"]}
 
 
 def test_a_pending_worker_slot_is_removed_by_lowering_the_capacity(
@@ -555,15 +596,19 @@ def test_a_pending_worker_slot_is_removed_by_lowering_the_capacity(
     prov.start_driver(req)
     arm.tick(2)
     prov.observe(CID)
-    prov.add_workers(req, 3)
+    w0, w1, w2 = (n.node_id for n in prov.add_workers(req, 3))
     # The scale set has taken capacity 3 but lists two instances (the third not yet listed).
     vmss = arm.find("virtualMachineScaleSets")[0]
     del vmss["instances"]["2"]
     nodes = prov.observe(CID)
     workers = [n for n in nodes if n.role == "worker"]
-    assert [n.node_id for n in workers][-1] == f"{CID}-worker-pending-0"
+    assert [(n.node_id, n.instance_id) for n in workers] == [
+        (w0, f"{W}_0"),
+        (w1, f"{W}_1"),
+        (w2, ""),  # still a slot
+    ]
     arm.take()
-    prov.remove_workers(CID, [f"{CID}-worker-pending-0", f"{W}_1"])
+    prov.remove_workers(CID, [w2, w1])
     recs = arm.take()
     # The pending slot alone, by capacity; the instance waits for the next reconcile.
     assert shape(recs) == [("PATCH", VMSS_ID)]
@@ -760,14 +805,16 @@ def test_the_lifecycle_drives_a_cluster_through_arm(tmp_path: Path, templates: P
     from shared.wiring import Container, SystemClock
 
     arm = FakeArm()
-    prov = make(arm, templates)
+    store = SqliteStore(tmp_path / "store.db")
+    prov = make(arm, templates, store=store)
     c = Container(
         settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
-        store=SqliteStore(tmp_path / "store.db"),
+        store=store,
         bus=EmbeddedBus(tmp_path / "bus.db"),
         provisioner=prov,
         clock=SystemClock(),
     )
+    agents = FakeAgents(arm)
     c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
     assert c.admin.get_workspace("ws1")["provisioning_state"] == "PROVISIONING"
     arm.tick(2)
@@ -792,6 +839,7 @@ def test_the_lifecycle_drives_a_cluster_through_arm(tmp_path: Path, templates: P
             if got[0].state == state:
                 return
             arm.tick()
+            agents.heartbeat(c.utilization)
         raise AssertionError(f"not {state} after {rounds} rounds: {got[0].state}")
 
     converge(State.RUNNING)
@@ -845,7 +893,6 @@ def test_a_configured_control_plane_url_wins_over_the_agent_environment(
 # Local storage: managed data disks attached to a node's VM.
 
 GIB = 1 << 30
-DRIVER = f"sp-{CID}-driver"
 INSTANCE_1 = f"{VMSS_ID}/virtualMachines/1"
 # The temporary disks of request_for()'s sizes (part of a node's local storage): the workers'
 # Standard_D4ds_v5 and the driver's Standard_D8ds_v5.
@@ -860,6 +907,7 @@ def running_cluster(arm: FakeArm, prov: ArmProvisioner, workers: int = 2) -> Non
     prov.observe(CID)
     prov.add_workers(request_for(agent_env={}), workers)  # workers without the node agent
     arm.tick()
+    FakeAgents(arm).report(prov)  # Spark is ready, with an executor on each worker
     prov.observe(CID)
     arm.take()
 
@@ -897,7 +945,7 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
     assert shape(arm.take()) == [("GET", INSTANCE_1)]
 
     # observe() reports each node's data disks from what it reads anyway.
-    nodes = {n.node_id: n for n in prov.observe(CID)}
+    nodes = {n.instance_id: n for n in prov.observe(CID)}
     assert shape(arm.take()) == [
         ("GET", f"{DEP_PATH}/{cluster_deployment(CID)}"),
         ("GET", f"{RG_PATH}/resources"),
@@ -923,7 +971,7 @@ def test_growing_a_worker_puts_its_scale_set_instance_with_a_new_disk(
     assert first["managedDisk"]["id"].startswith(f"{RG_ID}/Microsoft.Compute/disks/{W}_1_lun_0")
     assert second == new_disk(1, 49)
     arm.tick()
-    [n1] = [n for n in prov.observe(CID) if n.node_id == f"{W}_1"]
+    [n1] = [n for n in prov.observe(CID) if n.instance_id == f"{W}_1"]
     assert n1.attrs["disk_total_bytes"] == str(W_TEMP + 150 * GIB)
 
 
@@ -998,7 +1046,7 @@ def test_a_node_at_its_vm_sizes_disk_limit_is_refused_without_a_request(
 def test_growing_what_is_no_vm_sends_nothing(arm: FakeArm, prov: ArmProvisioner) -> None:
     running_cluster(arm, prov)
     prov.grow_storage(CID, f"{W}_0", 0)
-    prov.grow_storage(CID, f"{CID}-worker-pending-0", 10 * GIB)
+    prov.grow_storage(CID, f"{CID}-worker-9", 10 * GIB)  # a slot with no instance
     prov.grow_storage(CID, "someone-else_1", 10 * GIB)
     assert arm.take() == []
     # A worker that went since the last observation.
@@ -1055,7 +1103,7 @@ def test_every_catalog_size_has_its_disk_figures() -> None:
 
 def test_growing_counts_the_temporary_disk(arm: FakeArm, prov: ArmProvisioner) -> None:
     running_cluster(arm, prov)
-    [w0] = [n for n in prov.observe(CID) if n.node_id == f"{W}_0"]
+    [w0] = [n for n in prov.observe(CID) if n.instance_id == f"{W}_0"]
     assert w0.attrs["disk_total_bytes"] == str(W_TEMP)  # no data disk yet: the temporary disk
     arm.take()
     # What it has already (the control plane's first size is the one the agent reported).
@@ -1066,7 +1114,7 @@ def test_growing_counts_the_temporary_disk(arm: FakeArm, prov: ArmProvisioner) -
     recs = arm.take()
     assert recs[1].body["properties"]["storageProfile"]["dataDisks"] == [new_disk(0, 150)]
     arm.tick()
-    [w0] = [n for n in prov.observe(CID) if n.node_id == f"{W}_0"]
+    [w0] = [n for n in prov.observe(CID) if n.instance_id == f"{W}_0"]
     assert w0.attrs["disk_total_bytes"] == str(2 * W_TEMP)
 
 
@@ -1674,6 +1722,7 @@ def test_the_lifecycle_gives_workers_of_an_elastic_disk_cluster_the_node_agent(
 
     arm = FakeArm()
     prov = make(arm, templates, arm_cloud_init=str(CLOUD_INIT_PATH))
+    agents = FakeAgents(arm)
     c = Container(
         settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
         store=SqliteStore(tmp_path / "store.db"),
@@ -1701,6 +1750,7 @@ def test_the_lifecycle_gives_workers_of_an_elastic_disk_cluster_the_node_agent(
         if got[0].state == State.RUNNING:
             break
         arm.tick()
+        agents.heartbeat(c.utilization)
     assert got[0].state == State.RUNNING
     vmss_id = VMSS_ID.replace(CID, cid)
     [patch] = [r for r in arm.requests if (r.method, r.path) == ("PATCH", vmss_id)]
@@ -1983,3 +2033,22 @@ def test_the_guard_needs_a_principal_guid() -> None:
             tags={},
             control_plane_principal_id="not-a-guid",
         )
+
+
+def test_workers_the_scale_set_did_not_take_leave_no_slot(
+    arm: FakeArm, prov: ArmProvisioner
+) -> None:
+    """A capacity PATCH that is not sent (the write budget is spent: ProvisionerThrottled)
+    starts no worker, so its slots go again: the reconcile retried later asks anew, and no
+    observe() raises the capacity for them (it would leave out the workers' customData)."""
+    from shared.ports import ProvisionerThrottled
+
+    running_cluster(arm, prov, workers=1)
+    before = [n.node_id for n in prov.observe(CID)]
+    arm.take()
+    prov.throttle.budget(SUB).remaining("writes", 0, prov._clock())
+    with pytest.raises(ProvisionerThrottled):
+        prov.add_workers(request_for(), 2)
+    assert arm.take() == []
+    assert [n.node_id for n in prov.observe(CID)] == before
+    assert not [r for r in arm.take() if r.method == "PATCH"]

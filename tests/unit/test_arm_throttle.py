@@ -15,7 +15,7 @@ from shared.ports import ProvisionerThrottled
 from shared.services.auth import Principal
 from shared.settings import Settings
 from shared.wiring import Container
-from tests.fake_arm import BASE, ArmLimits, FakeArm, arm_provisioner
+from tests.fake_arm import BASE, ArmLimits, FakeAgents, FakeArm, arm_provisioner
 from tests.support import FakeClock
 
 
@@ -90,11 +90,13 @@ def test_a_throttled_reconcile_is_retried_later_and_the_cluster_starts(tmp_path:
     # Writes left: 2. Three creates: the third is queued, not failed.
     prov.throttle.budget(arm_sub()).remaining("writes", 2, now())
     ids = [c.clusters.create(p, {**spec, "cluster_name": f"c{i}", "num_workers": 0}) for i in "abc"]
+    agents = FakeAgents(arm)
     for _ in range(60):
         while (d := bus.receive("cluster-lifecycle")) is not None:
             c.lifecycle.handle(d.body)
             bus.complete(d)
         arm.tick()
+        agents.heartbeat(c.utilization)  # the drivers report ready
         clock.advance(1000)
     states = [c.repo.load("ws1", i)[0].state for i in ids]  # type: ignore[index]
     assert states == [State.RUNNING] * 3
@@ -133,11 +135,13 @@ def test_successive_throttled_retries_are_not_dropped_as_duplicates(tmp_path: Pa
     p = Principal("ws1", "admin", "t")
     spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
     cid = c.clusters.create(p, {**spec, "cluster_name": "c", "num_workers": 0})
+    agents = FakeAgents(arm)
     for _ in range(20):
         while (d := bus.receive("cluster-lifecycle")) is not None:
             c.lifecycle.handle(d.body)
             bus.complete(d)
         arm.tick()
+        agents.heartbeat(c.utilization)  # the drivers report ready
         clock.advance(1000)
     got = c.repo.load("ws1", cid)
     assert got is not None and got[0].state == State.RUNNING  # its document does not change

@@ -45,6 +45,7 @@ def test_embedded_bus_and_records(tmp_path: Path) -> None:
     c = container(tmp_path, bus)
     assert c.queue_admin is bus
     assert c.workspace_resources is None, "record nodes need no resources per workspace"
+    assert c.ready_reports is None, "record nodes need no readiness reports"
     q = c.settings.lifecycle_queue
     bus.send(q, [OutMessage(body=b"{}", message_id="poison")])
     d = bus.receive(q)

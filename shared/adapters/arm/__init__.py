@@ -22,23 +22,53 @@ Nothing here waits. Every call sends the first request of an operation (`begin_*
 what ARM then does is read back by `observe()`, which the scheduled reconciles call. Mapping
 what ARM reports to node statuses:
 
-| ARM says                                                   | node status             |
-|------------------------------------------------------------|-------------------------|
-| cluster deployment Accepted/Running, no driver VM yet      | driver STARTING         |
-| ... and no scale set yet                                   | `workerCount` STARTING  |
-| cluster deployment Failed and no driver VM                 | driver LOST             |
-| deployment over, driver VM but no scale set                | driver LOST             |
-| VM / scale-set instance Creating, or not yet powered on    | STARTING                |
-| Succeeded (or Updating) and PowerState/running             | RUNNING                 |
-| Deleting (the VM, the scale set, or the instance)          | STOPPING                |
-| Failed, or stopped/deallocated                             | LOST                    |
-| scale-set capacity above its listed instances              | the difference STARTING |
-| no VM nor scale set, other ClusterId-tagged resources left | one LOST ("leftovers")  |
+| ARM says                                                     | node status                |
+|--------------------------------------------------------------|----------------------------|
+| cluster deployment Accepted/Running, no driver VM yet        | driver STARTING            |
+| ... and no scale set yet                                     | its worker slots STARTING  |
+| cluster deployment Failed and no driver VM                   | driver LOST (VM_FAILED)    |
+| deployment over, driver VM but no scale set                  | driver LOST (VM_FAILED)    |
+| VM / scale-set instance Creating, or not yet powered on      | STARTING                   |
+| Succeeded (or Updating) and PowerState/running               | RUNNING once ready (below) |
+| ... the driver, not ready READY_TIMEOUT_S after its creation | LOST (NOT_READY)           |
+| Deleting (the VM, the scale set, or the instance)            | STOPPING                   |
+| Failed, or stopped/deallocated                               | LOST (VM_FAILED)           |
+| worker slots no instance is matched to yet                   | STARTING                   |
+| no VM nor scale set, other ClusterId-tagged resources left   | one LOST ("leftovers")     |
+
+Node ids (the port: known when start_driver/add_workers return, the node's for its life): the
+driver's is its VM's name, which the template makes from the cluster id
+(`sp-<lower-case cluster id>-driver`, `driver_vm_name`), so start_driver returns it at once. A
+Uniform scale set names its instances itself (`<set>_<instance id>`, ids Azure assigns in no
+promised order and may reuse), so add_workers hands out slots (`<cluster>-worker-<n>`), kept in
+the cluster's worker book in the app's store (shared/adapters/arm/nodebook.py); observe()
+matches each new instance (by name and creation time: Azure may reuse a deleted instance's id)
+to the oldest pending slot (`book_match`) and reports the slot's id, the instance's name as
+`instance_id`. add_workers may be called while the deployment still makes the scale set: the
+slots are kept, and the first observe() that finds the set raises its capacity to what they
+need (one write, as a resize); once the set exists add_workers raises it itself, and gives its
+slots back when the PATCH is not sent. Capacity no slot asks for (the deployment's
+`workerCount` when a cluster starts over its scale set, a change made outside the app) gets
+slots when observe() sees it. Explicitly named VMs (flexible orchestration) would give ids
+without a book, but cost a write per worker where a resize is one PATCH of the capacity,
+against the subscription's 10 writes/s.
+
+Readiness (RUNNING means ready, as with local Spark: docs/local-spark.md): ARM sees VMs, not
+Spark. The driver's agent (started by the bootstrap) reports `ready` to the control plane when
+Spark Connect answered a query, and again as executors register; the heartbeat handler hands
+the report to `ready_reported` (ports.ReadyReports), which keeps it in the worker book's store,
+and sends the cluster's reconcile. observe() reads it with the book (no ARM request): the driver
+is RUNNING once its VM runs and it reported; a worker once its VM runs and an executor is
+registered for it (the report's count, the oldest running workers first) or EXECUTOR_WAIT_S
+after its VM was made. A LOST node carries `failure` and `failure_kind` in its attrs (VM_FAILED:
+temporary, the region's capacity or an eviction; NOT_READY: permanent, the bootstrap or Spark
+failed), which the planner makes a starting cluster's termination reason.
 
 Start: `start_driver` deploys the template with the scale set's current capacity (0 for a new
-cluster: the request carries no worker count); `add_workers` meanwhile does nothing, and once
-the scale set exists sets its capacity. A redeploy is never used to resize or repair: the
-driver VM's customData cannot change after creation, and each start issues a new agent token.
+cluster: the request carries no worker count); `add_workers` meanwhile hands out slots, whose
+capacity observe() sets once the scale set exists, and after that sets it itself. A redeploy
+is never used to resize or repair: the driver VM's customData cannot change after creation,
+and each start issues a new agent token.
 
 Agents: the driver always runs the cluster agent (Spark utilization and its disk). The
 deployment's customData has NODE_AGENT=0, so its workers run none. When `add_workers` gets an
@@ -47,9 +77,9 @@ PATCH also sets the scale set model's customData: the same cloud-init with that 
 environment, NODE_AGENT=1, ROLE=worker and DRIVER_HOST (the driver's IP, read by observe())
 filled in. A scale set's customData can change, unlike a VM's; new instances boot with it and
 the ones there keep theirs (the upgrade policy is Manual). Such a worker runs the agent in node
-mode (disk reports only). Every node's agent gets its node id from the instance metadata
-service (compute.name: the driver VM's name, `<scale set>_<instance id>` for a worker), the
-ids observe() reports.
+mode (disk reports only). Every node's agent names itself by what the instance metadata service
+says (compute.name): the driver VM's name, its node id; `<scale set>_<instance id>` for a
+worker, its `instance_id` (the services match a report by either).
 
 Resize sets the scale set's `sku.capacity` with a PATCH through the generic resources API
 rather than redeploying the cluster template: one resource-provider operation instead of a
@@ -58,7 +88,7 @@ deployment runs, and no deployment history per resize. Removing particular worke
 scale set's `delete` action with their instance ids (through the client's pipeline with
 `send_request`, as the generic API has no resource actions), which also lowers the capacity;
 the scale set's terminate notification lets the worker decommission first. A worker that is
-only a pending slot (capacity above the listed instances) goes with a capacity PATCH.
+only a pending slot (no instance matched to it yet) goes with a capacity PATCH.
 
 The deny assignment: with `arm_principal_id` (the control plane's own identity), creating a
 workspace also PUTs the subscription-scope deployment stack `sparkplane-guard-W`

@@ -15,12 +15,19 @@ from shared.adapters.arm.base import ROOT, _Seen, cluster_deployment
 from shared.adapters.arm.bulk import BulkMixin
 from shared.adapters.arm.customdata import sanitize_tags
 from shared.adapters.arm.disks import DisksMixin
+from shared.adapters.arm.nodebook import NodeBook
 from shared.adapters.arm.observe import ObserveMixin
 from shared.adapters.arm.requests import ACTIVE_DEPLOYMENT, COMPUTE, _group_of
 from shared.adapters.arm.throttle import ArmThrottle
 from shared.adapters.arm.workers import POOLS_UNSUPPORTED, WorkersMixin
 from shared.adapters.arm.workspaces import WorkspacesMixin
-from shared.domain.azure_nodes import NODE_TYPES, SPARK_VERSIONS
+from shared.domain.azure_nodes import (
+    NODE_TYPES,
+    READY_TIMEOUT_S,
+    SPARK_VERSIONS,
+    ReadyReport,
+    driver_vm_name,
+)
 from shared.ports import (
     Node,
     NodeRequest,
@@ -29,6 +36,7 @@ from shared.ports import (
     PoolRequest,
     ProvisionerUnsupported,
     SparkVersion,
+    Store,
 )
 
 if TYPE_CHECKING:
@@ -37,9 +45,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("sparkplane.arm")
 
 
-class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, BulkMixin):
+class ArmProvisioner(WorkspacesMixin, WorkersMixin, ObserveMixin, DisksMixin, BulkMixin):
     """`Provisioner` on Azure Resource Manager, plus the workspace operations of the admin
-    endpoints (`create_workspace`, `workspace_status`, `delete_workspace`)."""
+    endpoints (`create_workspace`, `workspace_status`, `delete_workspace`), and
+    `ready_reported` (ports.ReadyReports: the driver agents' readiness)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        store: Store | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
+        """`store`: where the worker slots and ready reports are kept, shared by every
+        instance of the app (shared/adapters/arm/nodebook.py); the other arguments: ArmBase's."""
+        super().__init__(*args, **kwargs)
+        self.book = NodeBook(store)
+        self.ready_timeout_s = ready_timeout_s
 
     @classmethod
     def from_settings(
@@ -48,12 +70,13 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, Bu
         *,
         credential: Any = None,
         clock: Callable[[], float] = time.time,
+        store: Store | None = None,
         **client_kwargs: Any,
     ) -> ArmProvisioner:
         """Clients for `s.arm_endpoint` with the app's managed identity (`DefaultAzureCredential`)
         unless a credential is given; `client_kwargs` go to both clients (tests pass
         `transport=`). Both send through one `ArmThrottle` (the subscription's request budget)
-        on `clock`."""
+        on `clock`. `store`: the app's (the worker slots and ready reports live there)."""
         from azure.mgmt.resource.deployments import DeploymentsMgmtClient
         from azure.mgmt.resource.resources import ResourceManagementClient
 
@@ -90,6 +113,7 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, Bu
             principal_id=s.arm_principal_id,
             throttle=throttle,
             clock=clock,
+            store=store,
         )
 
     # ------------------------------------------------------------------------ catalog
@@ -114,7 +138,13 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, Bu
         seen = self._recent(req.cluster_id)
         workers = seen.capacity if seen is not None and seen.vmss is not None else 0
         self._deploy_cluster(req, group, workers)
-        return Node(f"{req.cluster_id}-driver-pending", "driver", "STARTING", self._now_ms())
+        name = driver_vm_name(req.cluster_id)
+        return Node(name, "driver", "STARTING", self._now_ms(), instance_id=name)
+
+    def ready_reported(self, cluster_id: str, node_id: str, executors: int, at_ms: int) -> None:
+        """The driver's agent reported ready (ports.ReadyReports): kept for observe(), which
+        reports the driver RUNNING from it (no ARM request)."""
+        self.book.report_ready(cluster_id, ReadyReport(node_id, executors, at_ms))
 
     def stop_cluster(self, cluster_id: str) -> None:
         group, listed = self._locate(cluster_id)

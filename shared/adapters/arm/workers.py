@@ -6,13 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from azure.core.exceptions import HttpResponseError
-from azure.mgmt.resource.resources.models import GenericResource, Sku
-
-from shared.adapters.arm.base import _Seen
 from shared.adapters.arm.customdata import CustomDataMixin
+from shared.adapters.arm.observe import ObserveMixin
 from shared.adapters.arm.requests import COMPUTE_API
-from shared.domain.azure_nodes import capacity_after
+from shared.domain.azure_nodes import WorkerBook, book_add, book_drop, capacity_after
 from shared.ports import Node, NodeRequest, ProvisionerUnsupported
 
 log = logging.getLogger("sparkplane.arm")
@@ -25,14 +22,19 @@ POOLS_UNSUPPORTED = (
 )
 
 
-class WorkersMixin(CustomDataMixin):
+class WorkersMixin(CustomDataMixin, ObserveMixin):
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
-        """Raises the scale set's capacity by `count`. With `req.agent_env` (clusters with
-        autoscaling local storage) the same PATCH gives the scale set's model a customData whose
-        workers run the node agent (`_worker_custom_data`); new instances boot with it, the ones
-        there keep theirs (a scale set's customData reaches only the instances created after it
-        changed). Without, the model keeps the customData it has: the deployment's, whose
-        workers run no agent."""
+        """Hands out `count` worker slots (their node ids: shared/domain/azure_nodes.py) and
+        raises the scale set's capacity by `count`; the instances ARM then makes are matched
+        to the slots by observe(). While the cluster deployment is still making the scale set,
+        the slots are kept and the first observe() that finds the set raises its capacity.
+
+        With `req.agent_env` (clusters with autoscaling local storage) the same PATCH gives
+        the scale set's model a customData whose workers run the node agent
+        (`_worker_custom_data`); new instances boot with it, the ones there keep theirs (a
+        scale set's customData reaches only the instances created after it changed). Such
+        workers wait for the driver's address (none is started before). Without, the model
+        keeps the customData it has: the deployment's, whose workers run no agent."""
         if req.pool is not None:
             raise ProvisionerUnsupported(POOLS_UNSUPPORTED)
         group = self.group_name(req.workspace_id)
@@ -40,42 +42,71 @@ class WorkersMixin(CustomDataMixin):
         seen = self._view(req.cluster_id)
         if count <= 0:
             return []
-        if seen.vmss is None or (seen.vmss.provisioning_state or "") == "Deleting":
-            # The cluster deployment makes the scale set (the next reconcile sizes it). If it
-            # is not making one, observe() reports the cluster's driver lost: a redeploy cannot
-            # mend it, since a VM's customData (the driver's cloud-init) is immutable.
+        vmss = seen.vmss
+        if vmss is None and not seen.deploying:
+            # No scale set and no deployment making one: observe() reports the cluster's
+            # driver lost, and a redeploy cannot mend it (a VM's customData is immutable).
+            return []
+        if vmss is not None and (vmss.provisioning_state or "") == "Deleting":
             return []
         custom = None
         if req.agent_env:
-            if not seen.driver_ip:
+            if vmss is None or not seen.driver_ip:
                 # The workers' customData names the driver; without its address yet (or any
                 # more), no worker is added and the next reconcile asks again.
                 log.info("%s: the driver has no address yet; workers wait", req.cluster_id)
                 return []
             custom = self._worker_custom_data(req, seen.driver_ip)
-        self._set_capacity(seen, capacity_after(seen.capacity, count), custom_data=custom)
         now = self._now_ms()
-        return [
-            Node(f"{req.cluster_id}-worker-pending-{i}", "worker", "STARTING", now)
-            for i in range(count)
-        ]
+        new: list[str] = []
+
+        def step(book: WorkerBook) -> WorkerBook:
+            out = book_add(book, req.cluster_id, count, now)
+            new[:] = [s.node_id for s in out.slots[len(book.slots) :]]
+            return out
+
+        # The slots first (an observe() meanwhile sees them, not capacity nobody asked for);
+        # while the deployment makes the set, observe() raises the capacity they need.
+        self.book.change(req.cluster_id, step)
+        if vmss is None:
+            return [Node(node_id, "worker", "STARTING", now) for node_id in new]
+        sent = False
+        try:
+            sent = self._set_capacity(
+                seen, capacity_after(seen.capacity, count), custom_data=custom
+            )
+        finally:
+            if not sent:
+                # Busy (409) or throttled: no worker was started, so the slots go again and
+                # the next reconcile asks anew (with the customData, which observe() would not
+                # give).
+                self.book.change(req.cluster_id, lambda b: book_drop(b, new))
+        if not sent:
+            return []
+        return [Node(node_id, "worker", "STARTING", now) for node_id in new]
 
     def remove_workers(self, cluster_id: str, node_ids: Sequence[str]) -> None:
-        """Deletes the given scale-set instances (which lowers the capacity). Pending slots
-        (capacity not yet listed as instances) go first, by lowering the capacity, and alone:
-        mixing a capacity PATCH with an instance delete would let the scale set pick its own
-        victims. What is left is removed by the next reconcile.
+        """Deletes the scale-set instances of the given workers (which lowers the capacity);
+        a worker may be named by its node id or its instance's name. Pending slots (no
+        instance yet) go first, by lowering the capacity, and alone: mixing a capacity PATCH
+        with an instance delete would let the scale set pick its own victims. What is left is
+        removed by the next reconcile.
 
         Graceful decommission happens on the node: the scale set's terminate notification
         (Scheduled Events) gives the node agent time to decommission its Spark worker."""
         seen = self._view(cluster_id)
+        waiting = {s.node_id for s in self.book.slots(cluster_id).pending}
+        pending = [n for n in node_ids if n in waiting]
+        if pending:
+            self.book.change(cluster_id, lambda b: book_drop(b, pending))
+            if seen.vmss is not None:
+                self._set_capacity(seen, capacity_after(seen.capacity, -len(pending)))
+            return
         if seen.vmss is None:
             return
-        pending = [n for n in node_ids if n.startswith(f"{cluster_id}-worker-pending-")]
-        if pending:
-            self._set_capacity(seen, capacity_after(seen.capacity, -len(pending)))
-            return
-        instance_ids = [seen.instances[n] for n in node_ids if n in seen.instances]
+        instance_ids = list(
+            dict.fromkeys(seen.instances[n] for n in node_ids if n in seen.instances)
+        )
         if not instance_ids:
             return
         resp = self._send(
@@ -91,24 +122,3 @@ class WorkersMixin(CustomDataMixin):
             return
         resp.raise_for_status()
         seen.capacity = capacity_after(seen.capacity, -len(instance_ids))
-
-    def _set_capacity(self, seen: _Seen, capacity: int, *, custom_data: str | None = None) -> None:
-        """PATCHes the scale set's capacity and, when given, its model's customData (one
-        operation: the instances it adds are made from the new model)."""
-        assert seen.vmss is not None
-        sku = seen.vmss.sku or {}
-        model = {"virtualMachineProfile": {"osProfile": {"customData": custom_data}}}
-        body = GenericResource(
-            sku=Sku(name=sku.get("name"), tier=sku.get("tier"), capacity=capacity),
-            properties=model if custom_data is not None else None,
-        )
-        try:
-            self.rm.resources.begin_update_by_id(
-                seen.vmss.id, body, api_version=COMPUTE_API, polling=False
-            )
-        except HttpResponseError as e:
-            if e.status_code != 409:
-                raise
-            log.info("scale set busy; capacity is set by the next reconcile")
-            return
-        seen.capacity = capacity
