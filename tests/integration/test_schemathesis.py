@@ -44,7 +44,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from devhost.process import ROOT, DevhostProcess, free_port
-from tests.support import wait_for
+from tests.support import http, wait_for
 
 SPEC = ROOT / "docs" / "openapi.yaml"
 SEED = 20261126
@@ -108,7 +108,7 @@ class Target:
 
     def create_cluster(self, **spec: Any) -> str:
         body = {"spark_version": V, "node_type_id": self.node_types[0], "num_workers": 1, **spec}
-        r = httpx.post(
+        r = http.post(
             self.host.url + "/api/2.1/clusters/create", json=body, headers=bearer(self.user)
         )
         r.raise_for_status()
@@ -117,7 +117,7 @@ class Target:
     def create_pool(self, node_type_id: str, **spec: Any) -> str:
         name = f"fuzz-pool-{len(self.pools)}-{time.monotonic_ns()}"
         body = {"instance_pool_name": name, "node_type_id": node_type_id, **spec}
-        r = httpx.post(
+        r = http.post(
             self.host.url + "/api/2.0/instance-pools/create", json=body, headers=bearer(self.user)
         )
         r.raise_for_status()
@@ -126,7 +126,7 @@ class Target:
         return pool_id
 
     def post(self, op: str, body: dict[str, Any]) -> httpx.Response:
-        r = httpx.post(f"{self.host.url}/api/2.0/{op}", json=body, headers=bearer(self.user))
+        r = http.post(f"{self.host.url}/api/2.0/{op}", json=body, headers=bearer(self.user))
         r.raise_for_status()
         return r
 
@@ -146,7 +146,7 @@ class Target:
     def settle(self, cluster_id: str, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = httpx.get(
+            r = http.get(
                 self.host.url + "/api/2.1/clusters/get",
                 params={"cluster_id": cluster_id},
                 headers=bearer(self.user),
@@ -172,7 +172,7 @@ class Target:
 
 def _wait_state(url: str, token: str, cluster_id: str, state: str, timeout: float = 60) -> None:
     def get() -> str | None:
-        r = httpx.get(
+        r = http.get(
             url + "/api/2.1/clusters/get", params={"cluster_id": cluster_id}, headers=bearer(token)
         )
         return r.json().get("state")
@@ -190,8 +190,8 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         user = h.token
         operator = h.operator_token
         headers = bearer(user)
-        versions = httpx.get(h.url + "/api/2.1/clusters/spark-versions", headers=headers).json()
-        nodes = httpx.get(h.url + "/api/2.1/clusters/list-node-types", headers=headers).json()
+        versions = http.get(h.url + "/api/2.1/clusters/spark-versions", headers=headers).json()
+        nodes = http.get(h.url + "/api/2.1/clusters/list-node-types", headers=headers).json()
         t = Target(
             host=h,
             user=user,
@@ -205,7 +205,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         t.clusters = [t.create_cluster(cluster_name=f"fuzz-{i}") for i in range(3)]
         for cid in t.clusters:
             _wait_state(h.url, user, cid, "RUNNING")
-        httpx.post(
+        http.post(
             h.url + "/api/2.1/clusters/delete", json={"cluster_id": t.clusters[2]}, headers=headers
         ).raise_for_status()
         _wait_state(h.url, user, t.clusters[2], "TERMINATED")
@@ -320,9 +320,9 @@ def test_fuzzing_left_the_devhost_healthy(target: Target) -> None:
     assert not target.killed, target.killed
     h = target.host
     assert h.proc is not None and h.proc.poll() is None
-    r = httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(target.user))
+    r = http.get(h.url + "/api/2.1/clusters/list", headers=bearer(target.user))
     assert r.status_code == 200, r.text
-    r = httpx.get(
+    r = http.get(
         h.url + "/api/admin/dead-letters/cluster-lifecycle", headers=bearer(target.operator)
     )
     assert r.status_code == 200 and r.json()["messages"] == [], r.text
@@ -361,7 +361,7 @@ def _error(r: httpx.Response, status: int, code: str) -> None:
 def test_oversized_body_gets_413(host: DevhostProcess) -> None:
     big = b'{"cluster_name": "' + b"x" * (1 << 20) + b'"}'
     for path in ("/api/2.1/clusters/create", "/api/2.0/clusters/edit", "/api/2.0/token/create"):
-        r = httpx.post(host.url + path, content=big, headers=bearer(host.token), timeout=30)
+        r = http.post(host.url + path, content=big, headers=bearer(host.token), timeout=30)
         _error(r, 413, "REQUEST_ENTITY_TOO_LARGE")
 
 
@@ -391,7 +391,7 @@ def test_body_beyond_the_host_limit_gets_413_before_it_is_read(host: DevhostProc
 )
 def test_malformed_json_gets_400_with_an_error_body(host: DevhostProcess, body: bytes) -> None:
     for path in ("/api/2.1/clusters/create", "/api/2.0/clusters/resize", "/api/2.0/token/delete"):
-        r = httpx.post(
+        r = http.post(
             host.url + path,
             content=body,
             headers={**bearer(host.token), "Content-Type": "application/json"},
@@ -420,12 +420,12 @@ def test_no_valid_token_gets_401(host: DevhostProcess, authorization: str | None
         ("GET", "/api/admin/workspaces"),
         ("POST", "/api/admin/dead-letters/cluster-lifecycle/1/resubmit"),
     ):
-        r = httpx.request(method, host.url + path, headers=headers, json={})
+        r = http.request(method, host.url + path, headers=headers, json={})
         _error(r, 401, "UNAUTHENTICATED")
 
 
 def _node_type(host: DevhostProcess) -> str:
-    r = httpx.get(host.url + "/api/2.1/clusters/list-node-types", headers=bearer(host.token))
+    r = http.get(host.url + "/api/2.1/clusters/list-node-types", headers=bearer(host.token))
     return str(r.json()["node_types"][0]["node_type_id"])
 
 
@@ -480,7 +480,7 @@ def test_cluster_sizes_beyond_the_documented_maximum_get_400(host: DevhostProces
     most = doc["components"]["schemas"]["NumWorkers"]["maximum"]
     node = _node_type(host)
     url, auth = host.url + "/api/2.1/clusters", bearer(host.token)
-    r = httpx.post(
+    r = http.post(
         url + "/create",
         json={"spark_version": V, "node_type_id": node, "num_workers": 0},
         headers=auth,
@@ -491,7 +491,7 @@ def test_cluster_sizes_beyond_the_documented_maximum_get_400(host: DevhostProces
         {"num_workers": most + 1},
         {"autoscale": {"min_workers": 0, "max_workers": most + 1}},
     ):
-        r = httpx.post(url + "/resize", json={"cluster_id": cid, **size}, headers=auth)
+        r = http.post(url + "/resize", json={"cluster_id": cid, **size}, headers=auth)
         _error(r, 400, "INVALID_PARAMETER_VALUE")
     for size in (
         {"num_workers": most + 1},
@@ -500,11 +500,11 @@ def test_cluster_sizes_beyond_the_documented_maximum_get_400(host: DevhostProces
         {"autoscale": {"min_workers": 10**23, "max_workers": 10**24}},
     ):
         body = {"spark_version": V, "node_type_id": node, **size}
-        r = httpx.post(url + "/create", json=body, headers=auth)
+        r = http.post(url + "/create", json=body, headers=auth)
         _error(r, 400, "INVALID_PARAMETER_VALUE")
-        r = httpx.post(url + "/edit", json={**body, "cluster_id": cid}, headers=auth)
+        r = http.post(url + "/edit", json={**body, "cluster_id": cid}, headers=auth)
         _error(r, 400, "INVALID_PARAMETER_VALUE")
-    assert httpx.get(url + "/list", headers=auth).status_code == 200
+    assert http.get(url + "/list", headers=auth).status_code == 200
 
 
 def test_unknown_fields_never_shadow_what_the_server_reports(host: DevhostProcess) -> None:
@@ -523,15 +523,15 @@ def test_unknown_fields_never_shadow_what_the_server_reports(host: DevhostProces
     }
     body = {"spark_version": V, "node_type_id": _node_type(host), "num_workers": 0, **shadows}
     url, auth = host.url + "/api/2.1/clusters", bearer(host.token)
-    r = httpx.post(url + "/create", json=body, headers=auth)
+    r = http.post(url + "/create", json=body, headers=auth)
     if r.status_code == 400:  # refusing them is fine too
         _error(r, 400, "INVALID_PARAMETER_VALUE")
         return
     cid = r.json()["cluster_id"]
-    got = httpx.get(url + "/get", params={"cluster_id": cid}, headers=auth).json()
+    got = http.get(url + "/get", params={"cluster_id": cid}, headers=auth).json()
     [listed] = [
         c
-        for c in httpx.get(url + "/list", headers=auth).json()["clusters"]
+        for c in http.get(url + "/list", headers=auth).json()["clusters"]
         if c["cluster_id"] == cid
     ]
     for details in (got, listed):
