@@ -40,7 +40,7 @@ SPARK_LANES = {
 # run, measured with `make test-fast`'s workers (`pytest --junitxml`, summed per module); the
 # modules not listed take under 15 s and follow in their collection order.
 LONG_MODULES = {
-    "tests/integration/test_schemathesis.py": 121,
+    "tests/integration/test_schemathesis_clusters.py": 85,
     "tests/integration/test_chaos.py": 63,
     "tests/integration/test_jobs_sdk.py": 61,
     "tests/contract/test_store_contract.py": 56,
@@ -54,6 +54,7 @@ LONG_MODULES = {
     "tests/integration/test_cli.py": 28,
     "tests/integration/test_airflow.py": 27,
     "tests/unit/test_infra.py": 25,
+    "tests/integration/test_schemathesis.py": 31,
     "tests/integration/test_crash_recovery.py": 20,
     "tests/integration/test_readable_run.py": 20,
     "tests/integration/test_quotas.py": 19,
