@@ -37,29 +37,29 @@ SPARK_LANES = {
 # The groups are handed out in the order of the items (xdist's reordering by test count is
 # turned off below): the Spark lanes first, then the modules that take longest, so that no
 # long module starts last while the other workers have nothing left. Seconds of one module's
-# run, measured with `make test-fast`'s workers (`pytest --junitxml`, summed per module); the
-# modules not listed take under 15 s and follow in their collection order.
+# tests (setup and teardown included), from one `make test-fast`-like run on 3 workers of a
+# loaded 2-core machine (`pytest -m "not spark" -n 3 --dist loadgroup --junitxml`, summed per
+# module); the modules not listed took under 12 s and follow in their collection order.
 LONG_MODULES = {
-    "tests/integration/test_schemathesis_clusters.py": 85,
-    "tests/integration/test_chaos.py": 63,
-    "tests/integration/test_jobs_sdk.py": 61,
-    "tests/contract/test_store_contract.py": 56,
-    "tests/integration/test_files_sdk.py": 52,
-    "tests/integration/test_clusters_sdk.py": 43,
-    "tests/integration/test_pools_sdk.py": 41,
-    "tests/integration/test_tokens_admin.py": 36,
-    "tests/browser/test_console.py": 35,
-    "tests/contract/test_files_contract.py": 35,
-    "tests/integration/test_workspace_deletion.py": 29,
-    "tests/integration/test_cli.py": 28,
+    "tests/integration/test_jobs_sdk.py": 74,
+    "tests/contract/test_store_contract.py": 65,
+    "tests/integration/test_chaos.py": 56,
+    "tests/integration/test_schemathesis_clusters.py": 47,
+    "tests/integration/test_tokens_admin.py": 46,
+    "tests/integration/test_clusters_sdk.py": 44,
+    "tests/integration/test_files_sdk.py": 41,
+    "tests/integration/test_cli.py": 40,
+    "tests/browser/test_console.py": 38,
+    "tests/integration/test_pools_sdk.py": 31,
+    "tests/integration/test_schemathesis.py": 28,
+    "tests/integration/test_workspace_deletion.py": 28,
     "tests/integration/test_airflow.py": 27,
-    "tests/unit/test_infra.py": 25,
-    "tests/integration/test_schemathesis.py": 31,
     "tests/integration/test_crash_recovery.py": 20,
-    "tests/integration/test_readable_run.py": 20,
-    "tests/integration/test_quotas.py": 19,
-    "tests/unit/test_autoscale_traces.py": 16,
-    "tests/unit/test_delivery_order_property.py": 14,
+    "tests/contract/test_files_contract.py": 20,
+    "tests/unit/test_infra.py": 19,
+    "tests/unit/test_delivery_order_property.py": 16,
+    "tests/integration/test_readable_run.py": 16,
+    "tests/integration/test_quotas.py": 15,
 }
 
 
