@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
@@ -25,7 +24,7 @@ from databricks.sdk.service import jobs
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from tests.e2e.hosts import local_spark_devhost
-from tests.support import owned_counts, wait_for
+from tests.support import http, owned_counts, wait_for
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -71,7 +70,7 @@ def snapshot(h: DevhostProcess) -> dict[str, int]:
 
 def test_deleting_a_workspace_stops_and_removes_everything(host: DevhostProcess) -> None:
     before = snapshot(host)
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "doomed", "workspace_id": WS},
         headers=operator(host),
@@ -112,11 +111,11 @@ def test_deleting_a_workspace_stops_and_removes_everything(host: DevhostProcess)
     assert during["processes"] >= before.get("processes", 0) + 4, during  # master, worker, ...
 
     url = f"{host.url}/api/admin/workspaces/{WS}"
-    r = httpx.delete(url, headers=operator(host))
+    r = http.delete(url, headers=operator(host))
     assert r.status_code == 200 and r.json()["state"] == "DELETING"
     wait_for(
         "the workspace to go",
-        lambda: httpx.get(url, headers=operator(host)).status_code == 404,
+        lambda: http.get(url, headers=operator(host)).status_code == 404,
         timeout=300,
     )
     deadline = time.monotonic() + 120

@@ -38,6 +38,7 @@ import httpx
 import pytest
 
 from devhost.process import DevhostProcess
+from tests.support import http
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VENV = ROOT / ".venv-airflow"
@@ -165,7 +166,7 @@ def airflow(
 
 def api(host: DevhostProcess, method: str, path: str, **kw: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {host.token}"}
-    return httpx.request(method, host.url + path, headers=headers, timeout=30, **kw)
+    return http.request(method, host.url + path, headers=headers, timeout=30, **kw)
 
 
 def dbfs_put(host: DevhostProcess, path: str, text: str) -> None:

@@ -12,13 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from devhost.process import DevhostProcess
 from shared.adapters.embedded_bus import EmbeddedBus
 from shared.ports import OutMessage
-from tests.support import wait_for
+from tests.support import http, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +58,7 @@ def test_workspaces_create_list_delete(host: DevhostProcess) -> None:
     r = sparkplane(host, "workspaces", "create", "Analytics", "--id", "analytics")
     assert "workspace analytics (Analytics) created" in r.stdout
     token = r.stdout.rsplit(": ", 1)[1].strip()
-    clusters = httpx.get(
+    clusters = http.get(
         host.url + "/api/2.1/clusters/list", headers={"Authorization": f"Bearer {token}"}
     )
     assert clusters.status_code == 200, "the printed first token works"
@@ -80,7 +79,7 @@ def test_quotas_get_and_set(host: DevhostProcess) -> None:
     assert [c.strip() for c in rows["max_clusters"][:2]] == ["50", "default"]
     sparkplane(host, "quotas", "set", "quota-ws", "max_clusters=3", "max_jobs=default")
     op = host.operator_token
-    q = httpx.get(
+    q = http.get(
         f"{host.url}/api/admin/workspaces/quota-ws/quotas",
         headers={"Authorization": f"Bearer {op}"},
     ).json()

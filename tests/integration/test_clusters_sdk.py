@@ -14,6 +14,7 @@ from devhost.process import DevhostProcess
 from shared.adapters.sqlite_store import SqliteStore
 from shared.services.auth import Auth
 from shared.wiring import SystemClock
+from tests.support import http
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -96,7 +97,7 @@ def test_cluster_lifecycle_with_the_sdk(devhost: DevhostProcess) -> None:
     )
     assert [e.type for e in asc] == [EventType.RUNNING] * len(asc) and len(asc) >= 3
     # every event exactly once, though the pages were 3 long
-    raw = httpx.post(
+    raw = http.post(
         devhost.url + "/api/2.1/clusters/events",
         json={"cluster_id": cid, "limit": 500},
         headers={"Authorization": f"Bearer {devhost.token}"},
@@ -205,7 +206,7 @@ def _post(h: DevhostProcess, path: str, content: bytes, token: str | None) -> ht
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.post(h.url + path, content=content, headers=headers)
+    return http.post(h.url + path, content=content, headers=headers)
 
 
 def test_http_edges_auth_aliases_and_isolation(devhost: DevhostProcess) -> None:
@@ -224,7 +225,7 @@ def test_http_edges_auth_aliases_and_isolation(devhost: DevhostProcess) -> None:
     r = _post(devhost, "/api/2.0/clusters/create", body, tok)  # the 2.0 alias
     assert r.status_code == 200
     cid = r.json()["cluster_id"]
-    got = httpx.get(
+    got = http.get(
         devhost.url + "/api/2.0/clusters/get",
         params={"cluster_id": cid},
         headers={"Authorization": f"Bearer {tok}"},
@@ -245,13 +246,13 @@ def test_http_edges_auth_aliases_and_isolation(devhost: DevhostProcess) -> None:
         other, _ = auth.issue_token("other", user="eve@other")
     finally:
         store.close()
-    r = httpx.get(
+    r = http.get(
         devhost.url + "/api/2.1/clusters/get",
         params={"cluster_id": cid},
         headers={"Authorization": f"Bearer {other}"},
     )
     assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
-    r = httpx.get(
+    r = http.get(
         devhost.url + "/api/2.1/clusters/list", headers={"Authorization": f"Bearer {other}"}
     )
     assert r.json() == {"clusters": []}

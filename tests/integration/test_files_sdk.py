@@ -37,6 +37,7 @@ from shared.errors import ResourceDoesNotExist as ApiResourceDoesNotExist
 from shared.services.auth import LOCAL_WORKSPACE, Auth
 from shared.services.files import FilesService
 from shared.wiring import SystemClock
+from tests.support import http, wait_for
 
 MB = 1 << 20
 
@@ -75,7 +76,7 @@ def w(host: DevhostProcess) -> WorkspaceClient:
 def other(host: DevhostProcess) -> tuple[str, WorkspaceClient]:
     """A second workspace (through the operator admin API) and its token's client."""
     op = host.operator_token
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "team b", "workspace_id": "team-b"},
         headers=bearer(op),
@@ -86,13 +87,13 @@ def other(host: DevhostProcess) -> tuple[str, WorkspaceClient]:
 
 
 def raw_post(host: DevhostProcess, op: str, body: Any, token: str | None = None) -> httpx.Response:
-    return httpx.post(
+    return http.post(
         f"{host.url}/api/2.0/{op}", json=body, headers=bearer(token or host.token), timeout=60
     )
 
 
 def raw_get(host: DevhostProcess, op: str, token: str | None = None, **q: Any) -> httpx.Response:
-    return httpx.get(
+    return http.get(
         f"{host.url}/api/2.0/{op}", params=q, headers=bearer(token or host.token), timeout=60
     )
 
@@ -154,7 +155,7 @@ def test_dbfs_put_inline_and_as_a_form(host: DevhostProcess, w: WorkspaceClient)
     assert w.dbfs.download("/put/inline.bin").read() == b"\x00\x01\xff"
     # multipart/form-data, the file as a part (the legacy CLI's `fs cp` and `curl -F`)
     for part in ("file", "contents"):
-        r = httpx.post(
+        r = http.post(
             host.url + "/api/2.0/dbfs/put",
             data={"path": f"dbfs:/put/{part}.bin", "overwrite": "True"},
             files={part: ("x.bin", b"form " * 1000, "application/octet-stream")},
@@ -511,20 +512,22 @@ def test_a_deleted_workspace_takes_its_files_along(host: DevhostProcess) -> None
     url = host.url + "/api/admin/workspaces"
 
     def make() -> WorkspaceClient:
-        r = httpx.post(url, json={"name": "c", "workspace_id": "team-c"}, headers=op)
+        r = http.post(url, json={"name": "c", "workspace_id": "team-c"}, headers=op)
         assert r.status_code == 200, r.text
         return client(host.url, r.json()["token_value"])
 
     c = make()
     c.dbfs.upload("/kept.txt", io.BytesIO(b"c"))
     c.workspace.upload("/Shared/kept.py", b"c")
-    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+    assert http.delete(url + "/team-c", headers=op).status_code == 200
+    # The deletion finishes in the background (the id is refused with 409 until then).
+    wait_for("team-c to go", lambda: http.get(url + "/team-c", headers=op).status_code == 404)
     c = make()  # the same id again: it starts empty
     with pytest.raises(NotFound):
         c.dbfs.get_status("/kept.txt")
     with pytest.raises(NotFound):
         c.workspace.get_status("/Shared/kept.py")
-    assert httpx.delete(url + "/team-c", headers=op).status_code == 200
+    assert http.delete(url + "/team-c", headers=op).status_code == 200
 
 
 def test_operator_and_agent_tokens_cannot_reach_the_files(host: DevhostProcess) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from devhost.process import DevhostProcess
+from tests.support import http
 
 V = "4.1.x-scala2.13"
 
@@ -25,7 +26,7 @@ def call(
     headers = {"Authorization": f"Bearer {h.token}", "Content-Type": "application/json"}
     if body is not None:
         content = json.dumps(body).encode()
-    return httpx.request(
+    return http.request(
         method, h.url + path, params=params, content=content, headers=headers, timeout=30
     )
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from databricks.sdk import WorkspaceClient
@@ -21,7 +20,7 @@ from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
 from shared.adapters.sqlite_store import SqliteStore
-from tests.support import wait_for
+from tests.support import http, wait_for
 
 V = "4.1.x-scala2.13"
 # Planted in the control plane's environment: no task may see it.
@@ -107,7 +106,7 @@ def task_pid(host: DevhostProcess, cluster_id: str, task_run_id: int) -> int:
 
 
 def raw(host: DevhostProcess, path: str, **params: Any) -> dict[str, Any]:
-    r = httpx.get(host.url + path, params=params, headers={"Authorization": f"Bearer {host.token}"})
+    r = http.get(host.url + path, params=params, headers={"Authorization": f"Bearer {host.token}"})
     return r.json()
 
 

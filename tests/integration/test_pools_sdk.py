@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceAlreadyExists
 from databricks.sdk.service.compute import AutoScale, State
@@ -18,7 +17,7 @@ from devhost.process import DevhostProcess
 from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
 from shared.services.auth import LOCAL_WORKSPACE
-from tests.support import wait_for
+from tests.support import http, wait_for
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -177,12 +176,12 @@ def test_bad_pool_requests_get_databricks_errors(host: DevhostProcess) -> None:
     ):
         # json.dumps escapes a lone surrogate as \ud800, which json.loads reads back
         raw = json.dumps(body)
-        r = httpx.post(
+        r = http.post(
             f"{url}/{op}", content=raw, headers={**auth, "Content-Type": "application/json"}
         )
         assert r.status_code == 400, (op, raw, r.text)
         assert r.json()["error_code"] == code and r.json()["message"]
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/2.1/clusters/delete",
         content=json.dumps({"cluster_id": "\ud800"}),
         headers=auth,

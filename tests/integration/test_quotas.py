@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
@@ -20,6 +19,7 @@ from databricks.sdk.errors import BadRequest, DatabricksError
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
+from tests.support import http
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -50,7 +50,7 @@ def operator(host: DevhostProcess) -> dict[str, str]:
 def workspace(host: DevhostProcess, **quotas: int) -> tuple[str, str, WorkspaceClient]:
     """A new workspace with these quotas: (id, its first token, a client with that token)."""
     ws = f"q{next(_n)}-{int(time.time() * 1000) % 100000}"
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": ws, "workspace_id": ws, "quotas": quotas},
         headers=operator(host),
@@ -70,7 +70,7 @@ def refused(e: pytest.ExceptionInfo[DatabricksError], what: str) -> None:
 def test_operator_sets_reads_and_resets_quotas(host: DevhostProcess) -> None:
     ws, _, w = workspace(host, max_clusters=3)
     url = f"{host.url}/api/admin/workspaces/{ws}/quotas"
-    got = httpx.get(url, headers=operator(host)).json()
+    got = http.get(url, headers=operator(host)).json()
     assert got["quotas"]["max_clusters"] == 3 and got["overrides"] == {"max_clusters": 3}
     assert got["quotas"]["max_jobs"] == 1000  # the default
     assert got["usage"] == {
@@ -81,18 +81,18 @@ def test_operator_sets_reads_and_resets_quotas(host: DevhostProcess) -> None:
         "pools": 0,
         "file_store_bytes": 0,
     }
-    r = httpx.patch(url, json={"max_jobs": 7, "max_clusters": None}, headers=operator(host))
+    r = http.patch(url, json={"max_jobs": 7, "max_clusters": None}, headers=operator(host))
     assert r.status_code == 200, r.text
     assert r.json()["quotas"]["max_jobs"] == 7 and r.json()["quotas"]["max_clusters"] == 50
     assert r.json()["overrides"] == {"max_jobs": 7}
     for bad in ({"max_jobz": 1}, {"max_jobs": -1}, {"max_jobs": "7"}):
-        r = httpx.patch(url, json=bad, headers=operator(host))
+        r = http.patch(url, json=bad, headers=operator(host))
         assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     # users cannot read or set them; an unknown workspace has none
-    assert httpx.get(url, headers=bearer(w.config.token)).status_code == 403
-    r = httpx.get(f"{host.url}/api/admin/workspaces/nope/quotas", headers=operator(host))
+    assert http.get(url, headers=bearer(w.config.token)).status_code == 403
+    r = http.get(f"{host.url}/api/admin/workspaces/nope/quotas", headers=operator(host))
     assert r.status_code == 404
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "x", "quotas": {"max_clusters": -2}},
         headers=operator(host),
@@ -137,9 +137,9 @@ def test_cluster_quotas_on_create_edit_resize_and_start(host: DevhostProcess) ->
     # nothing was made by a refused request
     listed = {x.cluster_id for x in w.clusters.list()}
     assert listed == {a.cluster_id, b.cluster_id, c.cluster_id}
-    usage = httpx.get(
-        f"{host.url}/api/admin/workspaces/{ws}/quotas", headers=operator(host)
-    ).json()["usage"]
+    usage = http.get(f"{host.url}/api/admin/workspaces/{ws}/quotas", headers=operator(host)).json()[
+        "usage"
+    ]
     assert usage["clusters"] == 2 and usage["total_workers"] == 2
     for cid in (a.cluster_id, c.cluster_id):
         w.clusters.permanent_delete(cid)
@@ -152,7 +152,7 @@ def test_cluster_quota_holds_under_concurrent_creates(host: DevhostProcess) -> N
     body = {"spark_version": V, "node_type_id": "rec-small", "num_workers": 0}
 
     def create(_: int) -> int:
-        r = httpx.post(
+        r = http.post(
             host.url + "/api/2.1/clusters/create", json=body, headers=bearer(token), timeout=30
         )
         return r.status_code
@@ -222,13 +222,13 @@ def test_concurrent_runs_are_resource_exhausted_and_job_clusters_count(
             }
         ],
     }
-    r = httpx.post(host.url + "/api/2.2/jobs/runs/submit", json=body, headers=bearer(token))
+    r = http.post(host.url + "/api/2.2/jobs/runs/submit", json=body, headers=bearer(token))
     assert r.status_code == 429 and r.json()["error_code"] == "RESOURCE_EXHAUSTED"
     assert int(r.headers["Retry-After"]) >= 1
     job = w.jobs.create(
         name="j", tasks=[_job_task("dbfs:/sleep.py", existing_cluster_id=c.cluster_id)]
     )
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/2.2/jobs/run-now", json={"job_id": job.job_id}, headers=bearer(token)
     )
     assert r.status_code == 429
@@ -319,7 +319,7 @@ def test_file_store_bytes_on_dbfs_and_workspace_files(host: DevhostProcess) -> N
     w.dbfs.add_block(h, base64.b64encode(b"c" * 300).decode())
     w.dbfs.close(h)
     assert w.dbfs.get_status("/c.bin").file_size == 700
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/2.0/dbfs/put",
         json={"path": "/d.bin", "contents": base64.b64encode(b"d").decode()},
         headers=bearer(token),

@@ -16,7 +16,7 @@ from databricks.sdk.errors import InvalidParameterValue, PermissionDenied, Unaut
 from devhost.process import DevhostProcess
 from shared.adapters.embedded_bus import EmbeddedBus
 from shared.ports import OutMessage
-from tests.support import wait_for
+from tests.support import http, wait_for
 
 V = "4.1.x-scala2.13"
 
@@ -32,10 +32,10 @@ def test_token_api_with_the_sdk(devhost: DevhostProcess) -> None:
     assert created.token_info.expiry_time > created.token_info.creation_time
     ids = [t.token_id for t in w.tokens.list()]
     assert created.token_info.token_id in ids
-    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
+    r = http.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
     assert r.status_code == 200
     w.tokens.delete(created.token_info.token_id)
-    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
+    r = http.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(created.token_value))
     assert r.status_code == 401
     assert created.token_info.token_id not in [t.token_id for t in w.tokens.list()]
     # tokens are stored hashed: the value is nowhere in the store file
@@ -48,37 +48,37 @@ def test_operator_endpoints_and_workspace_isolation(devhost: DevhostProcess) -> 
     assert (devhost.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
     url = devhost.url + "/api/admin/workspaces"
     # a user token cannot call admin endpoints, an operator token cannot call workspace APIs
-    assert httpx.get(url, headers=bearer(devhost.token)).status_code == 403
-    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(op))
+    assert http.get(url, headers=bearer(devhost.token)).status_code == 403
+    r = http.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(op))
     assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED"
-    assert httpx.get(url).status_code == 401
+    assert http.get(url).status_code == 401
 
-    r = httpx.post(url, json={"name": "team a", "workspace_id": "team-a"}, headers=bearer(op))
+    r = http.post(url, json={"name": "team a", "workspace_id": "team-a"}, headers=bearer(op))
     assert r.status_code == 200, r.text
     ws_token = r.json()["token_value"]
-    r = httpx.post(url, json={"name": "again", "workspace_id": "team-a"}, headers=bearer(op))
+    r = http.post(url, json={"name": "again", "workspace_id": "team-a"}, headers=bearer(op))
     assert r.status_code == 409 and r.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
-    r = httpx.post(url, json={"name": "x", "workspace_id": "Bad_Id!"}, headers=bearer(op))
+    r = http.post(url, json={"name": "x", "workspace_id": "Bad_Id!"}, headers=bearer(op))
     assert r.status_code == 400
-    listed = httpx.get(url, headers=bearer(op)).json()["workspaces"]
+    listed = http.get(url, headers=bearer(op)).json()["workspaces"]
     assert {w["workspace_id"] for w in listed} == {"local", "team-a"}
 
     body = {"spark_version": V, "node_type_id": "rec-small", "num_workers": 0}
-    r = httpx.post(devhost.url + "/api/2.1/clusters/create", json=body, headers=bearer(ws_token))
+    r = http.post(devhost.url + "/api/2.1/clusters/create", json=body, headers=bearer(ws_token))
     cid = r.json()["cluster_id"]
-    r = httpx.get(
+    r = http.get(
         devhost.url + "/api/2.1/clusters/get",
         params={"cluster_id": cid},
         headers=bearer(devhost.token),
     )
     assert r.status_code == 404  # another workspace's cluster
 
-    assert httpx.delete(url + "/team-a", headers=bearer(op)).status_code == 200
-    r = httpx.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(ws_token))
+    assert http.delete(url + "/team-a", headers=bearer(op)).status_code == 200
+    r = http.get(devhost.url + "/api/2.1/clusters/list", headers=bearer(ws_token))
     assert r.status_code == 401  # its tokens are revoked at once
     # the deletion goes on in the lifecycle queue (DELETING meanwhile), then it is gone
     deadline = time.monotonic() + 30
-    while (r := httpx.get(url + "/team-a", headers=bearer(op))).status_code != 404:
+    while (r := http.get(url + "/team-a", headers=bearer(op))).status_code != 404:
         assert r.json()["state"] == "DELETING" and time.monotonic() < deadline
         time.sleep(0.2)
 
@@ -129,16 +129,16 @@ def test_poison_message_is_dead_lettered_and_blocks_no_other_cluster(
         op = devhost.operator_token
         url = devhost.url + "/api/admin/dead-letters/cluster-lifecycle"
         [m] = wait_for(
-            "the dead letter", lambda: httpx.get(url, headers=bearer(op)).json()["messages"], 30
+            "the dead letter", lambda: http.get(url, headers=bearer(op)).json()["messages"], 30
         )
         assert m["message_id"] == "poison-1" and m["delivery_count"] == 10
         assert m["dead_letter_reason"] == "MaxDeliveryCountExceeded"
         assert "unknown lifecycle message type" in m["dead_letter_description"]
-        one = httpx.get(f"{url}/{m['sequence_number']}", headers=bearer(op)).json()
+        one = http.get(f"{url}/{m['sequence_number']}", headers=bearer(op)).json()
         assert json.loads(one["body"])["type"] == "explode"
-        r = httpx.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
+        r = http.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
         assert r.status_code == 200
-        r = httpx.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
+        r = http.post(f"{url}/{m['sequence_number']}/resubmit", headers=bearer(op))
         assert r.status_code == 404
     finally:
         bus.close()
@@ -173,9 +173,9 @@ def test_tokens_never_reach_the_logs(tmp_path: Path) -> None:
             timeout=timedelta(seconds=60),
         )
         w.clusters.delete_and_wait(c.cluster_id, timeout=timedelta(seconds=60))
-        httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer("dapi" + "f" * 32))
+        http.get(h.url + "/api/2.1/clusters/list", headers=bearer("dapi" + "f" * 32))
         op = h.operator_token
-        httpx.post(h.url + "/api/admin/workspaces", json={"name": "x"}, headers=bearer(op))
+        http.post(h.url + "/api/admin/workspaces", json={"name": "x"}, headers=bearer(op))
     finally:
         h.close()
     log = h.log.read_text()
@@ -213,19 +213,19 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
     try:
         url = h.url + "/api/admin/tokens"
         boot = h.operator_token
-        listed = httpx.get(url, headers=bearer(boot)).json()["token_infos"]
+        listed = http.get(url, headers=bearer(boot)).json()["token_infos"]
         assert [(t["user"], t["comment"]) for t in listed] == [("operator@local", "operator")]
         boot_id = listed[0]["token_id"]
-        r = httpx.post(
+        r = http.post(
             url, json={"comment": "second", "lifetime_seconds": 600}, headers=bearer(boot)
         )
         assert r.status_code == 200, r.text
         second, info = r.json()["token_value"], r.json()["token_info"]
         assert info["user"] == "operator@local" and info["expiry_time"] > 0
-        ids = {t["token_id"] for t in httpx.get(url, headers=bearer(second)).json()["token_infos"]}
+        ids = {t["token_id"] for t in http.get(url, headers=bearer(second)).json()["token_infos"]}
         assert ids == {boot_id, info["token_id"]}
         # a workspace made with the short-lived operator token: its first token dies with it
-        r = httpx.post(
+        r = http.post(
             h.url + "/api/admin/workspaces",
             json={"name": "t", "workspace_id": "t"},
             headers=bearer(second),
@@ -233,32 +233,32 @@ def test_operator_tokens_are_listed_and_revoked_and_stay_revoked_after_a_restart
         assert r.status_code == 200, r.text
         assert 0 < r.json()["token_info"]["expiry_time"] <= info["expiry_time"]
         # a user token can neither list nor revoke them
-        assert httpx.get(url, headers=bearer(h.token)).status_code == 403
-        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(h.token)).status_code == 403
+        assert http.get(url, headers=bearer(h.token)).status_code == 403
+        assert http.delete(f"{url}/{boot_id}", headers=bearer(h.token)).status_code == 403
         # the second token revokes the bootstrap one
-        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 200
-        assert httpx.get(url, headers=bearer(boot)).status_code == 401
-        assert httpx.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 404
+        assert http.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 200
+        assert http.get(url, headers=bearer(boot)).status_code == 401
+        assert http.delete(f"{url}/{boot_id}", headers=bearer(second)).status_code == 404
         h.stop()
         h.start()
         # the revoked bootstrap token is not re-registered; the file holds a new one
-        assert httpx.get(url, headers=bearer(boot)).status_code == 401
+        assert http.get(url, headers=bearer(boot)).status_code == 401
         new_boot = h.operator_token
         assert new_boot != boot
         assert (h.data_dir / "operator-token").stat().st_mode & 0o777 == 0o600
-        r = httpx.get(url, headers=bearer(new_boot))
+        r = http.get(url, headers=bearer(new_boot))
         assert r.status_code == 200
         assert boot_id not in {t["token_id"] for t in r.json()["token_infos"]}
-        assert httpx.get(url, headers=bearer(second)).status_code == 200
+        assert http.get(url, headers=bearer(second)).status_code == 200
         # the same for the local user token, revoked through the Token API
         w = h.client()
         old = h.token
         w.tokens.delete(next(t.token_id for t in w.tokens.list() if t.comment == "local"))
         h.stop()
         h.start()
-        assert httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(old)).status_code == 401
+        assert http.get(h.url + "/api/2.1/clusters/list", headers=bearer(old)).status_code == 401
         assert h.token != old
-        assert httpx.get(h.url + "/api/2.1/clusters/list", headers=bearer(h.token)).is_success
+        assert http.get(h.url + "/api/2.1/clusters/list", headers=bearer(h.token)).is_success
     finally:
         h.close()
 

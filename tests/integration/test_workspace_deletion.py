@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.config import Config
 from databricks.sdk.service import compute, jobs
 
 from devhost.process import DevhostProcess
-from tests.support import owned_counts, wait_for
+from tests.support import http, owned_counts, wait_for
 
 V = "4.1.x-scala2.13"
 T = timedelta(seconds=60)
@@ -88,7 +87,7 @@ def create_cluster(h: DevhostProcess, w: WorkspaceClient, num_workers: int) -> s
         "idempotency_token": "c-1",
     }
     auth = {"Authorization": f"Bearer {w.config.token}"}
-    r = httpx.post(h.url + "/api/2.1/clusters/create", json=body, headers=auth)
+    r = http.post(h.url + "/api/2.1/clusters/create", json=body, headers=auth)
     assert r.status_code == 200, r.text
     return str(r.json()["cluster_id"])
 
@@ -150,7 +149,7 @@ def populate(h: DevhostProcess, w: WorkspaceClient) -> dict[str, Any]:
 
 def test_deleting_a_workspace_removes_everything_it_owns(host: DevhostProcess) -> None:
     before = snapshot(host)
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "doomed", "workspace_id": WS},
         headers=operator(host),
@@ -178,26 +177,26 @@ def test_deleting_a_workspace_removes_everything_it_owns(host: DevhostProcess) -
         assert during.get(kind, 0) > before.get(kind, 0), (kind, during)
 
     url = f"{host.url}/api/admin/workspaces/{WS}"
-    r = httpx.delete(url, headers=operator(host))
+    r = http.delete(url, headers=operator(host))
     assert r.status_code == 200 and r.json() == {"workspace_id": WS, "state": "DELETING"}
-    got = httpx.get(url, headers=operator(host))
+    got = http.get(url, headers=operator(host))
     assert got.status_code == 200 and got.json()["state"] == "DELETING"
     # its tokens stop working at once; the id is not free until it is gone
-    r = httpx.get(host.url + "/api/2.1/clusters/list", headers={"Authorization": f"Bearer {token}"})
+    r = http.get(host.url + "/api/2.1/clusters/list", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "again", "workspace_id": WS},
         headers=operator(host),
     )
     assert r.status_code == 409, r.text
     wait_for(
-        "the workspace to go", lambda: httpx.get(url, headers=operator(host)).status_code == 404
+        "the workspace to go", lambda: http.get(url, headers=operator(host)).status_code == 404
     )
     wait_same(host, before)
 
     # made again with the same id: it starts empty
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "again", "workspace_id": WS},
         headers=operator(host),
@@ -213,9 +212,9 @@ def test_deleting_a_workspace_removes_everything_it_owns(host: DevhostProcess) -
     # an idempotency token of the old workspace makes a new cluster
     c = create_cluster(host, w, num_workers=0)
     assert [x.cluster_id for x in w.clusters.list()] == [c]
-    httpx.delete(url, headers=operator(host))
+    http.delete(url, headers=operator(host))
     wait_for(
-        "the workspace to go", lambda: httpx.get(url, headers=operator(host)).status_code == 404
+        "the workspace to go", lambda: http.get(url, headers=operator(host)).status_code == 404
     )
     wait_same(host, before)
 
@@ -223,7 +222,7 @@ def test_deleting_a_workspace_removes_everything_it_owns(host: DevhostProcess) -
 def test_a_deletion_resumes_after_a_crash(host: DevhostProcess) -> None:
     """The host is killed mid-deletion; on restart the reconciler timer carries it on."""
     before = snapshot(host)
-    r = httpx.post(
+    r = http.post(
         host.url + "/api/admin/workspaces",
         json={"name": "doomed", "workspace_id": WS},
         headers=operator(host),
@@ -242,10 +241,10 @@ def test_a_deletion_resumes_after_a_crash(host: DevhostProcess) -> None:
         ],
     )
     url = f"{host.url}/api/admin/workspaces/{WS}"
-    assert httpx.delete(url, headers=operator(host)).status_code == 200
+    assert http.delete(url, headers=operator(host)).status_code == 200
     host.kill9()
     host.start()
     wait_for(
-        "the workspace to go", lambda: httpx.get(url, headers=operator(host)).status_code == 404
+        "the workspace to go", lambda: http.get(url, headers=operator(host)).status_code == 404
     )
     wait_same(host, before)
