@@ -263,18 +263,22 @@ class Prewarm:
             return False
         if out.state == State.TERMINATED:
             return False
+        self.record_start(c.workspace_id, c.cluster_id, c.spec.node_type_id or "")
+        log.info(command_reason, extra={"cluster_id": c.cluster_id})
+        return True
+
+    def record_start(self, ws: str, cluster_id: str, node_type: str) -> None:
+        """A start this service made (now): timed once the cluster runs (`_learn`)."""
         body = {
             "kind": "start",
-            "workspace_id": c.workspace_id,
-            "node_type": c.spec.node_type_id or "",
+            "workspace_id": ws,
+            "node_type": node_type,
             "started_ms": self.clock.now_ms(),
         }
         try:
-            self.store.create(STARTS_KIND, "start", c.cluster_id, body, ttl_s=86_400)
+            self.store.create(STARTS_KIND, "start", cluster_id, body, ttl_s=86_400)
         except AlreadyExists:
-            log.info("start already recorded", extra={"cluster_id": c.cluster_id})
-        log.info(command_reason, extra={"cluster_id": c.cluster_id})
-        return True
+            log.info("start already recorded", extra={"cluster_id": cluster_id})
 
     # ------------------------------------------------------------------ the timer
 
