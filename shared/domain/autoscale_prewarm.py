@@ -10,7 +10,7 @@
    starts on time instead of one cluster start late. A fire time already past is left to the
    run itself (it starts the cluster as it always did).
 3. **What** (`start_for_schedule`): the start is an ordinary start of the cluster, its STARTING
-   event saying why (cause `SCHEDULED_RUN` and the fire time).
+   event saying why (cause `SCHEDULED_RUN`, and in `why` the fire time and expected start).
 """
 
 from __future__ import annotations
@@ -80,5 +80,6 @@ def start_for_schedule(c: Cluster, why: str, *, now: int) -> Cluster:
     out = cluster_dom.start(c, user=START_USER, now=now)
     for ev in out.pending_events:
         if ev["type"] == "STARTING":
-            ev["details"] = {**ev["details"], "cause": "SCHEDULED_RUN", "reason": why}
+            # "why", not "reason": the SDK parses `reason` as a TerminationReason object.
+            ev["details"] = {**ev["details"], "cause": "SCHEDULED_RUN", "why": why}
     return out

@@ -8,7 +8,10 @@ the cluster can be asked for earlier and be RUNNING when the run fires.
    run would create itself: a task's own `new_cluster` ("task:<key>") or a shared job cluster
    ("jc:<job_cluster_key>"). Downstream tasks start only when their upstream tasks end, so
    their clusters are left to the run (created when the task becomes PENDING, as before).
-2. **When** (`plan`): once the next fire is at most `lead_s` away and not past; `lead_s` is
+2. **When** (`plan`): once the next fire is at most `lead_s` away and not past, and only
+   while the job has a free slot (max_concurrent_runs) that no queued run waits for: a run
+   that would wait in the queue or be skipped gets no cluster ahead (a job fired every
+   minute whose runs take longer is not pre-warmed until a run ends); `lead_s` is
    the expected start of the slowest node type among those clusters (learned per node type,
    shared/domain/autoscale_prewarm.py) plus `tick_margin_s`, the jobs timer's period with
    slack (the timer is what notices that the fire came within reach). A job fired every
@@ -36,7 +39,8 @@ the cluster can be asked for earlier and be RUNNING when the run fires.
    record is gone or done terminates what it created, so a cluster created concurrently with
    the sweep is not left behind.
 5. **Why** (`creation_details`): the cluster's CREATING event names the cause
-   (`SCHEDULED_RUN`), the job, the fire time and the expected start used.
+   (`SCHEDULED_RUN`), the job, the fire time and the expected start used (`job_id`,
+   `fire_time`, `expected_start_s`, and a sentence in `why`).
 """
 
 from __future__ import annotations
@@ -124,6 +128,12 @@ def _stub_run(job: Job, run_id: int, fire_ms: int) -> Run:
     )
 
 
+def due(job: Job, *, now: int, lead_s: float) -> bool:
+    """The next fire is within `lead_s` and not past (cheap: checked before anything is read)."""
+    fire = job.schedule_next_ms
+    return fire is not None and 0 < fire - now <= lead_s * 1000
+
+
 def plan(
     job: Job,
     *,
@@ -138,9 +148,10 @@ def plan(
     fire = job.schedule_next_ms
     if job.state != "SCHEDULED" or fire is None or job.pending_fire is not None:
         return None
+    if len(job.active_runs) + len(job.waiting_runs) >= job.settings.max_concurrent_runs:
+        return None  # the fired run would wait for a slot (or be skipped): no cluster yet
     keys = prewarm_keys(job.settings)
-    ahead_s = (fire - now) / 1000
-    if not keys or ahead_s <= 0 or ahead_s > lead_s:
+    if not keys or not due(job, now=now, lead_s=lead_s):
         return None
     stub = _stub_run(job, run_id, fire)
     return Prewarmed(
@@ -164,7 +175,8 @@ def creation_details(rec: Prewarmed, now: int) -> dict[str, Any]:
         "job_id": rec.job_id,
         "fire_time": rec.fire_ms,
         "expected_start_s": round(rec.expected_start_s, 1),
-        "reason": (
+        # Not "reason": the SDK parses that as a TerminationReason object.
+        "why": (
             f"job {rec.job_id} fires in {ahead_s:.0f} s; "
             f"a start takes about {rec.expected_start_s:.0f} s"
         ),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databricks.sdk.service.compute import EventDetails
 
 from shared.domain import job_prewarm as jp
 from shared.domain import jobs as dom
@@ -82,6 +83,8 @@ def test_the_root_tasks_clusters_are_planned_once_the_fire_is_an_expected_start_
     assert jp.plan(j, now=10 * MIN, lead_s=60, run_id=5000, new_cluster_id=ids()) is None
     firing = job(pending_fire=dom.PendingFire(fire_ms=9 * MIN, run_id=4000))
     assert jp.plan(firing, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
+    busy = job(active_runs=[3000])  # max_concurrent_runs 1: the fired run would wait
+    assert jp.plan(busy, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
     paused = job(state="IDLE")
     assert jp.plan(paused, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
 
@@ -165,7 +168,9 @@ def test_the_creating_event_names_the_schedule() -> None:
     d = jp.creation_details(rec, 9 * MIN)
     assert d["cause"] == "SCHEDULED_RUN"
     assert (d["job_id"], d["fire_time"], d["expected_start_s"]) == (7, 10 * MIN, 75.3)
-    assert "fires in 60 s" in d["reason"]
+    assert "fires in 60 s" in d["why"]
+    # What the SDK makes of it (it parses `reason` as a TerminationReason: none here).
+    assert EventDetails.from_dict(d).cause is None  # an unknown cause reads as None
 
 
 # ---------------------------------------------------------------------------------- services
