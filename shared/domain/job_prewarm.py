@@ -38,7 +38,11 @@ the cluster can be asked for earlier and be RUNNING when the run fires.
    did not adopt (a changed spec) at once. A creator that finds, after its create, that the
    record is gone or done terminates what it created, so a cluster created concurrently with
    the sweep is not left behind.
-5. **Why** (`creation_details`): the cluster's CREATING event names the cause
+5. **Opting out** (`enabled`): on for every scheduled job; the job tag
+   `sparkplane.prewarm: "false"` turns it off (the run then creates its clusters at the fire,
+   as before). The cost of pre-warming is the time a cluster runs before its fire: about the
+   margin of the expected start (its standard deviations) plus `tick_margin_s`, per fire.
+6. **Why** (`creation_details`): the cluster's CREATING event names the cause
    (`SCHEDULED_RUN`), the job, the fire time and the expected start used (`job_id`,
    `fire_time`, `expected_start_s`, and a sentence in `why`).
 """
@@ -54,6 +58,9 @@ from pydantic import BaseModel, Field
 from shared.domain.job_settings import JobSettings, Task
 from shared.domain.job_state import Job, Run, new_run
 from shared.domain.job_steps import cluster_spec_for, compute_key
+
+# A job tag: "false" turns pre-warming off for the job (on by default).
+OPT_OUT_TAG = "sparkplane.prewarm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +83,26 @@ class Prewarmed(BaseModel):
     # Compute key -> cluster id, and the spec each was created with.
     clusters: dict[str, str] = Field(default_factory=dict)
     specs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The learned start of the slowest node type, and how far ahead of the fire (plus margin).
     expected_start_s: float = 0.0
+    lead_s: float = 0.0
     created_ms: int = 0
     # Marked by the sweep before it terminates the clusters (then the record is deleted).
     done: bool = False
 
 
+def enabled(settings: JobSettings) -> bool:
+    """On unless the job's tag `sparkplane.prewarm` is "false" (or "off", "0", "no")."""
+    value = settings.tags.get(OPT_OUT_TAG, "true").strip().lower()
+    return value not in ("false", "off", "0", "no")
+
+
 def prewarm_keys(settings: JobSettings) -> dict[str, Task]:
     """The compute keys of the root tasks that run on a cluster the run creates (the first
-    task of each key)."""
+    task of each key); none for a job that opted out."""
     out: dict[str, Task] = {}
+    if not enabled(settings):
+        return out
     for t in settings.tasks:
         if t.depends_on or t.existing_cluster_id is not None:
             continue
@@ -138,19 +155,22 @@ def plan(
     job: Job,
     *,
     now: int,
-    lead_s: float,
+    expected_start_s: float,
     run_id: int,
     new_cluster_id: Callable[[], str],
+    p: JobPrewarmParams = JobPrewarmParams(),
 ) -> Prewarmed | None:
     """The record of the clusters to create now for the job's next fire, or None (not
-    scheduled, a fire being carried out, nothing to create, or the fire not yet within
-    `lead_s` or already past). The caller creates it only if the job has none."""
+    scheduled, a fire being carried out, no free slot, nothing to create, or the fire not
+    within the expected start plus the margin, or already past). The caller creates it only
+    if the job has none."""
     fire = job.schedule_next_ms
     if job.state != "SCHEDULED" or fire is None or job.pending_fire is not None:
         return None
     if len(job.active_runs) + len(job.waiting_runs) >= job.settings.max_concurrent_runs:
         return None  # the fired run would wait for a slot (or be skipped): no cluster yet
     keys = prewarm_keys(job.settings)
+    lead_s = expected_start_s + p.tick_margin_s
     if not keys or not due(job, now=now, lead_s=lead_s):
         return None
     stub = _stub_run(job, run_id, fire)
@@ -162,7 +182,8 @@ def plan(
         run_id=run_id,
         clusters={ck: new_cluster_id() for ck in keys},
         specs={ck: cluster_spec_for(stub, t) for ck, t in keys.items()},
-        expected_start_s=lead_s,
+        expected_start_s=expected_start_s,
+        lead_s=lead_s,
         created_ms=now,
     )
 
@@ -175,6 +196,7 @@ def creation_details(rec: Prewarmed, now: int) -> dict[str, Any]:
         "job_id": rec.job_id,
         "fire_time": rec.fire_ms,
         "expected_start_s": round(rec.expected_start_s, 1),
+        "lead_s": round(rec.lead_s, 1),
         # Not "reason": the SDK parses that as a TerminationReason object.
         "why": (
             f"job {rec.job_id} fires in {ahead_s:.0f} s; "

@@ -52,15 +52,16 @@ class JobPrewarm:
         got = self.records.load(ws, job_doc_id(job_id))
         return None if got is None else got[0]
 
-    def lead_s(self, settings: dom.JobSettings, known: dict[str, float] | None = None) -> float:
-        """How far ahead of the fire the job's clusters are created: the slowest expected
-        start among their node types, plus the timer margin (`known`: starts read this tick)."""
+    def expected_start_s(
+        self, settings: dom.JobSettings, known: dict[str, float] | None = None
+    ) -> float:
+        """The slowest expected start among the node types of the job's clusters (`known`:
+        the starts read this tick)."""
         known = {} if known is None else known
         for nt in rules.node_types(settings):
             if nt not in known:
                 known[nt] = self.prewarm.expected_start_s(nt)
-        starts = [known[nt] for nt in rules.node_types(settings)]
-        return max(starts, default=0.0) + self.params.tick_margin_s
+        return max((known[nt] for nt in rules.node_types(settings)), default=0.0)
 
     # ------------------------------------------------------------------ the timer
 
@@ -73,25 +74,26 @@ class JobPrewarm:
             job = dom.Job.model_validate(rec.body)
             if job.pending_fire is not None or not rules.prewarm_keys(job.settings):
                 continue
-            lead = self.lead_s(job.settings, known)
-            if not rules.due(job, now=now, lead_s=lead):
+            expected = self.expected_start_s(job.settings, known)
+            if not rules.due(job, now=now, lead_s=expected + self.params.tick_margin_s):
                 continue  # most jobs: their fire is far (no read of their record)
             try:
-                created += self._prewarm(job, now, lead)
+                created += self._prewarm(job, now, expected)
             except Exception:  # one job's failure must not stop the others' pre-warming
                 log.exception("prewarm of a job failed", extra={"job_id": job.job_id})
         return {"job_clusters_created": created, "job_prewarms_finished": swept}
 
-    def _prewarm(self, job: dom.Job, now: int, lead: float) -> int:
+    def _prewarm(self, job: dom.Job, now: int, expected_s: float) -> int:
         ws = job.workspace_id
         rec = self.load(ws, job.job_id)
         if rec is None:
             planned = rules.plan(
                 job,
                 now=now,
-                lead_s=lead,
+                expected_start_s=expected_s,
                 run_id=self.docs.next_slot() * dom.TASK_SLOTS,
                 new_cluster_id=lambda: cdom.new_cluster_id(now),
+                p=self.params,
             )
             if planned is None:
                 return 0

@@ -72,26 +72,43 @@ P = jp.JobPrewarmParams()
 
 def test_the_root_tasks_clusters_are_planned_once_the_fire_is_an_expected_start_away() -> None:
     j = job()
-    assert jp.plan(j, now=10 * MIN - 61_000, lead_s=60, run_id=5000, new_cluster_id=ids()) is None
-    rec = jp.plan(j, now=10 * MIN - 59_000, lead_s=60, run_id=5000, new_cluster_id=ids())
+    assert (
+        jp.plan(j, now=10 * MIN - 61_000, expected_start_s=50, run_id=5000, new_cluster_id=ids())
+        is None
+    )
+    rec = jp.plan(j, now=10 * MIN - 59_000, expected_start_s=50, run_id=5000, new_cluster_id=ids())
     assert rec is not None
     # One cluster per compute key of the root tasks: "after" waits for "a", "old" has its own.
     assert rec.clusters == {"task:a": "c0", "jc:shared": "c1"}
     assert rec.specs["task:a"]["cluster_name"] == "job-7-run-5000"  # named after its run
-    assert (rec.fire_ms, rec.run_id, rec.expected_start_s) == (10 * MIN, 5000, 60)
+    assert (rec.fire_ms, rec.run_id, rec.expected_start_s, rec.lead_s) == (10 * MIN, 5000, 50, 60)
     # A fire already past, being carried out, or a paused job: nothing.
-    assert jp.plan(j, now=10 * MIN, lead_s=60, run_id=5000, new_cluster_id=ids()) is None
+    assert jp.plan(j, now=10 * MIN, expected_start_s=50, run_id=5000, new_cluster_id=ids()) is None
     firing = job(pending_fire=dom.PendingFire(fire_ms=9 * MIN, run_id=4000))
-    assert jp.plan(firing, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
+    assert (
+        jp.plan(firing, now=9 * MIN, expected_start_s=590, run_id=5000, new_cluster_id=ids())
+        is None
+    )
     busy = job(active_runs=[3000])  # max_concurrent_runs 1: the fired run would wait
-    assert jp.plan(busy, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
+    assert (
+        jp.plan(busy, now=9 * MIN, expected_start_s=590, run_id=5000, new_cluster_id=ids()) is None
+    )
+    opted_out = job()
+    opted_out.settings.tags[jp.OPT_OUT_TAG] = "False"
+    assert (
+        jp.plan(opted_out, now=9 * MIN, expected_start_s=590, run_id=5000, new_cluster_id=ids())
+        is None
+    )
     paused = job(state="IDLE")
-    assert jp.plan(paused, now=9 * MIN, lead_s=600, run_id=5000, new_cluster_id=ids()) is None
+    assert (
+        jp.plan(paused, now=9 * MIN, expected_start_s=590, run_id=5000, new_cluster_id=ids())
+        is None
+    )
 
 
 def test_the_fire_takes_the_reserved_run_id_and_adopts_clusters_whose_spec_is_unchanged() -> None:
     j = job()
-    rec = jp.plan(j, now=9 * MIN, lead_s=120, run_id=5000, new_cluster_id=ids())
+    rec = jp.plan(j, now=9 * MIN, expected_start_s=110, run_id=5000, new_cluster_id=ids())
     assert rec is not None
     assert jp.fire_run_id(rec, 10 * MIN, 9999) == 5000
     assert jp.fire_run_id(rec, 11 * MIN, 9999) == 9999  # another fire (collapsed catch-up)
@@ -120,7 +137,7 @@ def test_the_fire_takes_the_reserved_run_id_and_adopts_clusters_whose_spec_is_un
 
 def test_the_sweep_ends_clusters_no_run_will_use() -> None:
     j = job()
-    rec = jp.plan(j, now=9 * MIN, lead_s=120, run_id=5000, new_cluster_id=ids())
+    rec = jp.plan(j, now=9 * MIN, expected_start_s=110, run_id=5000, new_cluster_id=ids())
     assert rec is not None
     both = ("c0", "c1")
 
@@ -163,11 +180,12 @@ def test_the_sweep_ends_clusters_no_run_will_use() -> None:
 
 
 def test_the_creating_event_names_the_schedule() -> None:
-    rec = jp.plan(job(), now=9 * MIN, lead_s=75.3, run_id=5000, new_cluster_id=ids())
+    rec = jp.plan(job(), now=9 * MIN, expected_start_s=75.3, run_id=5000, new_cluster_id=ids())
     assert rec is not None
     d = jp.creation_details(rec, 9 * MIN)
     assert d["cause"] == "SCHEDULED_RUN"
     assert (d["job_id"], d["fire_time"], d["expected_start_s"]) == (7, 10 * MIN, 75.3)
+    assert d["lead_s"] == 85.3
     assert "fires in 60 s" in d["why"]
     # What the SDK makes of it (it parses `reason` as a TerminationReason: none here).
     assert EventDetails.from_dict(d).cause is None  # an unknown cause reads as None
@@ -229,7 +247,8 @@ def test_the_fired_run_starts_its_task_at_once_on_the_cluster_created_ahead(js: 
     creating = next(e for e in js.w.events(cid) if e["type"] == "CREATING")
     assert creating["details"]["cause"] == "SCHEDULED_RUN"
     assert creating["details"]["fire_time"] == rec.fire_ms
-    assert creating["details"]["expected_start_s"] == pytest.approx(310)
+    assert creating["details"]["expected_start_s"] == 300  # nothing learned yet: the default
+    assert creating["details"]["lead_s"] == 310
     js.run_up(cid)
     assert js.clusters()[cid] == State.RUNNING
 
@@ -315,3 +334,29 @@ def test_a_fire_within_the_margin_is_sent_for_its_exact_time(js: Jobs) -> None:
     job, _ = js.jobs.docs.load_job("w", job_id)
     assert job.schedule_last_fire_ms == fire_ms
     assert json.loads(msg.body)["type"] == "fire"
+
+
+def test_a_job_tagged_out_gets_no_cluster_ahead_and_its_run_creates_one_at_the_fire(
+    js: Jobs,
+) -> None:
+    js.to_next_minute(before_ms=40_000)
+    job_id = js.create(tags={jp.OPT_OUT_TAG: "false"})
+    js.jobs.scheduler.tick()
+    assert js.record(job_id) is None and js.clusters() == {}
+    js.w.clock.ms += 40_000
+    assert js.jobs.scheduler.tick()["fired"] == 1
+    (run,) = js.jobs.list_runs(
+        js.w.user,
+        job_id=job_id,
+        active_only=False,
+        completed_only=False,
+        limit=25,
+        offset=0,
+        page_token=None,
+        run_type=None,
+        start_time_from=None,
+        start_time_to=None,
+        expand_tasks=False,
+    )["runs"]
+    js.jobs.runs.advance("w", run["run_id"])
+    assert len(js.clusters()) == 1  # created by the run, at the fire, as before
