@@ -96,7 +96,8 @@ class Scheduler:
         not wait for the next tick (a lost send: the tick fires it)."""
         if fire_ms - now > self.fire_ahead_ms:
             return
-        msg = fire_message(job.workspace_id, job.job_id, f"fire:{job.job_id}:{fire_ms}", fire_ms)
+        ws = job.workspace_id
+        msg = fire_message(ws, job.job_id, f"fire:{ws}:{job.job_id}:{fire_ms}", fire_ms)
         try:
             self.bus.send(self.queue, [msg])
         except Exception:  # the bus refuses: the tick at or after the fire time fires it

@@ -328,7 +328,7 @@ def test_a_fire_within_the_margin_is_sent_for_its_exact_time(js: Jobs) -> None:
     (msg,) = [m for m in js.w.bus.sent if b'"fire"' in m.body]
     fire_ms = (js.w.clock.ms // MIN + 1) * MIN
     assert msg.scheduled_enqueue_ms == fire_ms
-    assert msg.message_id == f"fire:{job_id}:{fire_ms}"
+    assert msg.message_id == f"fire:w:{job_id}:{fire_ms}"
     js.w.clock.ms = fire_ms
     js.jobs.runs.handle(msg.body)  # delivered at its time: the run is created then
     job, _ = js.jobs.docs.load_job("w", job_id)
@@ -360,3 +360,24 @@ def test_a_job_tagged_out_gets_no_cluster_ahead_and_its_run_creates_one_at_the_f
     )["runs"]
     js.jobs.runs.advance("w", run["run_id"])
     assert len(js.clusters()) == 1  # created by the run, at the fire, as before
+
+
+def test_a_record_whose_cluster_a_crash_never_created_still_gives_one_cluster(js: Jobs) -> None:
+    js.to_next_minute(before_ms=40_000)
+    job_id = js.create()
+    job, _ = js.jobs.docs.load_job("w", job_id)
+    assert js.pre is not None
+    # A timer instance wrote the record and crashed before creating the cluster.
+    rec = jp.plan(
+        job, now=js.w.clock.ms, expected_start_s=300, run_id=7000, new_cluster_id=lambda: "c-1"
+    )
+    assert rec is not None
+    js.pre.records.create("w", f"{job_id:020d}", rec)
+    js.w.clock.ms = rec.fire_ms
+    assert js.jobs.scheduler.tick()["fired"] == 1  # the fire comes first in the tick
+    js.jobs.runs.advance("w", 7000)  # the run creates its adopted cluster under the same id
+    js.jobs.scheduler.tick()
+    js.jobs.runs.advance("w", 7000)
+    assert list(js.clusters()) == ["c-1"]
+    run = js.jobs.get_run(js.w.user, 7000)
+    assert run["tasks"][0]["cluster_instance"]["cluster_id"] == "c-1"
