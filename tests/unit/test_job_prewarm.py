@@ -359,7 +359,16 @@ def test_a_job_tagged_out_gets_no_cluster_ahead_and_its_run_creates_one_at_the_f
         expand_tasks=False,
     )["runs"]
     js.jobs.runs.advance("w", run["run_id"])
-    assert len(js.clusters()) == 1  # created by the run, at the fire, as before
+    (cid,) = js.clusters()  # created by the run, at the fire, as before
+    js.run_up(cid)  # 2 s
+    js.jobs.runs.advance("w", run["run_id"])
+    got = js.jobs.get_run(js.w.user, run["run_id"])
+    task = got["tasks"][0]
+    # The task run waited 2 s for its cluster (setup_duration, from its start_time); the run
+    # itself reports 0, as Databricks does for a multitask run.
+    assert task["state"]["life_cycle_state"] == "RUNNING"
+    assert (task["start_time"], task["setup_duration"]) == (got["start_time"], 2000)
+    assert (got["setup_duration"], got["execution_duration"], got["queue_duration"]) == (0, 0, 0)
 
 
 def test_a_record_whose_cluster_a_crash_never_created_still_gives_one_cluster(js: Jobs) -> None:
