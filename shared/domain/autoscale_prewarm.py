@@ -9,8 +9,8 @@
    timed starts: a few similar starts (one start has no variance at all) say little about the
    next one, which on a loaded host can take twice as long, so the margin starts wide (with
    the defaults, one timed start of 20 s gives an expected start of 60 s, four of 20 s one of
-   34.5 s) and narrows to 0.3 of the mean as starts are timed; being late costs the run a cluster start, being early
-   only the idle time of the margin.
+   34.5 s) and narrows to 0.3 of the mean as starts are timed. Being late costs the run a
+   cluster start; being early costs only the idle time of the margin.
 2. **When** (`start_ahead`): a terminated cluster that a scheduled run will use is started once
    the fire time is at most the expected start (plus the scheduler's tick) away, so its task
    starts on time instead of one cluster start late. A fire time already past is left to the

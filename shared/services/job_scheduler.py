@@ -122,7 +122,9 @@ class Scheduler:
         )
         if fire is None:
             return 0
-        pre = self.job_prewarm.load(ws, job_id) if self.job_prewarm is not None else None
+        pre = None
+        if self.job_prewarm is not None and jp.prewarm_keys(job.settings):
+            pre = self.job_prewarm.load(ws, job_id)  # clusters created ahead of this fire
         if updated is not job:
             run_id = jp.fire_run_id(pre, fire.fire_ms, fire.run_id)  # reserved for this fire
             fire = updated.pending_fire = dom.PendingFire(fire_ms=fire.fire_ms, run_id=run_id)
