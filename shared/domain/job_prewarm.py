@@ -43,8 +43,8 @@ the cluster can be asked for earlier and be RUNNING when the run fires.
    as before). The cost of pre-warming is the time a cluster runs before its fire: about the
    margin of the expected start (its standard deviations) plus `tick_margin_s`, per fire.
 6. **Why** (`creation_details`): the cluster's CREATING event names the cause
-   (`SCHEDULED_RUN`), the job, the fire time and the expected start used (`job_id`,
-   `fire_time`, `expected_start_s`, and a sentence in `why`).
+   (`SCHEDULED_RUN`), the job, its schedule, the fire time and the expected start used
+   (`job_id`, `schedule`, `fire_time`, `expected_start_s`, `lead_s`, and a sentence in `why`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class Prewarmed(BaseModel):
     job_id: int
     workspace_id: str
     user: str = ""
+    # The job's Quartz cron expression and time zone, as the event shows them.
+    schedule: str = ""
     fire_ms: int
     run_id: int
     # Compute key -> cluster id, and the spec each was created with.
@@ -174,10 +176,12 @@ def plan(
     if not keys or not due(job, now=now, lead_s=lead_s):
         return None
     stub = _stub_run(job, run_id, fire)
+    cron = job.settings.schedule
     return Prewarmed(
         job_id=job.job_id,
         workspace_id=job.workspace_id,
         user=job.creator_user_name,
+        schedule=f"{cron.quartz_cron_expression} {cron.timezone_id}" if cron else "",
         fire_ms=fire,
         run_id=run_id,
         clusters={ck: new_cluster_id() for ck in keys},
@@ -194,6 +198,7 @@ def creation_details(rec: Prewarmed, now: int) -> dict[str, Any]:
     return {
         "cause": "SCHEDULED_RUN",
         "job_id": rec.job_id,
+        "schedule": rec.schedule,
         "fire_time": rec.fire_ms,
         "expected_start_s": round(rec.expected_start_s, 1),
         "lead_s": round(rec.lead_s, 1),

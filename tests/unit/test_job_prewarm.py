@@ -186,6 +186,7 @@ def test_the_creating_event_names_the_schedule() -> None:
     assert d["cause"] == "SCHEDULED_RUN"
     assert (d["job_id"], d["fire_time"], d["expected_start_s"]) == (7, 10 * MIN, 75.3)
     assert d["lead_s"] == 85.3
+    assert d["schedule"] == "0 * * * * ? UTC"
     assert "fires in 60 s" in d["why"]
     # What the SDK makes of it (it parses `reason` as a TerminationReason: none here).
     assert EventDetails.from_dict(d).cause is None  # an unknown cause reads as None
