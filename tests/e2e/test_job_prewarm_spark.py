@@ -78,6 +78,7 @@ def _delays(w: WorkspaceClient, run: jobs.BaseRun) -> tuple[int, dict[str, objec
     details = created["details"]
     assert created["timestamp"] < cron_ms
     assert (details["cause"], details["fire_time"]) == ("SCHEDULED_RUN", cron_ms)
+    assert details["schedule"] == "0 * * * * ? UTC"
     print(
         f"\n[job prewarm e2e] run {run.run_id}: fire {run.start_time - cron_ms} ms after the"
         f" cron time; task handed to its cluster after {handed_ms - cron_ms} ms"
