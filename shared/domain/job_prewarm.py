@@ -11,10 +11,10 @@ the cluster can be asked for earlier and be RUNNING when the run fires.
 2. **When** (`plan`): once the next fire is at most `lead_s` away and not past, and only
    while the job has a free slot (max_concurrent_runs) that no queued run waits for: a run
    that would wait in the queue or be skipped gets no cluster ahead (a job fired every
-   minute whose runs take longer is not pre-warmed until a run ends); `lead_s` is
-   the expected start of the slowest node type among those clusters (learned per node type,
-   shared/domain/autoscale_prewarm.py) plus `tick_margin_s`, the jobs timer's period with
-   slack (the timer is what notices that the fire came within reach). A job fired every
+   minute whose runs take longer is not pre-warmed until a run ends); `lead_s` is the
+   expected start of the slowest node type among those clusters (learned per workspace and
+   node type, shared/domain/autoscale_prewarm.py) plus `tick_margin_s`, the jobs timer's
+   period with slack (the timer is what notices that the fire came within reach). A job fired every
    minute whose clusters take longer than a minute to start is pre-warmed right after the
    previous fire.
 3. **How it is tied to the run** (`Prewarmed`, `fire_run_id`, `adopt`): one record per job

@@ -53,15 +53,16 @@ class JobPrewarm:
         return None if got is None else got[0]
 
     def expected_start_s(
-        self, settings: dom.JobSettings, known: dict[str, float] | None = None
+        self, job: dom.Job, known: dict[tuple[str, str], float] | None = None
     ) -> float:
-        """The slowest expected start among the node types of the job's clusters (`known`:
-        the starts read this tick)."""
+        """The slowest expected start among the node types of the job's clusters, in its
+        workspace (`known`: the starts read this tick)."""
         known = {} if known is None else known
-        for nt in rules.node_types(settings):
-            if nt not in known:
-                known[nt] = self.prewarm.expected_start_s(nt)
-        return max((known[nt] for nt in rules.node_types(settings)), default=0.0)
+        keys = [(job.workspace_id, nt) for nt in rules.node_types(job.settings)]
+        for k in keys:
+            if k not in known:
+                known[k] = self.prewarm.expected_start_s(*k)
+        return max((known[k] for k in keys), default=0.0)
 
     # ------------------------------------------------------------------ the timer
 
@@ -69,12 +70,12 @@ class JobPrewarm:
         now = self.clock.now_ms()
         swept = self.sweep(now)
         created = 0
-        known: dict[str, float] = {}  # expected starts per node type, read once a tick
+        known: dict[tuple[str, str], float] = {}  # expected starts, read once a tick
         for rec in self.docs.store.scan(JOB, field="state", values=["SCHEDULED"]):
             job = dom.Job.model_validate(rec.body)
             if job.pending_fire is not None or not rules.prewarm_keys(job.settings):
                 continue
-            expected = self.expected_start_s(job.settings, known)
+            expected = self.expected_start_s(job, known)
             if not rules.due(job, now=now, lead_s=expected + self.params.tick_margin_s):
                 continue  # most jobs: their fire is far (no read of their record)
             try:

@@ -112,7 +112,7 @@ def test_an_existing_cluster_is_started_ahead_of_its_scheduled_run_and_the_start
         world.clock.ms += 2000
     assert world.state(cid) == State.RUNNING
     assert prewarm.tick()["learned"] == 1
-    assert prewarm.expected_start_s("rec-small") < 60  # record nodes start in seconds
+    assert prewarm.expected_start_s("w", "rec-small") < 60  # record nodes start in seconds
 
 
 def test_the_expected_start_is_learned_with_a_margin():
