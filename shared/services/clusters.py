@@ -315,11 +315,18 @@ class ClusterService:
             ),
         )
 
-    def create_for_job(self, p: Principal, cluster_id: str, body: Mapping[str, Any]) -> bool:
+    def create_for_job(
+        self,
+        p: Principal,
+        cluster_id: str,
+        body: Mapping[str, Any],
+        why: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Create a run's job cluster under the id the run chose, unless it exists (cluster
         source JOB: a user cannot start it again). True when this call created it.
         InvalidParameterValue for a spec that is not valid; InvalidState while the workspace
-        is being deleted (a run read before the deletion removed it starts nothing more)."""
+        is being deleted (a run read before the deletion removed it starts nothing more).
+        `why`: added to the CREATING event's details (a cluster created ahead of its run)."""
         ws = p.workspace_id
         if self.repo.load(ws, cluster_id) is not None:
             return False
@@ -335,6 +342,10 @@ class ClusterService:
             now=self.clock.now_ms(),
             source="JOB",
         )
+        if why:
+            for ev in c.pending_events:
+                if ev["type"] == "CREATING":
+                    ev["details"] = {**ev["details"], **why}
         try:
             rec = self.repo.insert(c)
         except AlreadyExists:  # a concurrent evaluation of the same run created it

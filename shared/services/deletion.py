@@ -41,7 +41,15 @@ log = logging.getLogger("sparkplane.deletion")
 
 DELETING = "DELETING"
 # Documents of the workspace's own partition that go at once.
-AT_ONCE = ("job", "run", "idempotency", "dbfs_handle", "instance_pool_name")
+AT_ONCE = (
+    "job",
+    "run",
+    "idempotency",
+    "dbfs_handle",
+    "instance_pool_name",
+    "prewarm_fire",  # clusters created ahead of scheduled runs (deleted with the others)
+    "boot",  # the workspace's learned start times
+)
 # Documents kept per cluster (partition = cluster id).
 PER_CLUSTER = ("task", "activity", "sample", "disk")
 

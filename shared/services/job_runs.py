@@ -7,13 +7,15 @@
   `task` documents the driver agents report into, shared/services/tasks.py), lets the pure
   planner (`shared/domain/jobs.py`) decide, saves the run with an ETag check, then carries out
   the planner's "ensure" effects and schedules a follow-up while the run is active.
-  Level-triggered: a duplicate or late message is one more evaluation.
+  Level-triggered: a duplicate or late message is one more evaluation. The queue also carries
+  `fire` messages (a job's schedule due at the message's time), handed to the scheduler.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from shared.domain import cluster as cdom
@@ -188,12 +190,18 @@ class RunQueue:
         self.timing = timing
         # Job clusters whose creation failed (an invalid spec): seen as TERMINATED by the run.
         self._create_errors: dict[str, str] = {}
+        # The handler of `fire` messages (a job's schedule due now): the jobs scheduler's.
+        self.on_fire: Callable[[str, int], int] | None = None
 
     def handle(self, body: bytes) -> None:
         msg: dict[str, Any] = json.loads(body)
-        if msg.get("type") != "advance":
-            raise ValueError(f"unknown jobs message type {msg.get('type')!r}")
-        self.advance(str(msg["workspace_id"]), int(msg["run_id"]))
+        match msg.get("type"):
+            case "advance":
+                self.advance(str(msg["workspace_id"]), int(msg["run_id"]))
+            case "fire" if self.on_fire is not None:
+                self.on_fire(str(msg["workspace_id"]), int(msg["job_id"]))
+            case other:
+                raise ValueError(f"unknown jobs message type {other!r}")
 
     def advance(self, ws: str, run_id: int) -> None:
         retry_on_conflict(lambda: self._advance(ws, run_id), f"run {run_id}")

@@ -3,6 +3,13 @@
 A fire is written into the job document (`pending_fire`, with the run id it will create) before
 its run is created, so a crash neither loses nor doubles it: the next tick finds the fire and
 creates the run under the same id, or finds the run and only clears the fire.
+
+A fire is carried out at its time, not at the next tick: a tick that finds a fire due within
+`JOB_PREWARM.tick_margin_s` sends a `fire` message to the jobs queue, scheduled for the fire
+time (message id per job and fire: one message however many ticks send it); its handler is
+`fire` (a fire found not due yet is left to the tick, which fires anything due).
+The job clusters of a scheduled run are created ahead of the fire (shared/services/
+job_prewarm.py); the fire takes the run id reserved for it and the run starts with them.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from shared.domain import job_prewarm as jp
 from shared.domain import jobs as dom
 from shared.ports import AlreadyExists, Bus, Clock, PreconditionFailed
 from shared.services.documents import retry_on_conflict
 from shared.services.job_docs import JOB, RUN, JobDocs
+from shared.services.job_prewarm import JobPrewarm
 from shared.services.job_runs import Slots
-from shared.services.messages import advance_message
+from shared.services.messages import advance_message, fire_message
 from shared.services.prewarm import Prewarm
 from shared.services.prewarm import tick as prewarm_tick
 from shared.settings import Settings
@@ -35,6 +44,9 @@ class Scheduler:
     ) -> None:
         self.docs = docs
         self.prewarm = prewarm
+        self.job_prewarm = JobPrewarm(docs, prewarm) if prewarm is not None else None
+        # Fires due within this long are sent to the queue for their exact time.
+        self.fire_ahead_ms = int(jp.JobPrewarmParams().tick_margin_s * 1000)
         self.slots = slots
         self.bus = bus
         self.clock = clock
@@ -57,6 +69,8 @@ class Scheduler:
                     fired += self.fire(job.workspace_id, job.job_id)  # each due trigger
                 except Exception:  # one job's failure must not stop the others' fires
                     log.exception("schedule fire failed", extra={"job_id": job.job_id})
+            elif job.state == "SCHEDULED" and job.schedule_next_ms is not None:
+                self._fire_at(job, job.schedule_next_ms, now)
             if job.active_runs or job.waiting_runs:
                 healed += self.slots.heal(job)
         active = [s.value for s in dom.ACTIVE]
@@ -70,7 +84,24 @@ class Scheduler:
             kicked += 1
         if self.prewarm is not None:
             prewarm_tick(self.prewarm)  # capacity ahead of predicted and scheduled use
+        if self.job_prewarm is not None:
+            try:
+                self.job_prewarm.tick()  # job clusters ahead of scheduled runs
+            except Exception:  # the scheduler's own work is done; the next tick tries again
+                log.exception("job prewarm tick failed")
         return {"fired": fired, "healed": healed, "kicked": kicked}
+
+    def _fire_at(self, job: dom.Job, fire_ms: int, now: int) -> None:
+        """A fire within the margin: a `fire` message scheduled for its time, so the run does
+        not wait for the next tick (a lost send: the tick fires it)."""
+        if fire_ms - now > self.fire_ahead_ms:
+            return
+        ws = job.workspace_id
+        msg = fire_message(ws, job.job_id, f"fire:{ws}:{job.job_id}:{fire_ms}", fire_ms)
+        try:
+            self.bus.send(self.queue, [msg])
+        except Exception:  # the bus refuses: the tick at or after the fire time fires it
+            log.exception("send fire failed", extra={"job_id": job.job_id})
 
     def fire(self, ws: str, job_id: int) -> int:
         """One due schedule: write the fire into the job document, create its run (the id
@@ -91,7 +122,12 @@ class Scheduler:
         )
         if fire is None:
             return 0
+        pre = None
+        if self.job_prewarm is not None and jp.prewarm_keys(job.settings):
+            pre = self.job_prewarm.load(ws, job_id)  # clusters created ahead of this fire
         if updated is not job:
+            run_id = jp.fire_run_id(pre, fire.fire_ms, fire.run_id)  # reserved for this fire
+            fire = updated.pending_fire = dom.PendingFire(fire_ms=fire.fire_ms, run_id=run_id)
             jrec = self.docs.jobs.save(jrec, updated)
             job = updated
         run = dom.new_run(
@@ -104,6 +140,7 @@ class Scheduler:
             trigger="PERIODIC",
             fire_ms=fire.fire_ms,
         )
+        run = jp.adopt(run, pre)  # the job clusters created ahead of this fire
         try:
             rec = self.docs.create_run(run)
         except AlreadyExists:  # created by an earlier tick that crashed, or an id collision

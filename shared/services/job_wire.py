@@ -113,11 +113,26 @@ def _durations(
     return out
 
 
+def _run_durations(run: dom.Run) -> dict[str, int]:
+    """A run's durations as Databricks gives those of a multitask run: its queue time and its
+    whole duration; `setup_duration`, `execution_duration` and `cleanup_duration` are 0 (each
+    task run has its own)."""
+    out = _durations(run.start_time, run.setup_start, None, None, run.end_time)
+    out.update(setup_duration=0, execution_duration=0, cleanup_duration=0)
+    return out
+
+
+def task_start(a: dom.Attempt) -> int:
+    """When a task run started: when it could start (its run admitted, its upstream tasks
+    done, its retry interval over), else when it was created."""
+    return a.pending_since if a.pending_since is not None else a.created
+
+
 def _task_durations(a: dom.Attempt) -> dict[str, int]:
-    """A task run's durations: it starts when it is created (no queue of its own)."""
-    out = _durations(
-        a.created, a.created, a.exec_start, a.exec_end, a.exec_end if a.final else None
-    )
+    """A task run's durations from its start (no queue of its own): `setup_duration` is the
+    wait for its cluster until the task is handed to the driver node."""
+    start = task_start(a)
+    out = _durations(start, start, a.exec_start, a.exec_end, a.exec_end if a.final else None)
     out.pop("queue_duration", None)
     return out
 
@@ -165,9 +180,7 @@ class RunWire:
             ),
             "status": _status(run.state, run.code, run.message, run.queue_reason),
             "start_time": run.start_time,
-            **_durations(
-                run.start_time, run.setup_start, run.exec_start, run.exec_end, run.end_time
-            ),
+            **_run_durations(run),
         }
         out["job_id"] = run.shown_job_id
         out["run_page_url"] = self._page_url(run, run.run_id)
@@ -216,7 +229,7 @@ class RunWire:
                 "attempt_number": a.attempt_number,
                 "state": _state(a.state, a.result, a.message, a.user_cancelled_or_timedout),
                 "status": _status(a.state, a.code, a.message, None),
-                "start_time": a.created,
+                "start_time": task_start(a),
                 **_task_durations(a),
                 "run_page_url": self._page_url(run, a.run_id),
             }
@@ -238,7 +251,7 @@ class RunWire:
                 "run_name": a.task_key,
                 "state": _state(a.state, a.result, a.message, a.user_cancelled_or_timedout),
                 "status": _status(a.state, a.code, a.message, None),
-                "start_time": a.created,
+                "start_time": task_start(a),
                 "tasks": [self.task(run, a)],
             }
         )

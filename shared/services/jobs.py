@@ -68,6 +68,7 @@ class JobService:
         self.runs = RunQueue(self.docs, self.slots, clusters, tasks, clock, timing)
         prewarm = Prewarm(store, clusters, clock)
         self.scheduler = Scheduler(self.docs, self.slots, bus, clock, settings, prewarm)
+        self.runs.on_fire = self.scheduler.fire
         self.wire = wire.RunWire(f"http://{settings.host}:{settings.port}")
 
     # ----------------------------------------------------------------------------- validation

@@ -39,6 +39,14 @@ def advance_message(
     return _message(body, message_id, str(run_id), due_ms)
 
 
+def fire_message(
+    workspace_id: str, job_id: int, message_id: str, due_ms: int | None = None
+) -> OutMessage:
+    """`fire`: carry out a job's due schedule (jobs queue; session = the job)."""
+    body = {"type": "fire", "workspace_id": workspace_id, "job_id": job_id}
+    return _message(body, message_id, f"job:{job_id}", due_ms)
+
+
 def pool_message(
     workspace_id: str, pool_id: str, message_id: str, due_ms: int | None = None
 ) -> OutMessage:

@@ -18,8 +18,9 @@ this module only feeds and applies them.
 - `Prewarm.tick` (called from the jobs scheduler's timer) starts a cluster ahead of use: a
   cluster that idle termination stopped, with proactive resume on, when its predicted next use
   is one expected start away; and a terminated `existing_cluster_id` target of a scheduled job,
-  an expected start before the fire time. The expected start time is learned per node type
-  from the starts this service made.
+  an expected start before the fire time. The expected start time is learned per workspace
+  and node type from the starts this service made (and the job clusters created ahead of
+  scheduled runs, shared/services/job_prewarm.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from shared.services.clusters import ClusterService
 log = logging.getLogger("sparkplane.prewarm")
 
 KIND = "forecast"
-BOOT_KIND = "boot"  # partition "node_type", id the node type: learned start times
+# Learned start times: partition the workspace (deleted with it; its region sets its VMs'
+# boot), id the node type.
+BOOT_KIND = "boot"
 STARTS_KIND = "prewarm_start"  # partition "start", id the cluster: a start this service made
 # The autoscaling timer's period, added to the boot period the forecast looks ahead.
 TICK_MARGIN_S = 60.0
@@ -220,8 +223,9 @@ class Prewarm:
 
     # ------------------------------------------------------------------ learned start times
 
-    def expected_start_s(self, node_type: str) -> float:
-        rec = self.store.get(BOOT_KIND, "node_type", node_type)
+    def expected_start_s(self, ws: str, node_type: str) -> float:
+        """The expected start of `node_type` in workspace `ws` (learned from its starts)."""
+        rec = self.store.get(BOOT_KIND, ws, node_type)
         stats = rules.BootStats(**rec.body["stats"]) if rec else None
         return rules.expected_boot_s(stats, self.params)
 
@@ -238,15 +242,16 @@ class Prewarm:
                 continue
             seconds = (c.running_since - rec.body["started_ms"]) / 1000
             node_type = rec.body["node_type"]
-            brec = self.store.get(BOOT_KIND, "node_type", node_type)
+            ws = rec.body["workspace_id"]
+            brec = self.store.get(BOOT_KIND, ws, node_type)
             prev = rules.BootStats(**brec.body["stats"]) if brec else None
             stats = rules.learn_boot(prev, seconds, self.params)
             body = {"node_type": node_type, "stats": stats.as_dict()}
             try:
                 if brec is None:
-                    self.store.create(BOOT_KIND, "node_type", node_type, body)
+                    self.store.create(BOOT_KIND, ws, node_type, body)
                 else:
-                    self.store.replace(BOOT_KIND, "node_type", node_type, body, etag=brec.etag)
+                    self.store.replace(BOOT_KIND, ws, node_type, body, etag=brec.etag)
             except (AlreadyExists, PreconditionFailed):
                 continue  # another tick learned it first: this start is learned next time
             self.store.delete(STARTS_KIND, rec.pk, rec.id)
@@ -263,18 +268,22 @@ class Prewarm:
             return False
         if out.state == State.TERMINATED:
             return False
+        self.record_start(c.workspace_id, c.cluster_id, c.spec.node_type_id or "")
+        log.info(command_reason, extra={"cluster_id": c.cluster_id})
+        return True
+
+    def record_start(self, ws: str, cluster_id: str, node_type: str) -> None:
+        """A start this service made (now): timed once the cluster runs (`_learn`)."""
         body = {
             "kind": "start",
-            "workspace_id": c.workspace_id,
-            "node_type": c.spec.node_type_id or "",
+            "workspace_id": ws,
+            "node_type": node_type,
             "started_ms": self.clock.now_ms(),
         }
         try:
-            self.store.create(STARTS_KIND, "start", c.cluster_id, body, ttl_s=86_400)
+            self.store.create(STARTS_KIND, "start", cluster_id, body, ttl_s=86_400)
         except AlreadyExists:
-            log.info("start already recorded", extra={"cluster_id": c.cluster_id})
-        log.info(command_reason, extra={"cluster_id": c.cluster_id})
-        return True
+            log.info("start already recorded", extra={"cluster_id": cluster_id})
 
     # ------------------------------------------------------------------ the timer
 
@@ -287,7 +296,7 @@ class Prewarm:
             if not conf.flag(spark_conf, conf.PROACTIVE_RESUME):
                 continue
             c = Cluster.model_validate(rec.body)
-            lead = self.expected_start_s(c.spec.node_type_id or "") + TICK_MARGIN_S
+            lead = self.expected_start_s(c.workspace_id, c.spec.node_type_id or "") + TICK_MARGIN_S
             state = self.forecasts.load(c.cluster_id)
             nxt = fc.next_use(state, now, lead, self.forecasts.params)
             f = fc.forecast(state, nxt, 0.0, self.forecasts.params) if nxt is not None else None
@@ -323,7 +332,8 @@ class Prewarm:
                 if got is None or got[0].state != State.TERMINATED:
                     continue
                 c = got[0]
-                lead = self.expected_start_s(c.spec.node_type_id or "") + TICK_MARGIN_S
+                nt = c.spec.node_type_id or ""
+                lead = self.expected_start_s(c.workspace_id, nt) + TICK_MARGIN_S
                 why = rules.start_ahead(fire, now, lead)
                 if why is None:
                     continue

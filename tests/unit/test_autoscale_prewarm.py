@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shared.domain import autoscale_prewarm as rules
 from shared.domain import autoscale_settings as st
 from shared.domain import cluster as dom
@@ -110,7 +112,7 @@ def test_an_existing_cluster_is_started_ahead_of_its_scheduled_run_and_the_start
         world.clock.ms += 2000
     assert world.state(cid) == State.RUNNING
     assert prewarm.tick()["learned"] == 1
-    assert prewarm.expected_start_s("rec-small") < 60  # record nodes start in seconds
+    assert prewarm.expected_start_s("w", "rec-small") < 60  # record nodes start in seconds
 
 
 def test_the_expected_start_is_learned_with_a_margin():
@@ -120,7 +122,14 @@ def test_the_expected_start_is_learned_with_a_margin():
     for x in (100, 120, 110, 130):
         s = rules.learn_boot(s, x, p)
     assert s is not None and s.n == 4
-    assert 110 < rules.expected_boot_s(s, p) < 160
+    assert 110 < rules.expected_boot_s(s, p) < 210
+    # One start timed: no variance yet, the margin is a share of the mean, wide at first.
+    one = rules.learn_boot(None, 20, p)
+    assert rules.expected_boot_s(one, p) == 60
+    many = one
+    for _ in range(50):
+        many = rules.learn_boot(many, 20, p)
+    assert rules.expected_boot_s(many, p) == pytest.approx(20 * (1 + 2 * (0.15 + 0.85 / 51)))
     assert rules.start_ahead(1_000_000, 900_000, 120) is not None
     assert rules.start_ahead(1_000_000, 800_000, 120) is None
     assert rules.start_ahead(1_000_000, 1_000_001, 120) is None
