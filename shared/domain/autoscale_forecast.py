@@ -121,7 +121,8 @@ def proactive_start(c: Cluster, r: ResumeDecision, *, now: int) -> Cluster:
     out = cluster_dom.start(c, user=RESUME_USER, now=now)
     for ev in out.pending_events:
         if ev["type"] == "STARTING":
-            ev["details"] = {**ev["details"], "cause": "PROACTIVE_RESUME", "reason": r.reason}
+            # "why", not "reason": the SDK parses `reason` as a TerminationReason object.
+            ev["details"] = {**ev["details"], "cause": "PROACTIVE_RESUME", "why": r.reason}
     return out
 
 

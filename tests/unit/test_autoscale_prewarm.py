@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from databricks.sdk.service.compute import ClusterEvent
 
 from shared.domain import autoscale_prewarm as rules
 from shared.domain import autoscale_settings as st
@@ -85,7 +86,10 @@ def test_proactive_resume_starts_an_inactive_cluster_ahead_of_predicted_use(
     assert world.state(by_user) == world.state(plain) == State.TERMINATED
     starting = next(e for e in world.events(idle) if e["type"] == "STARTING")
     assert starting["details"]["cause"] == "PROACTIVE_RESUME"
-    assert "forecast 2 workers" in starting["details"]["reason"]
+    assert "forecast 2 workers" in starting["details"]["why"]
+    # databricks-sdk reads every event (a string `reason` would break `clusters.events`).
+    for e in world.events(idle):
+        ClusterEvent.from_dict(e)
 
 
 def test_an_existing_cluster_is_started_ahead_of_its_scheduled_run_and_the_start_is_learned(
