@@ -24,6 +24,14 @@ SPARKPLANE_CONTROL_PLANE_URL (a node started outside the control plane) the agen
 the ready file, then exits; the long-lived agent runs the Connect check in such a child, so the
 gRPC stubs do not stay in its memory.
 
+Warm-up: once Spark Connect answered, the readiness child also runs WARMUP_QUERY (an
+aggregation with a shuffle, one task per executor core) as soon as executors have registered,
+and again while more register (at most WARMUP_S), then exits. The first query of a fresh
+application pays for loading and compiling the query path on the driver and on every executor
+(measured: several seconds, against under one for the second query); the warm-up pays it while
+the user's client is still importing pyspark and opening its session. It does not hold back
+the ready report.
+
 Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
 application's UI, e.g. http://127.0.0.1:4040; unset on worker nodes), SPARKPLANE_HEARTBEAT_S
@@ -69,6 +77,10 @@ log = logging.getLogger("sparkplane.agent")
 READY_QUERY = "VALUES (1)"
 READY_POLL_S = 0.2  # how often readiness is checked while the cluster starts
 READY_WATCH_S = 120.0  # how long after readiness new executors are reported at once
+# A shuffle (partial and final aggregation) over one partition per executor core.
+WARMUP_QUERY = "SELECT sum(id) FROM range(0, 1000, 1, {partitions})"
+WARMUP_S = 30.0  # how long the readiness child waits for executors to warm up
+WARMUP_SETTLE_S = 1.0  # after a warm-up, how long it waits for more executors
 
 
 def worker_key(executor: Mapping[str, Any]) -> str:
@@ -272,8 +284,8 @@ def connect_target(connect_url: str) -> tuple[str, str]:
     return address, token
 
 
-def connect_answers(connect_url: str, timeout_s: float = 10.0) -> bool:
-    """Whether the Spark Connect server runs a query (READY_QUERY) now. The gRPC stubs are
+def connect_answers(connect_url: str, timeout_s: float = 10.0, query: str = READY_QUERY) -> bool:
+    """Whether the Spark Connect server runs `query` (READY_QUERY) now. The gRPC stubs are
     imported here: only the driver's agent needs them."""
     import grpc  # type: ignore[import-untyped]
     from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc, relations_pb2
@@ -282,7 +294,7 @@ def connect_answers(connect_url: str, timeout_s: float = 10.0) -> bool:
     metadata = [("authorization", f"Bearer {token}")] if token else []
     session = str(uuid.uuid4())
     user = base_pb2.UserContext(user_id="sparkplane-agent")
-    plan = base_pb2.Plan(root=relations_pb2.Relation(sql=relations_pb2.SQL(query=READY_QUERY)))
+    plan = base_pb2.Plan(root=relations_pb2.Relation(sql=relations_pb2.SQL(query=query)))
     with grpc.insecure_channel(address) as channel:
         stub = base_pb2_grpc.SparkConnectServiceStub(channel)
         request = base_pb2.ExecutePlanRequest(
@@ -300,6 +312,54 @@ def connect_answers(connect_url: str, timeout_s: float = 10.0) -> bool:
             # The server keeps the session until its idle timeout: harmless.
             log.info("readiness session not released", extra={"error": str(e.code())})
     return True
+
+
+def executor_cores(client: httpx.Client, ui_url: str) -> dict[str, int]:
+    """Executor id -> cores, of the executors registered with the driver application."""
+    base = ui_url.rstrip("/") + "/api/v1/applications"
+    out: dict[str, int] = {}
+    for app in client.get(base, params={"status": "running"}).json():
+        for ex in client.get(f"{base}/{app['id']}/executors").json():
+            if ex.get("id") != "driver" and ex.get("isActive", True):
+                out[str(ex.get("id"))] = int(ex.get("totalCores", 1) or 1)
+    return out
+
+
+def warm_up(
+    stop: threading.Event,
+    connect_url: str,
+    ui_url: str,
+    *,
+    poll_s: float = READY_POLL_S,
+    limit_s: float = WARMUP_S,
+    settle_s: float = WARMUP_SETTLE_S,
+) -> int:
+    """Run WARMUP_QUERY over the executors registered so far, again whenever more register
+    (see the module doc), for at most `limit_s`; the number of warm-ups that ran."""
+    until = time.monotonic() + limit_s
+    warmed: set[str] = set()
+    runs = 0
+    quiet_since: float | None = None
+    seen: dict[str, int] = {}
+    with httpx.Client(timeout=5) as spark:
+        while not stop.is_set() and time.monotonic() < until:
+            try:
+                cores = executor_cores(spark, ui_url)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                cores = {}  # the UI did not answer this time: ask again
+            if set(cores) - warmed and cores != seen:
+                seen = cores  # executors register in bursts: wait one poll for the rest
+            elif set(cores) - warmed:
+                query = WARMUP_QUERY.format(partitions=max(1, sum(cores.values())))
+                left = max(1.0, until - time.monotonic())
+                if connect_answers(connect_url, timeout_s=left, query=query):
+                    runs += 1
+                warmed |= set(cores)
+                quiet_since = time.monotonic()
+            elif quiet_since is not None and time.monotonic() - quiet_since >= settle_s:
+                break  # no executor joined since the last warm-up
+            stop.wait(poll_s)
+    return runs
 
 
 def registered_workers(client: httpx.Client, ui_url: str) -> list[str]:
@@ -329,12 +389,23 @@ def connect_answered_in_child(
     staying in this long-lived process. True once the ready file is written."""
     child_env = {k: v for k, v in env.items() if k != "SPARKPLANE_CONTROL_PLANE_URL"}
     child = subprocess.Popen([sys.executable, "-m", "shared.agent"], env=child_env)
-    while child.poll() is None:
+
+    def reap() -> None:
+        """The child goes on with its warm-up after the ready file: it is waited for (or
+        stopped with the agent) here."""
+        while child.poll() is None:
+            if stop.wait(0.05):
+                child.terminate()
+                child.wait()
+                return
+
+    while child.poll() is None and not os.path.exists(ready_file):
         if stop.wait(0.05):
             child.terminate()
             child.wait()
             return False
-    return child.returncode == 0 and os.path.exists(ready_file)
+    threading.Thread(target=reap, name="readiness-child", daemon=True).start()
+    return child.returncode in (None, 0) and os.path.exists(ready_file)
 
 
 def watch_ready(
@@ -484,9 +555,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     readiness = bool(os.environ.get("SPARKPLANE_CONNECT_URL"))
     if not os.environ.get("SPARKPLANE_CONTROL_PLANE_URL"):
-        # A node started outside the control plane: readiness only (the ready file).
+        # A node started outside the control plane, or the long-lived agent's child:
+        # readiness only (the ready file), then the warm-up.
         if readiness:
             watch_ready(stop, os.environ, None)
+            ui = os.environ.get("SPARKPLANE_SPARK_UI_URL")
+            if ui and not stop.is_set():
+                warm_up(stop, os.environ["SPARKPLANE_CONNECT_URL"], ui)
         return
     threads = [threading.Thread(target=run, args=(stop,), name="heartbeats")]
     if readiness:

@@ -44,7 +44,8 @@ def test_nodes_map_archives_unless_the_cluster_has_conf_files(tmp_path: Path) ->
     assert not on.cds_for(with_files)
     assert not launcher(tmp_path, None).cds_for(req)
     assert on.cds_opts("worker") == (
-        f"-XX:SharedArchiveFile={tmp_path / 'cds' / 'worker.jsa'} -Xshare:auto"
+        f"-XX:SharedArchiveFile={tmp_path / 'cds' / 'worker.jsa'} -Xshare:auto "
+        "-XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0"
     )
     building = launcher(tmp_path, tmp_path / "cds", dump=True)
     assert (
