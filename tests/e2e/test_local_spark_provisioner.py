@@ -791,6 +791,20 @@ def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
         return nodes if len(nodes) == 2 and all(n.status == "RUNNING" for n in nodes) else None
 
     nodes = wait_for("driver + worker RUNNING", all_running, timeout=120)
+
+    def warm_up_jobs() -> int:
+        """Succeeded jobs of the application: the agent's warm-up (shared/agent.py) runs one
+        on the executors before any client does."""
+        base = f"{nodes[0].attrs['spark_ui_url']}api/v1/applications"
+        try:
+            with urllib.request.urlopen(f"{base}?status=running", timeout=2) as resp:
+                (app,) = json.load(resp)
+            with urllib.request.urlopen(f"{base}/{app['id']}/jobs", timeout=2) as resp:
+                return sum(1 for j in json.load(resp) if j["status"] == "SUCCEEDED")
+        except (OSError, ValueError):
+            return 0  # the UI did not answer this time
+
+    wait_for("the agent's warm-up job", lambda: warm_up_jobs() > 0, timeout=60)
     node_secret = first_secrets[driver.node_id]
     confs = list((data_dir / "nodes" / f"pool-{pool.pool_id}").rglob("spark-defaults.conf"))
     for conf in confs:
