@@ -3,6 +3,7 @@ processes (no decisions: the sizes come from shared/domain/node_rules.py)."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,8 +35,11 @@ ROLE_JAVA_OPTS: Mapping[str, str] = {"master": "-Xmn8m", "worker": "-Xmn8m", "co
 # and card tables cost about 40 MiB per executor, and its concurrent threads have no spare core
 # on a machine whose nodes all share the same cores. A small initial heap; the heap grows on
 # demand up to spark.executor.memory. Prepended to the cluster's
-# spark.executor.extraJavaOptions (later options win, so a cluster may choose G1 again).
-EXECUTOR_JAVA_OPTS = "-Xms64m -XX:+UseSerialGC"
+# spark.executor.extraJavaOptions (later options win); a cluster whose options choose a
+# collector (`-XX:+UseG1GC` ...) gets none from here, since the JVM refuses two.
+EXECUTOR_JAVA_OPTS = "-Xms64m"
+EXECUTOR_GC_OPTS = "-XX:+UseSerialGC"
+_CHOOSES_GC = re.compile(r"-XX:\+Use\w*GC\b")
 # A class-data-sharing archive mapped at the address it was made for, not relocated: since
 # 17.0.x the JVM maps archives at a random address by default and then patches every pointer
 # in them, which costs startup time (the Connect server's archive is 170 MiB) and turns the
@@ -157,7 +161,9 @@ def connect_conf(
     users = user_conf(req)
     executor_opts = users.get("spark.executor.extraJavaOptions", "")
     if tune_jvms:
-        executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_cds_opts} {executor_opts}".strip()
+        gc = "" if _CHOOSES_GC.search(executor_opts) else EXECUTOR_GC_OPTS
+        parts = (EXECUTOR_JAVA_OPTS, gc, executor_cds_opts, executor_opts)
+        executor_opts = " ".join(part for part in parts if part)
     conf = {
         **DEFAULT_CONF,
         "spark.app.name": f"sparkplane {req.cluster_id}",
