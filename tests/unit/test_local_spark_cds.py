@@ -76,3 +76,13 @@ def test_executors_get_the_serial_collector_unless_the_cluster_chooses_one() -> 
     # The JVM refuses two collectors: the cluster's choice is the only one.
     assert executor_opts("-XX:+UseG1GC -Dx=1") == "-Xms64m -XX:+UseG1GC -Dx=1"
     assert executor_opts("-XX:+UseParallelGC") == "-Xms64m -XX:+UseParallelGC"
+
+
+def test_the_driver_keeps_the_collector_its_cluster_chooses() -> None:
+    from shared.adapters.local_spark import conf as cf
+
+    opts = cf.DAEMON_JAVA_OPTS
+    assert cf.daemon_opts_for(opts, None) == opts
+    assert cf.daemon_opts_for(opts, {"spark.driver.extraJavaOptions": "-Dx=1"}) == opts
+    chosen = cf.daemon_opts_for(opts, {"spark.driver.extraJavaOptions": "-XX:+UseG1GC"})
+    assert "-XX:+UseSerialGC" not in chosen and "-XX:TieredStopAtLevel=1" in chosen

@@ -185,6 +185,16 @@ def connect_conf(
     return conf
 
 
+def daemon_opts_for(java_opts: str, conf: Mapping[str, str] | None) -> str:
+    """A JVM's daemon options without their collector when the process's own settings choose
+    one (the Connect server's spark.driver.extraJavaOptions, which Spark's launcher adds after
+    them): the JVM refuses two collectors."""
+    driver_opts = (conf or {}).get("spark.driver.extraJavaOptions", "")
+    if not _CHOOSES_GC.search(driver_opts):
+        return java_opts
+    return " ".join(o for o in java_opts.split() if not _CHOOSES_GC.fullmatch(o))
+
+
 def _props(properties_file: Path | None) -> list[str]:
     return ["--properties-file", str(properties_file)] if properties_file else []
 

@@ -22,6 +22,7 @@ from shared.adapters.local_spark.conf import (
     CDS_MAP_OPTS,
     EXECUTOR_CLASS,
     LOOPBACK,
+    daemon_opts_for,
     spark_defaults,
     wait_for_master,
 )
@@ -241,7 +242,7 @@ class Launcher:
                 "spark_env_vars not set on the node",
                 extra={"cluster_id": r.cluster_id, "names": refused},
             )
-        java_opts, spark_conf_dir = self.daemon_java_opts, conf_dir
+        java_opts, spark_conf_dir = daemon_opts_for(self.daemon_java_opts, conf), conf_dir
         role_opts = self.role_java_opts.get(cds_role or "", "")
         if java_opts and role_opts:
             java_opts = f"{java_opts} {role_opts}"
