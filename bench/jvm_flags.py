@@ -3,10 +3,13 @@ answers), and its RSS, per option set, the sets alternating run by run.
 
     .venv/bin/python -m bench.jvm_flags --runs 5 --json bench/out/jvm_flags.json
 
-The sets: the JVM's defaults; the options local nodes run with (C1 only, the serial collector,
-a small initial heap: shared/adapters/local_spark/conf.py DAEMON_JAVA_OPTS); the same with the
-master's class-data-sharing archive (`make spark-cds`); the defaults with the archive. Every
-start uses the archives' shared empty conf directory, as nodes that map an archive do.
+The sets: the JVM's defaults; the options local nodes ran with before per-role options (C1
+only, the serial collector, a small initial heap: shared/adapters/local_spark/conf.py
+DAEMON_JAVA_OPTS); the same with the master's class-data-sharing archive (`make spark-cds`),
+which this JVM relocates to a random address; the defaults with the archive; and the master as
+nodes run it now: the archive mapped where it was made for (CDS_MAP_OPTS) and the master's
+small young generation (ROLE_JAVA_OPTS). Every start uses the archives' shared empty conf
+directory, as nodes that map an archive do.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from shared.adapters.local_spark import (
     default_spark_home,
     spark_build,
 )
+from shared.adapters.local_spark.conf import CDS_MAP_OPTS, ROLE_JAVA_OPTS
 
 
 def master_start(
@@ -84,6 +88,9 @@ def run(runs: int) -> dict[str, object]:
         "node options": DAEMON_JAVA_OPTS,
         "node options + archive": f"{DAEMON_JAVA_OPTS} {share}",
         "defaults + archive": share,
+        "node options + archive unrelocated + master's young generation": (
+            f"{DAEMON_JAVA_OPTS} {ROLE_JAVA_OPTS['master']} {share} {CDS_MAP_OPTS}"
+        ),
     }
     rows: dict[str, list[tuple[float, float]]] = {k: [] for k in sets}
     for _ in range(runs):

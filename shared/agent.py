@@ -11,18 +11,13 @@ A worker node runs it without SPARKPLANE_SPARK_UI_URL ("node mode"): disk report
 Heartbeat body: {"cluster_id": ..., "sample": {...}, "disk": {"node_id", "used_bytes",
 "total_bytes"}}, each of sample and disk present when measured (node mode: disk only).
 
-Readiness (the driver, SPARKPLANE_CONNECT_URL set): a cluster is RUNNING only once it is ready
-to run a query. From its start the agent asks the Spark Connect server to run READY_QUERY every
-READY_POLL_S; the moment it answers, the agent writes SPARKPLANE_READY_FILE (the provisioner
-reads it: the driver node is ready) and posts a `ready` heartbeat, {"cluster_id": ...,
-"ready": {"workspace_id", "node_id", "executors": n}}, which makes the control plane
-reconcile the cluster at once. For READY_WATCH_S after that it watches the application's
-executors just as often and posts `ready` again whenever their number changes (a worker node
-is ready once an executor on it has registered with the driver), so the reconcile that makes
-the cluster RUNNING follows the last registration, not a polling interval. Without
-SPARKPLANE_CONTROL_PLANE_URL (a node started outside the control plane) the agent only writes
-the ready file, then exits; the long-lived agent runs the Connect check in such a child, so the
-gRPC stubs do not stay in its memory.
+Readiness and the warm-up (the driver, SPARKPLANE_CONNECT_URL set): shared/agent_ready.py.
+A cluster is RUNNING only once it is ready to run a query; the agent writes
+SPARKPLANE_READY_FILE and posts `ready` heartbeats, {"cluster_id": ..., "ready":
+{"workspace_id", "node_id", "executors": n}}, which make the control plane reconcile the
+cluster at once. Without SPARKPLANE_CONTROL_PLANE_URL (a node started outside the control
+plane, or the long-lived agent's readiness child) the agent checks readiness, writes the ready
+file, warms the executors up, then exits.
 
 Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
@@ -45,40 +40,27 @@ autoscaling local storage, in node mode.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from shared.agent_ready import (
+    DRIVER_WARMUP_QUERY,
+    connect_answers,
+    warm_up,
+    watch_ready,
+    worker_key,
+)
+
 log = logging.getLogger("sparkplane.agent")
-
-# An inline table: the Connect server answers it from the driver (a local relation), so a
-# cluster whose executors are not there yet, or that has none, answers it too.
-READY_QUERY = "VALUES (1)"
-READY_POLL_S = 0.2  # how often readiness is checked while the cluster starts
-READY_WATCH_S = 120.0  # how long after readiness new executors are reported at once
-
-
-def worker_key(executor: Mapping[str, Any]) -> str:
-    """The worker an executor runs on, as the worker web UI's base URL (from its log links);
-    the control plane maps it to the node id."""
-    for url in (executor.get("executorLogs") or {}).values():
-        parts = urlsplit(str(url))
-        if parts.scheme and parts.netloc:
-            return f"{parts.scheme}://{parts.netloc}/"
-    return str(executor.get("hostPort", executor.get("id", "")))
 
 
 def summarize(apps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -257,136 +239,6 @@ def control_plane(env: Mapping[str, str], timeout: float = 10) -> httpx.Client:
     return httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {agent_token(env)}"})
 
 
-# ------------------------------------------------------------------------------- readiness
-
-
-def connect_target(connect_url: str) -> tuple[str, str]:
-    """("host:port", token) of a Spark Connect URL, sc://host:port[/;token=...;...]."""
-    rest = connect_url.removeprefix("sc://")
-    address, _, params = rest.partition("/")
-    token = ""
-    for param in params.split(";"):
-        key, _, value = param.partition("=")
-        if key == "token":
-            token = unquote(value)
-    return address, token
-
-
-def connect_answers(connect_url: str, timeout_s: float = 10.0) -> bool:
-    """Whether the Spark Connect server runs a query (READY_QUERY) now. The gRPC stubs are
-    imported here: only the driver's agent needs them."""
-    import grpc  # type: ignore[import-untyped]
-    from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc, relations_pb2
-
-    address, token = connect_target(connect_url)
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    session = str(uuid.uuid4())
-    user = base_pb2.UserContext(user_id="sparkplane-agent")
-    plan = base_pb2.Plan(root=relations_pb2.Relation(sql=relations_pb2.SQL(query=READY_QUERY)))
-    with grpc.insecure_channel(address) as channel:
-        stub = base_pb2_grpc.SparkConnectServiceStub(channel)
-        request = base_pb2.ExecutePlanRequest(
-            session_id=session, user_context=user, plan=plan, client_type="sparkplane-agent"
-        )
-        try:
-            for _ in stub.ExecutePlan(request, metadata=metadata, timeout=timeout_s):
-                pass
-        except grpc.RpcError:
-            return False  # not listening yet, or the session cannot run yet
-        release = base_pb2.ReleaseSessionRequest(session_id=session, user_context=user)
-        try:
-            stub.ReleaseSession(release, metadata=metadata, timeout=timeout_s)
-        except grpc.RpcError as e:
-            # The server keeps the session until its idle timeout: harmless.
-            log.info("readiness session not released", extra={"error": str(e.code())})
-    return True
-
-
-def registered_workers(client: httpx.Client, ui_url: str) -> list[str]:
-    """The workers (web UI base URLs, see `worker_key`) with an executor registered with the
-    driver application."""
-    base = ui_url.rstrip("/") + "/api/v1/applications"
-    out: set[str] = set()
-    for app in client.get(base, params={"status": "running"}).json():
-        for ex in client.get(f"{base}/{app['id']}/executors").json():
-            if ex.get("id") != "driver" and ex.get("isActive", True):
-                out.add(worker_key(ex))
-    return sorted(out)
-
-
-def write_ready(path: str, workers: Sequence[str]) -> None:
-    """The ready file: written whole, then renamed (a reader never sees half of it)."""
-    tmp = f"{path}.tmp"
-    Path(tmp).write_text(json.dumps({"connect": True, "workers": list(workers)}))
-    os.replace(tmp, path)
-
-
-def connect_answered_in_child(
-    stop: threading.Event, env: Mapping[str, str], ready_file: str
-) -> bool:
-    """Wait for Spark Connect's answer in a child agent in readiness-only mode (it writes the
-    ready file, then exits): the gRPC stubs it imports (about 40 MB) leave with it instead of
-    staying in this long-lived process. True once the ready file is written."""
-    child_env = {k: v for k, v in env.items() if k != "SPARKPLANE_CONTROL_PLANE_URL"}
-    child = subprocess.Popen([sys.executable, "-m", "shared.agent"], env=child_env)
-    while child.poll() is None:
-        if stop.wait(0.05):
-            child.terminate()
-            child.wait()
-            return False
-    return child.returncode == 0 and os.path.exists(ready_file)
-
-
-def watch_ready(
-    stop: threading.Event,
-    env: Mapping[str, str],
-    report: Callable[[int], None] | None,
-    *,
-    poll_s: float = READY_POLL_S,
-    watch_s: float = READY_WATCH_S,
-) -> None:
-    """Readiness (see the module doc): wait until the Connect server answers, write the ready
-    file, `report(executors)`, then report every change of the executors for `watch_s`."""
-    connect_url = env["SPARKPLANE_CONNECT_URL"]
-    ready_file = env.get("SPARKPLANE_READY_FILE", "")
-    ui = env.get("SPARKPLANE_SPARK_UI_URL") or None
-    started = time.monotonic()
-    if report is not None and ready_file:
-        if not connect_answered_in_child(stop, env, ready_file):
-            return
-    else:
-        while not stop.is_set() and not connect_answers(connect_url):
-            stop.wait(poll_s)
-        if stop.is_set():
-            return
-    log.info("spark connect answered", extra={"after_s": round(time.monotonic() - started, 2)})
-    workers: list[str] = []
-    with httpx.Client(timeout=5) as spark:
-
-        def current() -> list[str]:
-            if ui is None:
-                return []
-            try:
-                return registered_workers(spark, ui)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                return workers  # the UI did not answer this time: no change
-
-        workers = current()
-        if ready_file:
-            write_ready(ready_file, workers)
-        if report is None:
-            return
-        report(len(workers))
-        until = time.monotonic() + watch_s
-        while not stop.wait(poll_s) and time.monotonic() < until:
-            now = current()
-            if now != workers:
-                workers = now
-                if ready_file:
-                    write_ready(ready_file, workers)
-                report(len(workers))
-
-
 # ------------------------------------------------------------------------------- heartbeats
 
 
@@ -484,9 +336,16 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     readiness = bool(os.environ.get("SPARKPLANE_CONNECT_URL"))
     if not os.environ.get("SPARKPLANE_CONTROL_PLANE_URL"):
-        # A node started outside the control plane: readiness only (the ready file).
+        # A node started outside the control plane, or the long-lived agent's child:
+        # readiness only (the ready file), then the warm-up.
         if readiness:
             watch_ready(stop, os.environ, None)
+            ui = os.environ.get("SPARKPLANE_SPARK_UI_URL")
+            if ui and not stop.is_set():
+                url = os.environ["SPARKPLANE_CONNECT_URL"]
+                # The driver's half first, while the executors are still starting.
+                connect_answers(url, query=DRIVER_WARMUP_QUERY)
+                warm_up(stop, url, ui)
         return
     threads = [threading.Thread(target=run, args=(stop,), name="heartbeats")]
     if readiness:

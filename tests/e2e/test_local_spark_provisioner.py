@@ -586,7 +586,10 @@ def test_nodes_start_from_an_allowlisted_environment(
             assert env["LANG"] == "C.UTF-8" and env["PYSPARK_PYTHON"] == sys.executable, role
     for env in roles["agent"]:  # the platform's process: not the cluster's settings
         assert not set(user_env) & set(env)
-        assert env["SPARKPLANE_CONTROL_PLANE_URL"] == "http://127.0.0.1:9"
+        # The agent, and its readiness child while it warms the executors up (shared/agent.py),
+        # which never talks to the control plane and so is started without its URL.
+        assert env.get("SPARKPLANE_CONTROL_PLANE_URL", "") in ("http://127.0.0.1:9", "")
+    assert any("SPARKPLANE_CONTROL_PLANE_URL" in env for env in roles["agent"])
     assert not list(tmp_path.glob("ran*")), "a refused variable or a value ran code"
 
     # Owner-only: every directory and file under the data dir, Spark's own included.
@@ -743,3 +746,93 @@ def test_java_check_explains_how_to_install(tmp_path: Path) -> None:
     old.chmod(0o755)
     with pytest.raises(JavaRequirementError, match=r"Java 1\.8\.0_412.*needs Java 17"):
         LocalSparkProvisioner(tmp_path / "d", java=str(old))
+
+
+def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
+    make_provisioner: Callable[[], LocalSparkProvisioner], data_dir: Path
+) -> None:
+    """An idle pool node runs a master with a Spark secret of its own (docs/pools.md, "Hot
+    nodes"). A cluster that takes it as its driver keeps that master (same process) and uses
+    the node's secret for its Connect server and workers; queries run with the cluster's
+    Connect token. Given back, the node gets a new secret: no two clusters share one."""
+    from pyspark.sql import SparkSession
+
+    from shared.ports import PoolRequest
+
+    p = make_provisioner()
+    pool = PoolRequest("pool-hot", "ws-test", "local-small", "4.1.x-scala2.13", max_capacity=2)
+    idle = [n.node_id for n in p.add_idle(pool, 2)]
+    wait_for(
+        "two idle nodes",
+        lambda: [n.status for n in p.pool_nodes(pool.pool_id)] == ["IDLE", "IDLE"],
+        timeout=120,
+    )
+    recs = {r.node_id: r for r in p.store.load_pool(pool.pool_id)}
+    secret_files = {n: p.launcher.node_dir(recs[n]) / "spark-secret" for n in idle}
+    first_secrets = {n: f.read_text() for n, f in secret_files.items()}
+    assert len(set(first_secrets.values())) == 2
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in secret_files.values())
+    masters = {n: next(pr.pid for pr in recs[n].procs if pr.name == "master") for n in idle}
+
+    cid = "cluster-hot"
+    creds = cluster_credentials("test-key", cid)
+    assert creds is not None
+    req = _req(
+        cid,
+        spark_auth_secret=creds.auth_secret,
+        connect_token=creds.connect_token,
+        pool=pool,
+        driver_pool=pool,
+    )
+    driver = p.start_driver(req)
+    (worker,) = p.add_workers(req, 1)
+    assert {driver.node_id, worker.node_id} == set(idle)
+    assert driver.attrs["pid"] == str(masters[driver.node_id])  # the hot master is kept
+
+    def all_running() -> list[Node] | None:
+        nodes = p.observe(cid)
+        assert "LOST" not in statuses(nodes).values(), nodes
+        return nodes if len(nodes) == 2 and all(n.status == "RUNNING" for n in nodes) else None
+
+    nodes = wait_for("driver + worker RUNNING", all_running, timeout=120)
+
+    def warm_up_jobs() -> int:
+        """Succeeded jobs of the application: the agent's warm-up (shared/agent.py) runs one
+        on the executors before any client does."""
+        base = f"{nodes[0].attrs['spark_ui_url']}api/v1/applications"
+        try:
+            with urllib.request.urlopen(f"{base}?status=running", timeout=2) as resp:
+                (app,) = json.load(resp)
+            with urllib.request.urlopen(f"{base}/{app['id']}/jobs", timeout=2) as resp:
+                return sum(1 for j in json.load(resp) if j["status"] == "SUCCEEDED")
+        except (OSError, ValueError):
+            return 0  # the UI did not answer this time
+
+    wait_for("the agent's warm-up job", lambda: warm_up_jobs() > 0, timeout=60)
+    node_secret = first_secrets[driver.node_id]
+    confs = list((data_dir / "nodes" / f"pool-{pool.pool_id}").rglob("spark-defaults.conf"))
+    for conf in confs:
+        text = conf.read_text()
+        if "spark.authenticate.secret=" in text:
+            assert creds.auth_secret not in text  # the node's secret, not a derived one
+    spark = SparkSession.builder.remote(
+        connect_url(nodes[0].attrs["connect_url"], creds.connect_token)
+    ).create()
+    try:
+        assert spark.range(1000).selectExpr("sum(id) AS s").collect()[0]["s"] == 499500
+    finally:
+        spark.stop()
+    for pid in tree_pids(p, cid):
+        with contextlib.suppress(psutil.Error):
+            assert node_secret not in " ".join(psutil.Process(pid).cmdline()), pid
+
+    p.stop_cluster(cid)
+    wait_for(
+        "both nodes idle again",
+        lambda: [n.status for n in p.pool_nodes(pool.pool_id)] == ["IDLE", "IDLE"],
+        timeout=120,
+    )
+    again = {n: f.read_text() for n, f in secret_files.items()}
+    assert not set(again.values()) & set(first_secrets.values())
+    p.remove_idle(pool.pool_id, idle)
+    wait_for("the pool empty", lambda: not p.pool_nodes(pool.pool_id), timeout=60)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import agent
+from shared import agent, agent_ready
 from shared.agent import summarize, worker_key
 
 
@@ -353,15 +353,15 @@ def test_nothing_to_report_returns_at_once(tmp_path: Path) -> None:
 
 
 def test_connect_target_reads_the_address_and_the_token() -> None:
-    assert agent.connect_target("sc://localhost:15002") == ("localhost:15002", "")
+    assert agent_ready.connect_target("sc://localhost:15002") == ("localhost:15002", "")
     url = "sc://localhost:15002/;user_id=x;token=a%2Fb%3D"
-    assert agent.connect_target(url) == ("localhost:15002", "a/b=")
+    assert agent_ready.connect_target(url) == ("localhost:15002", "a/b=")
 
 
 def test_connect_does_not_answer_where_nothing_listens() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, not listening: refused
-        assert not agent.connect_answers(f"sc://localhost:{s.getsockname()[1]}", timeout_s=5)
+        assert not agent_ready.connect_answers(f"sc://localhost:{s.getsockname()[1]}", timeout_s=5)
 
 
 class SparkUI:
@@ -402,7 +402,7 @@ def test_registered_workers_are_the_workers_of_active_executors() -> None:
     ui = SparkUI([{"id": "driver"}, ex("0", "8081"), ex("1", "8082"), ex("2", "8083", False)])
     try:
         with httpx.Client(timeout=5) as client:
-            workers = agent.registered_workers(client, ui.url)
+            workers = agent_ready.registered_workers(client, ui.url)
     finally:
         ui.close()
     assert workers == ["http://127.0.0.1:8081/", "http://127.0.0.1:8082/"]
@@ -410,8 +410,8 @@ def test_registered_workers_are_the_workers_of_active_executors() -> None:
 
 def test_the_ready_file_is_replaced_whole(tmp_path: Path) -> None:
     path = str(tmp_path / "ready.json")
-    agent.write_ready(path, [])
-    agent.write_ready(path, ["http://127.0.0.1:8081/"])
+    agent_ready.write_ready(path, [])
+    agent_ready.write_ready(path, ["http://127.0.0.1:8081/"])
     assert json.loads(Path(path).read_text()) == {
         "connect": True,
         "workers": ["http://127.0.0.1:8081/"],

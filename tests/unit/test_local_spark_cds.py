@@ -44,9 +44,45 @@ def test_nodes_map_archives_unless_the_cluster_has_conf_files(tmp_path: Path) ->
     assert not on.cds_for(with_files)
     assert not launcher(tmp_path, None).cds_for(req)
     assert on.cds_opts("worker") == (
-        f"-XX:SharedArchiveFile={tmp_path / 'cds' / 'worker.jsa'} -Xshare:auto"
+        f"-XX:SharedArchiveFile={tmp_path / 'cds' / 'worker.jsa'} -Xshare:auto "
+        "-XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0"
     )
     building = launcher(tmp_path, tmp_path / "cds", dump=True)
     assert (
         building.cds_opts("master") == f"-XX:ArchiveClassesAtExit={tmp_path / 'cds' / 'master.jsa'}"
     )
+
+
+def test_executors_get_the_serial_collector_unless_the_cluster_chooses_one() -> None:
+    from shared.adapters.local_spark import conf as cf
+
+    ports = {"app_ui": 1, "connect": 2}
+
+    def executor_opts(user: str) -> str:
+        conf = {"spark.executor.extraJavaOptions": user} if user else {}
+        req = NodeRequest("c", "w", "local-small", "local-small", "", spark_conf=conf)
+        rendered = cf.connect_conf(
+            req,
+            ports,
+            master_url="spark://127.0.0.1:3",
+            executor_memory_mb=1024,
+            driver_memory="512m",
+            tune_jvms=True,
+        )
+        return rendered["spark.executor.extraJavaOptions"]
+
+    assert executor_opts("") == "-Xms64m -XX:+UseSerialGC"
+    assert executor_opts("-Dx=1") == "-Xms64m -XX:+UseSerialGC -Dx=1"
+    # The JVM refuses two collectors: the cluster's choice is the only one.
+    assert executor_opts("-XX:+UseG1GC -Dx=1") == "-Xms64m -XX:+UseG1GC -Dx=1"
+    assert executor_opts("-XX:+UseParallelGC") == "-Xms64m -XX:+UseParallelGC"
+
+
+def test_the_driver_keeps_the_collector_its_cluster_chooses() -> None:
+    from shared.adapters.local_spark import conf as cf
+
+    opts = cf.DAEMON_JAVA_OPTS
+    assert cf.daemon_opts_for(opts, None) == opts
+    assert cf.daemon_opts_for(opts, {"spark.driver.extraJavaOptions": "-Dx=1"}) == opts
+    chosen = cf.daemon_opts_for(opts, {"spark.driver.extraJavaOptions": "-XX:+UseG1GC"})
+    assert "-XX:+UseSerialGC" not in chosen and "-XX:TieredStopAtLevel=1" in chosen

@@ -21,8 +21,10 @@ local processes (the default provisioner of `make run`).
   shared/domain/spark_auth.py) makes an authenticated cluster: `spark.authenticate` and the
   secret in every process's 0600 spark-defaults.conf (executors get it from their Worker), the
   Connect token in the Connect server's environment, the connect URL on `localhost` (where
-  pyspark sends a token without TLS). A pool node's warm master, started before its cluster,
-  is restarted with the secret when the node becomes a driver.
+  pyspark sends a token without TLS). A pool node's hot master, started before its cluster,
+  has a random secret of the node's own, made anew each time the node becomes idle; the
+  cluster that takes the node as its driver keeps that master and uses its secret as the
+  cluster's (docs/pools.md, "Hot nodes").
 - Everything the provisioner knows is on disk (SQLite under `data_dir`), so a new instance
   re-adopts the nodes still running (pid and process create time checked) and reports the dead
   ones LOST. Ports come from an allocation table in the same file and are checked free before
@@ -39,7 +41,9 @@ Files under `data_dir` (0700, and so is every directory made here; files 0600):
     local_spark.sqlite              nodes and port allocations
     logs/<cluster_id>/<node_id>/    <process>.out and <process>.err (Spark logs to stderr)
     nodes/<cluster_id>/<node_id>/   conf-<process>/spark-defaults.conf, work/ (SPARK_WORKER_DIR,
-                                    executor logs), scratch/ (SPARK_LOCAL_DIRS, shuffle files)
+                                    executor logs), scratch/ (SPARK_LOCAL_DIRS, shuffle files),
+                                    spark-secret (a pool node's own Spark secret)
+    launches.json                   Spark launcher answers per process shape (launch.py)
 
 The package, by concern (each module's doc says more):
 
@@ -48,6 +52,7 @@ The package, by concern (each module's doc says more):
     supervision.py   node status (alive, ready, lost) and removal step by step, the reaper
     processes.py     starting node processes, finding and signalling them
     conf.py          Spark settings, JVM options and command lines (configuration rendering)
+    launch.py        node JVMs started without a launcher JVM in front (its answers kept)
     cds.py           class-data-sharing archives per role (`make spark-cds`)
     store.py         the SQLite file of nodes and port allocations
     java.py          Java and the Spark distribution

@@ -3,6 +3,7 @@ processes (no decisions: the sizes come from shared/domain/node_rules.py)."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +24,29 @@ EXECUTOR_CLASS = "CoarseGrainedExecutorBackend"
 # serial collector start a JVM about twice as fast on a 2-core machine, and a small initial
 # heap keeps an idle daemon near 140 MiB instead of 200 (the heap grows on demand up to -Xmx).
 DAEMON_JAVA_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xms32m"
-# Executors keep the JVM's own choices (C2, G1) for speed; only their initial heap is small.
-# Prepended to the cluster's spark.executor.extraJavaOptions (later options win).
+# On top, per role: the young generation. The serial collector sizes it at a third of the heap
+# and every page of it gets touched as objects are allocated, so it is what an idle JVM's
+# resident memory grows with. A Master or a Worker allocates little (-Xmn8m: a minor
+# collection every few seconds at most, each under a millisecond); the Connect server plans
+# queries and holds their results (-Xmn32m: more frequent minor collections under load, still
+# short, against about 80 MiB less resident; docs/local-spark.md has the measurements).
+ROLE_JAVA_OPTS: Mapping[str, str] = {"master": "-Xmn8m", "worker": "-Xmn8m", "connect": "-Xmn32m"}
+# Executors keep C2 (they run the queries) but take the serial collector: G1's remembered sets
+# and card tables cost about 40 MiB per executor, and its concurrent threads have no spare core
+# on a machine whose nodes all share the same cores. A small initial heap; the heap grows on
+# demand up to spark.executor.memory. Prepended to the cluster's
+# spark.executor.extraJavaOptions (later options win); a cluster whose options choose a
+# collector (`-XX:+UseG1GC` ...) gets none from here, since the JVM refuses two.
 EXECUTOR_JAVA_OPTS = "-Xms64m"
+EXECUTOR_GC_OPTS = "-XX:+UseSerialGC"
+_CHOOSES_GC = re.compile(r"-XX:\+Use\w*GC\b")
+# A class-data-sharing archive mapped at the address it was made for, not relocated: since
+# 17.0.x the JVM maps archives at a random address by default and then patches every pointer
+# in them, which costs startup time (the Connect server's archive is 170 MiB) and turns the
+# archive's pages from shared file pages into private memory of every JVM. The trade-off is
+# address-space randomization of class metadata, a defence against memory-corruption exploits
+# of the JVM; a node's JVMs run the cluster's own code by design (docs/local-spark.md).
+CDS_MAP_OPTS = "-XX:+UnlockDiagnosticVMOptions -XX:ArchiveRelocationMode=0"
 
 # Spark settings every cluster gets (spark_conf may override them).
 DEFAULT_CONF: Mapping[str, str] = {
@@ -59,15 +80,18 @@ PINNED_CONF = (
 # Platforms without SIGPWR (macOS) remove workers with SIGTERM instead.
 DECOMMISSION_SIGNAL: signal.Signals | None = getattr(signal, "SIGPWR", None)
 
-# Run the real command once the master's web UI answers (the master registers its RPC endpoint
-# before it binds the UI): a Worker or an application that finds no master waits 5 to 20 s
-# before it tries again, which would double the start time of a cluster.
+# Run the real command once the master's RPC port accepts connections: a Worker or an
+# application that finds no master waits 5 to 20 s before it tries again (a delay Spark
+# hard-codes for Workers), which would double the start time of a cluster. The master binds
+# that port, then registers its endpoint at once (Master.startRpcEnvAndEndpoint), well before
+# a JVM started now gets to register; its web UI, bound later in the master's onStart, would
+# add a few tenths of a second.
 WAIT_FOR_MASTER = r"""
 port=$1; limit=$2; shift 2
 end=$((SECONDS + limit))
 until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
   if [ "$SECONDS" -ge "$end" ]; then
-    echo "sparkplane: the master (web UI 127.0.0.1:$port) did not answer in ${limit}s" >&2
+    echo "sparkplane: the master (127.0.0.1:$port) did not answer in ${limit}s" >&2
     exit 1
   fi
   sleep 0.1
@@ -137,7 +161,9 @@ def connect_conf(
     users = user_conf(req)
     executor_opts = users.get("spark.executor.extraJavaOptions", "")
     if tune_jvms:
-        executor_opts = f"{EXECUTOR_JAVA_OPTS} {executor_cds_opts} {executor_opts}".strip()
+        gc = "" if _CHOOSES_GC.search(executor_opts) else EXECUTOR_GC_OPTS
+        parts = (EXECUTOR_JAVA_OPTS, gc, executor_cds_opts, executor_opts)
+        executor_opts = " ".join(part for part in parts if part)
     conf = {
         **DEFAULT_CONF,
         "spark.app.name": f"sparkplane {req.cluster_id}",
@@ -157,6 +183,16 @@ def connect_conf(
     if not executor_opts:
         del conf["spark.executor.extraJavaOptions"]
     return conf
+
+
+def daemon_opts_for(java_opts: str, conf: Mapping[str, str] | None) -> str:
+    """A JVM's daemon options without their collector when the process's own settings choose
+    one (the Connect server's spark.driver.extraJavaOptions, which Spark's launcher adds after
+    them): the JVM refuses two collectors."""
+    driver_opts = (conf or {}).get("spark.driver.extraJavaOptions", "")
+    if not _CHOOSES_GC.search(driver_opts):
+        return java_opts
+    return " ".join(o for o in java_opts.split() if not _CHOOSES_GC.fullmatch(o))
 
 
 def _props(properties_file: Path | None) -> list[str]:
@@ -223,7 +259,7 @@ def worker_argv(
     ]
 
 
-def wait_for_master(name: str, master_ui_port: int, limit_s: int, argv: list[str]) -> list[str]:
-    """`argv`, run once the master's web UI answers (at most `limit_s` later)."""
+def wait_for_master(name: str, master_port: int, limit_s: int, argv: list[str]) -> list[str]:
+    """`argv`, run once the master's port accepts connections (at most `limit_s` later)."""
     head = ["bash", "-c", WAIT_FOR_MASTER, f"sparkplane-{name}"]
-    return [*head, str(master_ui_port), str(limit_s), *argv]
+    return [*head, str(master_port), str(limit_s), *argv]

@@ -4,6 +4,7 @@ and given back to their pool when the cluster lets them go."""
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import time
 import uuid
@@ -13,9 +14,15 @@ from typing import Any
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.store import COLS, Rec, rec_of
-from shared.adapters.local_spark.supervision import READY_FILE, Supervisor, driver_of
-from shared.domain import node_rules
+from shared.adapters.local_spark.supervision import (
+    READY_FILE,
+    SECRET_FILE,
+    Supervisor,
+    driver_of,
+)
+from shared.domain import node_rules, spark_auth
 from shared.ports import PoolCapacityReached, PoolNode, PoolRequest
+from shared.private_files import write_private
 
 log = logging.getLogger("sparkplane.local_spark")
 
@@ -167,8 +174,13 @@ class PoolNodes(Supervisor):
         return taken + fresh
 
     def _warm(self, r: Rec) -> None:
-        """Start the warm master of an idle pool node."""
+        """Start the hot master of an idle pool node, with a Spark secret of the node's own:
+        a new one each time the node becomes idle, so one cluster at most ever uses it (the
+        one that takes the node as its driver; docs/pools.md, "Hot nodes")."""
         try:
+            node_dir, _ = self.launcher.dirs(r)
+            secret = secrets.token_hex(32)
+            write_private(node_dir / SECRET_FILE, secret)
             props = (
                 self.launcher.properties_file(r, "master") if self.launcher.cds_for(None) else None
             )
@@ -177,7 +189,7 @@ class PoolNodes(Supervisor):
                 r,
                 "master",
                 argv,
-                cf.daemon_conf(None),
+                {**cf.daemon_conf(None), **spark_auth.auth_conf(secret)},
                 None,
                 node_rules.DAEMON_MEMORY,
                 cds_role="master",

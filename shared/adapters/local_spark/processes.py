@@ -13,12 +13,20 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from shared.adapters.local_spark.conf import EXECUTOR_CLASS, LOOPBACK, spark_defaults
+from shared.adapters.local_spark.conf import (
+    CDS_MAP_OPTS,
+    EXECUTOR_CLASS,
+    LOOPBACK,
+    daemon_opts_for,
+    spark_defaults,
+    wait_for_master,
+)
+from shared.adapters.local_spark.launch import Launches
 from shared.adapters.local_spark.store import NodeStore, Proc, Rec
 from shared.domain.node_env import node_environment, spark_env_problem
 from shared.ports import NodeRequest
@@ -161,6 +169,11 @@ class Launcher:
     # whether this launcher writes them (the build) rather than maps them.
     cds_dir: Path | None = None
     cds_dump: bool = False
+    # JVM options per role on top of daemon_java_opts (conf.ROLE_JAVA_OPTS).
+    role_java_opts: Mapping[str, str] = field(default_factory=dict)
+    # Spark's launcher answers, kept (shared/adapters/local_spark/launch.py); None: the
+    # scripts run a launcher JVM for every process.
+    launches: Launches | None = None
 
     def cds_for(self, req: NodeRequest | None) -> bool:
         """Whether the node's JVMs use the archives: they are there, and the cluster has no
@@ -177,7 +190,7 @@ class Launcher:
         archive = self.cds_dir / f"{role}.jsa"
         if self.cds_dump:
             return f"-XX:ArchiveClassesAtExit={archive}"
-        return f"-XX:SharedArchiveFile={archive} -Xshare:auto"
+        return f"-XX:SharedArchiveFile={archive} -Xshare:auto {CDS_MAP_OPTS}"
 
     def home(self, r: Rec) -> str:
         """A node's directories live under its cluster, or under its pool (for good)."""
@@ -204,10 +217,13 @@ class Launcher:
         *,
         extra_env: Mapping[str, str] | None = None,
         cds_role: str | None = None,
+        after_port: tuple[int, int] | None = None,
     ) -> None:
         """Start process `name` of the node. `cds_role`: a Spark JVM that maps (or, building,
         writes) that role's class-data-sharing archive when the node uses them (`cds_for`);
-        its argv then names its spark-defaults.conf with --properties-file."""
+        its argv then names its spark-defaults.conf with --properties-file. `after_port`
+        (port, limit in s): the process starts once that port of 127.0.0.1 accepts
+        connections (the master's RPC port, for a Worker or the Connect server)."""
         node_dir, log_dir = self.dirs(r)
         conf_dir = node_dir / f"conf-{name}"
         if conf is not None:  # a Spark process (the agent has no Spark configuration)
@@ -226,7 +242,10 @@ class Launcher:
                 "spark_env_vars not set on the node",
                 extra={"cluster_id": r.cluster_id, "names": refused},
             )
-        java_opts, spark_conf_dir = self.daemon_java_opts, conf_dir
+        java_opts, spark_conf_dir = daemon_opts_for(self.daemon_java_opts, conf), conf_dir
+        role_opts = self.role_java_opts.get(cds_role or "", "")
+        if java_opts and role_opts:
+            java_opts = f"{java_opts} {role_opts}"
         if cds_role is not None and self.cds_for(req):
             assert self.cds_dir is not None
             java_opts = f"{java_opts} {self.cds_opts(cds_role)}".strip()
@@ -254,6 +273,12 @@ class Launcher:
                 **(extra_env or {}),
             },
         )
+        if self.launches is not None and conf is not None:
+            direct = self.launches.command(argv, env, conf)
+            if direct is not None:
+                argv, env = direct
+        if after_port is not None:
+            argv = wait_for_master(name, after_port[0], after_port[1], argv)
         with (
             open(log_dir / f"{name}.out", "ab", opener=private) as out,
             open(log_dir / f"{name}.err", "ab", opener=private) as err,

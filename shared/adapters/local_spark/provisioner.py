@@ -21,10 +21,16 @@ from shared.adapters.local_spark import cds
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.java import check_java, check_spark_home, default_spark_home
+from shared.adapters.local_spark.launch import Launches
 from shared.adapters.local_spark.pools import PoolNodes
 from shared.adapters.local_spark.processes import Launcher
 from shared.adapters.local_spark.store import COLS, NodeStore, Rec, rec_of
-from shared.adapters.local_spark.supervision import READY_FILE, driver_of, master_view
+from shared.adapters.local_spark.supervision import (
+    READY_FILE,
+    SECRET_FILE,
+    driver_of,
+    master_view,
+)
 from shared.domain import node_rules, spark_auth
 from shared.ports import Clock, Node, NodeRequest, NodeType, SparkVersion
 from shared.private_files import private_dir, private_file, write_private
@@ -96,8 +102,20 @@ class LocalSparkProvisioner(PoolNodes):
             java_home=self.java.home,
             store=self.store,
             daemon_java_opts=cf.DAEMON_JAVA_OPTS if tune_jvms else "",
+            role_java_opts=cf.ROLE_JAVA_OPTS if tune_jvms else {},
             cds_dir=cds_dir,
             cds_dump=cds_dump,
+            launches=(
+                Launches(
+                    self.spark_home,
+                    self.java.home,
+                    self.scala_version,
+                    self.spark_version,
+                    cache_file=self.data_dir / "launches.json",
+                )
+                if tune_jvms
+                else None
+            ),
         )
         # Carry on with removals a previous instance started (a restart of the control plane).
         self._kick_reaper()
@@ -205,6 +223,19 @@ class LocalSparkProvisioner(PoolNodes):
             "log_dir": str(log_dir),
         }
         self._write_quota(rec)
+        warm_master = procs.leader(rec, "master")
+        node_secret = self._node_secret(rec) if warm_master is not None else ""
+        if node_secret:
+            # A pool node's hot master runs with a secret of the node's own, made for this one
+            # cluster: the cluster's processes use it, and the master stays (docs/pools.md).
+            req = replace(req, spark_auth_secret=node_secret)
+        else:
+            (node_dir / SECRET_FILE).unlink(missing_ok=True)
+        if warm_master is not None and not node_secret and req.spark_auth_secret:
+            # A warm master without a secret of its own (started by an older version): it
+            # makes way for one that has the cluster's.
+            procs.stop_process(warm_master, self._kill_grace_s)
+            warm_master = None
         driver_memory = node_rules.driver_memory(cf.user_conf(req))
         cds_on = self.launcher.cds_for(req)
         app_conf = cf.connect_conf(
@@ -216,12 +247,6 @@ class LocalSparkProvisioner(PoolNodes):
             tune_jvms=self._tune_jvms,
             executor_cds_opts=self.launcher.cds_opts("executor") if cds_on else "",
         )
-        warm_master = procs.leader(rec, "master")
-        if warm_master is not None and req.spark_auth_secret:
-            # A pool node's warm master was started before its cluster existed, so without the
-            # cluster's secret: it makes way for one that has it.
-            procs.stop_process(warm_master, self._kill_grace_s)
-            warm_master = None
         if warm_master is None:
             rec.procs = [pr for pr in rec.procs if pr.name != "master"]
             props = self.launcher.properties_file(rec, "master") if cds_on else None
@@ -243,15 +268,23 @@ class LocalSparkProvisioner(PoolNodes):
         self.launcher.spawn(
             rec,
             "connect",
-            cf.wait_for_master("connect", p["master_ui"], self._master_wait_s, argv),
+            argv,
             app_conf,
             req,
             driver_memory,
             extra_env=token_env,
             cds_role="connect",
+            after_port=(p["master"], self._master_wait_s),
         )
         # Always on the driver: its readiness report makes the node RUNNING.
         self._spawn_agent(rec, req)
+
+    def _node_secret(self, rec: Rec) -> str:
+        """The node's own Spark secret (a hot pool node's), or ""."""
+        try:
+            return (self.launcher.node_dir(rec) / SECRET_FILE).read_text().strip()
+        except OSError:
+            return ""  # none: the node is not a hot pool node
 
     def _spawn_agent(self, rec: Rec, req: NodeRequest) -> None:
         """The cluster agent (shared/agent.py) on the node: on the driver it reports readiness
@@ -294,6 +327,9 @@ class LocalSparkProvisioner(PoolNodes):
         if driver is None:
             raise RuntimeError(f"cluster {req.cluster_id} has no driver: start_driver first")
         nt = node_rules.node_type(req.node_type_id)
+        driver_secret = self._node_secret(driver)
+        if driver_secret:  # the driver is a hot pool node: its secret is the cluster's
+            req = replace(req, spark_auth_secret=driver_secret)
         out: list[Node] = []
         recs = self._take(req.pool, req.cluster_id, "worker", count) if req.pool else []
         for i in range(count):
@@ -357,12 +393,13 @@ class LocalSparkProvisioner(PoolNodes):
         self.launcher.spawn(
             rec,
             "worker",
-            cf.wait_for_master("worker", driver.ports["master_ui"], self._master_wait_s, argv),
+            argv,
             cf.daemon_conf(req),
             req,
             node_rules.DAEMON_MEMORY,
             extra_env={"SPARK_WORKER_DIR": str(node_dir / "work")},
             cds_role="worker",
+            after_port=(driver.ports["master"], self._master_wait_s),
         )
         if req.agent_env:
             self._spawn_agent(rec, req)

@@ -31,6 +31,9 @@ log = logging.getLogger("sparkplane.local_spark")
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Written by the driver's agent once Spark Connect answered a query (shared/agent.py).
 READY_FILE = "ready.json"
+# An idle pool node's own Spark secret (0600): its hot master runs with it, and the cluster that
+# takes the node as its driver uses it as its Spark secret (docs/pools.md, "Hot nodes").
+SECRET_FILE = "spark-secret"
 
 
 def worker_states(master: Mapping[str, Any] | None) -> dict[int, str]:
