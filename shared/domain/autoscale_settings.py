@@ -11,8 +11,8 @@
   Why `cost` waits one sample before scaling up: on generated shapes of many short jobs, most
   backlogs are gone by the next sample (the running tasks end and free their slots), yet each
   one requested workers that were billed for a whole boot and a hold window after it. Waiting
-  one sample (10 s) let the drain projection of rule 3 see whether the backlog shrinks; that cut
-  the balanced setting's node-hours by 12-33% on those shapes at a 3-51% higher p95, a trade the
+  one sample (10 s) means a backlog gone by the next sample requests nothing; that cut the
+  balanced setting's node-hours by 12-33% on those shapes at a 3-51% higher p95, a trade the
   cheapest setting is for (docs/autoscaling.md, "Policy changes from the generated sweep").
 - `spark.sparkplane.autoscaling.forecast` (`on` | `off`, default `off`): hold at least the
   forecast demand of the next boot period (shared/domain/forecast.py).
