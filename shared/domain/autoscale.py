@@ -46,9 +46,8 @@ the caller only has to pass the samples of the last few minutes if it stores `De
 after every evaluation. A caller that stores it only on changes should pass a longer history
 (e.g. 15 minutes): samples newer than `seen_until_ms` are folded in on every call.
 
-Idle termination (`idle_decision`): terminate when the last activity (a running or pending task,
-an active job or an executing Spark Connect query; see `last_activity`) is older than
-`autotermination_minutes`; never while the cluster is busy; 0 or None disables it.
+Idle termination (`idle_decision`, `last_activity`, `IdleDecision`) lives in
+shared/domain/idle.py and is re-exported here.
 """
 
 from __future__ import annotations
@@ -57,8 +56,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
-
-_MS_PER_MIN = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +177,6 @@ class Decision:
     remove: tuple[str, ...] = ()
     memory: ScalingMemory | None = None
     stats: Mapping[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class IdleDecision:
-    """Terminate the cluster for inactivity (event TERMINATING, code INACTIVITY)."""
-
-    inactivity_duration_min: int
-    reason: str
 
 
 def _ceil_div(a: float, b: float) -> int:
@@ -496,34 +485,18 @@ def _previous(samples: Sequence[Sample], latest: Sample) -> Sample | None:
     return None
 
 
-def last_activity(samples: Sequence[Sample], previous_last_activity_ms: int) -> int:
-    """The latest time the cluster was busy: running or pending tasks, an active job, or an
-    executing Spark Connect query. Never earlier than `previous_last_activity_ms`."""
-    latest = previous_last_activity_ms
-    for s in samples:
-        if s.ts_ms > latest and s.busy:
-            latest = s.ts_ms
-    return latest
+# Idle termination is its own module; these names stay importable from here.
+from shared.domain.idle import IdleDecision, idle_decision, last_activity  # noqa: E402
 
-
-def idle_decision(
-    last_activity_ms: int,
-    autotermination_minutes: int | None,
-    now_ms: int,
-    busy_now: bool,
-) -> IdleDecision | None:
-    """Terminate when idle for at least `autotermination_minutes` (0 or None: never); never
-    while the cluster is busy."""
-    if busy_now or not autotermination_minutes or autotermination_minutes <= 0:
-        return None
-    idle_ms = now_ms - last_activity_ms
-    if idle_ms < autotermination_minutes * _MS_PER_MIN:
-        return None
-    minutes = idle_ms // _MS_PER_MIN
-    return IdleDecision(
-        inactivity_duration_min=minutes,
-        reason=(
-            f"inactive for {minutes} min (no running or pending tasks, jobs or queries); "
-            f"auto-termination after {autotermination_minutes} min"
-        ),
-    )
+__all__ = [
+    "JOB_CLUSTER_PARAMS",
+    "AutoscaleParams",
+    "Decision",
+    "IdleDecision",
+    "Sample",
+    "ScalingMemory",
+    "WorkerLoad",
+    "decide_size",
+    "idle_decision",
+    "last_activity",
+]
