@@ -139,8 +139,21 @@ class Sparkplane:
         self.memory = d.memory
         if d.target > sim.size:
             sim.add_nodes(d.target - sim.size)
-        elif d.remove:
-            sim.remove_nodes([sim.node(n) for n in d.remove])
+        elif d.target < sim.size:
+            sim.remove_nodes(reconcile_removals(sim, sim.size - d.target, d.remove))
+
+
+def reconcile_removals(sim: Sim, excess: int, hint: tuple[str, ...]) -> list[Node]:
+    """The workers a target `excess` below the size takes away, in the order the control plane's
+    reconciler picks them (shared/domain/reconcile.py `_choose_removals`): workers not joined
+    yet first (they are cancelled, newest first), then the policy's `remove` hint, then the
+    newest."""
+    hinted = {name: i for i, name in enumerate(hint)}
+
+    def key(n: Node) -> tuple[int, int, float]:
+        return (0 if n.state != READY else 1, hinted.get(n.name, len(hinted)), -n.requested_at)
+
+    return sorted([*sim.booting.values(), *sim.ready.values()], key=key)[:excess]
 
 
 class SparkplaneForecast(Sparkplane):

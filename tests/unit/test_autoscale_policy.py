@@ -80,9 +80,12 @@ def test_above_maximum_removes_down_to_maximum_preferring_stateless_idle():
 
 
 def test_above_maximum_with_workers_still_joining_cancels_the_rest():
+    # 1 alive, 3 joining: the joining ones are cancelled first, as the reconciler does.
     d = run([sample(0, n=1)], cur=4, hi=2)
-    assert d.target == 2 and d.remove == ("w0",)
-    assert "not joined" in d.reason
+    assert d.target == 2 and d.remove == ()
+    assert "2 not joined yet are cancelled" in d.reason
+    d = run([sample(0, n=3)], cur=4, hi=2)
+    assert d.target == 2 and len(d.remove) == 1
 
 
 def test_no_fresh_sample_holds():
@@ -211,6 +214,24 @@ def test_stateful_workers_go_only_after_the_longer_window():
     s = [sample(t, ws=ws) for t in range(0, 1300, 10)]
     d = run(s, cur=4, lo=1, params=params)
     assert d.target == 1 and "holding shuffle" in d.reason
+
+
+def test_scale_down_cancels_workers_not_joined_yet_before_alive_ones():
+    # 8 set, 5 alive (3 still joining), no demand for the hold window: the 3 joining are
+    # cancelled first, then alive workers go for the rest.
+    s = steady(0, 400, running=0, n=5)
+    d = run(s, cur=8, lo=4, params=replace(P, floor_factor=0.0, down_half_life_s=0.0))
+    assert d.target == 4
+    assert d.remove == ("w0",)
+    assert "cancelling 3 not joined yet" in d.reason
+
+
+def test_joining_workers_are_cancelled_even_when_every_alive_one_holds_state():
+    ws = tuple(WorkerLoad(f"s{i}", shuffle_bytes=100) for i in range(2))
+    s = [sample(t, running=4, ws=ws) for t in range(0, 400, 10)]
+    d = run(s, cur=5, lo=1, params=replace(P, floor_factor=0.0, down_half_life_s=0.0))
+    assert d.target == 2 and d.remove == ()
+    assert "cancelling 3 not joined yet" in d.reason
 
 
 def test_down_interval_limits_consecutive_scale_downs():
@@ -370,9 +391,10 @@ def test_properties_of_decide_size(case):
     if d.target >= cur:
         assert d.remove == ()
     else:
-        assert len(d.remove) <= cur - d.target
-        if len(alive) >= cur - d.target:
-            assert len(d.remove) == cur - d.target
+        # workers not joined yet (set but not alive) are cancelled first; alive ones go for
+        # the rest of the reduction
+        joining = max(0, cur - len(alive))
+        assert len(d.remove) == max(0, cur - d.target - joining)
     assert d.memory is not None
 
 

@@ -71,24 +71,29 @@ def _beat(world: World, cid: str, running: int, pending: int) -> None:
 
 
 def test_the_live_timer_applies_the_preference(tmp_path: Path) -> None:
-    """A burst grows both clusters to 3 workers; 60 s after it, the `cost` cluster (40 s hold)
-    has released its workers and the default one (180 s hold) still holds them."""
+    """A burst grows both clusters to 3 workers; 130 s after it, the `cost` cluster (40 s hold,
+    half of the workers per step) has released its workers and the default one (180 s hold)
+    still holds them."""
     world = World(tmp_path, autoscale_params='{"expected_boot_s": 0}')
     cost = world.running_cluster(**BODY, spark_conf={st.PREFERENCE: "cost"})
     default = world.running_cluster(**BODY)
-    for cid in (cost, default):
-        _beat(world, cid, 2, 20)
-    world.clock.ms += 1000
+    for _ in range(2):  # a backlog lasting 10 s (`cost` scales up only for one that lasts)
+        for cid in (cost, default):
+            _beat(world, cid, 2, 20)
+        world.clock.ms += 10_000
+    world.clock.ms -= 9000
     assert world.util.autoscale_tick()["changed"] == 2
     for _ in range(4):
         for cid in (cost, default):
             world.lifecycle.reconcile("w", cid)
         world.clock.ms += 2000
-    for _ in range(7):  # idle for 70 s
+    for _ in range(13):  # idle for 130 s: 3 -> 2 after the hold, 2 -> 1 a minute later
         for cid in (cost, default):
             _beat(world, cid, 0, 0)
         world.clock.ms += 10_000
         world.util.autoscale_tick()
+        for cid in (cost, default):
+            world.lifecycle.reconcile("w", cid)
     sizes = {c: world.store.get("cluster", "w", c).body["target_workers"] for c in (cost, default)}
     assert sizes == {cost: 1, default: 3}
 

@@ -116,3 +116,19 @@ def test_cli_contract_with_a_csv_trace(tmp_path: Path):
     for r in data:
         assert r.keys() >= KEYS
         assert r["jobs_finished"] == r["jobs"] == 4
+
+
+def test_a_reduction_cancels_booting_workers_first_as_the_reconciler_does():
+    from bench.sim.engine import READY
+    from bench.sim.policies import reconcile_removals
+
+    trace = Trace("one", "one", 0, (csv_row_to_job(0, 10, 4, 5.0),), ClusterSpec(1, 8, 4), 60.0)
+    sim = Sim(trace, make_policy("static-min"), 60.0)
+    sim.add_nodes(3)
+    ready = sim._new_node(0.0)  # an alive worker next to the three booting ones
+    ready.state = READY
+    sim.ready[ready.name] = ready
+    booting = sorted(sim.booting.values(), key=lambda n: -n.requested_at)
+    picked = reconcile_removals(sim, 4, (ready.name,))
+    assert picked[:3] == booting and picked[3] is ready
+    assert reconcile_removals(sim, 2, (ready.name,)) == booting[:2]
