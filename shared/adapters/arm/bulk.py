@@ -33,6 +33,11 @@ union
 
 
 class BulkMixin(ArmBase):
+    def read_reason(self, cluster_id: str, reason: str) -> None:
+        """The reconciler timer is about to read the cluster, and why: a suspect's reads go
+        before drift reads when the budget is short (shared/domain/arm_budget.py, point 5)."""
+        self.throttle.mark(cluster_id, reason)
+
     def unhealthy_clusters(self) -> set[str]:
         out: set[str] = set()
         token: str | None = None
