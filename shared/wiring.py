@@ -225,9 +225,9 @@ def _provisioner(s: Settings) -> Provisioner:
             s.data_dir / "local_spark", scratch_quota_bytes=s.local_scratch_mb * 2**20
         )
     if s.provisioner == "arm":
-        from shared.adapters.arm import ArmProvisioner
+        from shared.adapters.arm.shards import arm_from_settings
 
-        return ArmProvisioner.from_settings(s)
+        return arm_from_settings(s)
     from shared.adapters.records import RecordProvisioner
 
     return RecordProvisioner(

@@ -48,6 +48,7 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, Bu
         *,
         credential: Any = None,
         clock: Callable[[], float] = time.time,
+        throttle: ArmThrottle | None = None,
         **client_kwargs: Any,
     ) -> ArmProvisioner:
         """Clients for `s.arm_endpoint` with the app's managed identity (`DefaultAzureCredential`)
@@ -66,7 +67,7 @@ class ArmProvisioner(WorkspacesMixin, ObserveMixin, DisksMixin, WorkersMixin, Bu
         # A throttled or failing call is retried a few times, not for minutes: the reconcile
         # that made it is retried anyway.
         client_kwargs.setdefault("retry_total", 3)
-        throttle = ArmThrottle(clock)
+        throttle = throttle or ArmThrottle(clock)  # shared by the subscriptions' shards
         client_kwargs.update(throttle.hooks())
         rm = ResourceManagementClient(
             credential, s.arm_subscription_id, base_url=s.arm_endpoint, **client_kwargs
