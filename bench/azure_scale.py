@@ -10,6 +10,10 @@ deletes 200 + 10/s; 429 with Retry-After), the SQLite store and the embedded bus
 time (one step per second; nothing sleeps). The settings are Azure's (infra/main.bicep): the
 reconciler timer every 10 s, heartbeats every 10 s, drift reads every `--drift-check-s`.
 
+`--subscriptions N` spreads the workspaces' managed resource groups over N subscriptions
+(shared/adapters/arm/shards.py, placed by shared/domain/arm_placement.py), each its own
+simulated ARM with its own limits; the reads are held against the limit of the busiest one.
+
 Phases:
 1. Fill: `--clusters` minus the burst are created and brought to RUNNING. This is setup, not
    measured: ARM's limits are lifted meanwhile (both the simulator's and the provisioner's
@@ -55,7 +59,14 @@ from shared.ports import OutMessage, Page, Record
 from shared.services.auth import Principal
 from shared.settings import Settings
 from shared.wiring import Container
-from tests.fake_arm import SUB, ArmLimits, FakeArm, arm_provisioner
+from tests.fake_arm import (
+    SUB,
+    ArmLimits,
+    FakeArm,
+    FakeArms,
+    arm_provisioner,
+    sharded_provisioner,
+)
 
 QUEUE = "cluster-lifecycle"
 SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5", "num_workers": 1}
@@ -155,11 +166,59 @@ class MeteredBus:
         return getattr(self.inner, name)
 
 
+class Cloud:
+    """The subscriptions' simulated ARMs, read together (one, or several behind FakeArms)."""
+
+    def __init__(self, arms: list[FakeArm]) -> None:
+        self.arms = arms
+
+    def set_limits(self, limits: ArmLimits | None) -> None:
+        for a in self.arms:
+            a.set_limits(limits)
+
+    def tick(self, n: int = 1) -> None:
+        for a in self.arms:
+            a.tick(n)
+
+    def count(self, kind: str) -> int:
+        return sum(a.counts[kind] for a in self.arms)
+
+    @property
+    def throttled(self) -> int:
+        return sum(a.throttled for a in self.arms)
+
+    @property
+    def deployments_accepted(self) -> Counter[str]:
+        return sum((a.deployments_accepted for a in self.arms), Counter())
+
+    def find(self, type_suffix: str) -> list[dict[str, Any]]:
+        return [r for a in self.arms for r in a.find(type_suffix)]
+
+    def made(self, cid: str) -> bool:
+        return any(
+            "/virtualmachines/" in rid
+            for a in self.arms
+            for rid in a.resources.by_cluster.get(cid, {})
+        )
+
+
 class Sim:
-    def __init__(self, root: Path, *, drift_check_s: float, workspaces: int) -> None:
+    def __init__(
+        self, root: Path, *, drift_check_s: float, workspaces: int, subscriptions: int = 1
+    ) -> None:
         self.clock = SimClock()
-        self.arm = FakeArm(limits=UNLIMITED, clock=self.clock.seconds, record=False)
-        self.prov = arm_provisioner(self.arm, clock=self.clock.seconds)
+        subs = [SUB] + [f"00000000-0000-0000-0000-{i:012d}" for i in range(2, subscriptions + 1)]
+        arms = [
+            FakeArm(limits=UNLIMITED, clock=self.clock.seconds, record=False, subscription=s)
+            for s in subs
+        ]
+        self.subs = subs
+        self.arm = Cloud(arms)
+        self.prov: Any = (
+            arm_provisioner(arms[0], clock=self.clock.seconds)
+            if subscriptions == 1
+            else sharded_provisioner(FakeArms(arms), clock=self.clock.seconds)
+        )
         self.store = MeteredStore(SqliteStore(root / "store.db", clock=self.clock))
         self.bus = MeteredBus(EmbeddedBus(root / "bus.db", clock=self.clock))
         self.settings = Settings(
@@ -195,9 +254,10 @@ class Sim:
         if not on:
             from shared.domain.arm_budget import Budget
 
-            self.prov.throttle.budgets[SUB] = Budget.new(
-                now, {k: (1e12, 1e12) for k in ("reads", "writes", "deletes")}
-            )
+            for sub in self.subs:
+                self.prov.throttle.budgets[sub] = Budget.new(
+                    now, {k: (1e12, 1e12) for k in ("reads", "writes", "deletes")}
+                )
 
     # ---- the world moving
     def create(self, i: int) -> str:
@@ -242,8 +302,7 @@ class Sim:
     def booted(self, cid: str) -> bool:
         if cid in self.running_ids:
             return True
-        made = self.arm.resources.by_cluster.get(cid) or {}
-        return any("/virtualmachines/" in rid for rid in made)
+        return self.arm.made(cid)
 
     def refresh_running(self) -> int:
         self.running_ids = {
@@ -260,11 +319,11 @@ class Sim:
 
     def snapshot(self) -> dict[str, float]:
         return {
-            "reads": self.arm.counts["reads"],
-            "writes": self.arm.counts["writes"],
-            "deletes": self.arm.counts["deletes"],
+            "reads": self.arm.count("reads"),
+            "writes": self.arm.count("writes"),
+            "deletes": self.arm.count("deletes"),
             "throttled": self.arm.throttled,
-            "graph": self.arm.counts["graph"],
+            "graph": self.arm.count("graph"),
             "ru": self.store.ru,
             "bus": self.bus.ops,
             "t": self.clock.seconds(),
@@ -298,12 +357,24 @@ def rss_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
 
 
-def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int) -> dict[str, Any]:
+def run(
+    n: int,
+    hours: float,
+    burst: int,
+    drift_check_s: float,
+    workspaces: int,
+    subscriptions: int = 1,
+) -> dict[str, Any]:
     wall = time.monotonic()
     phases = Phases()
     burst = min(burst, n)
     with tempfile.TemporaryDirectory(prefix="azure-scale-") as tmp:
-        sim = Sim(Path(tmp), drift_check_s=drift_check_s, workspaces=workspaces)
+        sim = Sim(
+            Path(tmp),
+            drift_check_s=drift_check_s,
+            workspaces=workspaces,
+            subscriptions=subscriptions,
+        )
         # 1. fill (setup, no limits)
         sim.limits(on=False)
         for i in range(n - burst):
@@ -320,11 +391,13 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
         sim.limits(on=True)
         sim.step(60)  # the first minute: buckets settle, every agent has beaten
         a = sim.snapshot()
+        sub_a = [arm.counts["reads"] for arm in sim.arm.arms]
         steady_s = int(hours * 3600)
         for _ in range(0, steady_s, 60):
             sim.step(60)
             sim.refresh_running()
         b = sim.snapshot()
+        sub_b = [arm.counts["reads"] for arm in sim.arm.arms]
         phases.done("steady", reads=b["reads"] - a["reads"])
         per_h = 3600 / max(1.0, b["t"] - a["t"])
         # 3. burst
@@ -363,13 +436,16 @@ def run(n: int, hours: float, burst: int, drift_check_s: float, workspaces: int)
                 noticed = sim.clock.seconds() - killed
                 break
         phases.done("kill", noticed_s=noticed)
-    reads_h = (b["reads"] - a["reads"]) * per_h
+    # ARM's limits are per subscription: the busiest one is held against them.
+    reads_h = max(y - x for x, y in zip(sub_a, sub_b, strict=True)) * per_h
     limit_reads_h = ARM_LIMITS["reads"][1] * 3600
     return {
         "clusters": n,
+        "subscriptions": subscriptions,
         "running_at_steady_state": filled,
         "steady_simulated_h": round((b["t"] - a["t"]) / 3600, 3),
-        "arm_reads_per_h": round(reads_h),
+        "arm_reads_per_h": round((b["reads"] - a["reads"]) * per_h),
+        "arm_reads_per_h_busiest_subscription": round(reads_h),
         "arm_reads_limit_per_h": round(limit_reads_h),
         "arm_reads_pct_of_refill": round(100 * reads_h / limit_reads_h, 1),
         "arm_writes_per_h": round((b["writes"] - a["writes"]) * per_h),
@@ -412,10 +488,20 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=1000)
     ap.add_argument("--drift-check-s", type=float, default=7200.0)
     ap.add_argument("--workspaces", type=int, default=20)
+    ap.add_argument(
+        "--subscriptions",
+        type=int,
+        default=1,
+        help="subscriptions of managed resource groups, each with ARM's limits",
+    )
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
-    result = run(a.clusters, a.hours, a.burst, a.drift_check_s, a.workspaces)
-    emit(f"azure_scale: {a.clusters} clusters, simulated", result, a.json)
+    result = run(a.clusters, a.hours, a.burst, a.drift_check_s, a.workspaces, a.subscriptions)
+    emit(
+        f"azure_scale: {a.clusters} clusters, {a.subscriptions} subscription(s), simulated",
+        result,
+        a.json,
+    )
 
 
 if __name__ == "__main__":
