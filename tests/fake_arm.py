@@ -563,7 +563,15 @@ class FakeArm(HttpTransport):
         tagged_value = bool(flt and "tagValue" in flt)
         out = []
         one = re.fullmatch(r"tagName eq 'ClusterId' and tagValue eq '([^']*)'", flt or "")
-        if group is not None:
+        if group is not None and one:
+            # One cluster's resources in one group: from the cluster index (a group of a
+            # thousand clusters is not walked for each observation).
+            listed = [
+                r
+                for rid, r in self.resources.by_cluster.get(one.group(1), {}).items()
+                if _rg(rid) == group
+            ]
+        elif group is not None:
             listed = self.resources.in_group(group)
         elif one:
             listed = self.resources.by_cluster.get(one.group(1), {}).values()
