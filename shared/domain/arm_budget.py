@@ -246,6 +246,9 @@ class ReadPriorities:
             return  # a suspect stays one until it was read
         hold = CONFIRM_HOLD_S if priority == "confirm" else 0.0
         self.marks[cluster_id] = (priority, now_s + hold)
+        if len(self.marks) > 10_000:  # suspects never read again (deleted): forget them
+            for cid in [c for c, (p, t) in self.marks.items() if p == "confirm" and now_s >= t]:
+                del self.marks[cid]
 
     def take(self, cluster_id: str, now_s: float) -> Priority:
         """The priority of a read of the cluster now; a drift mark is used up by it."""
