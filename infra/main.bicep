@@ -35,7 +35,7 @@ param cosmosZoneRedundant bool = false
 @description('Cosmos DB database name (SPARKPLANE_COSMOS_DATABASE).')
 param cosmosDatabaseName string = 'sparkplane'
 
-@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it). About 1,600 RU/s per 1,000 running clusters (heartbeat samples, the reconciler\'s scan, the node-health reads; bench.azure_scale, docs/deploy.md "Scale"): the default serves about 2,500; 10,000 running clusters need about 16,000.')
+@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it, and bills at least 10% every hour). About 1,600 RU/s per 1,000 running clusters (heartbeat samples, the reconciler\'s scan, the node-health reads; bench.azure_scale at 10,000 clusters, docs/deploy.md "Scale"): the default serves about 2,500 and costs an idle platform 400 RU/s; 10,000 running clusters need about 17,000.')
 @minValue(1000)
 param cosmosMaxThroughput int = 4000
 
@@ -80,6 +80,9 @@ param agentSourceSha256 string = ''
 
 @description('Subscription that holds the workspaces\' managed resource groups and their clusters (SPARKPLANE_ARM_SUBSCRIPTION_ID); the provisioner role and the conditioned RBAC delegation are granted there and nowhere else. Give it a subscription of its own, as Azure Databricks isolates its managed resource groups; default: this deployment\'s subscription.')
 param workspacesSubscriptionId string = subscription().subscriptionId
+
+@description('Further subscriptions for workspaces\' managed resource groups (SPARKPLANE_ARM_SUBSCRIPTION_IDS): each new workspace goes to the one with the fewest clusters (shared/domain/arm_placement.py), and ARM\'s request limits apply per subscription, so each one adds a subscription\'s worth of ARM reads and writes (docs/deploy.md "Scale"). Each gets the same grants as workspacesSubscriptionId; its resource providers and VM quotas are set up beforehand (not in this template).')
+param extraWorkspacesSubscriptionIds array = []
 
 @description('OpenSSH public key for break-glass SSH to cluster nodes from inside their VNet (SPARKPLANE_ARM_ADMIN_PUBLIC_KEY). Empty: nobody can log in to a node.')
 param nodeAdminPublicKey string = ''
@@ -660,6 +663,7 @@ var appSettings = {
   SPARKPLANE_EVENT_TTL_DAYS: string(eventTtlDays)
   SPARKPLANE_SERVICEBUS_FQDN: serviceBusFqdn
   SPARKPLANE_ARM_SUBSCRIPTION_ID: workspacesSubscriptionId
+  SPARKPLANE_ARM_SUBSCRIPTION_IDS: join(extraWorkspacesSubscriptionIds, ',')
   SPARKPLANE_ARM_LOCATION: workspaceLocation
   SPARKPLANE_ARM_PLATFORM_RESOURCE_ID: functionApp.id
   SPARKPLANE_ARM_CONTROL_PLANE_URL: 'https://${functionApp.properties.defaultHostName}'
@@ -781,6 +785,22 @@ module provisionerRbac 'modules/provisioner-rbac.bicep' = if (grantProvisionerRo
     platformName: functionAppName
   }
 }
+
+// The same grants in each further workspaces' subscription: one subscription-scope module per
+// subscription (a role definition and its assignments live in the subscription they are for; a
+// resource-group deployment reaches another subscription only through such a module, and the
+// deploying principal needs Owner or User Access Administrator there too).
+module provisionerRbacExtra 'modules/provisioner-rbac.bicep' = [
+  for (sub, i) in extraWorkspacesSubscriptionIds: if (grantProvisionerRoles) {
+    name: 'sparkplane-provisioner-rbac-${token}-${i}'
+    scope: subscription(sub)
+    params: {
+      principalId: functionApp.identity.principalId
+      platformName: functionAppName
+      roleNameSuffix: ', ${sub}'
+    }
+  }
+]
 
 // ---------------------------------------------------------------------------------------------
 // What the operator watches: platform logs in Log Analytics, an alert on dead letters

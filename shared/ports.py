@@ -336,6 +336,12 @@ class ClusterHealthQuery(Protocol):
         ProvisionerThrottled."""
         ...
 
+    def read_reason(self, cluster_id: str, reason: str) -> None:
+        """The cluster is about to be observed by the reconciler timer, and why
+        (shared/domain/node_health.py's reasons): reads that confirm a suspect node go before
+        drift reads when the cloud's request budget is short."""
+        ...
+
 
 @runtime_checkable
 class ReadyReports(Protocol):

@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     # Azure Resource Manager.
     # The subscription that holds the workspaces' managed resource groups.
     arm_subscription_id: str = ""
+    # More of them, comma-separated: each workspace's group is placed in one of these and the
+    # one above (shared/domain/arm_placement.py); ARM's request limits apply per subscription.
+    arm_subscription_ids: str = ""
     arm_endpoint: str = "https://management.azure.com"
     # Region of a workspace created without one.
     arm_location: str = "westeurope"
@@ -200,6 +203,17 @@ class Settings(BaseSettings):
     # assignment (deployment stack deny settings) each managed resource group gets; empty = the
     # groups get no deny assignment.
     arm_principal_id: str = ""
+
+    @property
+    def arm_subscriptions(self) -> list[str]:
+        """Every subscription of managed resource groups, `arm_subscription_id` first (the
+        workspaces made before there were several stay there), no repeats."""
+        out: list[str] = []
+        for sub in [self.arm_subscription_id, *self.arm_subscription_ids.split(",")]:
+            sub = sub.strip()
+            if sub and sub.lower() not in (o.lower() for o in out):
+                out.append(sub)
+        return out
 
 
 @lru_cache(maxsize=1)

@@ -239,10 +239,10 @@ def _provisioner(s: Settings, store: Store) -> Provisioner:
             s.data_dir / "local_spark", scratch_quota_bytes=s.local_scratch_mb * 2**20
         )
     if s.provisioner == "arm":
-        from shared.adapters.arm import ArmProvisioner
+        from shared.adapters.arm.shards import arm_from_settings
 
         # The worker slots and ready reports are the app's, shared by its instances.
-        return ArmProvisioner.from_settings(s, store=store)
+        return arm_from_settings(s, store=store)
     from shared.adapters.records import RecordProvisioner
 
     return RecordProvisioner(

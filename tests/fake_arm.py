@@ -146,7 +146,9 @@ class FakeArm(HttpTransport):
         limits: ArmLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         record: bool = True,
+        subscription: str = SUB,
     ) -> None:
+        self.sub = subscription
         self.requests: list[Rec] = []
         # Keep each request (the tests read them); a benchmark only counts.
         self.record = record
@@ -303,7 +305,7 @@ class FakeArm(HttpTransport):
             return
         params = {k: v["value"] for k, v in d["body"]["properties"]["parameters"].items()}
         loc = params["location"]
-        rgp = f"/subscriptions/{SUB}/resourceGroups/{self.groups[group]['name']}/providers"
+        rgp = f"/subscriptions/{self.sub}/resourceGroups/{self.groups[group]['name']}/providers"
         if name == "sparkplane-workspace":
             vnet = f"{rgp}/Microsoft.Network/virtualNetworks/workers-vnet"
             subnet = f"{vnet}/subnets/workers"
@@ -402,9 +404,9 @@ class FakeArm(HttpTransport):
         op = f"op{next(self._ids)}"
         self.ops[op] = target
         return {
-            "Azure-AsyncOperation": f"{BASE}/subscriptions/{SUB}/providers/"
+            "Azure-AsyncOperation": f"{BASE}/subscriptions/{self.sub}/providers/"
             f"Microsoft.Resources/operationStatuses/{op}?api-version=2025-04-01",
-            "Location": f"{BASE}/subscriptions/{SUB}/providers/"
+            "Location": f"{BASE}/subscriptions/{self.sub}/providers/"
             f"Microsoft.Resources/operationResults/{op}?api-version=2025-04-01",
             "Retry-After": "0",
         }
@@ -447,7 +449,7 @@ class FakeArm(HttpTransport):
             return (202, None, {"Retry-After": "0"}) if status == "Running" else (200, None, {})
         if low == ["providers", "microsoft.resourcegraph", "resources"] and method == "POST":
             return self._graph(body)
-        assert low[0] == "subscriptions" and parts[1] == SUB, path
+        assert low[0] == "subscriptions" and parts[1] == self.sub, path
         if len(low) == 3 and low[2] == "resourcegroups" and method == "GET":
             out = [
                 _group_json(g, with_tags=False)
@@ -484,7 +486,7 @@ class FakeArm(HttpTransport):
         if method == "PUT":
             new = g is None
             self.groups[key] = {
-                "id": f"/subscriptions/{SUB}/resourceGroups/{name}",
+                "id": f"/subscriptions/{self.sub}/resourceGroups/{name}",
                 "name": name,
                 "location": body["location"],
                 "managedBy": body.get("managedBy"),
@@ -541,7 +543,7 @@ class FakeArm(HttpTransport):
         d = self.deployments[key]
         params = d["body"]["properties"].get("parameters") or {}
         return {
-            "id": f"/subscriptions/{SUB}/resourceGroups/{group}/providers/"
+            "id": f"/subscriptions/{self.sub}/resourceGroups/{group}/providers/"
             f"Microsoft.Resources/deployments/{key[1]}",
             "name": key[1],
             "type": "Microsoft.Resources/deployments",
@@ -564,7 +566,15 @@ class FakeArm(HttpTransport):
         tagged_value = bool(flt and "tagValue" in flt)
         out = []
         one = re.fullmatch(r"tagName eq 'ClusterId' and tagValue eq '([^']*)'", flt or "")
-        if group is not None:
+        if group is not None and one:
+            # One cluster's resources in one group: from the cluster index (a group of a
+            # thousand clusters is not walked for each observation).
+            listed = [
+                r
+                for rid, r in self.resources.by_cluster.get(one.group(1), {}).items()
+                if _rg(rid) == group
+            ]
+        elif group is not None:
             listed = self.resources.in_group(group)
         elif one:
             listed = self.resources.by_cluster.get(one.group(1), {}).values()
@@ -702,11 +712,28 @@ class FakeArm(HttpTransport):
         ]
 
     def _graph(self, body: Any) -> tuple[int, Any, dict[str, str]]:
-        """Azure Resource Graph, for the one query the provisioner sends (its KQL is not
-        interpreted: the fake answers what UNHEALTHY_QUERY asks, with its paging)."""
-        from shared.adapters.arm.bulk import UNHEALTHY_QUERY
+        """Azure Resource Graph, for the queries the provisioner sends (their KQL is not
+        interpreted: the fake answers what each one asks, with its paging)."""
+        assert self.sub in body["subscriptions"], body
+        return _graph_page(self.graph_rows(body["query"]), body)
 
-        assert body["query"] == UNHEALTHY_QUERY and body["subscriptions"] == [SUB], body
+    def graph_rows(self, query: str) -> list[dict[str, Any]]:
+        from shared.adapters.arm.bulk import UNHEALTHY_QUERY
+        from shared.adapters.arm.shards import CLUSTERS_QUERY, GROUPS_QUERY
+
+        if query == GROUPS_QUERY:
+            return [
+                {"workspaceId": g["tags"].get("WorkspaceId", ""), "subscriptionId": self.sub}
+                for g in self.groups.values()
+                if g["tags"].get("Vendor") == "sparkplane"
+            ]
+        if query == CLUSTERS_QUERY:
+            return [
+                {"clusterId": r["tags"]["ClusterId"], "subscriptionId": self.sub}
+                for r in self.find("virtualMachines")
+                if r["tags"].get("Vendor") == "sparkplane" and r["tags"].get("ClusterId")
+            ]
+        assert query == UNHEALTHY_QUERY, query
         bad = set()
         for r in self.resources.values():
             cid = (r.get("tags") or {}).get("ClusterId")
@@ -720,15 +747,7 @@ class FakeArm(HttpTransport):
             instances = r.get("instances", {}).values()
             if vm_failed or any(i["state"] == "Failed" for i in instances):
                 bad.add(cid)
-        rows = sorted(bad)
-        opts = body.get("options") or {}
-        start = int(opts.get("$skipToken") or 0)
-        top = int(opts.get("$top") or 1000)
-        page = [{"clusterId": c} for c in rows[start : start + top]]
-        out: dict[str, Any] = {"totalRecords": len(rows), "count": len(page), "data": page}
-        if start + top < len(rows):
-            out["$skipToken"] = str(start + top)
-        return 200, out, {}
+        return [{"clusterId": c} for c in sorted(bad)]
 
     # -- test helpers
     def take(self) -> list[Rec]:
@@ -738,6 +757,82 @@ class FakeArm(HttpTransport):
 
     def find(self, type_suffix: str) -> list[dict[str, Any]]:
         return [r for r in self.resources.values() if r["type"].endswith(type_suffix)]
+
+
+def _graph_page(rows: list[dict[str, Any]], body: Any) -> tuple[int, Any, dict[str, str]]:
+    opts = body.get("options") or {}
+    start = int(opts.get("$skipToken") or 0)
+    top = int(opts.get("$top") or 1000)
+    page = rows[start : start + top]
+    out: dict[str, Any] = {"totalRecords": len(rows), "count": len(page), "data": page}
+    if start + top < len(rows):
+        out["$skipToken"] = str(start + top)
+    return 200, out, {}
+
+
+class FakeArms(HttpTransport):
+    """Several subscriptions, each its own FakeArm (its own resources and request limits),
+    behind one transport: a request goes to the subscription its URL names; a Resource Graph
+    query is answered from every subscription it lists, in one paged result."""
+
+    def __init__(self, arms: list[FakeArm]) -> None:
+        self.arms = {a.sub: a for a in arms}
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> FakeArms:
+        return self
+
+    def __exit__(self, *args: Any) -> None: ...
+
+    def sleep(self, duration: float) -> None:
+        pass
+
+    def send(self, request: Any, **kwargs: Any) -> RestRequestsTransportResponse:
+        path = urlsplit(request.url).path
+        m = re.search(r"/subscriptions/([^/]+)", path)
+        if m:
+            return self.arms[m.group(1)].send(request, **kwargs)
+        body = json.loads(request.content)
+        rows: list[dict[str, Any]] = []
+        self.arms[body["subscriptions"][0]].counts["graph"] += 1  # one query, whatever it spans
+        for sub in body["subscriptions"]:
+            rows.extend(self.arms[sub].graph_rows(body["query"]))
+        status, payload, headers = _graph_page(rows, body)
+        r = requests.Response()
+        r.status_code = status
+        r.raw = io.BytesIO(json.dumps(payload).encode())
+        r.headers = CaseInsensitiveDict({"Content-Type": "application/json", **headers})
+        r.url = request.url
+        return RestRequestsTransportResponse(request=request, internal_response=r)
+
+    def tick(self, n: int = 1) -> None:
+        for a in self.arms.values():
+            a.tick(n)
+
+
+def sharded_provisioner(
+    arms: FakeArms, *, clock: Callable[[], float] = time.time, store: Any = None, **settings: Any
+) -> Any:
+    """A ShardedArmProvisioner over the subscriptions of `arms` (the first is the one of the
+    single-subscription setting; `store`: as arm_provisioner's)."""
+    from shared.adapters.arm.shards import ShardedArmProvisioner
+    from shared.settings import Settings
+
+    subs = list(arms.arms)
+    s = Settings(
+        arm_subscription_id=subs[0],
+        arm_subscription_ids=",".join(subs[1:]),
+        arm_endpoint=BASE,
+        arm_platform_resource_id=f"/subscriptions/{subs[0]}/resourceGroups/platform/providers/"
+        "Microsoft.Web/sites/sp",
+        **settings,
+    )
+    return ShardedArmProvisioner.from_settings(
+        s, credential=FakeCredential(), transport=arms, clock=clock, store=store
+    )
 
 
 def _rg(resource_id: str) -> str:

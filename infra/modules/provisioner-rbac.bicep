@@ -21,6 +21,9 @@ param principalId string
 @description('Distinguishes this platform\'s custom role from another deployment\'s in the same tenant (role names are unique per tenant).')
 param platformName string
 
+@description('Appended to the custom role\'s name: empty for the first workspaces\' subscription, the subscription id for each further one (the same platform\'s role in several subscriptions needs a name per subscription: role names are unique per tenant).')
+param roleNameSuffix string = ''
+
 var rbacAdministrator = 'f58310d9-a9f6-439a-9e8d-f62e7b41a168'
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
@@ -35,7 +38,7 @@ var delegationCondition = '((!(ActionMatches{\'Microsoft.Authorization/roleAssig
 resource provisionerRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: guid(subscription().id, 'sparkplane-workspace-provisioner', platformName)
   properties: {
-    roleName: 'sparkplane workspace provisioner (${platformName})'
+    roleName: 'sparkplane workspace provisioner (${platformName}${roleNameSuffix})'
     description: 'Creates and deletes sparkplane workspaces\' managed resource groups and the VMs, scale sets and networks of their clusters.'
     type: 'CustomRole'
     assignableScopes: [

@@ -16,6 +16,13 @@ itself before ARM does:
 3. A 429 empties the bucket and holds it shut until its Retry-After has passed (`throttled`).
 4. Callers refused are given retry times one after the other at the refill rate (`refuse`): a
    thousand waiting reconciles come back spread over the time the bucket needs for them.
+5. Reads are not all equal (`Priority`, `RESERVE`). Reading a cluster whose node is suspect (its
+   agent went silent, or Resource Graph names it) is how a dead node is noticed within a minute,
+   so those reads ("confirm") may empty the bucket; the reconciles of clusters in transition
+   (creating, resizing, terminating) leave an eighth of it to them; a drift read (a healthy
+   cluster, read now and then to catch what its agents cannot say) goes only while the bucket
+   is more than half full. Each priority has its own queue of retry slots, so a confirmation is
+   never told to wait behind a burst of refused creates.
 
 Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
 first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
@@ -35,6 +42,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["reads", "writes", "deletes"]
+Priority = Literal["confirm", "transition", "drift"]
+# The share of each bucket a caller of this priority leaves to those above it (point 5).
+RESERVE: Mapping[Priority, float] = {"confirm": 0.0, "transition": 0.125, "drift": 0.5}
 KINDS: tuple[Kind, ...] = ("reads", "writes", "deletes")
 # (bucket size, refill per second) of each kind, per subscription: Azure's documented figures.
 ARM_LIMITS: Mapping[Kind, tuple[float, float]] = {
@@ -68,8 +78,8 @@ class Bucket:
     at_s: float
     # No token before this time (a 429's Retry-After).
     shut_until_s: float = 0.0
-    # The retry slot the next refused caller gets (see `Budget.refuse`).
-    next_retry_s: float = 0.0
+    # The retry slot the next refused caller of each priority gets (see `Budget.refuse`).
+    next_retry_s: dict[str, float] = field(default_factory=dict)
 
     def refill(self, now_s: float) -> None:
         if now_s > self.at_s:
@@ -95,24 +105,38 @@ class Budget:
         return cls({k: Bucket(size, rate, size, now_s) for k, (size, rate) in limits.items()})
 
     def take(self, kind: Kind, now_s: float) -> float:
-        """0 when a token was taken (send the request), else the seconds to wait (do not)."""
-        wait = self.need(kind, 1, now_s)
+        """0 when a token was taken (send the request), else the seconds to wait (do not).
+        One request of an operation that `need` admitted: it keeps no reserve."""
+        wait = self.need(kind, 1, now_s, "confirm")
         if wait == 0:
             self.buckets[kind].tokens -= 1
         return wait
 
-    def need(self, kind: Kind, tokens: int, now_s: float) -> float:
-        """0 when `tokens` are there (none is taken), else the seconds to wait (`refuse`)."""
-        wait = self.buckets[kind].wait_s(now_s, float(tokens))
-        return self.refuse(kind, wait, tokens, now_s) if wait > 0 else 0.0
-
-    def refuse(self, kind: Kind, wait_s: float, tokens: int, now_s: float) -> float:
-        """A refused caller's wait: its own, or later, a slot after the callers refused before
-        it, one slot per `tokens` at the bucket's refill rate, so that refused callers come
-        back spread out at the rate the bucket serves them, not all at the first free token."""
+    def need(
+        self, kind: Kind, tokens: int, now_s: float, priority: Priority = "transition"
+    ) -> float:
+        """0 when `tokens` are there beyond what `priority` leaves to those above it (none is
+        taken), else the seconds to wait (`refuse`)."""
         b = self.buckets[kind]
-        slot = max(now_s + wait_s, b.next_retry_s)
-        b.next_retry_s = slot + tokens / b.refill_per_s
+        want = min(b.size, tokens + RESERVE[priority] * b.size)
+        wait = b.wait_s(now_s, want)
+        return self.refuse(kind, wait, tokens, now_s, priority) if wait > 0 else 0.0
+
+    def refuse(
+        self,
+        kind: Kind,
+        wait_s: float,
+        tokens: int,
+        now_s: float,
+        priority: Priority = "transition",
+    ) -> float:
+        """A refused caller's wait: its own, or later, a slot after the callers of its priority
+        refused before it, one slot per `tokens` at the bucket's refill rate, so that refused
+        callers come back spread out at the rate the bucket serves them, not all at the first
+        free token."""
+        b = self.buckets[kind]
+        slot = max(now_s + wait_s, b.next_retry_s.get(priority, 0.0))
+        b.next_retry_s[priority] = slot + tokens / b.refill_per_s
         return slot - now_s
 
     def remaining(self, kind: Kind, tokens: float, now_s: float) -> None:
@@ -169,8 +193,12 @@ class Admission:
         for cid in [c for c, (_, last) in q.items() if now_s - last > self.stale_s]:
             del q[cid]
         position = list(q).index(cluster_id)
+        # A create is a transition: it leaves the confirmations their reserve.
         wait = max(
-            budget.buckets[k].wait_s(now_s, tokens=float(n * (position + 1)))
+            budget.buckets[k].wait_s(
+                now_s,
+                tokens=n * (position + 1) + RESERVE["transition"] * budget.buckets[k].size,
+            )
             for k, n in cost.items()
         )
         if position == 0 and wait == 0:
@@ -189,3 +217,49 @@ class Admission:
         q = self.queues.get(workspace_id)
         if q is not None:
             q.pop(cluster_id, None)
+
+
+# Why a cluster is read (shared/domain/node_health.py's reasons) -> the priority of its reads.
+READ_PRIORITY: Mapping[str, Priority] = {
+    "silent": "confirm",
+    "bulk": "confirm",
+    "drift": "drift",
+    "every_tick": "transition",
+}
+# How long a suspect cluster's reads keep their priority: the reconciler timer's read of it and
+# the reconcile that read sends (which replaces the node or ends the cluster).
+CONFIRM_HOLD_S = 120.0
+
+
+@dataclass
+class ReadPriorities:
+    """The priority of the next reads of each cluster (point 5 of the module docstring): a
+    suspect's for CONFIRM_HOLD_S, a drift read's for the one observation it is made for;
+    every other read is a transition's."""
+
+    marks: dict[str, tuple[Priority, float]] = field(default_factory=dict)
+
+    def mark(self, cluster_id: str, reason: str, now_s: float) -> None:
+        priority = READ_PRIORITY.get(reason, "transition")
+        held, until = self.marks.get(cluster_id, ("transition", 0.0))
+        if held == "confirm" and now_s < until and priority != "confirm":
+            return  # a suspect stays one until it was read
+        hold = CONFIRM_HOLD_S if priority == "confirm" else 0.0
+        self.marks[cluster_id] = (priority, now_s + hold)
+        if len(self.marks) > 10_000:  # suspects never read again (deleted): forget them
+            for cid in [c for c, (p, t) in self.marks.items() if p == "confirm" and now_s >= t]:
+                del self.marks[cid]
+
+    def take(self, cluster_id: str, now_s: float) -> Priority:
+        """The priority of a read of the cluster now; a drift mark is used up by it."""
+        got = self.marks.get(cluster_id)
+        if got is None:
+            return "transition"
+        priority, until = got
+        if priority == "drift":
+            del self.marks[cluster_id]
+            return "drift"
+        if now_s >= until:
+            del self.marks[cluster_id]
+            return "transition"
+        return priority

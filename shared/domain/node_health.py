@@ -18,6 +18,10 @@ reads per cluster and tick, which at ten thousand clusters is far beyond a subsc
 4. `drift_check_s` = 0 keeps reading the cloud at every tick (the local provisioners, whose
    observe reads local processes or rows and has no request limits).
 
+When the cloud's request budget is short, suspects (`silent`, `bulk`) are read first and drift
+reads last (`READ_ORDER`; the budget's side of it is shared/domain/arm_budget.py, point 5): a
+dead node is noticed within a minute even right after a burst of creates has spent the budget.
+
 Transitions (creating, resizing, terminating) are not decided here: their reconciles read the
 cloud as they go, as before. A node that runs no agent is judged by the drift reads alone.
 """
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Reason = Literal["every_tick", "silent", "drift", "bulk"]
+# The order in which one tick reads the clusters it must read (suspects first).
+READ_ORDER: dict[Reason, int] = {"bulk": 0, "silent": 0, "every_tick": 1, "drift": 2}
 
 
 @dataclass(frozen=True, slots=True)

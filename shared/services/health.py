@@ -77,6 +77,12 @@ class NodeHealth:
             p=self.params,
         )
 
+    def before_read(self, c: Cluster, reason: node_health.Reason) -> None:
+        """The cluster is read now, for `reason`: the provisioner gives its reads the priority
+        that reason has (a suspect's before drift)."""
+        if self.bulk is not None:
+            self.bulk.read_reason(c.cluster_id, reason)
+
     def orphans_due(self, since_ms: int, now_ms: int) -> bool:
         """The orphan listing is drift too: once per drift period (every tick without one)."""
         period = int(self.params.drift_check_s * 1000)

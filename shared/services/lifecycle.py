@@ -8,8 +8,8 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from shared.domain import node_health, serverless, spark_auth, storage
 from shared.domain import reconcile as rec
-from shared.domain import serverless, spark_auth, storage
 from shared.domain.cluster import Cluster
 from shared.domain.states import TRANSITIONAL, State
 from shared.ports import (
@@ -251,14 +251,16 @@ class Lifecycle:
         since, self._last_sweep_ms = self._last_sweep_ms or now - self.interval_ms, now
         # The cloud is read for drift and orphans at a slow cadence, for node health only when
         # the heartbeats say so (services/health.py); a throttled read waits for the next tick.
-        throttled = False
         owners: set[str] = set()
-        try:
+        # Throttled, the bulk query waits for the next tick (the heartbeats still say who is
+        # silent), and the orphan listing, drift, for the next period's moment.
+        with contextlib.suppress(ProvisionerThrottled):
             self.health.refresh()
+        with contextlib.suppress(ProvisionerThrottled):
             if self.health.orphans_due(since, now):
                 owners = self.provisioner.cluster_ids()
-        except ProvisionerThrottled:
-            throttled = True
+        # RUNNING clusters to read in the cloud, suspects first (node_health.READ_ORDER).
+        due: list[tuple[int, int, Cluster, str, node_health.Reason]] = []
         stuck_ms = int(self.settings.stuck_after_s * 1000)
         kicked = 0
         known: set[str] = set()
@@ -276,24 +278,26 @@ class Lifecycle:
             if c.state == State.RUNNING:
                 # Passive check of a converged cluster: a node that died (or vanished) makes
                 # the planner act; then a reconcile replaces it or ends the cluster.
-                if throttled or self.health.check(c, since, now) is None:
-                    continue
-                try:
-                    p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
-                except ProvisionerThrottled:
-                    throttled = True
-                    continue
-                if p.actions or p.changed:
-                    self.bus.send(
-                        self.settings.lifecycle_queue,
-                        [reconcile_message(c, f"heal:{c.cluster_id}:{r.etag}:{bucket}")],
-                    )
-                    kicked += 1
+                reason = self.health.check(c, since, now)
+                if reason is not None:
+                    due.append((node_health.READ_ORDER[reason], len(due), c, r.etag, reason))
                 continue
             if c.state.value in transitional and now - c.state_since >= stuck_ms:
                 self.bus.send(
                     self.settings.lifecycle_queue,
                     [reconcile_message(c, f"kick:{c.cluster_id}:{r.etag}:{bucket}")],
+                )
+                kicked += 1
+        for _, _, c, etag, reason in sorted(due, key=lambda d: d[:2]):
+            self.health.before_read(c, reason)
+            try:
+                p = rec.plan(c, self.provisioner.observe(c.cluster_id), now=now)
+            except ProvisionerThrottled:
+                break  # the rest come after it (same or lower priority): the next tick
+            if p.actions or p.changed:
+                self.bus.send(
+                    self.settings.lifecycle_queue,
+                    [reconcile_message(c, f"heal:{c.cluster_id}:{etag}:{bucket}")],
                 )
                 kicked += 1
         orphans = owners - known

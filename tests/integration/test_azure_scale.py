@@ -14,3 +14,11 @@ def test_the_azure_scale_benchmark_meets_its_goals_small() -> None:
     assert r["burst_running"] == 20 and r["burst_lost"] == 0 and r["burst_created_twice"] == 0
     assert r["burst_failed"] == 0
     assert r["kill_noticed_s"] is not None and r["kill_noticed_s"] <= 60
+
+
+def test_over_two_subscriptions_each_keeps_its_own_limits() -> None:
+    r = run(40, hours=0.05, burst=20, drift_check_s=7200, workspaces=4, subscriptions=2)
+    assert r["subscriptions"] == 2 and r["running_at_steady_state"] == 20
+    assert r["arm_429_steady"] == 0 and r["burst_arm_429"] == 0
+    assert r["burst_running"] == 20 and r["burst_lost"] == 0 and r["burst_created_twice"] == 0
+    assert r["kill_noticed_s"] is not None and r["kill_noticed_s"] <= 60

@@ -123,3 +123,29 @@ def test_resource_graph_pages(tmp_path: Path) -> None:
     arm.take()
     assert prov.unhealthy_clusters() == {f"c{i:04d}" for i in range(2500)}
     assert len(arm.take()) == 3  # pages of 1000
+
+
+def test_a_suspect_is_read_first_when_a_burst_has_spent_the_read_budget(tmp_path: Path) -> None:
+    c, arm, bus, clock = _world(tmp_path, drift_check_s=7200)
+    p = Principal("ws1", "admin", "t")
+    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
+    cid = c.clusters.create(p, {**spec, "cluster_name": "c", "num_workers": 1})
+    agents = FakeAgents(arm)
+    for _ in range(10):
+        _drain(c, bus)
+        arm.tick()
+        agents.heartbeat(c.utilization)  # the driver reports ready
+        clock.advance(2000)
+    assert c.repo.load("ws1", cid)[0].state == State.RUNNING  # type: ignore[index]
+    # A burst has left the bucket at its last eighth and a thousand refused reconciles queued
+    # for the next four minutes.
+    budget = c.provisioner.throttle.budget(SUB)  # type: ignore[attr-defined]
+    budget.remaining("reads", 30, clock.ms / 1000)
+    for _ in range(1000):
+        budget.need("reads", 6, clock.ms / 1000)
+    assert budget.need("reads", 6, clock.ms / 1000) > 200  # a transition would wait its turn
+    arm.find("virtualMachines")[0]["properties"]["provisioningState"] = "Failed"
+    # The next tick: Resource Graph names it, its read goes, and so does the reconcile it sends.
+    c.lifecycle.sweep()
+    _drain(c, bus)
+    assert c.repo.load("ws1", cid)[0].state != State.RUNNING  # type: ignore[index]

@@ -451,8 +451,9 @@ def test_bicep_role_assignments_replace_keys(bicep: dict[str, Any]) -> None:
         assert guid in text, name
     assert len(_by_type(bicep, "Microsoft.Authorization/roleAssignments")) >= 4
     assert _by_type(bicep, "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments")
-    (module,) = bicep["modules"].values()
-    assert module["detail"]["path"] == "modules/provisioner-rbac.bicep"
+    # The provisioner's grants: the workspaces' subscription, and each further one.
+    paths = [m["detail"]["path"] for m in bicep["modules"].values()]
+    assert paths == ["modules/provisioner-rbac.bicep"] * 2
     rbac = _parse_bicep(INFRA / "modules" / "provisioner-rbac.bicep")
     (role,) = _by_type(rbac, "Microsoft.Authorization/roleDefinitions").values()
     (perms,) = _config(role)["properties"]["permissions"]

@@ -96,6 +96,9 @@ class ArmBase(ArmRequests):
         # (ArmProvisioner.from_settings installs them).
         self.throttle = throttle or ArmThrottle(clock)
         self.subscription_id = subscription_id
+        # The subscriptions the bulk Resource Graph queries span (all of them when several
+        # share the work: shared/adapters/arm/shards.py).
+        self.graph_subscriptions = [subscription_id]
         self.templates_dir = Path(templates_dir)
         self.platform_resource_id = platform_resource_id
         self.default_location = default_location

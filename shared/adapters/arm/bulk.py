@@ -33,22 +33,31 @@ union
 
 
 class BulkMixin(ArmBase):
+    def read_reason(self, cluster_id: str, reason: str) -> None:
+        """The reconciler timer is about to read the cluster, and why: a suspect's reads go
+        before drift reads when the budget is short (shared/domain/arm_budget.py, point 5)."""
+        self.throttle.mark(cluster_id, reason)
+
     def unhealthy_clusters(self) -> set[str]:
-        out: set[str] = set()
+        return {str(row["clusterId"]) for row in self.graph_rows(UNHEALTHY_QUERY)}
+
+    def graph_rows(self, query: str) -> list[dict[str, Any]]:
+        """Every row of a Resource Graph query over `graph_subscriptions`, page by page."""
+        out: list[dict[str, Any]] = []
         token: str | None = None
         for _ in range(1000):  # pages; a bound against a service that never stops paging
             options: dict[str, Any] = {"resultFormat": "objectArray", "$top": PAGE}
             if token:
                 options["$skipToken"] = token
             body = {
-                "subscriptions": [self.subscription_id],
-                "query": UNHEALTHY_QUERY,
+                "subscriptions": list(self.graph_subscriptions),
+                "query": query,
                 "options": options,
             }
             resp = self._send("POST", GRAPH_URL, {"api-version": GRAPH_API}, json=body)
             resp.raise_for_status()
             page = resp.json()
-            out.update(str(row["clusterId"]) for row in page.get("data") or [])
+            out.extend(page.get("data") or [])
             token = page.get("$skipToken")
             if not token:
                 break

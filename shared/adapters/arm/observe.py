@@ -73,7 +73,8 @@ class ObserveMixin(ArmBase):
             # Its create waits for admission: nothing of it is in ARM, and asking costs reads.
             return []
         # An observation of a running cluster is six reads: it starts when it can finish.
-        self.throttle.need(self.subscription_id, "reads", OBSERVE_READS)
+        priority = self.throttle.priority(cluster_id)
+        self.throttle.need(self.subscription_id, "reads", OBSERVE_READS, priority)
         # A new cluster has nothing tagged and no known group: no nodes. (Another instance of
         # the app may have just started its deployment: the next start_driver is refused with
         # 409 DeploymentActive, and remembers the group.)

@@ -71,6 +71,7 @@ class ArmProvisioner(WorkspacesMixin, WorkersMixin, ObserveMixin, DisksMixin, Bu
         credential: Any = None,
         clock: Callable[[], float] = time.time,
         store: Store | None = None,
+        throttle: ArmThrottle | None = None,
         **client_kwargs: Any,
     ) -> ArmProvisioner:
         """Clients for `s.arm_endpoint` with the app's managed identity (`DefaultAzureCredential`)
@@ -89,7 +90,7 @@ class ArmProvisioner(WorkspacesMixin, WorkersMixin, ObserveMixin, DisksMixin, Bu
         # A throttled or failing call is retried a few times, not for minutes: the reconcile
         # that made it is retried anyway.
         client_kwargs.setdefault("retry_total", 3)
-        throttle = ArmThrottle(clock)
+        throttle = throttle or ArmThrottle(clock)  # shared by the subscriptions' shards
         client_kwargs.update(throttle.hooks())
         rm = ResourceManagementClient(
             credential, s.arm_subscription_id, base_url=s.arm_endpoint, **client_kwargs

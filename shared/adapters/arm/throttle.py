@@ -29,6 +29,8 @@ from shared.domain.arm_budget import (
     Admission,
     Budget,
     Kind,
+    Priority,
+    ReadPriorities,
     kind_of,
     retry_after_s,
 )
@@ -45,6 +47,7 @@ class ArmThrottle:
         self._lock = threading.Lock()
         self.budgets: dict[str, Budget] = {}
         self.admission = Admission()
+        self.priorities = ReadPriorities()
         self.throttled = 0
 
     def budget(self, subscription_id: str) -> Budget:
@@ -73,13 +76,26 @@ class ArmThrottle:
         with self._lock:
             return self.admission.waiting(cluster_id)
 
-    def need(self, subscription_id: str, kind: Kind, tokens: int) -> None:
-        """Raises ProvisionerThrottled unless `tokens` requests of `kind` can go now: an
-        operation of several requests starts only when it can finish."""
+    def need(
+        self, subscription_id: str, kind: Kind, tokens: int, priority: Priority = "transition"
+    ) -> None:
+        """Raises ProvisionerThrottled unless `tokens` requests of `kind` can go now, beyond
+        the reserve `priority` leaves to those above it: an operation of several requests
+        starts only when it can finish."""
         with self._lock:
-            wait = self.budget(subscription_id).need(kind, tokens, self.clock())
+            wait = self.budget(subscription_id).need(kind, tokens, self.clock(), priority)
         if wait > 0:
-            raise ProvisionerThrottled(wait, f"ARM {kind} budget low")
+            raise ProvisionerThrottled(wait, f"ARM {kind} budget low ({priority})")
+
+    def mark(self, cluster_id: str, reason: str) -> None:
+        """Why the cluster's next reads are made (node_health's reasons): their priority."""
+        with self._lock:
+            self.priorities.mark(cluster_id, reason, self.clock())
+
+    def priority(self, cluster_id: str) -> Priority:
+        """The priority of a read of the cluster now (a drift mark is used up)."""
+        with self._lock:
+            return self.priorities.take(cluster_id, self.clock())
 
     def on_request(self, request: Any) -> None:
         http = request.http_request
