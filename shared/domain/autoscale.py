@@ -236,8 +236,13 @@ def _remember(
         seen = s.ts_ms
     if not changed:
         return mem
-    return replace(
-        mem,
+    # Built field by field: dataclasses.replace costs several times more, and the autoscaling
+    # timer calls this for every running cluster on every tick.
+    return ScalingMemory(
+        mem.changed_at_ms,
+        mem.direction,
+        mem.from_workers,
+        mem.to_workers,
         seen_until_ms=seen,
         tail_workers=tail,
         tail_ref_ms=tail_ref,
