@@ -269,19 +269,21 @@ def _pick_removals(
 
 
 def _covers(samples: Sequence[Sample], start_ms: int, now_ms: int, max_gap_ms: int) -> bool:
-    """The samples are continuous (no gap above max_gap_ms) from start_ms to now_ms."""
-    prev: int | None = None
-    for s in samples:
+    """The samples (in time order) are continuous (no gap above max_gap_ms) from start_ms to
+    now_ms. Walked from the newest back to the first at or before start_ms: the caller keeps
+    a longer history than the window, and the timer asks this for every cluster each tick."""
+    later = now_ms
+    seen = False
+    for s in reversed(samples):
         if s.ts_ms > now_ms:
-            break
-        if s.ts_ms <= start_ms:
-            prev = s.ts_ms
             continue
-        gap_from = start_ms if prev is None else prev
-        if s.ts_ms - gap_from > max_gap_ms:
+        if later - s.ts_ms > max_gap_ms:
             return False
-        prev = s.ts_ms
-    return prev is not None and now_ms - prev <= max_gap_ms
+        if s.ts_ms <= start_ms:
+            return True
+        seen = True
+        later = s.ts_ms
+    return seen and later - start_ms <= max_gap_ms
 
 
 def decide_size(
@@ -425,10 +427,12 @@ def decide_size(
     if not _covers(samples, now_ms - hold_ms, now_ms, gap_ms):
         return hold(f"no backlog; samples do not cover the last {p.down_hold_s:.0f} s yet", stats)
     peak = 0
-    for s in samples:
-        if now_ms - hold_ms <= s.ts_ms <= now_ms:
-            n = _ceil_div(s.running_tasks + s.pending_tasks, per_worker)
-            peak = max(peak, n)
+    for s in reversed(samples):  # newest first, back to the window's start
+        if s.ts_ms > now_ms:
+            continue
+        if s.ts_ms < now_ms - hold_ms:
+            break
+        peak = max(peak, _ceil_div(s.running_tasks + s.pending_tasks, per_worker))
     peak = min(peak, hi)
     tail = _decay(mem.tail_workers, now_ms - mem.tail_ref_ms, p.down_half_life_s * 1000)
     floor = p.floor_factor * mem.avg_workers

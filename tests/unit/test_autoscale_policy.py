@@ -15,6 +15,7 @@ from shared.domain.autoscale import (
     Sample,
     ScalingMemory,
     WorkerLoad,
+    _covers,
     decide_size,
     idle_decision,
     last_activity,
@@ -412,3 +413,33 @@ def test_idle_never_fires_while_busy(last, minutes, now, busy):
     elif d is not None:
         assert now - last >= minutes * 60_000
         assert d.inactivity_duration_min >= minutes
+
+
+def _covers_forward(samples: list[Sample], start_ms: int, now_ms: int, max_gap_ms: int) -> bool:
+    """The coverage rule read forward, oldest sample first (the policy walks it backwards)."""
+    prev: int | None = None
+    for s in samples:
+        if s.ts_ms > now_ms:
+            break
+        if s.ts_ms <= start_ms:
+            prev = s.ts_ms
+            continue
+        if s.ts_ms - (start_ms if prev is None else prev) > max_gap_ms:
+            return False
+        prev = s.ts_ms
+    return prev is not None and now_ms - prev <= max_gap_ms
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=600), max_size=40),
+    st.integers(min_value=0, max_value=600),
+    st.integers(min_value=0, max_value=300),
+    st.integers(min_value=1, max_value=60),
+)
+def test_coverage_read_backwards_is_the_rule_read_forwards(
+    times: list[int], now_s: int, window_s: int, gap_s: int
+) -> None:
+    samples = [Sample(ts_ms=t * 1000) for t in sorted(times)]
+    now, start, gap = now_s * 1000, (now_s - window_s) * 1000, gap_s * 1000
+    assert _covers(samples, start, now, gap) == _covers_forward(samples, start, now, gap)
