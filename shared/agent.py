@@ -332,9 +332,13 @@ def main() -> None:
 
     logs.setup(os.environ.get("SPARKPLANE_LOG_LEVEL", "INFO"))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     readiness = bool(os.environ.get("SPARKPLANE_CONNECT_URL"))
+    if os.environ.get("SPARKPLANE_CONTROL_PLANE_URL"):
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Else SIGTERM keeps its default and ends the process at once: the readiness-only mode has
+    # nothing to finish, and a handler setting `stop` while the main thread waits in gRPC could
+    # deadlock on the event's lock, which left the child running after its node was stopped.
     if not os.environ.get("SPARKPLANE_CONTROL_PLANE_URL"):
         # A node started outside the control plane, or the long-lived agent's child:
         # readiness only (the ready file), then the warm-up.

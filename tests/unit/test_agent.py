@@ -3,7 +3,10 @@
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -417,3 +420,27 @@ def test_the_ready_file_is_replaced_whole(tmp_path: Path) -> None:
         "workers": ["http://127.0.0.1:8081/"],
     }
     assert [p.name for p in tmp_path.iterdir()] == ["ready.json"]
+
+
+def test_the_readiness_child_ends_on_sigterm_while_it_waits_for_connect(tmp_path: Path) -> None:
+    """The node's stop (SIGTERM to its process group) ends the readiness-only agent at once,
+    even while it waits in gRPC for a Connect server that accepts and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKPLANE_")}
+        env |= {
+            "SPARKPLANE_CONNECT_URL": f"sc://localhost:{server.getsockname()[1]}",
+            "SPARKPLANE_READY_FILE": str(tmp_path / "ready.json"),
+        }
+        root = Path(__file__).resolve().parents[2]
+        child = subprocess.Popen([sys.executable, "-m", "shared.agent"], env=env, cwd=root)
+        try:
+            conn, _ = server.accept()  # the child is in its gRPC call now
+            with conn:
+                child.send_signal(signal.SIGTERM)
+                assert child.wait(timeout=3) == -signal.SIGTERM
+        finally:
+            child.kill()
+            child.wait()
+    assert not (tmp_path / "ready.json").exists()
