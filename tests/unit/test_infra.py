@@ -779,6 +779,31 @@ def test_cloud_init_starts_spark_by_role(cloud_init: dict[str, Any]) -> None:
     assert "SPARKPLANE_SPARK_MASTER_URL=spark://$DRIVER_HOST:7077" in bootstrap
 
 
+def test_cloud_init_starts_each_role_when_the_master_rpc_port_answers(
+    cloud_init: dict[str, Any],
+) -> None:
+    """The Connect server and the Workers wait for the master's RPC port (a Worker started
+    before it waits for Spark's 5-15 s retry), within a start timeout that covers the wait."""
+    files = _files(cloud_init)
+    units = {Path(p).name: c for p, c in files.items() if p.endswith(".service")}
+    waits = {
+        name: re.findall(r"^ExecStartPre=\S*wait-for-port\.sh (\S+) (\d+) (\d+)$", c, re.M)
+        for name, c in units.items()
+    }
+    assert waits["spark-connect.service"] == [("${SPARKPLANE_NODE_IP}", "7077", "300")]
+    assert waits["spark-worker.service"] == [("${SPARKPLANE_DRIVER_HOST}", "7077", "420")]
+    for name in ("spark-connect.service", "spark-worker.service"):
+        limit = int(waits[name][0][2])
+        timeout = re.search(r"^TimeoutStartSec=(\d+)$", units[name], re.M)
+        assert timeout and int(timeout.group(1)) > limit, name
+    # The daemons' JVM options reach the master and the Workers, never the Connect server
+    # (Spark's launcher hands SPARK_DAEMON_JAVA_OPTS to it too).
+    for name in ("spark-master.service", "spark-worker.service"):
+        assert "SPARK_DAEMON_JAVA_OPTS=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC" in units[name]
+    assert "SPARK_DAEMON_JAVA_OPTS" not in units["spark-connect.service"]
+    assert "SPARK_DAEMON_JAVA_OPTS" not in files["/usr/local/lib/sparkplane/bootstrap.sh"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_cloud_init_units_verify(cloud_init: dict[str, Any], tmp_path: Path) -> None:
     for path, content in _files(cloud_init).items():
