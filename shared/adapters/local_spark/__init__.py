@@ -48,6 +48,7 @@ Files under `data_dir` (0700, and so is every directory made here; files 0600):
 The package, by concern (each module's doc says more):
 
     provisioner.py   the Provisioner port: observe, start_driver, add/remove workers, stop
+    node_start.py    a node's processes started: master, Connect server, Worker, agent
     pools.py         pool nodes: warm idle nodes, taken by clusters and given back
     supervision.py   node status (alive, ready, lost) and removal step by step, the reaper
     processes.py     starting node processes, finding and signalling them

@@ -1,0 +1,197 @@
+"""Starting a node's processes: the driver's master (kept when a hot pool node runs one), its
+Spark Connect server and agent; a worker's Worker and agent. What each process gets (its
+command line, configuration, environment) is rendered in conf.py; spawning and supervising
+them is processes.py's and supervision.py's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from shared.adapters.local_spark import conf as cf
+from shared.adapters.local_spark import processes as procs
+from shared.adapters.local_spark.store import Rec
+from shared.adapters.local_spark.supervision import READY_FILE, SECRET_FILE, Supervisor
+from shared.domain import node_rules, spark_auth
+from shared.ports import NodeRequest, NodeType
+from shared.private_files import write_private
+
+
+class NodeStart(Supervisor):
+    """The node-start half of LocalSparkProvisioner."""
+
+    spark_home: Path
+    spark_version: str
+    _tune_jvms: bool
+    _master_wait_s: int
+
+    def _run_driver(
+        self, rec: Rec, req: NodeRequest, worker_type: NodeType, driver_type: NodeType
+    ) -> None:
+        """The driver's processes: the master (kept when a warm pool node already runs one),
+        the Spark Connect server, and the cluster agent."""
+        p = rec.ports
+        master_url = f"spark://{cf.LOOPBACK}:{p['master']}"
+        node_dir, log_dir = self.launcher.dirs(rec)
+        (node_dir / READY_FILE).unlink(missing_ok=True)  # a pool node's, from its last cluster
+        rec.attrs = {
+            "node_type_id": driver_type.node_type_id,
+            "spark_version": self.spark_version,
+            "master_url": master_url,
+            "connect_url": f"sc://{cf.CONNECT_HOST}:{p['connect']}",
+            "spark_ui_url": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
+            "master_ui_url": f"http://{cf.LOOPBACK}:{p['master_ui']}/",
+            "log_dir": str(log_dir),
+        }
+        self._write_quota(rec)
+        warm_master = procs.leader(rec, "master")
+        node_secret = self._node_secret(rec) if warm_master is not None else ""
+        if node_secret:
+            # A pool node's hot master runs with a secret of the node's own, made for this one
+            # cluster: the cluster's processes use it, and the master stays (docs/pools.md).
+            req = replace(req, spark_auth_secret=node_secret)
+        else:
+            (node_dir / SECRET_FILE).unlink(missing_ok=True)
+        if warm_master is not None and not node_secret and req.spark_auth_secret:
+            # A warm master without a secret of its own (started by an older version): it
+            # makes way for one that has the cluster's.
+            procs.stop_process(warm_master, self._kill_grace_s)
+            warm_master = None
+        driver_memory = node_rules.driver_memory(cf.user_conf(req))
+        cds_on = self.launcher.cds_for(req)
+        app_conf = cf.connect_conf(
+            req,
+            p,
+            master_url=master_url,
+            executor_memory_mb=worker_type.memory_mb,
+            driver_memory=driver_memory,
+            tune_jvms=self._tune_jvms,
+            executor_cds_opts=self.launcher.cds_opts("executor") if cds_on else "",
+        )
+        if warm_master is None:
+            rec.procs = [pr for pr in rec.procs if pr.name != "master"]
+            props = self.launcher.properties_file(rec, "master") if cds_on else None
+            self.launcher.spawn(
+                rec,
+                "master",
+                cf.master_argv(self.spark_home, p, props),
+                cf.daemon_conf(req),
+                req,
+                node_rules.DAEMON_MEMORY,
+                cds_role="master",
+            )
+        # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
+        # Its token goes in its environment (readable by this user only), not on its command
+        # line (which every user sees); the secret is in its 0600 spark-defaults.conf.
+        token_env = {spark_auth.CONNECT_TOKEN_ENV: req.connect_token} if req.connect_token else {}
+        props = self.launcher.properties_file(rec, "connect") if cds_on else None
+        argv = cf.connect_argv(self.spark_home, req.cluster_id, props)
+        self.launcher.spawn(
+            rec,
+            "connect",
+            argv,
+            app_conf,
+            req,
+            driver_memory,
+            extra_env=token_env,
+            cds_role="connect",
+            after_port=(p["master"], self._master_wait_s),
+        )
+        # Always on the driver: its readiness report makes the node RUNNING.
+        self._spawn_agent(rec, req)
+
+    def _node_secret(self, rec: Rec) -> str:
+        """The node's own Spark secret (a hot pool node's), or ""."""
+        try:
+            return (self.launcher.node_dir(rec) / SECRET_FILE).read_text().strip()
+        except OSError:
+            return ""  # none: the node is not a hot pool node
+
+    def _spawn_agent(self, rec: Rec, req: NodeRequest) -> None:
+        """The cluster agent (shared/agent.py) on the node: on the driver it reports readiness
+        (the ready file), reads the application UI and posts heartbeats; on a worker it reports
+        the node's local disk. Its token goes in a 0600 file, not in the environment. The agent
+        is the platform's process: the cluster's spark_env_vars are not in its environment.
+        Without `req.agent_env` (a node started outside the control plane) the driver's agent
+        only writes the ready file."""
+        node_dir, _ = self.launcher.dirs(rec)
+        env = dict(req.agent_env)
+        if "SPARKPLANE_AGENT_TOKEN" in env:
+            token_file = node_dir / "agent-token"
+            write_private(token_file, env.pop("SPARKPLANE_AGENT_TOKEN"))
+            env["SPARKPLANE_AGENT_TOKEN_FILE"] = str(token_file)
+        if "spark_ui_url" in rec.attrs:  # the driver: readiness, heartbeats, job tasks
+            env["SPARKPLANE_SPARK_UI_URL"] = rec.attrs["spark_ui_url"]
+            env["SPARKPLANE_CONNECT_URL"] = spark_auth.connect_url(
+                rec.attrs["connect_url"], req.connect_token
+            )
+            env["SPARKPLANE_READY_FILE"] = str(node_dir / READY_FILE)
+            if req.agent_env:
+                env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
+        env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
+        env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
+        self.launcher.spawn(
+            rec,
+            "agent",
+            [sys.executable, "-m", "shared.agent"],
+            None,
+            replace(req, spark_env_vars={}),
+            node_rules.DAEMON_MEMORY,
+            extra_env=env,
+        )
+
+    def _run_worker(self, rec: Rec, req: NodeRequest, nt: NodeType, driver: Rec) -> None:
+        """The worker's processes: a Worker of the cluster's master (a warm pool node's own
+        master goes first) and, with elastic disk, the node agent."""
+        warm_master = procs.leader(rec, "master")
+        if warm_master is not None:
+            with contextlib.suppress(OSError):  # it exited meanwhile
+                os.killpg(warm_master.pid, signal.SIGTERM)
+        if rec.procs:
+            rec.procs = []
+            self.store.update(rec, procs=rec.procs)
+        master_url = driver.attrs["master_url"]
+        node_dir, log_dir = self.launcher.dirs(rec)
+        p = rec.ports
+        cores = node_rules.worker_cores(nt)
+        rec.attrs = {
+            "node_type_id": nt.node_type_id,
+            "spark_version": self.spark_version,
+            "master_url": master_url,
+            "worker_url": f"spark://{cf.LOOPBACK}:{p['worker']}",
+            "worker_ui_url": f"http://{cf.LOOPBACK}:{p['worker_ui']}/",
+            "cores": str(cores),
+            "memory_mb": str(nt.memory_mb),
+            "work_dir": str(node_dir / "work"),
+            "log_dir": str(log_dir),
+        }
+        self._write_quota(rec)
+        argv = cf.worker_argv(
+            self.spark_home,
+            p,
+            cores=cores,
+            memory_mb=nt.memory_mb,
+            work_dir=node_dir / "work",
+            master_url=master_url,
+            properties_file=(
+                self.launcher.properties_file(rec, "worker") if self.launcher.cds_for(req) else None
+            ),
+        )
+        self.launcher.spawn(
+            rec,
+            "worker",
+            argv,
+            cf.daemon_conf(req),
+            req,
+            node_rules.DAEMON_MEMORY,
+            extra_env={"SPARK_WORKER_DIR": str(node_dir / "work")},
+            cds_role="worker",
+            after_port=(driver.ports["master"], self._master_wait_s),
+        )
+        if req.agent_env:
+            self._spawn_agent(rec, req)
