@@ -35,7 +35,7 @@ param cosmosZoneRedundant bool = false
 @description('Cosmos DB database name (SPARKPLANE_COSMOS_DATABASE).')
 param cosmosDatabaseName string = 'sparkplane'
 
-@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it, and bills at least 10% every hour). About 1,600 RU/s per 1,000 running clusters (heartbeat samples, the reconciler\'s scan, the node-health reads; bench.azure_scale at 10,000 clusters, docs/deploy.md "Scale"): the default serves about 2,500 and costs an idle platform 400 RU/s; 10,000 running clusters need about 17,000.')
+@description('Autoscale ceiling of the database\'s shared throughput in RU/s (it scales between 10% and 100% of it, and bills at least 10% every hour). About 1,320 RU/s per 1,000 running clusters (heartbeat samples, the reconciler\'s scan, the node-health reads, which the timer remembers between ticks; bench.azure_scale, docs/deploy.md "Scale"): the default serves about 3,000 and costs an idle platform 400 RU/s; 10,000 running clusters need about 14,000.')
 @minValue(1000)
 param cosmosMaxThroughput int = 4000
 

@@ -22,6 +22,15 @@ When the cloud's request budget is short, suspects (`silent`, `bulk`) are read f
 reads last (`READ_ORDER`; the budget's side of it is shared/domain/arm_budget.py, point 5): a
 dead node is noticed within a minute even right after a burst of creates has spent the budget.
 
+The beats themselves are read from the store (a query of the driver's newest sample per
+cluster), not at every tick: the timer remembers what it read (`Remembered`) and reads again
+only when that memory could now give another answer than a fresh read (`beats_stale`). Beats
+only move forward, so a remembered beat still within the silence limit cannot be silent in a
+fresh read either; one beyond it may have been followed by a newer one, so it is read again.
+A node with no beat when it was read is not judged, unless its first beat since could already
+be older than the limit (the read itself is older than the limit). For a driver beating every
+10 s against a 30 s limit, that is a read every third or fourth tick instead of every tick.
+
 Transitions (creating, resizing, terminating) are not decided here: their reconciles read the
 cloud as they go, as before. A node that runs no agent is judged by the drift reads alone.
 """
@@ -29,7 +38,7 @@ cloud as they go, as before. A node that runs no agent is judged by the drift re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,3 +107,35 @@ def arm_check(
     if drift_due(cluster_id, since_ms, now_ms, int(p.drift_check_s * 1000)):
         return "drift"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A cluster's beats as the timer last read them: node -> last beat (ms) of the nodes that
+    had one, and when they were read."""
+
+    read_ms: int
+    beats: Mapping[str, int]
+
+
+def beats_stale(
+    remembered: Remembered | None,
+    nodes: Collection[str],
+    running_since_ms: int,
+    now_ms: int,
+    p: HealthParams,
+) -> bool:
+    """Whether the cluster's beats must be read again before `arm_check` at `now_ms`: True
+    unless the remembered ones give the answer a fresh read would (module docstring).
+    `nodes`: the cluster's nodes that run an agent, now."""
+    if remembered is None:
+        return True
+    for node in nodes:
+        last = remembered.beats.get(node)
+        if last is None:
+            # No beat when read: a first beat since is newer than the read.
+            if now_ms - max(remembered.read_ms, running_since_ms) > p.silent_ms:
+                return True
+        elif now_ms - max(last, running_since_ms) > p.silent_ms:
+            return True  # silent by memory: a newer beat may have come since
+    return False

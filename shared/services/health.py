@@ -5,7 +5,13 @@ The heartbeats are already stored (shared/services/utilization.py): the driver's
 (newest first in the cluster's partition) and each node agent's latest disk report. A driver
 counts as beating once its cluster has a sample; a worker once it has a disk report. Where
 the provisioner has a bulk health query (ports.ClusterHealthQuery), one query per tick names
-the clusters with a node down in the cloud, and those are observed too."""
+the clusters with a node down in the cloud, and those are observed too.
+
+The beats read at one tick are remembered for the next (`Remembered`), and read again only
+when the rule says the memory could answer differently from a fresh read
+(node_health.beats_stale): a query per cluster every third or fourth tick rather than every
+tick. The memory holds the clusters checked at the previous tick (a cluster no longer RUNNING
+is forgotten) and lives in this process: after a restart the first tick reads them all."""
 
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ class NodeHealth:
         # when it has one: those clusters are observed at the next tick, agents or not.
         self.bulk = provisioner if isinstance(provisioner, ClusterHealthQuery) else None
         self.suspects: set[str] = set()
+        # cluster id -> its beats as last read: those checked at the previous tick (`memory`)
+        # and at this one (`_next`).
+        self.memory: dict[str, node_health.Remembered] = {}
+        self._next: dict[str, node_health.Remembered] = {}
         self.params = node_health.HealthParams(
             heartbeat_s=settings.heartbeat_s,
             silent_beats=settings.health_silent_beats,
@@ -55,9 +65,27 @@ class NodeHealth:
                     out[nodes[r.id]] = int(r.body.get("ts_ms", 0))
         return out
 
+    def agent_nodes(self, c: Cluster) -> set[str]:
+        """The cluster's nodes whose agent beats (the keys `beats` can give)."""
+        out = {str(c.driver.get("node_id", "driver"))} if c.driver else set()
+        if c.spec.enable_elastic_disk:
+            out.update(str(e.get("node_id")) for e in c.executors)
+        return out
+
+    def remembered_beats(self, c: Cluster, now_ms: int) -> dict[str, int]:
+        """The cluster's beats: remembered, or read again when the memory could mislead."""
+        nodes = self.agent_nodes(c)
+        got = self.memory.get(c.cluster_id)
+        if got is None or node_health.beats_stale(got, nodes, c.running_since, now_ms, self.params):
+            got = node_health.Remembered(now_ms, self.beats(c))
+        self._next[c.cluster_id] = got
+        return {n: t for n, t in got.beats.items() if n in nodes}
+
     def refresh(self) -> None:
-        """Once per tick: the clusters the provisioner's bulk query says have a node down.
-        Raises ProvisionerThrottled (the tick goes on without)."""
+        """Once per tick: the memory of the beats moves on to the clusters checked at the
+        previous tick, and the clusters the provisioner's bulk query says have a node down
+        are named. Raises ProvisionerThrottled (the tick goes on without)."""
+        self.memory, self._next = self._next, {}
         self.suspects = set()
         if self.bulk is not None and not self.every_tick:
             self.suspects = self.bulk.unhealthy_clusters()
@@ -70,7 +98,7 @@ class NodeHealth:
             return "bulk"
         return node_health.arm_check(
             c.cluster_id,
-            beats=self.beats(c),
+            beats=self.remembered_beats(c, now_ms),
             running_since_ms=c.running_since,
             since_ms=since_ms,
             now_ms=now_ms,
