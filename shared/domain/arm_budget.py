@@ -24,14 +24,17 @@ itself before ARM does:
    is more than half full. Each priority has its own queue of retry slots, so a confirmation is
    never told to wait behind a burst of refused creates.
 
-Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
-first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
-queue and the buckets hold what a create costs (`CREATE_COST`: its writes, and the reads of
-its reconciles until it runs);
-the others are told to come back after the time the buckets need for the ones ahead of them
-(at least a second per create ahead). A queue entry not asked for again within `stale_s` (its
-cluster was deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind
-it.
+Creates are admitted (`Admission.admit`, one per subscription) one workspace queue at a time
+in the order they were first asked for (FIFO per workspace): a create goes when it is at the
+head of its workspace's queue and the buckets hold what a create costs (`CREATE_COST`: its
+writes, and the reads of its reconciles until it runs). The others are given retry times
+spread at the rate creates can be admitted (`admission_rate`): the k-th waiting create (in
+first-asked order over the subscription's workspaces) comes back k / rate after the first
+could go. Before, every workspace's k-th create was told the same time, so with twenty
+workspaces twenty creates came back together, one went, and the rest were refused again, each
+refusal a rescheduled reconcile (a Service Bus message sent, received and completed). A queue
+entry not asked for again within `stale_s` after the time it was told (its cluster was
+deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind it.
 """
 
 from __future__ import annotations
@@ -168,13 +171,21 @@ def retry_after_s(value: str | None, default_s: float = 1.0) -> float:
     return s if math.isfinite(s) and s >= 0 else default_s
 
 
+def admission_rate(budget: Budget, cost: Mapping[Kind, int] = CREATE_COST) -> float:
+    """Creates a second the buckets' refills allow (the slowest kind decides): with ARM's
+    limits, reads, 25/s for 24 reads a create, about one a second."""
+    return min(budget.buckets[k].refill_per_s / n for k, n in cost.items() if n > 0)
+
+
 @dataclass
 class Admission:
-    """Creates in FIFO order per workspace (see the module docstring)."""
+    """One subscription's creates in FIFO order per workspace (module docstring)."""
 
     stale_s: float = 60.0
-    # workspace -> cluster id -> (first asked, last asked), in the order first asked.
-    queues: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # workspace -> cluster id -> (sequence of its first ask, when it was told to ask again),
+    # in the order first asked.
+    queues: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
+    seq: int = 0
 
     def admit(
         self,
@@ -185,19 +196,25 @@ class Admission:
         cost: Mapping[Kind, int] = CREATE_COST,
     ) -> float:
         """0: the create may go now (its requests take their tokens from `budget`
-        themselves); else the seconds after which to ask again: the time until the buckets
-        hold what the creates ahead of it in its workspace and itself cost (`cost` each)."""
+        themselves); else the seconds after which to ask again. A refused create with k
+        creates waiting ahead of it (asked for first, in any workspace of the subscription)
+        is told to come back when the buckets will hold its own cost after theirs: the wait
+        for one create's tokens plus k / `admission_rate`. So the refused creates come back
+        one after the other at the rate they can be admitted, not all at the first free
+        token (where all but one would be refused again, each refusal a reconcile
+        rescheduled), and those ahead in a workspace always come back first."""
         q = self.queues.setdefault(workspace_id, {})
-        first, _ = q.get(cluster_id, (now_s, now_s))
-        q[cluster_id] = (first, now_s)
-        for cid in [c for c, (_, last) in q.items() if now_s - last > self.stale_s]:
-            del q[cid]
+        got = q.get(cluster_id)
+        if got is None:
+            self.seq += 1
+            got = (self.seq, now_s)
+        q[cluster_id] = (got[0], now_s)
+        self._drop_stale(now_s)
         position = list(q).index(cluster_id)
         # A create is a transition: it leaves the confirmations their reserve.
         wait = max(
             budget.buckets[k].wait_s(
-                now_s,
-                tokens=n * (position + 1) + RESERVE["transition"] * budget.buckets[k].size,
+                now_s, tokens=n + RESERVE["transition"] * budget.buckets[k].size
             )
             for k, n in cost.items()
         )
@@ -206,8 +223,20 @@ class Admission:
             if not q:
                 del self.queues[workspace_id]
             return 0.0
-        # Those behind ask again no sooner than a second per create ahead of them.
-        return max(wait, float(position + 1))
+        ahead = sum(1 for w in self.queues.values() for s, _ in w.values() if s < got[0])
+        delay = wait + ahead / admission_rate(budget, cost)
+        q[cluster_id] = (got[0], now_s + delay)
+        return delay
+
+    def _drop_stale(self, now_s: float) -> None:
+        """Entries not asked for again within `stale_s` after the time they were told (the
+        cluster was deleted, or its reconcile went to another instance) leave the queues."""
+        for ws in list(self.queues):
+            q = self.queues[ws]
+            for cid in [c for c, (_, due) in q.items() if now_s - due > self.stale_s]:
+                del q[cid]
+            if not q:
+                del self.queues[ws]
 
     def waiting(self, cluster_id: str) -> bool:
         """The create is queued (asked for, not admitted), in whichever workspace."""

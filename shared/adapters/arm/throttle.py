@@ -46,7 +46,8 @@ class ArmThrottle:
         self.clock = clock
         self._lock = threading.Lock()
         self.budgets: dict[str, Budget] = {}
-        self.admission = Admission()
+        # Per subscription: creates are admitted at the rate its own buckets allow.
+        self.admissions: dict[str, Admission] = {}
         self.priorities = ReadPriorities()
         self.throttled = 0
 
@@ -63,9 +64,10 @@ class ArmThrottle:
 
     def admit(self, subscription_id: str, workspace_id: str, cluster_id: str) -> None:
         """A create goes now, or ProvisionerThrottled says when to ask again (FIFO per
-        workspace, at the rate the subscription's write bucket allows)."""
+        workspace, at the rate the subscription's buckets allow)."""
         with self._lock:
-            wait = self.admission.admit(
+            admission = self.admissions.setdefault(subscription_id.lower(), Admission())
+            wait = admission.admit(
                 workspace_id, cluster_id, self.clock(), self.budget(subscription_id)
             )
         if wait > 0:
@@ -74,7 +76,7 @@ class ArmThrottle:
     def waiting(self, cluster_id: str) -> bool:
         """The cluster's create is queued for admission (nothing of it is in ARM yet)."""
         with self._lock:
-            return self.admission.waiting(cluster_id)
+            return any(a.waiting(cluster_id) for a in self.admissions.values())
 
     def need(
         self, subscription_id: str, kind: Kind, tokens: int, priority: Priority = "transition"
