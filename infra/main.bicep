@@ -84,6 +84,10 @@ param workspacesSubscriptionId string = subscription().subscriptionId
 @description('Further subscriptions for workspaces\' managed resource groups (SPARKPLANE_ARM_SUBSCRIPTION_IDS): each new workspace goes to the one with the fewest clusters (shared/domain/arm_placement.py), and ARM\'s request limits apply per subscription, so each one adds a subscription\'s worth of ARM reads and writes (docs/deploy.md "Scale"). Each gets the same grants as workspacesSubscriptionId; its resource providers and VM quotas are set up beforehand (not in this template).')
 param extraWorkspacesSubscriptionIds array = []
 
+@description('Most clusters (with nodes in Azure) one workspaces\' subscription may hold (SPARKPLANE_ARM_SUBSCRIPTION_MAX_CLUSTERS); 0: no maximum. New workspaces go only to a subscription below it (400 QUOTA_EXCEEDED when every one is full), and a cluster whose subscription is full ends TERMINATED with AZURE_QUOTA_EXCEEDED_EXCEPTION. Size it from the subscription\'s VM quota and its ARM request limits: about 14,000 running clusters stay under half of one subscription\'s read refill (docs/deploy.md "Scale").')
+@minValue(0)
+param workspacesSubscriptionMaxClusters int = 0
+
 @description('OpenSSH public key for break-glass SSH to cluster nodes from inside their VNet (SPARKPLANE_ARM_ADMIN_PUBLIC_KEY). Empty: nobody can log in to a node.')
 param nodeAdminPublicKey string = ''
 
@@ -664,6 +668,7 @@ var appSettings = {
   SPARKPLANE_SERVICEBUS_FQDN: serviceBusFqdn
   SPARKPLANE_ARM_SUBSCRIPTION_ID: workspacesSubscriptionId
   SPARKPLANE_ARM_SUBSCRIPTION_IDS: join(extraWorkspacesSubscriptionIds, ',')
+  SPARKPLANE_ARM_SUBSCRIPTION_MAX_CLUSTERS: string(workspacesSubscriptionMaxClusters)
   SPARKPLANE_ARM_LOCATION: workspaceLocation
   SPARKPLANE_ARM_PLATFORM_RESOURCE_ID: functionApp.id
   SPARKPLANE_ARM_CONTROL_PLANE_URL: 'https://${functionApp.properties.defaultHostName}'

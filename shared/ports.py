@@ -194,6 +194,13 @@ class PoolCapacityReached(Exception):
     the rest: nothing was taken."""
 
 
+class SubscriptionCapacityReached(Exception):
+    """The cloud subscription(s) a cluster or workspace would go to hold as many clusters as
+    the operator allows (ARM: `SPARKPLANE_ARM_SUBSCRIPTION_MAX_CLUSTERS`): nothing was made.
+    A permanent failure of that start (the cluster ends TERMINATED with
+    AZURE_QUOTA_EXCEEDED_EXCEPTION), not a retry; the message says why (shown to users)."""
+
+
 class ProvisionerUnsupported(Exception):
     """This provisioner cannot do what was asked; the message says why (shown to users)."""
 

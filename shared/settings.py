@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     # More of them, comma-separated: each workspace's group is placed in one of these and the
     # one above (shared/domain/arm_placement.py); ARM's request limits apply per subscription.
     arm_subscription_ids: str = ""
+    # The most clusters (with nodes in ARM) one subscription may hold; 0: no maximum. A new
+    # workspace goes only to a subscription below it (create_workspace answers 400
+    # QUOTA_EXCEEDED when every one is full) and a cluster whose subscription is full ends
+    # TERMINATED with AZURE_QUOTA_EXCEEDED_EXCEPTION (shared/domain/arm_placement.py).
+    arm_subscription_max_clusters: int = Field(default=0, ge=0)
     arm_endpoint: str = "https://management.azure.com"
     # Region of a workspace created without one.
     arm_location: str = "westeurope"

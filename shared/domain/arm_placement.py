@@ -20,6 +20,13 @@ clusters the counts do not show yet), then the order the operator listed them (t
 one that held every workspace before there were several, last among equals only by that order).
 All subscriptions are taken as alike (the same limits; quotas raised alike): a subscription
 with a smaller VM quota would need a weight, which nothing asks for yet.
+
+Capacity (`max_clusters`, `SPARKPLANE_ARM_SUBSCRIPTION_MAX_CLUSTERS`; 0: none): the most
+clusters with nodes in ARM that one subscription may hold (what its VM quota and its request
+limits carry, as the operator judges them). A new workspace goes only to a subscription below
+it (`place` gives None when every one is full: the workspace is refused); a cluster starts
+only while its workspace's subscription is below it, not counting itself (`has_room`): a
+workspace cannot move, so a cluster of a full subscription fails to start.
 """
 
 from __future__ import annotations
@@ -35,10 +42,19 @@ class SubscriptionLoad:
     clusters: int
 
 
-def place(loads: Sequence[SubscriptionLoad]) -> str:
-    """The subscription for a new workspace (see the module docstring). `loads` in the order
-    the operator listed the subscriptions; at least one."""
+def has_room(clusters: int, max_clusters: int) -> bool:
+    """A subscription holding `clusters` (not counting the one asking) may take one more."""
+    return max_clusters <= 0 or clusters < max_clusters
+
+
+def place(loads: Sequence[SubscriptionLoad], max_clusters: int = 0) -> str | None:
+    """The subscription for a new workspace (see the module docstring), None when every one
+    holds `max_clusters`. `loads` in the order the operator listed the subscriptions; at
+    least one."""
     if not loads:
         raise ValueError("no subscription to place a workspace in")
-    _, best = min(enumerate(loads), key=lambda p: (p[1].clusters, p[1].workspaces, p[0]))
+    open_ = [(i, x) for i, x in enumerate(loads) if has_room(x.clusters, max_clusters)]
+    if not open_:
+        return None
+    _, best = min(open_, key=lambda p: (p[1].clusters, p[1].workspaces, p[0]))
     return best.subscription_id

@@ -4,6 +4,7 @@ has one, and its first token) and the lifecycle queue's dead letters."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
 from typing import Any
@@ -14,14 +15,17 @@ from shared.domain.tokens import NO_EXPIRY
 from shared.errors import (
     InvalidParameterValue,
     NotImplementedApi,
+    QuotaExceeded,
     ResourceAlreadyExists,
     ResourceDoesNotExist,
 )
 from shared.ports import (
     Delivery,
     FileStore,
+    NotFound,
     QueueAdmin,
     Store,
+    SubscriptionCapacityReached,
     WorkspaceResources,
 )
 from shared.services.auth import OPERATOR_WORKSPACE, Auth, Principal, parse_lifetime
@@ -99,7 +103,13 @@ class Admin:
             raise ResourceAlreadyExists(f"Workspace {ws} already exists{deleting}.")
         self.auth.ensure_workspace(ws, name, region=region, quotas=overrides)
         if self.workspaces is not None:
-            self.workspaces.create_workspace(ws, region)
+            try:
+                self.workspaces.create_workspace(ws, region)
+            except SubscriptionCapacityReached as e:
+                # Every cloud subscription is full: the workspace is not made at all.
+                with contextlib.suppress(NotFound):  # nobody else had written it
+                    self.store.delete("workspace", ws, ws)
+                raise QuotaExceeded(str(e)) from None
         user = body.get("admin_user") or "admin"
         # The workspace's root token: not bounded by the maximum lifetime (docs/security.md),
         # but no longer-lived than the operator token that made it.

@@ -23,6 +23,7 @@ from shared.ports import (
     Provisioner,
     ProvisionerThrottled,
     ProvisionerUnsupported,
+    SubscriptionCapacityReached,
 )
 from shared.services.auth import Auth
 from shared.services.deletion import WorkspaceDeletion
@@ -118,7 +119,12 @@ class Lifecycle:
         p = rec.plan(cluster, nodes, now=now)
         try:
             self._carry_out(p)
-        except (PoolCapacityReached, PoolGone, ProvisionerUnsupported) as e:
+        except (
+            PoolCapacityReached,
+            PoolGone,
+            ProvisionerUnsupported,
+            SubscriptionCapacityReached,
+        ) as e:
             p = self._nodes_unavailable(p, nodes, e, now)
         if p.delete_document:
             self.auth.revoke_all(agent_scope(cluster_id))
@@ -180,14 +186,21 @@ class Lifecycle:
         code = {
             PoolCapacityReached: "INSTANCE_POOL_MAX_CAPACITY_REACHED",
             PoolGone: "INSTANCE_POOL_NOT_FOUND",
+            # The subscription holds the operator's maximum of clusters (a cloud quota).
+            SubscriptionCapacityReached: "AZURE_QUOTA_EXCEEDED_EXCEPTION",
         }.get(type(e), "INSTANCE_POOL_CLUSTER_FAILURE")
+        params = (
+            {"azure_error_code": "SubscriptionCapacityReached", "azure_error_message": str(e)}
+            if isinstance(e, SubscriptionCapacityReached)
+            else {"instance_pool_id": pool_id}
+        )
         live = sum(1 for n in nodes if n.role == "worker" and n.status in ("STARTING", "RUNNING"))
         log.warning(
             "nodes unavailable",
             extra={"cluster_id": p.cluster.cluster_id, "code": code, "pool_id": pool_id},
         )
         return rec.nodes_unavailable(
-            p, code=code, message=str(e), live_workers=live, now=now, instance_pool_id=pool_id
+            p, code=code, message=str(e), live_workers=live, now=now, **params
         )
 
     def _agent_env(self, c: Cluster) -> dict[str, str]:

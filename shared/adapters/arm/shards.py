@@ -12,6 +12,15 @@ subscription) and the driver VMs (cluster -> subscription) are listed once, page
 kept; what this instance creates it remembers. A cluster not found there (its deployment has
 just started on another instance; Resource Graph is also seconds behind) is looked for with
 each subscription's tag query. The bulk health query is one query over every subscription.
+
+With a maximum of clusters per subscription (`SPARKPLANE_ARM_SUBSCRIPTION_MAX_CLUSTERS`; the
+rule is shared/domain/arm_placement.py's), the clusters each subscription holds are counted
+from Resource Graph's driver VMs, read again at most every `COUNT_REFRESH_S`, with this
+instance's own starts and stops since (Resource Graph is seconds behind, and other instances'
+starts are seen at the next read): a burst spread over instances may overshoot the maximum by
+what they start within that time. A create in a full subscription raises
+SubscriptionCapacityReached (its cluster fails to start), as does placing a workspace when
+every subscription is full. One subscription with a maximum goes through this router too.
 """
 
 from __future__ import annotations
@@ -23,8 +32,16 @@ from typing import TYPE_CHECKING, Any
 
 from shared.adapters.arm.provisioner import ArmProvisioner
 from shared.adapters.arm.throttle import ArmThrottle
-from shared.domain.arm_placement import SubscriptionLoad, place
-from shared.ports import Node, NodeRequest, NodeType, PoolNode, PoolRequest, SparkVersion
+from shared.domain.arm_placement import SubscriptionLoad, has_room, place
+from shared.ports import (
+    Node,
+    NodeRequest,
+    NodeType,
+    PoolNode,
+    PoolRequest,
+    SparkVersion,
+    SubscriptionCapacityReached,
+)
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -39,6 +56,8 @@ resources
 | where type =~ 'microsoft.compute/virtualmachines' and tags.Vendor =~ 'sparkplane'
 | project clusterId = tostring(tags.ClusterId), subscriptionId
 | order by clusterId asc"""
+# How long the clusters counted per subscription (for the maximum) are trusted.
+COUNT_REFRESH_S = 60.0
 
 
 class ShardedArmProvisioner:
@@ -46,7 +65,11 @@ class ShardedArmProvisioner:
     subscriptions (module docstring)."""
 
     def __init__(
-        self, shards: Sequence[ArmProvisioner], throttle: ArmThrottle, clock: Callable[[], float]
+        self,
+        shards: Sequence[ArmProvisioner],
+        throttle: ArmThrottle,
+        clock: Callable[[], float],
+        max_clusters: int = 0,
     ) -> None:
         self.shards = {s.subscription_id.lower(): s for s in shards}
         self.order = [s.subscription_id.lower() for s in shards]
@@ -60,6 +83,13 @@ class ShardedArmProvisioner:
         self._ws: dict[str, str] = {}
         self._clusters: dict[str, str] = {}
         self._indexed = False
+        # The maximum of clusters per subscription (0: none) and the count behind it: Resource
+        # Graph's clusters (cluster -> subscription) as of `_counted_at`, and this instance's
+        # starts (True) and stops (False) since shortly before (cluster -> (sub, started, at)).
+        self.max_clusters = max_clusters
+        self._graph: dict[str, str] = {}
+        self._counted_at = float("-inf")
+        self._changes: dict[str, tuple[str, bool, float]] = {}
 
     @classmethod
     def from_settings(
@@ -75,7 +105,7 @@ class ShardedArmProvisioner:
             )
             for sub in s.arm_subscriptions
         ]
-        return cls(shards, throttle, clock)
+        return cls(shards, throttle, clock, s.arm_subscription_max_clusters)
 
     # ------------------------------------------------------------------ where things are
 
@@ -94,20 +124,56 @@ class ShardedArmProvisioner:
             self._indexed = True
 
     def loads(self) -> list[SubscriptionLoad]:
+        """Workspaces and clusters per subscription: with a maximum, the clusters counted for
+        it (`live`); without, every cluster this instance knows of."""
+        live = self.live() if self.max_clusters else None
         with self._lock:
             ws = list(self._ws.values())
-            cl = list(self._clusters.values())
+            cl = list((live if live is not None else self._clusters).values())
         return [SubscriptionLoad(sub, ws.count(sub), cl.count(sub)) for sub in self.order]
 
+    def live(self) -> dict[str, str]:
+        """cluster -> subscription of the clusters with nodes in ARM, as counted for the
+        maximum (module docstring)."""
+        now = self.clock()
+        if now - self._counted_at >= COUNT_REFRESH_S:
+            rows = self.first.graph_rows(CLUSTERS_QUERY)
+            with self._lock:
+                self._graph = {str(r["clusterId"]): str(r["subscriptionId"]).lower() for r in rows}
+                self._counted_at = now
+                # Older changes are in the rows read now (Resource Graph is seconds behind).
+                self._changes = {
+                    c: v for c, v in self._changes.items() if v[2] > now - COUNT_REFRESH_S
+                }
+        with self._lock:
+            out = dict(self._graph)
+            for cid, (sub, started, _) in self._changes.items():
+                if started:
+                    out[cid] = sub
+                else:
+                    out.pop(cid, None)
+        return out
+
+    def _count(self, cluster_id: str, sub: str, started: bool) -> None:
+        if self.max_clusters:
+            with self._lock:
+                self._changes[cluster_id] = (sub, started, self.clock())
+
     def for_workspace(self, workspace_id: str) -> ArmProvisioner:
-        """The subscription of the workspace's group; a new workspace is placed."""
+        """The subscription of the workspace's group; a new workspace is placed
+        (SubscriptionCapacityReached when every subscription is full)."""
         self._index()
         with self._lock:
             sub = self._ws.get(workspace_id)
         if sub is None:
-            sub = place(self.loads()).lower()
+            placed = place(self.loads(), self.max_clusters)
+            if placed is None:
+                raise SubscriptionCapacityReached(
+                    f"Every subscription holds its maximum of {self.max_clusters} clusters; "
+                    "no new workspace can be placed."
+                )
             with self._lock:
-                sub = self._ws.setdefault(workspace_id, sub)
+                sub = self._ws.setdefault(workspace_id, placed.lower())
         return self.shards[sub]
 
     def for_cluster(self, cluster_id: str) -> ArmProvisioner | None:
@@ -145,9 +211,21 @@ class ShardedArmProvisioner:
         return shard.observe(cluster_id) if shard is not None else []
 
     def start_driver(self, req: NodeRequest) -> Node:
+        """Starts the cluster in its workspace's subscription, if that has room for it
+        (else SubscriptionCapacityReached: nothing is made)."""
         shard = self.for_workspace(req.workspace_id)
+        sub = shard.subscription_id.lower()
+        if self.max_clusters:
+            others = [c for c, s in self.live().items() if s == sub and c != req.cluster_id]
+            if not has_room(len(others), self.max_clusters):
+                raise SubscriptionCapacityReached(
+                    f"The workspace's Azure subscription holds {len(others)} clusters, its "
+                    f"maximum ({self.max_clusters}); terminate a cluster and start again."
+                )
         self._remember(req.cluster_id, shard)
-        return shard.start_driver(req)
+        node = shard.start_driver(req)
+        self._count(req.cluster_id, sub, True)
+        return node
 
     def add_workers(self, req: NodeRequest, count: int) -> list[Node]:
         shard = self.for_workspace(req.workspace_id)
@@ -169,6 +247,8 @@ class ShardedArmProvisioner:
         # Not found anywhere: each subscription probes its groups for the deployment.
         for s in [shard] if shard is not None else list(self._all()):
             s.stop_cluster(cluster_id)
+        if shard is not None:
+            self._count(cluster_id, shard.subscription_id.lower(), False)
 
     def cluster_ids(self) -> set[str]:
         out: set[str] = set()
@@ -216,9 +296,10 @@ class ShardedArmProvisioner:
 
 
 def arm_from_settings(s: Settings, **kw: Any) -> ArmProvisioner | ShardedArmProvisioner:
-    """One subscription: the ArmProvisioner; several: one per subscription behind the router."""
+    """One subscription: the ArmProvisioner; several, or a maximum of clusters per
+    subscription: one per subscription behind the router (which counts them)."""
     subs = s.arm_subscriptions
-    if len(subs) > 1:
+    if len(subs) > 1 or s.arm_subscription_max_clusters > 0:
         return ShardedArmProvisioner.from_settings(s, **kw)
     if subs:
         s = s.model_copy(update={"arm_subscription_id": subs[0]})
