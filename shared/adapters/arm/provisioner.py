@@ -148,6 +148,16 @@ class ArmProvisioner(WorkspacesMixin, WorkersMixin, ObserveMixin, DisksMixin, Bu
         self.book.report_ready(cluster_id, ReadyReport(node_id, executors, at_ms))
 
     def stop_cluster(self, cluster_id: str) -> None:
+        """Deletes the cluster's deployment and resources (compute first), and always its node
+        book: a stopped cluster's slots and ready report mean nothing to a later start, and an
+        orphan's (whose document is gone) would otherwise never be deleted, since nothing
+        observes it again."""
+        try:
+            self._stop_cluster(cluster_id)
+        finally:
+            self.book.forget(cluster_id)
+
+    def _stop_cluster(self, cluster_id: str) -> None:
         group, listed = self._locate(cluster_id)
         if group is None:
             return
