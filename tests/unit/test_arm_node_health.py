@@ -8,6 +8,7 @@ from typing import Any
 
 from shared.adapters.embedded_bus import EmbeddedBus
 from shared.adapters.sqlite_store import SqliteStore
+from shared.domain.node_health import drift_due
 from shared.domain.states import State
 from shared.services.auth import Principal
 from shared.settings import Settings
@@ -57,12 +58,25 @@ def test_heartbeats_spare_arm_and_their_silence_asks_it(tmp_path: Path) -> None:
     agent = Principal("ws1", "agent", "a", role="agent", scope=cid)
     sample = {"cluster_id": cid, "sample": {"running_tasks": 0, "total_slots": 4}}
 
+    # Five minutes of beats and ticks chosen, by the rule, to hold neither the cluster's drift
+    # moment (a hash of its id) nor the orphan listing's: the ticks before it beat and sweep.
+    period = 7200_000
+
+    def drift_in_window(t: int) -> bool:
+        since, until = t - 10_000, t + 290_000  # the 30 ticks' (since, now] put together
+        return drift_due(cid, since, until, period) or c.lifecycle.health.orphans_due(since, until)
+
+    while drift_in_window(clock.ms):
+        c.utilization.heartbeat(agent, sample)
+        c.lifecycle.sweep()
+        clock.advance(10_000)
+    # The window's first tick covers (t - 10 s, t]: the previous sweep was 10 s ago, or none.
     reads = arm.counts["reads"]
     for _ in range(30):  # five minutes of beats and ticks
         c.utilization.heartbeat(agent, sample)
         c.lifecycle.sweep()
         clock.advance(10_000)
-    assert arm.counts["reads"] - reads <= 4  # at most the one drift read, if due now
+    assert arm.counts["reads"] - reads == 0  # the heartbeats say all is well
 
     # The driver VM is killed: no more beats. ARM is read once the silence is 3 beats long.
     vm = arm.find("virtualMachines")[0]
