@@ -11,6 +11,7 @@ from shared.domain.arm_budget import (
     Admission,
     Budget,
     ReadPriorities,
+    admission_burst,
     admission_rate,
     kind_of,
     retry_after_s,
@@ -83,13 +84,22 @@ def test_creates_are_admitted_fifo_per_workspace_at_the_rate_arm_allows() -> Non
     assert a.admit("ws", "c1", 0.45, b, cost) == 0
 
 
-def test_a_create_waits_for_the_reads_it_will_need() -> None:
+def test_creates_are_paced_at_the_read_refill_after_a_full_buckets_worth() -> None:
+    """A create's reads come over its start, a few per reconcile: creates are admitted one
+    per 24 / 25 s (the reads a create costs at ARM's read refill), after as many at once as
+    a full bucket pays for beyond the reserve, not when the bucket holds all 24 at once."""
     b = Budget.new(0.0)
-    b.remaining("reads", READS_KEPT + 10, 0.0)  # in-flight creates are reading
     a = Admission()
-    assert a.admit("ws", "c0", 0.0, b) == pytest.approx(0.56)  # 24 reads: 14 more in 0.56 s
-    assert a.admit("ws", "c0", 0.5, b) > 0
-    assert a.admit("ws", "c0", 0.6, b) == 0
+    assert admission_burst(b) == pytest.approx((250 - READS_KEPT) / 24)
+    at_once = [a.admit(f"w{i}", f"c{i}", 0.0, b) for i in range(12)]
+    assert at_once[:10] == [0.0] * 10  # start -8.75 s, then +0.96 s each: ten at or before 0
+    assert at_once[10] == pytest.approx(0.85, abs=0.001)  # the pace's next moment
+    assert at_once[11] == pytest.approx(0.85 + 0.96, abs=0.001)  # and one more ahead
+    assert a.admit("w10", "c10", 0.85, b) == 0
+    # Only the reserve left: a create waits for a read beyond it, not for 24.
+    b2 = Budget.new(0.0)
+    b2.remaining("reads", READS_KEPT, 0.0)
+    assert Admission().admit("ws", "c0", 0.0, b2) == pytest.approx(0.04)
 
 
 def test_a_create_not_asked_for_again_leaves_the_queue() -> None:
