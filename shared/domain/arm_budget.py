@@ -24,21 +24,14 @@ itself before ARM does:
    is more than half full. Each priority has its own queue of retry slots, so a confirmation is
    never told to wait behind a burst of refused creates.
 
-Creates are admitted (`Admission.admit`, one per subscription) one workspace queue at a time
-in the order they were first asked for (FIFO per workspace), at a pace: one create per
-1 / `admission_rate` (what a create costs, `CREATE_COST`, at the buckets' refill: reads decide,
-about one a second), after as many at once as full buckets pay for. A create goes when it is
-at the head of its workspace's queue, its pace has come, and the buckets hold its writes
-beyond the reserve; its reads come over its start, kept within the refill by the pace. The
-others are given retry times spread at that rate: the k-th waiting create (in first-asked
-order over the subscription's workspaces) comes back k / rate after the next pace moment.
-Before, a create waited until the bucket held all of its reads at one moment, and every
-workspace's k-th create was told the same time: with twenty workspaces twenty creates came
-back together, mostly to a bucket the reconciles of the creates already started kept near the
-reserve, and were refused again, each refusal a rescheduled reconcile (a Service Bus message
-sent, received and completed). A queue entry not asked for again within `stale_s` after the
-time it was told (its cluster was deleted, or its reconcile went elsewhere) leaves the queue,
-so nobody waits behind it.
+Creates are admitted (`Admission.admit`) one workspace queue at a time in the order they were
+first asked for (FIFO per workspace): a create goes when it is at the head of its workspace's
+queue and the buckets hold what a create costs (`CREATE_COST`: its writes, and the reads of
+its reconciles until it runs);
+the others are told to come back after the time the buckets need for the ones ahead of them
+(at least a second per create ahead). A queue entry not asked for again within `stale_s` (its
+cluster was deleted, or its reconcile went elsewhere) leaves the queue, so nobody waits behind
+it.
 """
 
 from __future__ import annotations
@@ -60,11 +53,10 @@ ARM_LIMITS: Mapping[Kind, tuple[float, float]] = {
     "deletes": (200.0, 10.0),
 }
 HEADER_PREFIX = "x-ms-ratelimit-remaining-subscription-"
-# What one create costs the buckets: its two writes (the deployment PUT, the scale set's
-# capacity PATCH), needed at admission, and the reads of its reconciles without retries (one
-# per reconcile while the deployment runs, then about six per observation), which set the pace
-# of admissions. bench.azure_scale measured about 37-43 reads per create in a burst, retries
-# of throttled reconciles included; pacing at 40 was slower and sent more messages than at 24.
+# What admitting one create asks of the buckets: its two writes (the deployment PUT, the scale
+# set's capacity PATCH) and the reads of its reconciles without retries (one per reconcile
+# while the deployment runs, then about six per observation). bench.azure_scale measured about
+# 43 reads per create in a burst, retries of throttled reconciles included.
 CREATE_COST: Mapping[Kind, int] = {"writes": 2, "reads": 24}
 
 
@@ -176,29 +168,13 @@ def retry_after_s(value: str | None, default_s: float = 1.0) -> float:
     return s if math.isfinite(s) and s >= 0 else default_s
 
 
-def admission_rate(budget: Budget, cost: Mapping[Kind, int] = CREATE_COST) -> float:
-    """Creates a second the buckets' refills allow (the slowest kind decides): with ARM's
-    limits, reads, 25/s for `CREATE_COST` reads a create."""
-    return min(budget.buckets[k].refill_per_s / n for k, n in cost.items() if n > 0)
-
-
-def admission_burst(budget: Budget, cost: Mapping[Kind, int] = CREATE_COST) -> float:
-    """Creates a full set of buckets pays for at once (beyond the confirmations' reserve)."""
-    keep = 1.0 - RESERVE["transition"]
-    return min(budget.buckets[k].size * keep / n for k, n in cost.items() if n > 0)
-
-
 @dataclass
 class Admission:
-    """One subscription's creates in FIFO order per workspace (module docstring)."""
+    """Creates in FIFO order per workspace (see the module docstring)."""
 
     stale_s: float = 60.0
-    # workspace -> cluster id -> (sequence of its first ask, when it was told to ask again),
-    # in the order first asked.
-    queues: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
-    seq: int = 0
-    # The pace: no create is admitted before this moment (one per 1 / admission_rate).
-    next_s: float = -math.inf
+    # workspace -> cluster id -> (first asked, last asked), in the order first asked.
+    queues: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
     def admit(
         self,
@@ -209,63 +185,29 @@ class Admission:
         cost: Mapping[Kind, int] = CREATE_COST,
     ) -> float:
         """0: the create may go now (its requests take their tokens from `budget`
-        themselves); else the seconds after which to ask again.
-
-        A create goes when it is at the head of its workspace's queue, its pace has come
-        (one create per 1 / `admission_rate`, with `admission_burst` of them at once after a
-        quiet time), and the buckets hold, beyond the confirmations' reserve, its writes (its
-        PUT and PATCH follow at once) and a read. Its reads come over its start, a few per
-        reconcile: the pace keeps them within the refill, instead of waiting until the
-        bucket holds all of them at one moment, which the reconciles of the creates already
-        started, drawing the bucket down to the reserve, rarely let happen.
-
-        A refused create with k creates waiting ahead of it (asked for first, in any
-        workspace of the subscription) is told to come back at the next pace moment plus
-        k / rate: the refused creates come back one after the other, each when it can go,
-        rather than together (where all but one would be refused again, each refusal a
-        reconcile rescheduled), and those ahead in a workspace always before those behind."""
+        themselves); else the seconds after which to ask again: the time until the buckets
+        hold what the creates ahead of it in its workspace and itself cost (`cost` each)."""
         q = self.queues.setdefault(workspace_id, {})
-        got = q.get(cluster_id)
-        if got is None:
-            self.seq += 1
-            got = (self.seq, now_s)
-        q[cluster_id] = (got[0], now_s)
-        self._drop_stale(now_s)
+        first, _ = q.get(cluster_id, (now_s, now_s))
+        q[cluster_id] = (first, now_s)
+        for cid in [c for c, (_, last) in q.items() if now_s - last > self.stale_s]:
+            del q[cid]
         position = list(q).index(cluster_id)
-        rate = admission_rate(budget, cost)
         # A create is a transition: it leaves the confirmations their reserve.
         wait = max(
             budget.buckets[k].wait_s(
                 now_s,
-                tokens=(1 if k == "reads" else n) + RESERVE["transition"] * budget.buckets[k].size,
+                tokens=n * (position + 1) + RESERVE["transition"] * budget.buckets[k].size,
             )
             for k, n in cost.items()
         )
-        start = max(self.next_s, now_s - admission_burst(budget, cost) / rate)
-        wait = max(wait, start - now_s)
-        if wait < 0.001:
-            wait = 0.0
         if position == 0 and wait == 0:
-            self.next_s = start + 1.0 / rate
             del q[cluster_id]
             if not q:
                 del self.queues[workspace_id]
             return 0.0
-        ahead = sum(1 for w in self.queues.values() for s, _ in w.values() if s < got[0])
-        # Whole milliseconds, rounded up: a retry scheduled by the millisecond is not early.
-        delay = math.ceil(round((wait + ahead / rate) * 1000, 6)) / 1000
-        q[cluster_id] = (got[0], now_s + delay)
-        return delay
-
-    def _drop_stale(self, now_s: float) -> None:
-        """Entries not asked for again within `stale_s` after the time they were told (the
-        cluster was deleted, or its reconcile went to another instance) leave the queues."""
-        for ws in list(self.queues):
-            q = self.queues[ws]
-            for cid in [c for c, (_, due) in q.items() if now_s - due > self.stale_s]:
-                del q[cid]
-            if not q:
-                del self.queues[ws]
+        # Those behind ask again no sooner than a second per create ahead of them.
+        return max(wait, float(position + 1))
 
     def waiting(self, cluster_id: str) -> bool:
         """The create is queued (asked for, not admitted), in whichever workspace."""

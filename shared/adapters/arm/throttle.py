@@ -46,8 +46,7 @@ class ArmThrottle:
         self.clock = clock
         self._lock = threading.Lock()
         self.budgets: dict[str, Budget] = {}
-        # Per subscription: creates are admitted at the rate its own buckets allow.
-        self.admissions: dict[str, Admission] = {}
+        self.admission = Admission()
         self.priorities = ReadPriorities()
         self.throttled = 0
 
@@ -64,10 +63,9 @@ class ArmThrottle:
 
     def admit(self, subscription_id: str, workspace_id: str, cluster_id: str) -> None:
         """A create goes now, or ProvisionerThrottled says when to ask again (FIFO per
-        workspace, at the rate the subscription's buckets allow)."""
+        workspace, at the rate the subscription's write bucket allows)."""
         with self._lock:
-            admission = self.admissions.setdefault(subscription_id.lower(), Admission())
-            wait = admission.admit(
+            wait = self.admission.admit(
                 workspace_id, cluster_id, self.clock(), self.budget(subscription_id)
             )
         if wait > 0:
@@ -76,7 +74,7 @@ class ArmThrottle:
     def waiting(self, cluster_id: str) -> bool:
         """The cluster's create is queued for admission (nothing of it is in ARM yet)."""
         with self._lock:
-            return any(a.waiting(cluster_id) for a in self.admissions.values())
+            return self.admission.waiting(cluster_id)
 
     def need(
         self, subscription_id: str, kind: Kind, tokens: int, priority: Priority = "transition"
