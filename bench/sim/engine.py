@@ -246,6 +246,8 @@ class Sim:
         self.resumes = 0
         self.recomputed_task_s = 0.0
         self.slowdowns: list[float] = []
+        # job id -> finish time (bench/autoscale_live.py compares them job by job)
+        self.finish_s: dict[int, float] = {}
         self.jobs_finished = 0
         self.record_period_s = record_period_s
         self.timeline: list[tuple[float, int, int]] = []
@@ -565,6 +567,7 @@ class Sim:
 
     def _job_done(self, job: Job) -> None:
         job.finished_at = self.now
+        self.finish_s[job.spec.job_id] = self.now
         del self.active[job]
         self.jobs_finished += 1
         self.last_finish = self.now

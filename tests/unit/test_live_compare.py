@@ -1,0 +1,80 @@
+"""The live run's metrics use the simulator's definitions, and the table compares them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.live_compare import (
+    Interval,
+    JobRun,
+    compare,
+    format_table,
+    join_times,
+    metrics,
+    node_seconds,
+    run_end_s,
+    slowdowns,
+)
+from bench.sim.engine import Sim
+from bench.sim.model import ClusterSpec, JobSpec, Stage, Trace
+from bench.sim.policies import make_policy
+
+
+def test_node_seconds_clips_to_the_run_and_bills_open_intervals_to_the_end() -> None:
+    ivs = [
+        Interval("w1", 0.0, None),  # there all along
+        Interval("w2", 100.0, 160.0),
+        Interval("w3", 150.0, 500.0),  # released after the end: billed to the end
+        Interval("w4", -5.0, 10.0),  # started before zero: billed from zero
+    ]
+    assert node_seconds(ivs, 200.0) == pytest.approx(200 + 60 + 50 + 10)
+
+
+def test_slowdown_is_duration_over_ideal_and_skips_unfinished_jobs() -> None:
+    jobs = [JobRun(0, 10.0, 20.0, 50.0), JobRun(1, 0.0, 10.0, 10.0), JobRun(2, 5.0, 10.0, None)]
+    assert slowdowns(jobs) == [2.0, 1.0]
+    assert run_end_s(jobs, 30.0) == 50.0
+    assert run_end_s(jobs, 60.0) == 60.0
+
+
+def test_metrics_match_the_simulator_on_the_same_schedule() -> None:
+    """A run whose jobs and workers are the simulator's own gives the simulator's numbers."""
+    jobs = tuple(JobSpec(i, 10.0 * i, (Stage(6, 20.0),)) for i in range(6))
+    trace = Trace("t", "csv", 0, jobs, ClusterSpec(1, 3, slots_per_worker=2), 300.0)
+    sim = Sim(trace, make_policy("static-max"), 30.0, jitter=0.0)
+    res = sim.run()
+    runs = []
+    for spec in jobs:
+        runs.append(JobRun(spec.job_id, spec.submit_s, spec.ideal_s(), sim.finish_s[spec.job_id]))
+    ivs = [Interval(f"w{i}", 0.0, None) for i in range(3)]
+    m = metrics(runs, ivs, trace.duration_s)
+    assert m["node_seconds"] == pytest.approx(res.node_hours * 3600, abs=0.1)
+    assert m["slowdown_p50"] == pytest.approx(res.slowdown_p50, abs=1e-4)
+    assert m["slowdown_p95"] == pytest.approx(res.slowdown_p95, abs=1e-4)
+    assert m["jobs_finished"] == m["jobs"] == 6
+
+
+def test_join_time_counts_from_the_latest_request_before_the_node_started() -> None:
+    joined = {
+        "initial": (-20.0, -1.0),  # the cluster's own worker: no request before it
+        "a": (12.0, 40.0),
+        "b": (12.5, 41.0),
+        "c": (95.0, 120.0),
+    }
+    assert join_times([10.0, 90.0], joined) == [30.0, 31.0, 30.0]
+
+
+def test_compare_flags_metrics_outside_twenty_percent() -> None:
+    live = {"node_seconds": 1000.0, "slowdown_p50": 1.0, "slowdown_p95": 2.0}
+    sim = {"node_seconds": 1150.0, "slowdown_p50": 1.3, "slowdown_p95": 2.0}
+    rows = compare(live, sim)
+    assert [(r["metric"], r["ratio"], r["within"]) for r in rows] == [
+        ("node-seconds", 1.15, True),
+        ("slowdown p50", 1.3, False),
+        ("slowdown p95", 1.0, True),
+    ]
+    text = format_table(rows)
+    assert "1000.0" in text and "1150.0" in text and "NO" in text
+    assert math.isnan(compare({**live, "node_seconds": 0.0}, sim)[0]["ratio"])
