@@ -206,8 +206,11 @@ class Sim:
         warmup_s: float = 0.0,
         pool_min_idle: int | None = None,
         pool_acquire_s: float = 20.0,
+        initial_workers: int | None = None,
     ) -> None:
         self.trace = trace
+        # The workers at time zero (None: the policy's initial size, the cluster's minimum).
+        self.initial_workers = initial_workers
         # An instance pool under the cluster (bench/sim/pool.py), or None: every worker boots.
         self.pool = None if pool_min_idle is None else Pool(pool_min_idle, pool_acquire_s, boot_s)
         self.warmup_s = max(0.0, warmup_s)
@@ -262,6 +265,8 @@ class Sim:
         for spec in self.trace.jobs:
             self._push(spec.submit_s, EV_ARRIVE, spec)
         n0 = self.policy.initial_workers(self)
+        if self.initial_workers is not None:
+            n0 = self.initial_workers
         for _ in range(n0):
             node = self._new_node(0.0)
             self._node_ready(node)
