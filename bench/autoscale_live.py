@@ -47,7 +47,7 @@ from bench.live_compare import (
 )
 from bench.sim.engine import Sim
 from bench.sim.model import ClusterSpec, JobSpec, Stage, Trace, task_factor
-from bench.sim.policies import make_policy
+from bench.sim.policies import Sparkplane
 from bench.sim.traces import load_csv
 from shared.domain.autoscale_settings import PREFERENCE, PREFERENCES
 
@@ -189,12 +189,15 @@ def _run_job(url: str, job: JobSpec, t0: float, out: dict[int, float]) -> None:
         spark.stop()
 
 
-def run_live(trace: Trace, node_type: str, preference: str | None) -> dict[str, Any]:
+def run_live(
+    trace: Trace, node_type: str, preference: str | None, work_dir: Path | None = None
+) -> dict[str, Any]:
     from databricks.sdk.service.compute import AutoScale, State
 
     from devhost.process import DevhostProcess
 
-    tmp = Path(tempfile.mkdtemp(prefix="sp-autolive-"))
+    tmp = work_dir or Path(tempfile.mkdtemp(prefix="sp-autolive-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     pools = tmp / "fairscheduler.xml"
     pools.write_text(FAIR_POOLS)
     spec = trace.cluster
@@ -324,9 +327,20 @@ def live_metrics(live: dict[str, Any], duration_s: float) -> dict[str, Any]:
 # Simulated
 
 
-def run_sim(trace: Trace, boot_s: float, initial: int) -> tuple[dict[str, Any], dict[int, float]]:
-    """The simulator on the same trace, starting at the live cluster's initial size."""
-    sim = Sim(trace, make_policy("sparkplane"), boot_s, jitter=JITTER, initial_workers=initial)
+# The live timer's timing in the simulator (bench/sim/policies.py Sparkplane): the agent's
+# report read at the autoscaler's tick is on average half a report period old (both every
+# 10 s, in no fixed phase), and a RESIZING cluster is left alone until it has converged.
+LIVE_TIMER = {"report_lag_s": 5.0, "hold_while_resizing": True}
+SIM_VARIANTS = {"sim": {}, "sim+timer": LIVE_TIMER}
+
+
+def run_sim(
+    trace: Trace, boot_s: float, initial: int, timing: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[int, float]]:
+    """The simulator on the same trace, starting at the live cluster's initial size; `timing`:
+    Sparkplane's live-timer options (none: the simulator as bench.autoscale runs it)."""
+    policy = Sparkplane(**(timing or {}))
+    sim = Sim(trace, policy, boot_s, jitter=JITTER, initial_workers=initial)
     r = sim.run()
     row = {
         "node_seconds": round(r.node_hours * 3600, 1),
@@ -362,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--boot", type=float, help="the simulator's boot delay (default: measured)")
     ap.add_argument("--live-from", type=Path, help="a previous run's JSON: simulate only")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--work-dir", type=Path, help="devhost's data and logs (default: a new temporary one)"
+    )
     args = ap.parse_args(argv)
 
     from shared.domain.node_rules import NODE_TYPES
@@ -384,21 +401,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"live: {len(trace.jobs)} jobs over {trace.duration_s:.0f} s on real local Spark ...",
             flush=True,
         )
-        live = run_live(trace, args.node_type, pref)
+        live = run_live(trace, args.node_type, pref, args.work_dir)
     lm = live_metrics(live, trace.duration_s)
     measured_boot = statistics.median(live["join_s"]) if live["join_s"] else None
     boot = args.boot if args.boot is not None else (measured_boot or 30.0)
-    sm, sim_finish = run_sim(trace, boot, live["initial_workers"])
-    rows = compare(lm, sm)
+    sims: dict[str, dict[str, Any]] = {}
+    finishes: dict[str, dict[int, float]] = {}
+    for name, timing in SIM_VARIANTS.items():
+        sims[name], finishes[name] = run_sim(trace, boot, live["initial_workers"], timing)
     per_job = [
         {
             "job_id": j["job_id"],
             "submit_s": j["submit_s"],
             "ideal_s": j["ideal_s"],
             "live_s": None if j["finish_s"] is None else round(j["finish_s"] - j["submit_s"], 2),
-            "sim_s": round(sim_finish[j["job_id"]] - j["submit_s"], 2)
-            if j["job_id"] in sim_finish
-            else None,
+            **{
+                f"{name}_s": round(f[j["job_id"]] - j["submit_s"], 2) if j["job_id"] in f else None
+                for name, f in finishes.items()
+            },
         }
         for j in live["jobs"]
     ]
@@ -420,18 +440,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "n": len(live["join_s"]),
         },
         "live_metrics": lm,
-        "sim": sm,
-        "compare": rows,
+        **sims,
+        "compare": {name: compare(lm, sm) for name, sm in sims.items()},
         "per_job": per_job,
         "live": live,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
-    print(format_table(rows))
+    print(format_table(lm, sims))
+    print(f"jobs finished: live {lm['jobs_finished']}/{lm['jobs']}", end="")
+    for name, sm in sims.items():
+        print(f", {name} {sm['jobs_finished']}/{sm['jobs']}", end="")
+    print(f"; scaling actions: live {lm['scaling_actions']}", end="")
+    for name, sm in sims.items():
+        print(f", {name} {sm['scaling_actions']}", end="")
     print(
-        f"jobs finished live {lm['jobs_finished']}/{lm['jobs']}, sim {sm['jobs_finished']}/"
-        f"{sm['jobs']}; scaling actions live {lm['scaling_actions']}, sim "
-        f"{sm['scaling_actions']}; worker join median {measured_boot} s over "
-        f"{len(live['join_s'])} (sim boot {boot:.1f} s); load average {result['load_average']}"
+        f"\nworker join (request to RUNNING) median {measured_boot} s over "
+        f"{len(live['join_s'])} workers (sim boot {boot:.1f} s); load average "
+        f"{result['load_average']}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

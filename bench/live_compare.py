@@ -126,15 +126,20 @@ def compare(live: Mapping[str, float], sim: Mapping[str, float]) -> list[dict]:
     return rows
 
 
-def format_table(rows: Sequence[Mapping]) -> str:
-    """The side-by-side table as plain text (the console and the docs show the same)."""
-    head = f"{'metric':<14}{'live':>12}{'sim':>12}{'sim/live':>10}  within 20%"
+def format_table(live: Mapping[str, float], sims: Mapping[str, Mapping[str, float]]) -> str:
+    """The side-by-side table as plain text: per metric the live value, then per simulator
+    variant its value and sim/live (`*` marks a ratio outside TOLERANCE)."""
+    head = f"{'metric':<14}{'live':>10}"
+    for name in sims:
+        head += f"{name:>{max(10, len(name) + 2)}}{'sim/live':>10}"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(
-            f"{r['metric']:<14}{_num(r['live']):>12}{_num(r['sim']):>12}"
-            f"{r['ratio']:>10.3f}  {'yes' if r['within'] else 'NO'}"
-        )
+    for label, key in COMPARED:
+        line = f"{label:<14}{_num(float(live[key])):>10}"
+        for name, sim in sims.items():
+            [row] = [r for r in compare(live, sim) if r["metric"] == label]
+            mark = " " if row["within"] else "*"
+            line += f"{_num(float(sim[key])):>{max(10, len(name) + 2)}}{row['ratio']:>9.3f}{mark}"
+        lines.append(line)
     return "\n".join(lines)
 
 

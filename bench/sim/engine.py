@@ -43,7 +43,17 @@ from shared.domain.autoscale import Sample, WorkerLoad
 BOOTING, READY, DECOM = 0, 1, 2
 
 # Event kinds, in the order they are handled at the same instant.
-EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD, EV_WARMUP = range(8)
+(
+    EV_FINISH,
+    EV_DRIVER_END,
+    EV_READY,
+    EV_FORCE,
+    EV_ARRIVE,
+    EV_TICK,
+    EV_RECORD,
+    EV_WARMUP,
+    EV_REPORT,
+) = range(9)
 
 REVERSAL_WINDOW_S = 600.0
 
@@ -272,6 +282,10 @@ class Sim:
             self._node_ready(node)
         if self.policy.period_s:
             self._push(self.policy.period_s, EV_TICK)
+            # A policy reading reports made `report_lag_s` before its ticks (the live agent's).
+            lag = getattr(self.policy, "report_lag_s", None)
+            if lag:
+                self._push(max(0.0, self.policy.period_s - lag), EV_REPORT)
         if self.record_period_s:
             self._push(0.0, EV_RECORD)
         if self.warmup_s > 0:
@@ -318,6 +332,9 @@ class Sim:
                 self._push(t + self.record_period_s, EV_RECORD)  # type: ignore[operator]
             elif kind == EV_WARMUP:
                 self._start_scoring()
+            elif kind == EV_REPORT:
+                self.policy.report(self)  # type: ignore[attr-defined]
+                self._push(t + self.policy.period_s, EV_REPORT)  # type: ignore[operator]
             self._dispatch()
         else:
             end_t = max(duration, self.last_finish, self.now)

@@ -75,6 +75,22 @@ def test_compare_flags_metrics_outside_twenty_percent() -> None:
         ("slowdown p50", 1.3, False),
         ("slowdown p95", 1.0, True),
     ]
-    text = format_table(rows)
-    assert "1000.0" in text and "1150.0" in text and "NO" in text
+    text = format_table(live, {"sim": sim, "sim-b": live})
+    assert text.splitlines()[0].split() == [
+        "metric",
+        "live",
+        "sim",
+        "sim/live",
+        "sim-b",
+        "sim/live",
+    ]
+    assert text.splitlines()[3].split() == [
+        "slowdown",
+        "p50",
+        "1.000",
+        "1.300",
+        "1.300*",
+        "1.000",
+        "1.000",
+    ]
     assert math.isnan(compare({**live, "node_seconds": 0.0}, sim)[0]["ratio"])
