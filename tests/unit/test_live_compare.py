@@ -19,7 +19,8 @@ from bench.live_compare import (
 )
 from bench.sim.engine import Sim
 from bench.sim.model import ClusterSpec, JobSpec, Stage, Trace
-from bench.sim.policies import make_policy
+from bench.sim.policies import Sparkplane, make_policy
+from shared.domain.autoscale import AutoscaleParams
 
 
 def test_node_seconds_clips_to_the_run_and_bills_open_intervals_to_the_end() -> None:
@@ -94,3 +95,39 @@ def test_compare_flags_metrics_outside_twenty_percent() -> None:
         "1.000",
     ]
     assert math.isnan(compare({**live, "node_seconds": 0.0}, sim)[0]["ratio"])
+
+
+def _first_request_s(timeline: list[tuple[float, int, int]]) -> float:
+    return next(t for t, nodes, _ in timeline if nodes > 1)
+
+
+def test_report_lag_reads_the_agents_report_made_before_the_tick() -> None:
+    """A backlog that appears between the report (5 s before the tick) and the tick is seen
+    one tick later than with the simulator's exact samples."""
+    jobs = (JobSpec(0, 7.0, (Stage(4, 120.0),)),)
+    trace = Trace("t", "csv", 0, jobs, ClusterSpec(1, 4, slots_per_worker=1), 200.0)
+    exact = Sparkplane(AutoscaleParams())
+    Sim(trace, exact, 30.0, record_period_s=1.0).run()
+    lagged = Sparkplane(AutoscaleParams(), report_lag_s=5.0)
+    sim = Sim(trace, lagged, 30.0, record_period_s=1.0)
+    sim.run()
+    assert [s.ts_ms for s in lagged.samples][:3] == [5000, 15000, 25000]
+    assert [s.ts_ms for s in exact.samples][:3] == [10000, 20000, 30000]
+    assert _first_request_s(sim.timeline) == 20.0
+
+
+def test_hold_while_resizing_decides_nothing_until_the_workers_joined() -> None:
+    """A second backlog while the first scale-up boots: the simulator adds workers at once,
+    the live timer (hold_while_resizing) only once the booting ones joined."""
+    jobs = (JobSpec(0, 1.0, (Stage(2, 300.0),)), JobSpec(1, 15.0, (Stage(3, 300.0),)))
+    trace = Trace("t", "csv", 0, jobs, ClusterSpec(1, 6, slots_per_worker=1), 400.0)
+    runs = {}
+    for hold in (False, True):
+        pol = Sparkplane(AutoscaleParams(), hold_while_resizing=hold)
+        sim = Sim(trace, pol, 60.0, record_period_s=1.0)
+        sim.run()
+        runs[hold] = [(t, n) for t, n, _ in sim.timeline if t in (11.0, 21.0, 61.0, 71.0)]
+    # at 10 s: one more worker for the first job's backlog; at 20 s the second job's backlog
+    assert runs[False] == [(11.0, 2), (21.0, 5), (61.0, 5), (71.0, 5)]
+    # held while the worker asked for at 10 s boots; it joins at 70 s, the tick then grows
+    assert runs[True] == [(11.0, 2), (21.0, 2), (61.0, 2), (71.0, 5)]
