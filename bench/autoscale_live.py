@@ -40,6 +40,7 @@ import psutil
 from bench.live_compare import (
     Interval,
     JobRun,
+    billed_from,
     compare,
     format_table,
     join_times,
@@ -269,7 +270,7 @@ def _live_record(
         for e in events
         if e.get("type") == "RESIZING"
     ]
-    ups = [r["t"] for r in resizes if (r["target"] or 0) > (r["current"] or 0)]
+    ups = upsizes(resizes)
     joined = {
         nid: (rec["start_ms"] / 1000 - t0, rec["joined"] - t0)
         for nid, rec in watch.nodes.items()
@@ -279,14 +280,10 @@ def _live_record(
     nodes = []
     for nid, rec in watch.nodes.items():
         start, _ = joined.get(nid, (0.0, 0.0))
-        before = [u for u in ups if u <= start + 1e-6]
-        # Billed from the autoscaler's request (the simulator's add_nodes), else from its start.
-        billed_from = before[-1] if before else start
         gone = rec["gone"]
         nodes.append(
             {
                 "node_id": nid,
-                "requested": round(billed_from, 2),
                 "started": round(start, 2),
                 "joined": round(rec["joined"] - t0, 2),
                 "released": None if gone is None else round(gone - t0, 2),
@@ -309,14 +306,32 @@ def _live_record(
         "jobs": jobs,
         "nodes": nodes,
         "resizes": resizes,
+        "autoscaler": [
+            {
+                "t": round(e["timestamp"] / 1000 - t0, 2),
+                "explanation": e.get("details", {})
+                .get("reason", {})
+                .get("parameters", {})
+                .get("explanation"),
+            }
+            for e in events
+            if e.get("type") == "AUTOSCALING_STATS_REPORT"
+        ],
         "join_s": [round(x, 2) for x in joins],
         "sizes": [(round(t - t0, 1), n) for t, n in watch.sizes[::5]],
     }
 
 
+def upsizes(resizes: list[dict[str, Any]]) -> list[float]:
+    return sorted(r["t"] for r in resizes if (r["target"] or 0) > (r["current"] or 0))
+
+
 def live_metrics(live: dict[str, Any], duration_s: float) -> dict[str, Any]:
     jobs = [JobRun(j["job_id"], j["submit_s"], j["ideal_s"], j["finish_s"]) for j in live["jobs"]]
-    ivs = [Interval(n["node_id"], n["requested"], n["released"]) for n in live["nodes"]]
+    ups = upsizes(live["resizes"])
+    ivs = [
+        Interval(n["node_id"], billed_from(n["started"], ups), n["released"]) for n in live["nodes"]
+    ]
     m = metrics(jobs, ivs, duration_s)
     m["scaling_actions"] = len(live["resizes"])
     m["max_workers_seen"] = max((n for _, n in live["sizes"]), default=0)

@@ -63,6 +63,13 @@ def slowdowns(jobs: Sequence[JobRun]) -> list[float]:
     ]
 
 
+def billed_from(started_s: float, upsizes_s: Sequence[float]) -> float:
+    """A worker is billed from the latest scale-up request at or before its start (the
+    simulator's add_nodes), or from its start when none was (the cluster's initial workers)."""
+    before = [u for u in upsizes_s if u <= started_s + 1e-6]
+    return max(before) if before else started_s
+
+
 def join_times(
     upsizes_s: Sequence[float], joined: Mapping[str, tuple[float, float]]
 ) -> list[float]:
@@ -72,12 +79,10 @@ def join_times(
     `joined`: node id -> (when the provisioner started the node, when it joined the cluster).
     A worker is matched to the latest request at or before its start; a worker started before
     any request (the cluster's initial ones) has no join time."""
-    ups = sorted(upsizes_s)
     out = []
     for started, joined_at in sorted(joined.values()):
-        before = [u for u in ups if u <= started + 1e-6]
-        if before:
-            out.append(joined_at - before[-1])
+        if any(u <= started + 1e-6 for u in upsizes_s):
+            out.append(joined_at - billed_from(started, upsizes_s))
     return out
 
 

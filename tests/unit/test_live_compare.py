@@ -9,6 +9,7 @@ import pytest
 from bench.live_compare import (
     Interval,
     JobRun,
+    billed_from,
     compare,
     format_table,
     join_times,
@@ -64,7 +65,9 @@ def test_join_time_counts_from_the_latest_request_before_the_node_started() -> N
         "b": (12.5, 41.0),
         "c": (95.0, 120.0),
     }
-    assert join_times([10.0, 90.0], joined) == [30.0, 31.0, 30.0]
+    assert join_times([90.0, 10.0], joined) == [30.0, 31.0, 30.0]
+    assert billed_from(95.0, [90.0, 10.0]) == 90.0
+    assert billed_from(-20.0, [90.0, 10.0]) == -20.0
 
 
 def test_compare_flags_metrics_outside_twenty_percent() -> None:
