@@ -90,7 +90,10 @@ def summarize(apps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             )
             w["running_tasks"] += int(ex.get("activeTasks", 0))
             w["shuffle_bytes"] += int(ex.get("totalShuffleWrite", 0))
-            w["cached_bytes"] += int(ex.get("memoryUsed", 0)) + int(ex.get("diskUsed", 0))
+            # Storage used counts broadcast blocks too (every task's serialized code is one,
+            # fetched again from the driver at no cost): cached data only with RDD blocks.
+            if int(ex.get("rddBlocks", 0)) > 0:
+                w["cached_bytes"] += int(ex.get("memoryUsed", 0)) + int(ex.get("diskUsed", 0))
     return {
         "running_tasks": running,
         "pending_tasks": pending,

@@ -28,6 +28,7 @@ SPARK_LANES = {
     "tests/e2e/test_jobs_spark.py": "spark-a",
     "tests/e2e/test_pools_spark.py": "spark-a",
     "tests/e2e/test_workspace_deletion_spark.py": "spark-a",
+    "tests/e2e/test_autoscale_live_bench.py": "spark-a",
     "tests/e2e/test_autoscale_live.py": "spark-b",
     "tests/e2e/test_spark_clusters_sdk.py": "spark-b",
     "tests/e2e/test_local_spark_provisioner.py": "spark-b",

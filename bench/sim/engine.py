@@ -43,7 +43,17 @@ from shared.domain.autoscale import Sample, WorkerLoad
 BOOTING, READY, DECOM = 0, 1, 2
 
 # Event kinds, in the order they are handled at the same instant.
-EV_FINISH, EV_DRIVER_END, EV_READY, EV_FORCE, EV_ARRIVE, EV_TICK, EV_RECORD, EV_WARMUP = range(8)
+(
+    EV_FINISH,
+    EV_DRIVER_END,
+    EV_READY,
+    EV_FORCE,
+    EV_ARRIVE,
+    EV_TICK,
+    EV_RECORD,
+    EV_WARMUP,
+    EV_REPORT,
+) = range(9)
 
 REVERSAL_WINDOW_S = 600.0
 
@@ -206,8 +216,11 @@ class Sim:
         warmup_s: float = 0.0,
         pool_min_idle: int | None = None,
         pool_acquire_s: float = 20.0,
+        initial_workers: int | None = None,
     ) -> None:
         self.trace = trace
+        # The workers at time zero (None: the policy's initial size, the cluster's minimum).
+        self.initial_workers = initial_workers
         # An instance pool under the cluster (bench/sim/pool.py), or None: every worker boots.
         self.pool = None if pool_min_idle is None else Pool(pool_min_idle, pool_acquire_s, boot_s)
         self.warmup_s = max(0.0, warmup_s)
@@ -246,6 +259,8 @@ class Sim:
         self.resumes = 0
         self.recomputed_task_s = 0.0
         self.slowdowns: list[float] = []
+        # job id -> finish time (bench/autoscale_live.py compares them job by job)
+        self.finish_s: dict[int, float] = {}
         self.jobs_finished = 0
         self.record_period_s = record_period_s
         self.timeline: list[tuple[float, int, int]] = []
@@ -260,11 +275,17 @@ class Sim:
         for spec in self.trace.jobs:
             self._push(spec.submit_s, EV_ARRIVE, spec)
         n0 = self.policy.initial_workers(self)
+        if self.initial_workers is not None:
+            n0 = self.initial_workers
         for _ in range(n0):
             node = self._new_node(0.0)
             self._node_ready(node)
         if self.policy.period_s:
             self._push(self.policy.period_s, EV_TICK)
+            # A policy reading reports made `report_lag_s` before its ticks (the live agent's).
+            lag = getattr(self.policy, "report_lag_s", None)
+            if lag:
+                self._push(max(0.0, self.policy.period_s - lag), EV_REPORT)
         if self.record_period_s:
             self._push(0.0, EV_RECORD)
         if self.warmup_s > 0:
@@ -311,6 +332,9 @@ class Sim:
                 self._push(t + self.record_period_s, EV_RECORD)  # type: ignore[operator]
             elif kind == EV_WARMUP:
                 self._start_scoring()
+            elif kind == EV_REPORT:
+                self.policy.report(self)  # type: ignore[attr-defined]
+                self._push(t + self.policy.period_s, EV_REPORT)  # type: ignore[operator]
             self._dispatch()
         else:
             end_t = max(duration, self.last_finish, self.now)
@@ -565,6 +589,7 @@ class Sim:
 
     def _job_done(self, job: Job) -> None:
         job.finished_at = self.now
+        self.finish_s[job.spec.job_id] = self.now
         del self.active[job]
         self.jobs_finished += 1
         self.last_finish = self.now

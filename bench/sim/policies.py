@@ -68,7 +68,12 @@ class Static:
 class Sparkplane:
     """shared.domain.autoscale as the timers run it: every `period_s` one sample from the
     agent, then the idle policy, then the autoscaling policy. Without explicit params, job
-    clusters get JOB_CLUSTER_PARAMS and all-purpose clusters the defaults."""
+    clusters get JOB_CLUSTER_PARAMS and all-purpose clusters the defaults.
+
+    The live timer's timing, off by default (bench/autoscale_live.py measures it on real
+    Spark): `report_lag_s` reads the agent's report made that long before each tick instead of
+    the state at the tick, and `hold_while_resizing` decides nothing while workers are joining
+    or leaving (the live timer skips a RESIZING cluster until it has converged)."""
 
     def __init__(
         self,
@@ -77,9 +82,14 @@ class Sparkplane:
         period_s: float = 10.0,
         idle_termination: bool = True,
         name: str = "sparkplane",
+        report_lag_s: float | None = None,
+        hold_while_resizing: bool = False,
     ) -> None:
         self.name = name
         self.period_s = period_s
+        self.report_lag_s = report_lag_s
+        self.hold_while_resizing = hold_while_resizing
+        self.reported: Sample | None = None
         self.explicit = params
         self.params = params or AutoscaleParams()
         self.idle_termination = idle_termination
@@ -118,13 +128,17 @@ class Sparkplane:
             sim.size,
             spec.slots_per_worker,
             self.memory,
-            s.ts_ms,
+            int(sim.now * 1000),  # the tick's time; the sample's when there is no report lag
             self.params,
         )
 
+    def report(self, sim: Sim) -> None:
+        """The agent's report (with `report_lag_s`): the state now, read at the next tick."""
+        self.reported = sim.sample()
+
     def tick(self, sim: Sim) -> None:
         spec = sim.spec
-        s = sim.sample()
+        s = self.reported if self.report_lag_s and self.reported is not None else sim.sample()
         self.samples.append(s)
         self.last_activity_ms = last_activity((s,), self.last_activity_ms)
         if self.idle_termination:
@@ -134,6 +148,8 @@ class Sparkplane:
             if idle is not None:
                 sim.terminate()
                 return
+        if self.hold_while_resizing and len(sim.ready) != len(sim.nodes):
+            return  # workers booting or decommissioning: the live cluster is RESIZING
         d = self.decide(sim, s)
         self.decisions += 1
         self.memory = d.memory

@@ -20,7 +20,9 @@ from shared import agent, agent_ready
 from shared.agent import summarize, worker_key
 
 
-def ex(id_: str, port: int, cores: int, active: int, shuffle: int = 0, mem: int = 0) -> dict:
+def ex(
+    id_: str, port: int, cores: int, active: int, shuffle: int = 0, mem: int = 0, rdd: int = 0
+) -> dict:
     return {
         "id": id_,
         "isActive": True,
@@ -29,6 +31,7 @@ def ex(id_: str, port: int, cores: int, active: int, shuffle: int = 0, mem: int 
         "totalShuffleWrite": shuffle,
         "memoryUsed": mem,
         "diskUsed": 0,
+        "rddBlocks": rdd,
         "executorLogs": {"stdout": f"http://127.0.0.1:{port}/logPage/?appId=a&executorId={id_}"},
     }
 
@@ -47,7 +50,7 @@ def test_summary_of_two_apps() -> None:
         ],
         "sql": [{"status": "RUNNING"}, {"status": "COMPLETED"}],
     }
-    app2 = {"jobs": [], "stages": [], "executors": [ex("0", 8082, 1, 0, mem=5)], "sql": []}
+    app2 = {"jobs": [], "stages": [], "executors": [ex("0", 8082, 1, 0, mem=5, rdd=1)], "sql": []}
     s = summarize([app1, app2])
     assert s["running_tasks"] == 2 and s["pending_tasks"] == 5 + 4
     assert s["active_jobs"] == 1 and s["active_queries"] == 1 and s["total_slots"] == 5
@@ -65,6 +68,15 @@ def test_summary_of_two_apps() -> None:
             "cached_bytes": 5,
         },
     ]
+
+
+def test_broadcast_blocks_alone_are_not_cached_data() -> None:
+    """Every executor that ran a task stores the task's broadcast code (Spark counts it in
+    memoryUsed); without RDD blocks nothing would be recomputed if the worker went, so the
+    worker holds no state and the autoscaler may remove it."""
+    app = {"jobs": [], "stages": [], "executors": [ex("0", 8081, 2, 0, mem=471779)], "sql": []}
+    [w] = summarize([app])["workers"]
+    assert w["cached_bytes"] == 0
 
 
 def test_idle_cluster_and_worker_key_fallback() -> None:
