@@ -206,14 +206,13 @@ class SparkplaneForecast(Sparkplane):
         spec = sim.spec
         self._observe(sim, s.ts_ms)
         d = super().decide(sim, s)
-        boot_window = sim.boot_s + float(self.period_s)
         out = d
+        # The cluster holds the forecast of the time its new workers take to join: a pool's
+        # acquisition while the pool has idle instances, else a boot.
+        join_s = sim.boot_s
+        if sim.pool is not None:
+            join_s = expected_boot_s(sim.boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now))
         if not self.pool_only or sim.pool is None:
-            # The cluster holds the forecast of the time its new workers take to join: a
-            # pool's acquisition while the pool has idle instances, else a boot.
-            join_s = sim.boot_s
-            if sim.pool is not None:
-                join_s = expected_boot_s(sim.boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now))
             fc = forecast(self.fstate, s.ts_ms, join_s + float(self.period_s), self.fparams)
             out = with_forecast(
                 d,
@@ -227,18 +226,17 @@ class SparkplaneForecast(Sparkplane):
             self.forecast_actions += out is not d and out.target != d.target
         if sim.pool is not None:
             # The pool's ask, as the autoscaling timer writes it (shared/services/
-            # utilization.py): the forecast of the next node boot beyond what the cluster
-            # holds after this decision; the pool keeps max(min_idle, ask) idle instances.
+            # utilization.py): the forecast of the next node boot and join beyond what the
+            # cluster holds after this decision; the pool keeps max(min_idle, ask) idle
+            # instances.
             # With `pool_only` the cluster scales reactively from the pool ("pre-warm the
             # pool, not the cluster").
             if self.base_idle is None:
                 self.base_idle = sim.pool.min_idle
-            fc_boot = forecast(self.fstate, s.ts_ms, boot_window, self.fparams)
+            lead_s = sim.boot_s + join_s + float(self.period_s)
+            fc_lead = forecast(self.fstate, s.ts_ms, lead_s, self.fparams)
             ask = pool_ask(
-                fc_boot,
-                current_workers=out.target,
-                max_workers=spec.max_workers,
-                horizon_s=boot_window,
+                fc_lead, current_workers=out.target, max_workers=spec.max_workers, horizon_s=lead_s
             )
             sim.pool.set_min_idle(sim.now, max(self.base_idle, ask.extra))
         return out

@@ -15,10 +15,13 @@
    project a shrinking backlog over the time new workers take to join.
 3. **The pool's forecast idle target** (`pool_ask`, `ask_due`, `idle_target`): a cluster with
    the forecast on (`spark.sparkplane.autoscaling.forecast`) that draws its workers from a pool
-   asks the pool for the workers its forecast wants over the next node boot period beyond
-   what it holds (a replacement idle node takes a boot, so the pool has to start that far
-   ahead). An ask is rewritten when it changes or every `refresh_s` (2 min) and lapses
-   `ttl_s` (5 min) after its last write, so a cluster that stops asking (terminated, forecast
+   asks the pool for the workers its forecast wants over the next node boot plus join time
+   (plus the timer's period) beyond what it holds: the cluster itself holds the forecast of
+   one join time (+ period) ahead, so the pool's nodes must be idle by then, and a node the
+   pool starts is idle after a boot. (Looking one boot ahead only left the pool's nodes
+   still booting when the cluster came to take them: docs/autoscaling.md, "Pools".) An ask is
+   rewritten when it changes or every `refresh_s` (2 min) and lapses `ttl_s` (5 min) after
+   its last write, so a cluster that stops asking (terminated, forecast
    off) stops counting by itself. The pool keeps max(min_idle_instances, sum of the live
    asks) idle nodes, within max_capacity, and says why (`IdleTarget.why` names each forecast).
 """

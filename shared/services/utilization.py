@@ -375,7 +375,8 @@ class Utilization:
         )
         self.windows.remember(cluster_id, d.memory)
         if pool is not None and autoscale_settings.flag(spark_conf, autoscale_settings.FORECAST):
-            self._ask_pool(b, pool, d.target, hi, node_boot_s, now)
+            lead_s = node_boot_s + params.expected_boot_s
+            self._ask_pool(b, pool, d.target, hi, lead_s, now)
         if d.target == current:
             return 0
 
@@ -404,11 +405,13 @@ class Utilization:
         return 1
 
     def _ask_pool(
-        self, b: dict[str, Any], pool: Pool, holds: int, hi: int, node_boot_s: float, now: int
+        self, b: dict[str, Any], pool: Pool, holds: int, hi: int, lead_s: float, now: int
     ) -> None:
         """Ask the pool for the idle nodes the cluster's forecast wants over the next node
-        boot period (pre-warm the pool, not the cluster); a new ask makes the pool look."""
-        horizon = node_boot_s + TICK_MARGIN_S
+        boot and join (`lead_s`: a node the pool starts now is idle after a boot, and the
+        cluster takes it one join time before its demand); pre-warm the pool, not the
+        cluster. A new ask makes the pool look."""
+        horizon = lead_s + TICK_MARGIN_S
         f = self.forecasts.over(b["cluster_id"], now, horizon)
         ask = pool_rules.pool_ask(f, current_workers=holds, max_workers=hi, horizon_s=horizon)
         pool_id = pool.instance_pool_id
