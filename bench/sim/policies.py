@@ -38,7 +38,7 @@ from shared.domain.forecast import (
     next_use,
     observe,
 )
-from shared.domain.pool_scaling import expected_boot_s, pool_ask
+from shared.domain.pool_scaling import expected_boot_s, hold_join_s, pool_ask
 
 
 def _need(sim: Sim) -> int:
@@ -188,6 +188,7 @@ class SparkplaneForecast(Sparkplane):
         super().__init__(params, name=name)
         self.pool_only = pool_only
         self.base_idle: int | None = None
+        self.pending_idle: int | None = None
         self.fparams = forecast_params or ForecastParams(week_start_ms=0)
         self.fstate = new_state(name, self.fparams)
         self.resume = resume
@@ -208,10 +209,17 @@ class SparkplaneForecast(Sparkplane):
         d = super().decide(sim, s)
         out = d
         # The cluster holds the forecast of the time its new workers take to join: a pool's
-        # acquisition while the pool has idle instances, else a boot.
+        # acquisition while the pool's idle instances cover what the forecast adds, else a
+        # boot (shared/domain/pool_scaling.py: hold_join_s).
         join_s = sim.boot_s
         if sim.pool is not None:
-            join_s = expected_boot_s(sim.boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now))
+            fc_boot = forecast(
+                self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams
+            )
+            extra = pool_ask(
+                fc_boot, current_workers=sim.size, max_workers=spec.max_workers, horizon_s=0
+            ).extra
+            join_s = hold_join_s(sim.boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now), extra)
         if not self.pool_only or sim.pool is None:
             fc = forecast(self.fstate, s.ts_ms, join_s + float(self.period_s), self.fparams)
             out = with_forecast(
@@ -238,8 +246,17 @@ class SparkplaneForecast(Sparkplane):
             ask = pool_ask(
                 fc_lead, current_workers=out.target, max_workers=spec.max_workers, horizon_s=lead_s
             )
-            sim.pool.set_min_idle(sim.now, max(self.base_idle, ask.extra))
+            # Applied once the cluster has acted on the decision (`tick`): live, the pool's
+            # reconcile follows the cluster's, and a lapsed ask's extra idle nodes wait for
+            # the pool's idle timeout, so the nodes the cluster takes now are not released.
+            self.pending_idle = max(self.base_idle, ask.extra)
         return out
+
+    def tick(self, sim: Sim) -> None:
+        self.pending_idle = None
+        super().tick(sim)
+        if sim.pool is not None and self.pending_idle is not None:
+            sim.pool.set_min_idle(sim.now, self.pending_idle)
 
     def tick_terminated(self, sim: Sim) -> None:
         now_ms = int(sim.now * 1000)

@@ -96,6 +96,18 @@ def expected_boot_s(node_boot_s: float, acquire_s: float | None, pool_idle: int)
     return acquire_s
 
 
+def hold_join_s(
+    node_boot_s: float, acquire_s: float | None, pool_idle: int, forecast_extra: int
+) -> float:
+    """How far ahead a forecasting cluster holds its forecast: the pool's acquisition time
+    when the pool's idle nodes cover the workers the forecast of the next node boot adds
+    (`forecast_extra`), else a node boot. One idle node does not make twenty workers join in
+    an acquisition time: the others boot, so the cluster must ask for them a boot ahead."""
+    if acquire_s is None or pool_idle <= 0 or pool_idle < forecast_extra:
+        return node_boot_s
+    return acquire_s
+
+
 @dataclass(frozen=True, slots=True)
 class PoolAsk:
     """One cluster's ask for idle nodes in its pool, and the forecast behind it."""
