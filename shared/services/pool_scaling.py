@@ -21,6 +21,7 @@ from typing import Any
 
 from shared.domain import autoscale_prewarm as boot
 from shared.domain import pool_scaling as rules
+from shared.domain.forecast import Forecast
 from shared.domain.nodes import PoolNode
 from shared.domain.pools import Pool
 from shared.ports import AlreadyExists, PreconditionFailed, Store
@@ -98,6 +99,25 @@ class PoolScaling:
         idle = int(pool.stats.get("idle_count", 0))
         acquire = self.acquire_s(pool.workspace_id, pool.instance_pool_id, now_ms) if idle else None
         return rules.expected_boot_s(node_boot_s, acquire, idle)
+
+    def hold_join_s(
+        self,
+        pool: Pool,
+        node_boot_s: float,
+        acquire_s: float,
+        f: Forecast | None,
+        *,
+        current: int,
+        max_workers: int,
+    ) -> float:
+        """How far ahead a forecasting cluster on `pool` holds its forecast: one acquisition
+        when the pool's idle nodes cover what `f` (the forecast of the next node boot) adds,
+        else a node boot."""
+        extra = rules.pool_ask(
+            f, current_workers=current, max_workers=max_workers, horizon_s=node_boot_s
+        ).extra
+        idle = int(pool.stats.get("idle_count", 0))
+        return rules.hold_join_s(node_boot_s, acquire_s, idle, extra)
 
     # ------------------------------------------------------------------ asks
 

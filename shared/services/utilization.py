@@ -362,6 +362,17 @@ class Utilization:
             if boot_s != node_boot_s:
                 params = replace(params, expected_boot_s=boot_s)
         d = pol.decide_size(samples, auto["min_workers"], hi, current, slots, memory, now, params)
+        forecasting = pool is not None and autoscale_settings.flag(
+            spark_conf, autoscale_settings.FORECAST
+        )
+        hold_params = params
+        if pool is not None and forecasting and params.expected_boot_s != node_boot_s:
+            # One acquisition ahead only when the pool's idle nodes cover the forecast.
+            f = self.forecasts.over(cluster_id, now, node_boot_s + TICK_MARGIN_S)
+            join_s = self.pool_scaling.hold_join_s(
+                pool, node_boot_s, params.expected_boot_s, f, current=current, max_workers=hi
+            )
+            hold_params = replace(params, expected_boot_s=join_s)
         d = self.forecasts.hold(
             b,
             d,
@@ -371,11 +382,11 @@ class Utilization:
             current=current,
             memory=memory,
             now=now,
-            params=params,
+            params=hold_params,
         )
         self.windows.remember(cluster_id, d.memory)
-        if pool is not None and autoscale_settings.flag(spark_conf, autoscale_settings.FORECAST):
-            lead_s = node_boot_s + params.expected_boot_s
+        if pool is not None and forecasting:
+            lead_s = node_boot_s + hold_params.expected_boot_s
             self._ask_pool(b, pool, d.target, hi, lead_s, now)
         if d.target == current:
             return 0

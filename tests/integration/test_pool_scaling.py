@@ -92,15 +92,14 @@ def test_without_idle_nodes_in_the_pool_the_policy_expects_a_node_boot(tmp_path:
 
 
 def rising_history(w: World, cid: str, low: int, high: int) -> int:
-    """Three days of demand `low`, except `high` in the 15-minute bin that starts 2 minutes
-    from now (the clock is moved there), stored as the cluster's forecast state. Returns the
-    time the high bin starts."""
+    """Three days of demand `low`, except `high` in a 15-minute bin that starts at least 10
+    minutes from now, stored as the cluster's forecast state. Returns when the high bin
+    starts."""
     p = fc.ForecastParams()
     s = fc.new_state(cid, p)
     step = p.bin_s * 1000
     origin = p.week_start_ms + s.phase_ms
-    high_start = origin + ((w.clock.ms - origin) // step + 2) * step
-    w.clock.ms = high_start - 120_000
+    high_start = origin + ((w.clock.ms + 600_000 - origin) // step + 1) * step
     t = w.clock.ms - 3 * DAY
     while t < w.clock.ms - 60_000:
         hot = ((t - high_start) % DAY) < step
@@ -110,6 +109,13 @@ def rising_history(w: World, cid: str, low: int, high: int) -> int:
     return high_start
 
 
+def tick_at(w: World, cids: list[str], ms: int) -> None:
+    w.clock.ms = ms
+    for cid in cids:
+        sample(w, cid, 0, 0)
+    w.util.autoscale_tick()
+
+
 def test_a_forecast_ask_prewarms_the_pool_and_lapses(tmp_path: Path) -> None:
     w = World(tmp_path)
     pool_id = new_pool(w, 1)
@@ -117,13 +123,15 @@ def test_a_forecast_ask_prewarms_the_pool_and_lapses(tmp_path: Path) -> None:
     on = w.running_cluster(instance_pool_id=pool_id, spark_conf={st.FORECAST: "on"}, **auto)
     off = w.running_cluster(instance_pool_id=pool_id, **auto)
     assert settle(w, pool_id)["idle_count"] == 1
-    rising_history(w, on, 1, 6)
-    for cid in (on, off):
-        sample(w, cid, 0, 0)
+    high = rising_history(w, on, 1, 6)  # 6 workers from `high` on
+    tick_at(w, [on, off], high - 500_000)  # nothing within reach yet
+    assert w.store.get(ASK_KIND, pool_id, on) is None
+
+    # 190 s ahead: beyond the cluster's own reach (a node boot, 120 s, + the timer's 60 s),
+    # within its pool's (a node boot, then one acquisition, 20 s, + 60 s): the cluster holds
+    # 1 and asks its pool for the 5 more its forecast wants.
     sent = len(w.bus.sent)
-    w.util.autoscale_tick()
-    # The cluster looks one acquisition ahead (the pool has an idle node) and holds 1; its
-    # ask looks one node boot ahead, into the busy bin: 6 workers, 5 more than it holds.
+    tick_at(w, [on, off], high - 190_000)
     assert w.store.get("cluster", "w", on).body["target_workers"] == 1
     ask = w.store.get(ASK_KIND, pool_id, on)
     assert ask is not None and ask.body["extra"] == 5
@@ -137,10 +145,12 @@ def test_a_forecast_ask_prewarms_the_pool_and_lapses(tmp_path: Path) -> None:
     assert got["forecast_idle"] == 5
     assert got["forecast_why"].startswith(f"cluster {on}: forecast 6 workers")
 
-    # A standing ask is rewritten every 2 minutes, not on every tick.
+    # 170 s ahead the cluster's own forecast reaches the busy bin, but the pool's idle nodes
+    # cover it: the cluster holds one acquisition ahead (still 1 worker). The standing ask
+    # is not rewritten (every 2 minutes, not on every tick).
     written = ask.body["written_ms"]
-    sample(w, on, 0, 0)
-    w.util.autoscale_tick()
+    tick_at(w, [on], high - 170_000)
+    assert w.store.get("cluster", "w", on).body["target_workers"] == 1
     assert w.store.get(ASK_KIND, pool_id, on).body["written_ms"] == written  # type: ignore[union-attr]
 
     # No tick for 5 minutes: the ask lapses and the pool falls back to min_idle_instances

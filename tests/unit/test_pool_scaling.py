@@ -115,3 +115,10 @@ def test_the_pool_plan_keeps_the_forecast_idle_target_and_releases_down_to_it() 
     assert len(pools.plan(pool, idle, now=late).remove_idle) == 1
     capped = pool.model_copy(update={"spec": PoolSpec.model_validate({**spec, "max_capacity": 3})})
     assert pools.plan(capped, idle, now=0, idle_target=5).add_idle == 1
+
+
+def test_a_forecasting_cluster_looks_one_acquisition_ahead_only_when_the_pool_covers_it() -> None:
+    assert ps.hold_join_s(120.0, 20.0, pool_idle=5, forecast_extra=5) == 20.0
+    assert ps.hold_join_s(120.0, 20.0, pool_idle=1, forecast_extra=5) == 120.0
+    assert ps.hold_join_s(120.0, 20.0, pool_idle=0, forecast_extra=0) == 120.0
+    assert ps.hold_join_s(120.0, None, pool_idle=5, forecast_extra=0) == 120.0
