@@ -38,6 +38,7 @@ from shared.domain.forecast import (
     next_use,
     observe,
 )
+from shared.domain.pool_scaling import expected_boot_s, hold_join_s, pool_ask
 
 
 def _need(sim: Sim) -> int:
@@ -106,9 +107,6 @@ class Sparkplane:
                 self.params = PREFERENCES[pref]
             else:
                 self.params = JOB_CLUSTER_PARAMS if sim.spec.kind == "job" else AutoscaleParams()
-        if sim.pool is not None:
-            # A worker from the pool joins in the pool's acquisition time, not a VM boot.
-            self.params = replace(self.params, expected_boot_s=sim.pool.acquire_s)
         # The policy needs the samples of its hold window; its memory carries the rest.
         keep_s = max(self.params.down_hold_s, self.params.up_backlog_s) + 60
         self.samples = deque(maxlen=int(keep_s / self.period_s) + 2)
@@ -118,6 +116,21 @@ class Sparkplane:
         self.samples.clear()
         self.memory = None
         self.last_activity_ms = int(sim.now * 1000)
+
+    def params_now(self, sim: Sim) -> AutoscaleParams:
+        """The parameters of this decision, as the live timer sets them
+        (shared/domain/pool_scaling.py): a worker joins in the pool's acquisition time while
+        the pool has idle instances, else in the node boot the policy assumes."""
+        if sim.pool is None:
+            return self.params
+        boot = expected_boot_s(
+            self.params.expected_boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now)
+        )
+        return (
+            self.params
+            if boot == self.params.expected_boot_s
+            else (replace(self.params, expected_boot_s=boot))
+        )
 
     def decide(self, sim: Sim, s: Sample) -> Decision:
         spec = sim.spec
@@ -129,7 +142,7 @@ class Sparkplane:
             spec.slots_per_worker,
             self.memory,
             int(sim.now * 1000),  # the tick's time; the sample's when there is no report lag
-            self.params,
+            self.params_now(sim),
         )
 
     def report(self, sim: Sim) -> None:
@@ -191,6 +204,7 @@ class SparkplaneForecast(Sparkplane):
         super().__init__(params, name=name)
         self.pool_only = pool_only
         self.base_idle: int | None = None
+        self.pending_idle: int | None = None
         self.fparams = forecast_params or ForecastParams(week_start_ms=0)
         self.fstate = new_state(name, self.fparams)
         self.resume = resume
@@ -209,30 +223,63 @@ class SparkplaneForecast(Sparkplane):
         spec = sim.spec
         self._observe(sim, s.ts_ms)
         d = super().decide(sim, s)
-        fc = forecast(self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams)
-        if self.pool_only and sim.pool is not None:
-            # Pre-warm the pool, not the cluster: idle instances for the forecast demand the
-            # cluster does not hold yet; the cluster itself scales reactively from the pool.
+        out = d
+        # The cluster holds the forecast of the time its new workers take to join: a pool's
+        # acquisition while the pool's idle instances cover what the forecast adds, else a
+        # boot (shared/domain/pool_scaling.py: hold_join_s).
+        join_s = sim.boot_s
+        if sim.pool is not None:
+            fc_boot = forecast(
+                self.fstate, s.ts_ms, sim.boot_s + float(self.period_s), self.fparams
+            )
+            extra = pool_ask(
+                fc_boot, current_workers=sim.size, max_workers=spec.max_workers, horizon_s=0
+            ).extra
+            join_s = hold_join_s(sim.boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now), extra)
+        if not self.pool_only or sim.pool is None:
+            fc = forecast(self.fstate, s.ts_ms, join_s + float(self.period_s), self.fparams)
+            out = with_forecast(
+                d,
+                fc,
+                min_workers=spec.min_workers,
+                max_workers=spec.max_workers,
+                current_workers=sim.size,
+                last_change=self.memory,
+                now_ms=s.ts_ms,
+            )
+            self.forecast_actions += out is not d and out.target != d.target
+        if sim.pool is not None:
+            # The pool's ask, as the autoscaling timer writes it (shared/services/
+            # utilization.py): the forecast of the next node boot and join beyond what the
+            # cluster holds after this decision; the pool keeps max(min_idle, ask) idle
+            # instances.
+            # With `pool_only` the cluster scales reactively from the pool ("pre-warm the
+            # pool, not the cluster").
             if self.base_idle is None:
                 self.base_idle = sim.pool.min_idle
-            want = 0 if fc is None else max(0, min(fc.workers, spec.max_workers) - sim.size)
-            sim.pool.set_min_idle(sim.now, max(self.base_idle, want))
-            return d
-        out = with_forecast(
-            d,
-            fc,
-            min_workers=spec.min_workers,
-            max_workers=spec.max_workers,
-            current_workers=sim.size,
-            last_change=self.memory,
-            now_ms=s.ts_ms,
-        )
-        self.forecast_actions += out is not d and out.target != d.target
+            lead_s = sim.boot_s + join_s + float(self.period_s)
+            fc_lead = forecast(self.fstate, s.ts_ms, lead_s, self.fparams)
+            ask = pool_ask(
+                fc_lead, current_workers=out.target, max_workers=spec.max_workers, horizon_s=lead_s
+            )
+            # Applied once the cluster has acted on the decision (`tick`): live, the pool's
+            # reconcile follows the cluster's, and a lapsed ask's extra idle nodes wait for
+            # the pool's idle timeout, so the nodes the cluster takes now are not released.
+            self.pending_idle = max(self.base_idle, ask.extra)
         return out
+
+    def tick(self, sim: Sim) -> None:
+        self.pending_idle = None
+        super().tick(sim)
+        if sim.pool is not None and self.pending_idle is not None:
+            sim.pool.set_min_idle(sim.now, self.pending_idle)
 
     def tick_terminated(self, sim: Sim) -> None:
         now_ms = int(sim.now * 1000)
         self._observe(sim, now_ms)
+        if sim.pool is not None and self.base_idle is not None:
+            # A terminated cluster asks nothing (live, its ask lapses within 5 minutes).
+            sim.pool.set_min_idle(sim.now, self.base_idle)
         if not self.resume:
             return
         lead = sim.cold_start_s + sim.boot_s + float(self.period_s)

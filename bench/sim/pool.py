@@ -36,6 +36,11 @@ class Pool:
         while self.ready + len(self.booting) < self.min_idle:
             self.booting.append(now + self.boot_s)
 
+    def idle(self, now: float) -> int:
+        """The idle instances ready to be taken now."""
+        self._advance(now)
+        return self.ready
+
     def take(self, now: float) -> float | None:
         """The join delay of a worker taken from the pool, or None (no idle instance: boot)."""
         self._advance(now)

@@ -9,8 +9,9 @@ background.
 
 Instance pools: a pool node has a `pool_id`. While no cluster uses it (`cluster_id` '') it is
 PENDING_IDLE until `ready_ms`, then IDLE since `idle_since_ms`. A cluster takes idle nodes
-first (a warm node is ready after `warm_boot_s`, a new one after `boot_s`) and starts new pool
-nodes while the pool is under its max_capacity. A pool node a cluster lets go is RETURNING
+first (a warm node is ready after `warm_boot_s`, a new one after `boot_s`; a node taken idle
+records `taken_ms`, so that its acquisition time is `ready_ms - taken_ms`) and starts new
+pool nodes while the pool is under its max_capacity. A pool node a cluster lets go is RETURNING
 until `stop_ms`, then warms up again (PENDING_IDLE for `warm_boot_s`) instead of being
 deleted; removing an idle node (remove_idle) deletes it after `stop_s`. Taking and adding
 check the pool's size and write in one `BEGIN IMMEDIATE` transaction, so that concurrent
@@ -68,7 +69,12 @@ SPARK_VERSIONS = [
 ]
 
 # Columns added after the first version of the table (added to existing files on open).
-_ADDED_COLUMNS = {"pool_id": "TEXT", "idle_since_ms": "INTEGER", "disk_bytes": "INTEGER"}
+_ADDED_COLUMNS = {
+    "pool_id": "TEXT",
+    "idle_since_ms": "INTEGER",
+    "disk_bytes": "INTEGER",
+    "taken_ms": "INTEGER",
+}
 _COLUMNS = "node_id, cluster_id, role, start_ms, ready_ms, stop_ms, lost, disk_bytes"
 # The pool nodes that count against max_capacity: all but the lost ones and those being
 # removed (a returning node is still in a cluster, so it counts).
@@ -158,7 +164,7 @@ class RecordProvisioner:
             return
         db.execute(
             "UPDATE nodes SET cluster_id='', role='worker', ready_ms=stop_ms+?,"
-            " idle_since_ms=stop_ms+?, stop_ms=NULL"
+            " idle_since_ms=stop_ms+?, stop_ms=NULL, taken_ms=NULL"
             " WHERE stop_ms<=? AND pool_id IS NOT NULL AND cluster_id!=''",
             (self.warm_boot_ms, self.warm_boot_ms, now),
         )
@@ -236,8 +242,9 @@ class RecordProvisioner:
             # A warm node runs its Spark role soon; a node still warming up when it is
             # taken is ready when both are done.
             db.executemany(
-                "UPDATE nodes SET cluster_id=?, role=?, ready_ms=MAX(ready_ms, ?) WHERE node_id=?",
-                [(cluster_id, role, now + self.warm_boot_ms, r[0]) for r in unused],
+                "UPDATE nodes SET cluster_id=?, role=?, ready_ms=MAX(ready_ms, ?), taken_ms=?"
+                " WHERE node_id=?",
+                [(cluster_id, role, now + self.warm_boot_ms, now, r[0]) for r in unused],
             )
             created = [self._new_pool_node_id(pool) for _ in range(new)]
             db.executemany(
@@ -367,12 +374,12 @@ class RecordProvisioner:
         db = self._db()
         self._settle(db, now)
         rows = db.execute(
-            "SELECT node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms"
-            " FROM nodes WHERE pool_id=? ORDER BY start_ms, node_id",
+            "SELECT node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms,"
+            " taken_ms FROM nodes WHERE pool_id=? ORDER BY start_ms, node_id",
             (pool_id,),
         ).fetchall()
         out = []
-        for node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms in rows:
+        for node_id, cluster_id, start_ms, ready_ms, stop_ms, lost, idle_since_ms, taken in rows:
             status: PoolNodeStatus
             if stop_ms is not None:
                 status = "RETURNING" if cluster_id else "STOPPING"
@@ -382,7 +389,10 @@ class RecordProvisioner:
                 status = "USED" if ready_ms <= now else "PENDING_USED"
             else:
                 status = "IDLE" if ready_ms <= now else "PENDING_IDLE"
-            out.append(PoolNode(node_id, status, cluster_id, start_ms, idle_since_ms or 0))
+            ran = ready_ms if status == "USED" and taken else 0
+            out.append(
+                PoolNode(node_id, status, cluster_id, start_ms, idle_since_ms or 0, taken or 0, ran)
+            )
         return out
 
     def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:

@@ -57,3 +57,8 @@ class PoolNode:
     start_ms: int = 0
     # When it last became idle (idle auto-termination counts from here).
     idle_since_ms: int = 0
+    # When a cluster took it idle (0: not taken idle, e.g. started for the cluster), and when
+    # it ran for that cluster (0: not yet): the pool's acquisition time
+    # (shared/domain/pool_scaling.py).
+    taken_ms: int = 0
+    ready_ms: int = 0

@@ -100,6 +100,10 @@ class Pool(BaseModel):
     stats: dict[str, int] = Field(default_factory=dict)
     # Why nodes could not be started (GET shows them as status.pending_instance_errors).
     errors: list[str] = Field(default_factory=list)
+    # The idle nodes the forecasts of its clusters ask for beyond min_idle_instances, and the
+    # forecasts (shared/domain/pool_scaling.py); 0 and "" without live asks.
+    forecast_idle: int = 0
+    forecast_why: str = ""
 
     def doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -146,8 +150,17 @@ class PoolPlan:
     gone: bool = False
 
 
-def plan(pool: Pool, nodes: Sequence[PoolNode], *, now: int, minute_ms: int = 60_000) -> PoolPlan:
-    """The pool rule, level-triggered (only the document and the observed nodes count)."""
+def plan(
+    pool: Pool,
+    nodes: Sequence[PoolNode],
+    *,
+    now: int,
+    minute_ms: int = 60_000,
+    idle_target: int | None = None,
+) -> PoolPlan:
+    """The pool rule, level-triggered (only the document and the observed nodes count).
+    `idle_target` (at least min_idle_instances) replaces min_idle_instances as the idle nodes
+    kept: the forecast's (shared/domain/pool_scaling.py)."""
     p = PoolPlan(stats=stats(nodes))
     live = [n for n in nodes if n.status not in ("STOPPING", "LOST")]
     idle = [n for n in live if n.status in ("IDLE", "PENDING_IDLE")]
@@ -162,11 +175,10 @@ def plan(pool: Pool, nodes: Sequence[PoolNode], *, now: int, minute_ms: int = 60
         p.requeue = bool(nodes)
         return p
     spec = pool.spec
-    room = (
-        spec.max_capacity - len(live) if spec.max_capacity is not None else spec.min_idle_instances
-    )
-    p.add_idle = max(0, min(spec.min_idle_instances - len(idle), room))
-    extra = len(idle) - spec.min_idle_instances
+    keep = max(spec.min_idle_instances, idle_target or 0)
+    room = spec.max_capacity - len(live) if spec.max_capacity is not None else keep
+    p.add_idle = max(0, min(keep - len(idle), room))
+    extra = len(idle) - keep
     if extra > 0:
         # Terminate the extra idle nodes that have been idle long enough, longest idle first;
         # a pending one never counts as idle for long.

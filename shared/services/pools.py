@@ -4,6 +4,10 @@ A pool document holds the user's spec and the last reconcile's snapshot (`stats`
 the nodes themselves are the provisioner's. Reconciles of one pool run one at a time (the
 lifecycle queue's session `pool:<id>`); the provisioner enforces max_capacity atomically, so a
 cluster taking nodes meanwhile never pushes a pool past it.
+
+Each reconcile also times the acquisitions its nodes show and keeps as many idle nodes as
+the forecasts of its clusters ask for, when that is more than min_idle_instances
+(shared/services/pool_scaling.py; the document's `forecast_idle` and `forecast_why` say so).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from shared.services.auth import Principal
 from shared.services.clusters import Catalog
 from shared.services.documents import each, retry_on_conflict
 from shared.services.messages import pool_message
+from shared.services.pool_scaling import PoolScaling
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,6 +72,7 @@ class PoolService:
         self.settings = settings
         self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
         self.minute_ms = max(1, int(settings.idle_minute_s * 1000))
+        self.scaling = PoolScaling(store)
 
     # ---------------------------------------------------------------- documents
 
@@ -245,6 +251,9 @@ class PoolService:
                 "stats": {**dom.stats([]), **pool.stats},
             }
         )
+        if pool.forecast_why:
+            out["forecast_idle"] = pool.forecast_idle
+            out["forecast_why"] = pool.forecast_why
         if pool.errors:
             out["status"] = {"pending_instance_errors": [{"message": e} for e in pool.errors]}
         return out
@@ -272,7 +281,20 @@ class PoolService:
         pool, rec = got
         now = self.clock.now_ms()
         nodes = self.provisioner.pool_nodes(pool_id)
-        plan = dom.plan(pool, nodes, now=now, minute_ms=self.minute_ms)
+        self.scaling.learn(workspace_id, pool_id, nodes)
+        target = self.scaling.target(pool, now) if pool.state == "ACTIVE" else None
+        plan = dom.plan(
+            pool,
+            nodes,
+            now=now,
+            minute_ms=self.minute_ms,
+            idle_target=target.idle if target else None,
+        )
+        if target is not None and target.forecast_idle and plan.add_idle:
+            log.info(
+                "pool pre-warmed by forecast",
+                extra={"pool_id": pool_id, "add": plan.add_idle, "why": target.why},
+            )
         errors: list[str] = []
         if plan.remove_idle:
             self.provisioner.remove_idle(pool_id, plan.remove_idle)
@@ -290,7 +312,14 @@ class PoolService:
             return
         if plan.add_idle or plan.remove_idle:
             plan.stats = dom.stats(self.provisioner.pool_nodes(pool_id))
-        new = pool.model_copy(update={"stats": plan.stats, "errors": errors})
+        new = pool.model_copy(
+            update={
+                "stats": plan.stats,
+                "errors": errors,
+                "forecast_idle": target.forecast_idle if target else 0,
+                "forecast_why": target.why if target else "",
+            }
+        )
         etag = rec.etag
         if new != pool:
             etag = self._save(new, rec).etag

@@ -65,6 +65,9 @@ class _Cached:
     # The last forecast and its window key (fc.window_key): recomputed when the key changes.
     key: tuple[int, int, int] = (-1, -1, -1)
     forecast: fc.Forecast | None = None
+    # The same for the node boot period (a pool's ask, shared/services/pool_scaling.py).
+    boot_key: tuple[int, int, int] = (-1, -1, -1)
+    boot_forecast: fc.Forecast | None = None
 
 
 class Forecasts:
@@ -161,6 +164,18 @@ class Forecasts:
             # Another writer (a second timer instance): its state is as good; ours retries
             # at the next closed bin.
             log.info("forecast state write raced", extra={"cluster_id": cluster_id})
+
+    def over(self, cluster_id: str, now: int, horizon_s: float) -> fc.Forecast | None:
+        """The forecast of a cluster `hold` has read, over `horizon_s` from `now` (None: its
+        state is not read yet)."""
+        entry = self._cache.get(cluster_id)
+        if entry is None:
+            return None
+        key = fc.window_key(entry.state, now, horizon_s, self.params)
+        if key != entry.boot_key:
+            entry.boot_key = key
+            entry.boot_forecast = fc.forecast(entry.state, now, horizon_s, self.params)
+        return entry.boot_forecast
 
     def hold(
         self,

@@ -3,6 +3,10 @@
 Samples live apart from the cluster document (their own kind, partitioned by cluster, with a
 time to live), so heartbeats never race the lifecycle's ETag-checked writes. The policies are
 the pure functions of shared/domain/autoscale.py; this module only feeds and applies them.
+
+A cluster drawing its workers from an instance pool is decided with the pool's learned
+acquisition time as its expected boot while the pool has idle nodes; with the forecast on, it
+also asks its pool for idle nodes ahead of its forecast demand (shared/services/pool_scaling.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -20,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from shared.domain import autoscale as pol
 from shared.domain import autoscale_settings, storage
 from shared.domain import cluster as dom
+from shared.domain import pool_scaling as pool_rules
 from shared.domain import pools as pools_dom
 from shared.domain.cluster import Cluster
 from shared.domain.pools import Pool
@@ -29,8 +34,10 @@ from shared.ports import Clock, Provisioner, ReadyReports, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
 from shared.services.documents import Activity, ClusterRepo, upsert
+from shared.services.messages import pool_message
+from shared.services.pool_scaling import PoolScaling
 from shared.services.pools import KIND as POOL_KIND
-from shared.services.prewarm import Forecasts
+from shared.services.prewarm import TICK_MARGIN_S, Forecasts
 from shared.services.sample_windows import SAMPLE, SampleWindows
 from shared.settings import Settings
 
@@ -136,6 +143,8 @@ class Utilization:
         self.params = autoscale_params(settings)
         # The forecast hold of clusters that opted in (shared/services/prewarm.py).
         self.forecasts = Forecasts(store)
+        # Pools' acquisition times and the forecast asks (shared/services/pool_scaling.py).
+        self.pool_scaling = PoolScaling(store)
         # Each autoscaled cluster's recent samples and policy memory, between ticks.
         self.windows = SampleWindows(store, to_sample)
         self.minute_ms = int(settings.idle_minute_s * 1000)
@@ -314,13 +323,17 @@ class Utilization:
         )
         return None
 
-    def _max_workers(self, b: dict[str, Any], current: int) -> int:
+    def _pool(self, b: dict[str, Any]) -> Pool | None:
+        """The instance pool the cluster's workers come from, as its last reconcile left it."""
+        pool_id = b["spec"].get("instance_pool_id")
+        rec = self.store.get(POOL_KIND, b["workspace_id"], pool_id) if pool_id else None
+        return Pool.model_validate(rec.body) if rec else None
+
+    def _max_workers(self, b: dict[str, Any], current: int, pool: Pool | None) -> int:
         """autoscale.max_workers, or less when the cluster's instance pool cannot give that
         many more nodes (growing past it would only fail with ADD_NODES_FAILED)."""
         auto = b["spec"]["autoscale"]
-        pool_id = b["spec"].get("instance_pool_id")
-        rec = self.store.get(POOL_KIND, b["workspace_id"], pool_id) if pool_id else None
-        left = pools_dom.room(Pool.model_validate(rec.body)) if rec else None
+        left = pools_dom.room(pool) if pool is not None else None
         if left is None:
             return int(auto["max_workers"])
         return max(auto["min_workers"], min(auto["max_workers"], current + left))
@@ -339,9 +352,27 @@ class Utilization:
         samples = self.windows.samples(cluster_id, self.settings.autoscale_samples, node_ids)
         mem = b.get("scaling_memory")
         memory = self.windows.memory(cluster_id, pol.ScalingMemory(**mem) if mem else None)
-        hi = self._max_workers(b, current)
-        params = autoscale_settings.params_for(b["spec"].get("spark_conf"), self.params)
+        pool = self._pool(b)
+        hi = self._max_workers(b, current, pool)
+        spark_conf = b["spec"].get("spark_conf")
+        params = autoscale_settings.params_for(spark_conf, self.params)
+        node_boot_s = params.expected_boot_s
+        if pool is not None:
+            boot_s = self.pool_scaling.expected_boot_s(pool, node_boot_s, now)
+            if boot_s != node_boot_s:
+                params = replace(params, expected_boot_s=boot_s)
         d = pol.decide_size(samples, auto["min_workers"], hi, current, slots, memory, now, params)
+        forecasting = pool is not None and autoscale_settings.flag(
+            spark_conf, autoscale_settings.FORECAST
+        )
+        hold_params = params
+        if pool is not None and forecasting and params.expected_boot_s != node_boot_s:
+            # One acquisition ahead only when the pool's idle nodes cover the forecast.
+            f = self.forecasts.over(cluster_id, now, node_boot_s + TICK_MARGIN_S)
+            join_s = self.pool_scaling.hold_join_s(
+                pool, node_boot_s, params.expected_boot_s, f, current=current, max_workers=hi
+            )
+            hold_params = replace(params, expected_boot_s=join_s)
         d = self.forecasts.hold(
             b,
             d,
@@ -351,9 +382,12 @@ class Utilization:
             current=current,
             memory=memory,
             now=now,
-            params=params,
+            params=hold_params,
         )
         self.windows.remember(cluster_id, d.memory)
+        if pool is not None and forecasting:
+            lead_s = node_boot_s + hold_params.expected_boot_s
+            self._ask_pool(b, pool, d.target, hi, lead_s, now)
         if d.target == current:
             return 0
 
@@ -380,6 +414,28 @@ class Utilization:
             return 0
         log.info("autoscale", extra={"cluster_id": cluster_id, "from": current, "to": d.target})
         return 1
+
+    def _ask_pool(
+        self, b: dict[str, Any], pool: Pool, holds: int, hi: int, lead_s: float, now: int
+    ) -> None:
+        """Ask the pool for the idle nodes the cluster's forecast wants over the next node
+        boot and join (`lead_s`: a node the pool starts now is idle after a boot, and the
+        cluster takes it one join time before its demand); pre-warm the pool, not the
+        cluster. A new ask makes the pool look."""
+        horizon = lead_s + TICK_MARGIN_S
+        f = self.forecasts.over(b["cluster_id"], now, horizon)
+        ask = pool_rules.pool_ask(f, current_workers=holds, max_workers=hi, horizon_s=horizon)
+        pool_id = pool.instance_pool_id
+        if not self.pool_scaling.ask(pool_id, b["cluster_id"], ask, now):
+            return
+        msg = pool_message(
+            b["workspace_id"], pool_id, f"pool-ask:{pool_id}:{b['cluster_id']}:{now}"
+        )
+        try:
+            self.clusters.bus.send(self.settings.lifecycle_queue, [msg])
+        except Exception:
+            # Not fatal: the reconciler timer's sweep reconciles every pool, asks included.
+            log.exception("send pool reconcile failed", extra={"pool_id": pool_id})
 
     def idle_tick(self) -> dict[str, int]:
         now = self.clock.now_ms()

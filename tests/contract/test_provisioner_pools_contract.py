@@ -470,6 +470,33 @@ def test_driver_takes_an_idle_node(prov: Provisioner, wait: Wait) -> None:
 
 
 @pool_test
+def test_a_node_taken_idle_records_when_it_was_taken_and_when_it_ran(
+    prov: Provisioner, wait: Wait
+) -> None:
+    """The pool's acquisition time (shared/domain/pool_scaling.py): a node taken idle has
+    `taken_ms`, and `ready_ms` once it runs for the cluster; a node started for the cluster
+    has neither, and a node given back forgets them."""
+    pool, (idle,) = idle_pool(prov, wait, 1)
+    req = new_cluster(prov, pool=pool)
+    prov.start_driver(req)  # a fresh node
+    before = now_ms()
+    taken, fresh = prov.add_workers(req, 2)
+    assert taken.node_id == idle
+    wait.equals(
+        lambda: worker_view(prov, req.cluster_id), {idle: "RUNNING", fresh.node_id: "RUNNING"}
+    )
+    wait.until(lambda: pool_view(prov, pool.pool_id)[idle], lambda v: v == ("USED", req.cluster_id))
+    nodes = {n.node_id: n for n in prov.pool_nodes(pool.pool_id)}
+    assert before - 1000 <= nodes[idle].taken_ms <= nodes[idle].ready_ms <= now_ms() + 1000
+    assert (nodes[fresh.node_id].taken_ms, nodes[fresh.node_id].ready_ms) == (0, 0)
+
+    prov.remove_workers(req.cluster_id, [idle])
+    wait.until(lambda: pool_view(prov, pool.pool_id)[idle], lambda v: v == ("IDLE", ""))
+    (back,) = [n for n in prov.pool_nodes(pool.pool_id) if n.node_id == idle]
+    assert (back.taken_ms, back.ready_ms) == (0, 0)
+
+
+@pool_test
 def test_a_new_pool_node_is_pending_used_until_it_runs(prov: Provisioner, wait: Wait) -> None:
     pool = new_pool(prov)
     req = new_cluster(prov, pool=pool)

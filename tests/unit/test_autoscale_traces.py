@@ -108,3 +108,20 @@ def test_a_pool_serves_workers_in_its_acquisition_time_and_bills_its_idle_instan
     assert pooled.slowdown_p95 < booted.slowdown_p95
     assert pooled.node_hours > booted.node_hours  # the idle instances are billed
     assert pooled.idle_node_hours > booted.idle_node_hours
+
+
+def test_the_policy_expects_the_pools_acquisition_only_while_it_has_idle_instances():
+    from shared.domain.autoscale import AutoscaleParams
+
+    jobs = (csv_row_to_job(0, 600.0, 32, 30.0),)
+    trace = Trace("p", "p", 0, jobs, ClusterSpec(1, 8, 4, autotermination_minutes=None), 1800.0)
+    policy = make_policy("sparkplane")
+    sim = Sim(trace, policy, 180.0, pool_min_idle=1, pool_acquire_s=15.0)
+    policy.initial_workers(sim)
+    assert policy.params_now(sim).expected_boot_s == 15.0  # type: ignore[attr-defined]
+    assert sim.pool is not None and sim.pool.take(0.0) == 15.0
+    # The pool is empty until its replacement boots: a new worker takes a node boot.
+    node_boot = AutoscaleParams().expected_boot_s
+    assert policy.params_now(sim).expected_boot_s == node_boot  # type: ignore[attr-defined]
+    sim.now = 200.0
+    assert policy.params_now(sim).expected_boot_s == 15.0  # type: ignore[attr-defined]

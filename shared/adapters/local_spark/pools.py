@@ -72,12 +72,15 @@ class PoolNodes(Supervisor):
         return out
 
     def _pool_node(self, r: Rec, status: str) -> PoolNode:
+        ran = status == "USED" and r.ready_s is not None and r.taken_ms is not None
         return PoolNode(
             node_id=r.node_id,
             status=status,  # type: ignore[arg-type]
             cluster_id=r.cluster_id,
             start_ms=r.start_ms,
             idle_since_ms=r.idle_since_ms or 0,
+            taken_ms=r.taken_ms or 0,
+            ready_ms=int(r.ready_s * 1000) if ran and r.ready_s is not None else 0,
         )
 
     def add_idle(self, req: PoolRequest, count: int) -> list[PoolNode]:
@@ -148,11 +151,12 @@ class PoolNodes(Supervisor):
             taken = [idle[node_id] for node_id in take.taken]
             for r in taken:
                 r.cluster_id, r.role, r.phase, r.phase_s = cluster_id, role, "active", now
-                r.start_ms, r.ready_s = now_ms, None
+                # taken_ms on the wall clock, as ready_s: the acquisition time is their gap.
+                r.start_ms, r.ready_s, r.taken_ms = now_ms, None, int(now * 1000)
                 db.execute(
                     "UPDATE nodes SET cluster_id=?, role=?, phase='active', phase_s=?,"
-                    " start_ms=?, ready_s=NULL WHERE node_id=?",
-                    (cluster_id, role, now, now_ms, r.node_id),
+                    " start_ms=?, ready_s=NULL, taken_ms=? WHERE node_id=?",
+                    (cluster_id, role, now, now_ms, r.taken_ms, r.node_id),
                 )
                 db.execute("UPDATE ports SET cluster_id=? WHERE node_id=?", (cluster_id, r.node_id))
             fresh = [
@@ -210,12 +214,14 @@ class PoolNodes(Supervisor):
         r.cluster_id, r.role, r.phase, r.phase_s = "", "pool", "idle", now
         r.procs, r.attrs = [], {}
         r.term_s = r.kill_s = r.ready_s = r.lost_s = None
+        r.taken_ms = None
         r.idle_since_ms = r.start_ms = self._now_ms()
         r.disk_bytes = self._scratch_quota
         with self.store.tx() as db:
             done = db.execute(
                 "UPDATE nodes SET cluster_id='', role='pool', phase='idle', phase_s=?,"
                 " procs='[]', attrs='{}', term_s=NULL, kill_s=NULL, ready_s=NULL, lost_s=NULL,"
+                " taken_ms=NULL,"
                 " idle_since_ms=?, start_ms=?, disk_bytes=? WHERE node_id=? AND phase='returning'",
                 (now, r.idle_since_ms, r.start_ms, r.disk_bytes, r.node_id),
             ).rowcount

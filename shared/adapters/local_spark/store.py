@@ -47,10 +47,11 @@ _MIGRATIONS = (
     ("pool_id", "ALTER TABLE nodes ADD COLUMN pool_id TEXT"),
     ("idle_since_ms", "ALTER TABLE nodes ADD COLUMN idle_since_ms INTEGER"),
     ("disk_bytes", "ALTER TABLE nodes ADD COLUMN disk_bytes INTEGER"),
+    ("taken_ms", "ALTER TABLE nodes ADD COLUMN taken_ms INTEGER"),
 )
 COLS = (
     "node_id, cluster_id, role, start_ms, created_s, procs, ports, attrs, phase, phase_s,"
-    " term_s, kill_s, ready_s, lost_s, pool_id, idle_since_ms, disk_bytes"
+    " term_s, kill_s, ready_s, lost_s, pool_id, idle_since_ms, disk_bytes, taken_ms"
 )
 
 LOOPBACK = "127.0.0.1"
@@ -82,6 +83,9 @@ class Rec:
     pool_id: str | None = None
     idle_since_ms: int | None = None
     disk_bytes: int | None = None
+    # When a cluster took the pool node idle (wall clock, like ready_s): its acquisition time
+    # is ready_s - taken_ms (shared/domain/pool_scaling.py).
+    taken_ms: int | None = None
 
     @property
     def expected_procs(self) -> int:
@@ -107,6 +111,7 @@ def rec_of(row: Sequence[Any]) -> Rec:
         pool_id=row[14],
         idle_since_ms=row[15],
         disk_bytes=row[16],
+        taken_ms=row[17],
     )
 
 
