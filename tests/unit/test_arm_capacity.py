@@ -6,23 +6,18 @@ subscription ends TERMINATED with AZURE_QUOTA_EXCEEDED_EXCEPTION."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from shared.adapters.embedded_bus import EmbeddedBus
-from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.arm_placement import SubscriptionLoad, has_room, place
 from shared.domain.states import State
 from shared.errors import QuotaExceeded
 from shared.services.auth import Principal
 from shared.settings import Settings
-from shared.wiring import Container
-from tests.fake_arm import BASE, ArmLimits, FakeAgents, FakeArm, FakeArms, sharded_provisioner
-from tests.support import FakeClock
+from tests.arm_world import ArmWorld
+from tests.fake_arm import BASE, ArmLimits, FakeArm
 
 SUBS = ["00000000-0000-0000-0000-00000000000a", "00000000-0000-0000-0000-00000000000b"]
-SPEC = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5", "num_workers": 1}
 
 
 def test_placement_skips_full_subscriptions_and_gives_none_when_all_are() -> None:
@@ -34,54 +29,22 @@ def test_placement_skips_full_subscriptions_and_gives_none_when_all_are() -> Non
     assert has_room(1, 2) and not has_room(2, 2) and has_room(10**6, 0)
 
 
-def _world(tmp_path: Path, subs: list[str]) -> tuple[Container, FakeArms, EmbeddedBus, FakeClock]:
-    clock = FakeClock()
-    now = lambda: clock.ms / 1000  # noqa: E731
-    arms = FakeArms([FakeArm(limits=ArmLimits(), clock=now, subscription=s) for s in subs])
-    bus = EmbeddedBus(tmp_path / "bus.db", clock=clock)
-    store = SqliteStore(tmp_path / "store.db", clock=clock)
-    prov = sharded_provisioner(arms, clock=now, store=store, arm_subscription_max_clusters=1)
-    c = Container(
-        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
-        store=store,
-        bus=bus,
-        provisioner=prov,
-        clock=clock,
-    )
-    return c, arms, bus, clock
-
-
-def _run(c: Container, arms: FakeArms, bus: EmbeddedBus, clock: FakeClock, n: int = 12) -> None:
-    agents = [FakeAgents(a) for a in arms.arms.values()]
-    for _ in range(n):
-        for a in agents:
-            a.heartbeat(c.utilization)  # the drivers report ready
-        while (d := bus.receive("cluster-lifecycle")) is not None:
-            c.lifecycle.handle(d.body)
-            bus.complete(d)
-        arms.tick()
-        clock.advance(5000)
-
-
-def _state(c: Container, ws: str, cid: str) -> Any:
-    got = c.repo.load(ws, cid)
-    assert got is not None
-    return got[0]
-
-
 def test_full_subscriptions_refuse_workspaces_and_clusters(tmp_path: Path) -> None:
-    c, arms, bus, clock = _world(tmp_path, SUBS)
-    for ws in ("w1", "w2"):
-        c.admin.create_workspace({"name": ws, "workspace_id": ws, "region": "westeurope"})
-    arms.tick(2)
-    a, b = (arms.arms[s] for s in SUBS)
-    first = c.clusters.create(Principal("w1", "admin", "t"), {**SPEC, "cluster_name": "one"})
-    _run(c, arms, bus, clock)
-    assert _state(c, "w1", first).state == State.RUNNING
+    w = ArmWorld(
+        tmp_path,
+        subscriptions=SUBS,
+        limits=ArmLimits(),
+        provisioner={"arm_subscription_max_clusters": 1},
+    )
+    w.workspaces("w1", "w2")
+    a, b = (w.arms[s] for s in SUBS)
+    first = w.create("w1", "one")
+    w.run()
+    assert w.cluster("w1", first).state == State.RUNNING
     # w1's subscription holds its one cluster: a second one there fails to start, and says why.
-    second = c.clusters.create(Principal("w1", "admin", "t"), {**SPEC, "cluster_name": "two"})
-    _run(c, arms, bus, clock)
-    got = _state(c, "w1", second)
+    second = w.create("w1", "two")
+    w.run()
+    got = w.cluster("w1", second)
     assert got.state == State.TERMINATED
     assert got.termination_reason.code == "AZURE_QUOTA_EXCEEDED_EXCEPTION"
     assert got.termination_reason.type == "CLIENT_ERROR"
@@ -90,22 +53,22 @@ def test_full_subscriptions_refuse_workspaces_and_clusters(tmp_path: Path) -> No
     )
     assert not any(second in rid for rid in a.resources.by_cluster)  # nothing was made
     # The other subscription has room: w2's cluster runs.
-    other = c.clusters.create(Principal("w2", "admin", "t"), {**SPEC, "cluster_name": "three"})
-    _run(c, arms, bus, clock)
-    assert _state(c, "w2", other).state == State.RUNNING
+    other = w.create("w2", "three")
+    w.run()
+    assert w.cluster("w2", other).state == State.RUNNING
     assert other in b.resources.by_cluster
     # Both full: a new workspace is refused in the Databricks error format, and not kept.
     with pytest.raises(QuotaExceeded) as e:
-        c.admin.create_workspace({"name": "w3", "workspace_id": "w3", "region": "westeurope"})
+        w.c.admin.create_workspace({"name": "w3", "workspace_id": "w3", "region": "westeurope"})
     assert e.value.status == 400
     assert e.value.body()["error_code"] == "QUOTA_EXCEEDED"
-    assert c.store.get("workspace", "w3", "w3") is None
+    assert w.store.get("workspace", "w3", "w3") is None
     # A cluster terminated frees its subscription's room (this instance counts its stops).
-    c.clusters.delete(Principal("w1", "admin", "t"), {"cluster_id": first})
-    _run(c, arms, bus, clock)
-    c.clusters.start(Principal("w1", "admin", "t"), {"cluster_id": second})
-    _run(c, arms, bus, clock)
-    assert _state(c, "w1", second).state == State.RUNNING
+    w.c.clusters.delete(Principal("w1", "admin", "t"), {"cluster_id": first})
+    w.run()
+    w.c.clusters.start(Principal("w1", "admin", "t"), {"cluster_id": second})
+    w.run()
+    assert w.cluster("w1", second).state == State.RUNNING
 
 
 def test_one_subscription_with_a_maximum_goes_through_the_counting_router(

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.embedded_bus import EmbeddedBus
-from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.states import State
 from shared.ports import ProvisionerThrottled
 from shared.services.auth import Principal
-from shared.settings import Settings
-from shared.wiring import Container
-from tests.fake_arm import BASE, ArmLimits, FakeAgents, FakeArm, arm_provisioner
+from tests.arm_world import ArmWorld
+from tests.fake_arm import SUB, ArmLimits, FakeArm, arm_provisioner
 from tests.support import FakeClock
 
 
@@ -71,44 +68,17 @@ def test_arm_says_what_is_left_and_its_429_is_a_retry_after(tmp_path: Path) -> N
 
 
 def test_a_throttled_reconcile_is_retried_later_and_the_cluster_starts(tmp_path: Path) -> None:
-    clock = FakeClock()
-    now = SimTime(clock)
-    arm = FakeArm(limits=ArmLimits(), clock=now, record=False)
-    prov = arm_provisioner(arm, clock=now)
-    bus = EmbeddedBus(tmp_path / "bus.db", clock=clock)
-    c = Container(
-        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
-        store=SqliteStore(tmp_path / "store.db", clock=clock),
-        bus=bus,
-        provisioner=prov,
-        clock=clock,
-    )
-    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
-    arm.tick(2)
-    p = Principal("ws1", "admin", "t")
-    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
+    w = ArmWorld(tmp_path, limits=ArmLimits(), record=False)
+    w.workspaces("ws1")
     # Writes left: 2. Three creates: the third is queued, not failed.
-    prov.throttle.budget(arm_sub()).remaining("writes", 2, now())
-    ids = [c.clusters.create(p, {**spec, "cluster_name": f"c{i}", "num_workers": 0}) for i in "abc"]
-    agents = FakeAgents(arm)
-    for _ in range(60):
-        while (d := bus.receive("cluster-lifecycle")) is not None:
-            c.lifecycle.handle(d.body)
-            bus.complete(d)
-        arm.tick()
-        agents.heartbeat(c.utilization)  # the drivers report ready
-        clock.advance(1000)
-    states = [c.repo.load("ws1", i)[0].state for i in ids]  # type: ignore[index]
-    assert states == [State.RUNNING] * 3
-    events = [e["type"] for i in ids for e in c.clusters.events(p, {"cluster_id": i})["events"]]
+    w.prov.throttle.budget(SUB).remaining("writes", 2, w.now())
+    ids = [w.create("ws1", f"c{i}", num_workers=0) for i in "abc"]
+    w.run(60, step_ms=1000)
+    assert [w.cluster("ws1", i).state for i in ids] == [State.RUNNING] * 3
+    p = Principal("ws1", "admin", "t")
+    events = [e["type"] for i in ids for e in w.c.clusters.events(p, {"cluster_id": i})["events"]]
     assert "TERMINATING" not in events
-    assert arm.counts["writes"] >= 4 and arm.throttled == 0
-
-
-def arm_sub() -> str:
-    from tests.fake_arm import SUB
-
-    return SUB
+    assert w.arm.counts["writes"] >= 4 and w.arm.throttled == 0
 
 
 def test_throttled_is_a_temporary_failure_with_its_delay() -> None:
@@ -118,36 +88,14 @@ def test_throttled_is_a_temporary_failure_with_its_delay() -> None:
 
 
 def test_successive_throttled_retries_are_not_dropped_as_duplicates(tmp_path: Path) -> None:
-    clock = FakeClock()
-    now = SimTime(clock)
-    arm = FakeArm(limits=ArmLimits(), clock=now, record=False)
-    prov = arm_provisioner(arm, clock=now)
-    bus = EmbeddedBus(tmp_path / "bus.db", clock=clock)
-    c = Container(
-        settings=Settings(data_dir=tmp_path / "data", agent_callback_url=BASE),
-        store=SqliteStore(tmp_path / "store.db", clock=clock),
-        bus=bus,
-        provisioner=prov,
-        clock=clock,
-    )
-    c.admin.create_workspace({"name": "one", "workspace_id": "ws1", "region": "westeurope"})
-    arm.tick(2)
-    p = Principal("ws1", "admin", "t")
-    spec = {"spark_version": "4.1.x-scala2.13", "node_type_id": "Standard_D4ds_v5"}
-    cid = c.clusters.create(p, {**spec, "cluster_name": "c", "num_workers": 0})
-    agents = FakeAgents(arm)
-    for _ in range(20):
-        while (d := bus.receive("cluster-lifecycle")) is not None:
-            c.lifecycle.handle(d.body)
-            bus.complete(d)
-        arm.tick()
-        agents.heartbeat(c.utilization)  # the drivers report ready
-        clock.advance(1000)
-    got = c.repo.load("ws1", cid)
-    assert got is not None and got[0].state == State.RUNNING  # its document does not change
+    w = ArmWorld(tmp_path, limits=ArmLimits(), record=False)
+    w.workspaces("ws1")
+    cid = w.create("ws1", "c", num_workers=0)
+    w.run(20, step_ms=1000)
+    assert w.cluster("ws1", cid).state == State.RUNNING  # its document does not change
     for i in range(3):  # throttled three times within one interval: three retries sent
-        c.lifecycle.throttled("ws1", cid, ProvisionerThrottled(0.04))
-        clock.advance(40)
-        d = bus.receive("cluster-lifecycle")
+        w.c.lifecycle.throttled("ws1", cid, ProvisionerThrottled(0.04))
+        w.clock.advance(40)
+        d = w.bus.receive("cluster-lifecycle")
         assert d is not None, i
-        bus.complete(d)
+        w.bus.complete(d)
