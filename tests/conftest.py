@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,35 @@ def devhost(tmp_path: Path) -> Iterator[DevhostProcess]:
         yield h
     finally:
         h.close()
+
+
+# databricks-sdk's waits (`create_and_wait`, `run_now_and_wait`, `wait_get_...`) poll after 1,
+# 2, 3 ... up to 10 s, plus up to 1 s at random: a record cluster RUNNING 0.4 s after its create
+# is seen after about 1.5 s, a local Spark cluster RUNNING after 30 s at up to 36 s. The tests
+# keep the SDK's waits (their deadlines, states and errors) but poll at least every
+# SDK_POLL_MAX_S; the SDK's retries of failed requests keep their own pauses.
+SDK_POLL_MAX_S = 0.5
+
+
+class _SdkTime:
+    """The `time` module as databricks-sdk's service modules see it, sleeps capped."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, SDK_POLL_MAX_S))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sdk_waits_poll_often() -> Iterator[None]:
+    from databricks.sdk.service import compute, jobs
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (compute, jobs):
+            mp.setattr(module, "time", _SdkTime())
+        yield
 
 
 # How `make test` spreads tests over its workers (pytest-xdist, --dist loadgroup): a module's
