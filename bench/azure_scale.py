@@ -159,10 +159,23 @@ class MeteredBus:
     def __init__(self, inner: EmbeddedBus) -> None:
         self.inner = inner
         self.ops = 0
+        # Messages sent, by why (`kind`): what a burst's operations are made of.
+        self.sent: Counter[str] = Counter()
 
     def send(self, queue: str, messages: Sequence[OutMessage]) -> None:
         self.ops += len(messages)
+        self.sent.update(kind(m.message_id) for m in messages)
         self.inner.send(queue, messages)
+
+
+def kind(message_id: str) -> str:
+    """Why a lifecycle message was sent, from its id (services/lifecycle.py names them):
+    `retry` a reconcile the ARM budget refused (due-time bucket `t<ms>`), `follow-up` the next
+    reconcile of a cluster on its way, `kick`/`heal` the reconciler timer's, else the command's."""
+    parts = message_id.split(":")
+    if parts[0] == "r":
+        return "retry" if parts[-1].startswith("t") else "follow-up"
+    return parts[0] if parts[0] in ("kick", "heal") else "command"
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -338,6 +351,7 @@ class Sim:
             "graph": self.arm.count("graph"),
             "ru": self.store.ru,
             "bus": self.bus.ops,
+            **{f"sent_{k}": v for k, v in self.bus.sent.items()},
             "t": self.clock.seconds(),
         }
 
@@ -483,6 +497,9 @@ def run(
         ),
         "burst_cosmos_ru": round(c_["ru"] - b["ru"]),
         "burst_servicebus_ops": int(c_["bus"] - b["bus"]),
+        "burst_messages_sent_by_kind": {
+            k[5:]: int(c_[k] - b.get(k, 0)) for k in sorted(c_) if k.startswith("sent_")
+        },
         "burst_arm_reads": int(c_["reads"] - b["reads"]),
         "burst_arm_writes": int(c_["writes"] - b["writes"]),
         "burst_creates": burst,

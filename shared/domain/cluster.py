@@ -252,6 +252,9 @@ class Cluster(BaseModel):
     state: State = State.PENDING
     state_message: str = ""
     state_since: int = 0
+    # When a reconcile the cloud's request limits refused is due again (0: none); until then
+    # the reconciler timer does not take the cluster for stuck (reconcile.stuck).
+    retry_at: int = 0
     desired: Literal["RUNNING", "TERMINATED"] = "RUNNING"
     # Workers the cluster should have now (autoscaling moves it within the range).
     target_workers: int = 0

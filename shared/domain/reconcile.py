@@ -16,7 +16,7 @@ from typing import Any
 from shared.domain.cluster import Cluster, TerminationReason, _bump, _move
 from shared.domain.events import EventType, event
 from shared.domain.nodes import Node
-from shared.domain.states import State
+from shared.domain.states import TRANSITIONAL, State
 
 
 @dataclass(frozen=True)
@@ -297,3 +297,27 @@ def nodes_unavailable(
     else:
         _bump(c, events, now)
     return Plan(cluster=c, actions=[], changed=True, requeue=True)
+
+
+# ---------------------------------------------------------------- the cloud's request limits
+
+
+def refused(c: Cluster, now: int, retry_ms: int) -> Cluster | None:
+    """The document after a reconcile the cloud's request limits refused, its retry due in
+    `retry_ms`; None: nothing to write (a cluster on its way nowhere is never taken for stuck).
+    A PENDING cluster is waiting for ARM's budget, not failing to start: its startup timeout
+    counts from the refusal."""
+    if c.state not in TRANSITIONAL:
+        return None
+    update: dict[str, Any] = {"retry_at": now + retry_ms}
+    if c.state == State.PENDING:
+        update["state_since"] = now
+    return c.model_copy(update=update)
+
+
+def stuck(c: Cluster, now: int, stuck_ms: int) -> bool:
+    """Whether the reconciler timer sends a cluster one more reconcile: on its way (a
+    transitional state) and not moved for `stuck_ms`, its message lost or its handler crashed.
+    A refused reconcile's retry is a scheduled message: the cluster is not stuck before it is
+    due, else each tick of its wait would start one more chain of retries."""
+    return c.state in TRANSITIONAL and now - max(c.state_since, c.retry_at) >= stuck_ms

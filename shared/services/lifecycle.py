@@ -224,22 +224,20 @@ class Lifecycle:
         }
 
     def throttled(self, workspace_id: str, cluster_id: str, e: ProvisionerThrottled) -> None:
-        """Reschedule a reconcile the provisioner was throttled in, after `e.retry_after_s`.
-        A PENDING cluster is waiting for ARM's budget, not failing to start: its startup
-        timeout counts from when ARM's limits last held it back (its admission, at the
-        latest), so its `state_since` moves to now (a concurrent write wins; the next
-        attempt moves it again)."""
+        """Reschedule a reconcile the provisioner was throttled in, after `e.retry_after_s`,
+        and write when it is due (rec.refused: the timer does not kick the cluster before; a
+        concurrent write wins, and that writer's reconcile runs)."""
         got = self.repo.load(workspace_id, cluster_id)
         if got is None:
             return
         c, record = got
         etag = record.etag
-        if c.state == State.PENDING:
+        delay_ms = max(1, int(e.retry_after_s * 1000))
+        new = rec.refused(c, self.clock.now_ms(), delay_ms)
+        if new is not None:
             with contextlib.suppress(PreconditionFailed):  # somebody wrote: that reconcile runs
-                etag = self.repo.save(
-                    c, record, c.model_copy(update={"state_since": self.clock.now_ms()})
-                ).etag
-        self.schedule(c, etag, delay_ms=max(1, int(e.retry_after_s * 1000)))
+                etag = self.repo.save(c, record, new).etag
+        self.schedule(c, etag, delay_ms=delay_ms)
 
     def schedule(self, c: Cluster, etag: str, *, delay_ms: int | None = None) -> None:
         """The follow-up reconcile, a scheduled message. Its id is (cluster, document version,
@@ -295,7 +293,7 @@ class Lifecycle:
                 if reason is not None:
                     due.append((node_health.READ_ORDER[reason], len(due), c, r.etag, reason))
                 continue
-            if c.state.value in transitional and now - c.state_since >= stuck_ms:
+            if rec.stuck(c, now, stuck_ms):
                 self.bus.send(
                     self.settings.lifecycle_queue,
                     [reconcile_message(c, f"kick:{c.cluster_id}:{r.etag}:{bucket}")],

@@ -13,6 +13,9 @@ def test_the_azure_scale_benchmark_meets_its_goals_small() -> None:
     assert r["arm_reads_pct_of_refill"] <= 50
     assert r["burst_running"] == 20 and r["burst_lost"] == 0 and r["burst_created_twice"] == 0
     assert r["burst_failed"] == 0
+    sent = r["burst_messages_sent_by_kind"]  # each create's command, then its reconciles
+    assert sent["command"] >= 20 and sent["follow-up"] > 0
+    assert sum(sent.values()) <= r["burst_servicebus_ops"]
     assert r["kill_noticed_s"] is not None and r["kill_noticed_s"] <= 60
 
 
