@@ -27,7 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.adapters.local_spark.java import JavaInfo
+from shared.adapters.local_spark.java import (
+    JavaInfo,
+    check_java,
+    check_spark_home,
+    default_spark_home,
+)
 
 log = logging.getLogger("sparkplane.local_spark")
 
@@ -39,23 +44,52 @@ def archive_dir(root: Path, spark_version: str, java: JavaInfo) -> Path:
     return root / f"spark-{spark_version}-java-{java.version}"
 
 
+def missing(directory: Path) -> frozenset[str]:
+    return frozenset(role for role in ROLES if not (directory / f"{role}.jsa").is_file())
+
+
 def complete(directory: Path) -> bool:
     """Every role's archive is there (a build that stopped half-way is not used)."""
-    return all((directory / f"{role}.jsa").is_file() for role in ROLES)
+    return not missing(directory)
 
 
-def build(root: Path = DEFAULT_ROOT, *, timeout_s: float = 600) -> Path:
-    """The archives of the installed Spark and Java (built when missing)."""
+def build(root: Path = DEFAULT_ROOT, *, timeout_s: float = 600, attempts: int = 3) -> Path:
+    """The archives of the installed Spark and Java (built when missing). A JVM writes its
+    archive as it exits, and a Worker kills its executor 10 s after asking it to stop (Spark's
+    ExecutorRunner): on a loaded machine the executor can be killed before its archive is
+    written. So a build starts the cluster again for the roles still missing, the others
+    mapping the archives they have (less to do at exit), up to `attempts` times."""
+    target: Path | None = None
+    for attempt in range(1, attempts + 1):
+        target = _attempt(root, timeout_s)
+        if complete(target):
+            return target
+        log.warning(
+            "class-data-sharing archives missing after a build",
+            extra={"roles": sorted(missing(target)), "attempt": attempt},
+        )
+    assert target is not None
+    raise RuntimeError(
+        f"no archive written for {', '.join(sorted(missing(target)))} under {target}"
+    )
+
+
+def _attempt(root: Path, timeout_s: float) -> Path:
+    """One cluster (a driver and a worker) started and stopped, writing the archives of the
+    roles that have none yet."""
     from shared.adapters.local_spark.provisioner import LocalSparkProvisioner
     from shared.ports import NodeRequest
 
-    with tempfile.TemporaryDirectory(prefix="sp-cds-") as tmp:
-        p = LocalSparkProvisioner(Path(tmp), kill_grace_s=120, cds_root=root, cds_dump=True)
-        target = archive_dir(root, p.spark_version, p.java)
-        if complete(target):
-            return target
+    spark_version, _ = check_spark_home(default_spark_home())
+    target = archive_dir(root, spark_version, check_java())
+    roles = missing(target)
+    if not roles:
+        return target
+    if roles == frozenset(ROLES):  # nothing of an earlier build is kept
         shutil.rmtree(target, ignore_errors=True)
-        (target / "conf").mkdir(parents=True)
+    (target / "conf").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sp-cds-") as tmp:
+        p = LocalSparkProvisioner(Path(tmp), kill_grace_s=120, cds_root=root, cds_dump=roles)
         req = NodeRequest(
             cluster_id="cds-build",
             workspace_id="",
@@ -82,9 +116,6 @@ def build(root: Path = DEFAULT_ROOT, *, timeout_s: float = 600) -> Path:
                 raise TimeoutError("the archive cluster did not stop")
             time.sleep(0.5)
         p.close()
-    missing = [role for role in ROLES if not (target / f"{role}.jsa").is_file()]
-    if missing:
-        raise RuntimeError(f"no archive written for {', '.join(missing)} under {target}")
     return target
 
 

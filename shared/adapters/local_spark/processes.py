@@ -166,9 +166,9 @@ class Launcher:
     store: NodeStore
     daemon_java_opts: str
     # Class-data-sharing archives (shared/adapters/local_spark/cds.py): their directory, and
-    # whether this launcher writes them (the build) rather than maps them.
+    # the roles whose archive this launcher writes (the build) rather than maps.
     cds_dir: Path | None = None
-    cds_dump: bool = False
+    cds_dump: frozenset[str] = frozenset()
     # JVM options per role on top of daemon_java_opts (conf.ROLE_JAVA_OPTS).
     role_java_opts: Mapping[str, str] = field(default_factory=dict)
     # Spark's launcher answers, kept (shared/adapters/local_spark/launch.py); None: the
@@ -188,7 +188,7 @@ class Launcher:
     def cds_opts(self, role: str) -> str:
         assert self.cds_dir is not None
         archive = self.cds_dir / f"{role}.jsa"
-        if self.cds_dump:
+        if role in self.cds_dump:
             return f"-XX:ArchiveClassesAtExit={archive}"
         return f"-XX:SharedArchiveFile={archive} -Xshare:auto {CDS_MAP_OPTS}"
 

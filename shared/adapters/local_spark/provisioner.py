@@ -53,7 +53,7 @@ class LocalSparkProvisioner(PoolNodes, NodeStart):
         ready_timeout_s: float = node_rules.READY_TIMEOUT_S,
         executor_wait_s: float = node_rules.EXECUTOR_WAIT_S,
         cds_root: Path | None = cds.DEFAULT_ROOT,
-        cds_dump: bool = False,
+        cds_dump: frozenset[str] = frozenset(),
     ) -> None:
         self.java = check_java(java)
         self.spark_home = Path(spark_home) if spark_home else default_spark_home()
