@@ -186,9 +186,26 @@ def test_floor_keeps_a_warm_share_of_average_demand():
     # the samples are already folded into the memory: average demand 3 workers
     mem = ScalingMemory(seen_until_ms=1_300_000, avg_workers=3.0, full_at_ms=0)
     s = steady(1000, 1300, running=0, n=10)
-    d = run(s, cur=10, lo=1, mem=mem)
+    d = run(s, cur=10, lo=1, hi=20, mem=mem)
     assert d.target == 6  # 2 x average 3
     assert "average" in d.reason
+
+
+def test_floor_is_capped_at_three_quarters_of_max_workers():
+    # average demand 10 of max 20: 2 x 10 = 20 would keep the whole cluster; the cap keeps 15
+    mem = ScalingMemory(seen_until_ms=1_300_000, avg_workers=10.0, full_at_ms=0)
+    s = steady(1000, 1300, running=0, n=20)
+    assert run(s, cur=20, lo=1, hi=20, mem=mem).target == 15
+    # an overloaded cluster (average demand at max) keeps three quarters of it warm, not all
+    mem = replace(mem, avg_workers=20.0)
+    assert run(s, cur=20, lo=1, hi=20, mem=mem).target == 15
+    # the cap never goes below the recent peak or the minimum
+    busy = [*steady(1000, 1290, running=0, n=20), sample(1300, running=68, n=20)]
+    assert run(busy, cur=20, lo=1, hi=20, mem=mem).target == 17
+    assert run(s, cur=20, lo=16, hi=20, mem=mem).target == 16
+    # uncapped (1.0), the floor keeps the whole cluster
+    uncapped = replace(P, floor_max_fraction=1.0)
+    assert run(s, cur=20, lo=1, hi=20, mem=mem, params=uncapped).target == 20
 
 
 def test_scale_down_prefers_stateless_then_least_loaded():
