@@ -7,7 +7,8 @@ them from the jars, starts in about half the time (docs/local-spark.md has the m
 builds them once under `.sparkplane/cds/spark-<version>-java-<version>/`: it starts one
 cluster (a driver and a worker) with `-XX:ArchiveClassesAtExit`, waits until it is ready (a
 query ran: the Connect server and its executor loaded what a query needs), stops it, and each
-JVM writes its archive as it exits. A new Spark or Java version has a directory of its own, so
+JVM writes its archive as it exits (the executor is stopped first and waited for: see
+`_stop_executors`). A new Spark or Java version has a directory of its own, so
 it is built again; the provisioner uses the archives of the versions it runs, when they are
 there, and starts without them otherwise.
 
@@ -20,12 +21,15 @@ its own conf directory on the class path: its nodes start without archives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from shared.adapters.local_spark.java import (
     JavaInfo,
@@ -110,13 +114,37 @@ def _attempt(root: Path, timeout_s: float) -> Path:
                 p.stop_cluster("cds-build")
                 raise TimeoutError("the archive cluster did not become ready")
             time.sleep(0.5)
+        kept = _stop_executors(Path(tmp), target, deadline) if "executor" in roles else None
         p.stop_cluster("cds-build")
         while p.cluster_ids():
             if time.monotonic() > deadline:
                 raise TimeoutError("the archive cluster did not stop")
             time.sleep(0.5)
         p.close()
+    if kept is not None:
+        kept.replace(target / "executor.jsa")
     return target
+
+
+def _stop_executors(tmp: Path, target: Path, deadline: float) -> Path | None:
+    """Stop the build's executor JVMs (SIGTERM) and wait until they have exited, their archive
+    written: stopped with the cluster, the Worker would kill them 10 s after asking (Spark's
+    ExecutorRunner), before a loaded machine has written it. The archive is set aside until the
+    cluster is gone (returned: where), as the Worker starts another executor for the
+    application, whose exit would write over it."""
+    executors = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmd, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+        if cwd.startswith(str(tmp)) and any("CoarseGrainedExecutorBackend" in a for a in cmd):
+            executors.append(proc)
+    for proc in executors:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended on its own meanwhile
+            proc.terminate()
+    psutil.wait_procs(executors, timeout=max(1.0, deadline - time.monotonic()))
+    archive = target / "executor.jsa"
+    if not archive.is_file():
+        return None
+    return archive.replace(target / "executor.jsa.kept")
 
 
 def main() -> None:
