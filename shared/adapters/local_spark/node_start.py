@@ -84,7 +84,9 @@ class NodeStart(Supervisor):
             procs.stop_process(warm_master, self._kill_grace_s)
             warm_master = None
         if hot_connect is not None:
-            keep = credential_id and node_rules.keeps_hot_connect(
+            # Kept only where the cluster adopts the node's credentials (its token).
+            keep = bool(credential_id) and self._credentials is not None
+            keep = keep and node_rules.keeps_hot_connect(
                 user_conf=cf.user_conf(req),
                 spark_env_vars=req.spark_env_vars,
                 conf_files=req.conf_files,
@@ -111,7 +113,7 @@ class NodeStart(Supervisor):
                 cds_role="master",
             )
         if hot_connect is None:
-            self._spawn_connect(rec, req, worker_type, driver_type)
+            self._spawn_connect(rec, req, worker_type)
         self.store.update(rec, attrs=rec.attrs)
         # Always on the driver: its readiness report makes the node RUNNING.
         self._spawn_agent(rec, req)
@@ -121,7 +123,6 @@ class NodeStart(Supervisor):
         rec: Rec,
         req: NodeRequest,
         worker_type: NodeType | None = None,
-        driver_type: NodeType | None = None,
     ) -> None:
         """The Spark Connect server (the cluster's application) of a driver node, or of an idle
         pool node (its request names the node and the pool's node type). The launcher sizes
