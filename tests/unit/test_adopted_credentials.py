@@ -108,3 +108,31 @@ def test_get_cluster_and_node_requests_use_the_adopted_credentials() -> None:
     req = node_request(c, "k")
     assert (req.spark_auth_secret, req.connect_token) == (creds.auth_secret, creds.connect_token)
     assert "credential_id" not in out and creds.auth_secret not in c.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [
+        ({}, True),
+        ({"user_conf": {"spark.executor.memory": "1g"}}, False),
+        ({"spark_env_vars": {"X": "1"}}, False),
+        ({"conf_files": {"fairscheduler.xml": "<x/>"}}, False),
+        ({"driver_type_id": "local-medium"}, False),
+        ({"worker_type_id": "local-medium"}, False),
+    ],
+)
+def test_a_hot_connect_server_serves_only_a_cluster_without_settings_of_its_own(
+    change: dict[str, object], kept: bool
+) -> None:
+    from shared.domain.node_rules import keeps_hot_connect
+
+    args: dict[str, object] = {
+        "user_conf": {},
+        "spark_env_vars": {},
+        "conf_files": {},
+        "driver_type_id": "local-small",
+        "worker_type_id": "local-small",
+        "pool_type_id": "local-small",
+        **change,
+    }
+    assert keeps_hot_connect(**args) is kept  # type: ignore[arg-type]
