@@ -234,9 +234,13 @@ def _bus(s: Settings) -> Bus:
 def _provisioner(s: Settings, store: Store) -> Provisioner:
     if s.provisioner == "local":
         from shared.adapters.local_spark import LocalSparkProvisioner
+        from shared.domain import spark_auth
 
+        key = s.spark_secret_key
         return LocalSparkProvisioner(
-            s.data_dir / "local_spark", scratch_quota_bytes=s.local_scratch_mb * 2**20
+            s.data_dir / "local_spark",
+            scratch_quota_bytes=s.local_scratch_mb * 2**20,
+            credentials=lambda credential_id: spark_auth.cluster_credentials(key, credential_id),
         )
     if s.provisioner == "arm":
         from shared.adapters.arm.shards import arm_from_settings

@@ -13,9 +13,11 @@ first (a warm node is ready after `warm_boot_s`, a new one after `boot_s`; a nod
 records `taken_ms`, so that its acquisition time is `ready_ms - taken_ms`) and starts new
 pool nodes while the pool is under its max_capacity. A pool node a cluster lets go is RETURNING
 until `stop_ms`, then warms up again (PENDING_IDLE for `warm_boot_s`) instead of being
-deleted; removing an idle node (remove_idle) deletes it after `stop_s`. Taking and adding
-check the pool's size and write in one `BEGIN IMMEDIATE` transaction, so that concurrent
-callers (threads or processes) never exceed max_capacity.
+deleted; removing an idle node (remove_idle) deletes it after `stop_s`. Each idle period has a
+nonce of its own: a driver taken idle reports the credential id made of it, which its cluster
+adopts (shared/domain/spark_auth.py, "Adopted credentials"), as a hot local pool node does.
+Taking and adding check the pool's size and write in one `BEGIN IMMEDIATE` transaction, so that
+concurrent callers (threads or processes) never exceed max_capacity.
 
 Every node has a local disk of `disk_bytes` (shown as the `disk_total_bytes` attribute);
 grow_storage only ever grows it.
@@ -44,6 +46,7 @@ from pathlib import Path
 import psutil
 
 from shared.adapters.sqlite_tx import write_transaction
+from shared.domain import spark_auth
 from shared.domain.node_env import node_environment
 from shared.ports import (
     Node,
@@ -74,15 +77,23 @@ _ADDED_COLUMNS = {
     "idle_since_ms": "INTEGER",
     "disk_bytes": "INTEGER",
     "taken_ms": "INTEGER",
+    # A pool node's nonce of its current idle period (its credential id's; NULL for a node
+    # never idle), and whether the cluster took it idle.
+    "idle_nonce": "TEXT",
 }
-_COLUMNS = "node_id, cluster_id, role, start_ms, ready_ms, stop_ms, lost, disk_bytes"
+_COLUMNS = (
+    "node_id, cluster_id, role, start_ms, ready_ms, stop_ms, lost, disk_bytes,"
+    " CASE WHEN taken_ms IS NOT NULL THEN idle_nonce END"
+)
+# A new nonce for each idle period (shared/domain/spark_auth.py, "Adopted credentials").
+_NEW_NONCE = "lower(hex(randomblob(16)))"
 # The pool nodes that count against max_capacity: all but the lost ones and those being
 # removed (a returning node is still in a cluster, so it counts).
 _LIVE = "pool_id=? AND lost=0 AND (stop_ms IS NULL OR cluster_id!='')"
 # The pool nodes no cluster uses (taken in this order: IDLE first, longest idle first).
 _UNUSED = "pool_id=? AND cluster_id='' AND stop_ms IS NULL AND lost=0"
 
-Row = tuple[str, str, str, int, int, int | None, int, int | None]
+Row = tuple[str, str, str, int, int, int | None, int, int | None, str | None]
 # The agents this process started (reaped when they end: a zombie would look alive).
 _AGENTS: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -164,7 +175,7 @@ class RecordProvisioner:
             return
         db.execute(
             "UPDATE nodes SET cluster_id='', role='worker', ready_ms=stop_ms+?,"
-            " idle_since_ms=stop_ms+?, stop_ms=NULL, taken_ms=NULL"
+            f" idle_since_ms=stop_ms+?, stop_ms=NULL, taken_ms=NULL, idle_nonce={_NEW_NONCE}"
             " WHERE stop_ms<=? AND pool_id IS NOT NULL AND cluster_id!=''",
             (self.warm_boot_ms, self.warm_boot_ms, now),
         )
@@ -184,7 +195,7 @@ class RecordProvisioner:
 
     @staticmethod
     def _node(row: Row, now: int) -> Node:
-        node_id, _, role, start_ms, ready_ms, stop_ms, lost, disk_bytes = row
+        node_id, _, role, start_ms, ready_ms, stop_ms, lost, disk_bytes, nonce = row
         status: NodeStatus
         if stop_ms is not None:
             status = "STOPPING"
@@ -195,6 +206,10 @@ class RecordProvisioner:
         else:
             status = "STARTING"
         attrs = {} if disk_bytes is None else {"disk_total_bytes": str(disk_bytes)}
+        if role == "driver" and nonce:  # a pool node taken idle: the cluster adopts its id
+            attrs[spark_auth.CREDENTIAL_ID_ATTR] = spark_auth.pool_node_credential_id(
+                node_id, nonce
+            )
         return Node(node_id, role, status, start_ms, instance_id=node_id, attrs=attrs)  # type: ignore[arg-type]
 
     def observe(self, cluster_id: str) -> list[Node]:
@@ -405,7 +420,8 @@ class RecordProvisioner:
             ]
             db.executemany(
                 "INSERT INTO nodes(cluster_id,node_id,role,start_ms,ready_ms,pool_id,"
-                "idle_since_ms,disk_bytes) VALUES ('',?,'worker',?,?,?,?,?)",
+                "idle_since_ms,disk_bytes,idle_nonce)"
+                f" VALUES ('',?,'worker',?,?,?,?,?,{_NEW_NONCE})",
                 [(n.node_id, now, ready, req.pool_id, ready, self.disk_bytes) for n in nodes],
             )
         return nodes

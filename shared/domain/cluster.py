@@ -270,6 +270,9 @@ class Cluster(BaseModel):
     spark_context_id: int | None = None
     # Observed nodes (a snapshot the reconciler writes for GET).
     driver: dict[str, Any] | None = None
+    # The id the cluster's Spark credentials are derived from when its driver is a hot pool
+    # node ("" = its own id; shared/domain/spark_auth.py, "Adopted credentials"). Not a secret.
+    credential_id: str = ""
     executors: list[dict[str, Any]] = Field(default_factory=list)
     # Preferred workers to remove on scale-down (set by the autoscaler).
     remove_hint: list[str] = Field(default_factory=list)

@@ -99,6 +99,27 @@ def expected_procs(role: str) -> int:
 # ---------------------------------------------------------------------------- pools
 
 
+def keeps_hot_connect(
+    *,
+    user_conf: Mapping[str, str],
+    spark_env_vars: Mapping[str, str],
+    conf_files: Mapping[str, str],
+    driver_type_id: str,
+    worker_type_id: str,
+    pool_type_id: str,
+) -> bool:
+    """Whether the Spark Connect server a hot pool driver started while idle (with the pool's
+    defaults: no spark_conf, environment or configuration files of a cluster, the pool's node
+    type for the driver and the executors) serves the cluster that takes it as it is. Spark
+    reads those once at start: anything else needs a server of the cluster's own."""
+    return (
+        not user_conf
+        and not spark_env_vars
+        and not conf_files
+        and driver_type_id == worker_type_id == pool_type_id
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class IdleNode:
     """An idle pool node as `take_from_pool` sees it."""

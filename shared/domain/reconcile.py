@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.domain import spark_auth
 from shared.domain.cluster import Cluster, TerminationReason, _bump, _move
 from shared.domain.events import EventType, event
 from shared.domain.nodes import Node
@@ -63,6 +64,7 @@ def _node_wire(n: Node) -> dict[str, Any]:
         "start_timestamp": n.start_ms,
     }
     out.update(n.attrs)
+    out.pop(spark_auth.CREDENTIAL_ID_ATTR, None)  # kept in Cluster.credential_id
     return out
 
 
@@ -71,9 +73,17 @@ def _snapshot(c: Cluster, nodes: Sequence[Node]) -> bool:
     workers = [n for n in nodes if n.role == "worker" and n.status == "RUNNING"]
     driver = _node_wire(drivers[0]) if drivers else None
     executors = [_node_wire(n) for n in sorted(workers, key=lambda n: (n.start_ms, n.node_id))]
-    if driver != c.driver or executors != c.executors:
+    credential_id = (
+        spark_auth.adopted_credential_id(
+            c.cluster_id, drivers[0].attrs.get(spark_auth.CREDENTIAL_ID_ATTR)
+        )
+        if drivers
+        else ""
+    )
+    if driver != c.driver or executors != c.executors or credential_id != c.credential_id:
         c.driver = driver
         c.executors = executors
+        c.credential_id = credential_id
         return True
     return False
 

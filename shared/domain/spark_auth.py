@@ -12,6 +12,15 @@ instance of the app compute the same ones and no document stores them:
   `;token=` parameter, so `SparkSession.builder.remote(url)` works as is.
 
 An empty key means no credentials (clusters of the record provisioner, which runs no Spark).
+
+**Adopted credentials.** The id the credentials are derived from is the cluster's own, unless
+its driver is a hot pool node: such a node runs its master and Spark Connect server while idle,
+with credentials derived from a credential id of its own (`pool_node_credential_id`: the node
+id and a nonce drawn each time the node becomes idle), and the one cluster that takes it as its
+driver adopts that id (`adopted_credential_id`), so the running server need not restart. The
+cluster document stores the id (`Cluster.credential_id`, not a secret); `credentials_of` is what
+GET cluster, the lifecycle and the workers use. A node's id is never another cluster's: a new
+nonce each idle period, and a reported id that is not a pool node's is ignored.
 """
 
 from __future__ import annotations
@@ -59,6 +68,32 @@ def cluster_credentials(key: str, cluster_id: str) -> SparkCredentials | None:
         auth_secret=_derive(key, "spark-authenticate", cluster_id),
         connect_token=_derive(key, "spark-connect", cluster_id),
     )
+
+
+# The driver node's attribute that names the credential id it runs with (a hot pool node's).
+CREDENTIAL_ID_ATTR = "credential_id"
+POOL_NODE_PREFIX = "pool-node:"
+
+
+def pool_node_credential_id(node_id: str, nonce: str) -> str:
+    """The credential id of a pool node for one idle period (`nonce`: new each period)."""
+    if not node_id or not nonce:
+        raise ValueError("a pool node's credential id needs its node id and a nonce")
+    return f"{POOL_NODE_PREFIX}{node_id}:{nonce}"
+
+
+def adopted_credential_id(cluster_id: str, reported: str | None) -> str:
+    """Which id a cluster's credentials come from, given what its driver node reports: a pool
+    node's credential id is adopted; anything else (none, the cluster's own id, another
+    cluster's id) means the cluster's own id, stored as ""."""
+    if reported and reported.startswith(POOL_NODE_PREFIX) and reported != POOL_NODE_PREFIX:
+        return reported
+    return ""
+
+
+def credentials_of(key: str, cluster_id: str, credential_id: str = "") -> SparkCredentials | None:
+    """The credentials a cluster uses: from its adopted credential id, else its own id."""
+    return cluster_credentials(key, credential_id or cluster_id)
 
 
 def auth_conf(secret: str) -> dict[str, str]:

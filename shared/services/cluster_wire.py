@@ -37,11 +37,12 @@ class ClusterWire:
 
     def _driver_view(self, c: Cluster) -> dict[str, Any] | None:
         """The driver's endpoints as the cluster's workspace sees them: the connect URL with the
-        cluster's Spark Connect token (callers reach details() only for their own workspace)."""
+        cluster's Spark Connect token (its adopted credentials' when its driver is a hot pool
+        node; callers reach details() only for their own workspace)."""
         if c.driver is None:
             return None
         driver = dict(c.driver)
-        creds = spark_auth.cluster_credentials(self.spark_secret_key, c.cluster_id)
+        creds = spark_auth.credentials_of(self.spark_secret_key, c.cluster_id, c.credential_id)
         if creds is not None and driver.get("connect_url"):
             driver["connect_url"] = spark_auth.connect_url(
                 driver["connect_url"], creds.connect_token

@@ -43,7 +43,7 @@ def agent_scope(cluster_id: str) -> str:
 
 def node_request(c: Cluster, spark_secret_key: str = "") -> NodeRequest:
     s = c.spec
-    creds = spark_auth.cluster_credentials(spark_secret_key, c.cluster_id)
+    creds = spark_auth.credentials_of(spark_secret_key, c.cluster_id, c.credential_id)
     return NodeRequest(
         cluster_id=c.cluster_id,
         workspace_id=c.workspace_id,

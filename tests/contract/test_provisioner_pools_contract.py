@@ -56,6 +56,7 @@ from shared.adapters.local_spark import (
     SparkHomeError,
 )
 from shared.adapters.records import RecordProvisioner
+from shared.domain import spark_auth
 from shared.ports import (
     Node,
     NodeRequest,
@@ -136,8 +137,12 @@ def _data_dir_processes(root: Path) -> list[psutil.Process]:
 
 def _local(tmp_path: Path) -> Adapter:
     try:
+        # With a credential deriver, as the control plane builds it: idle pool nodes are hot.
         p = LocalSparkProvisioner(
-            tmp_path / "local_spark", kill_grace_s=3, decommission_timeout_s=20
+            tmp_path / "local_spark",
+            kill_grace_s=3,
+            decommission_timeout_s=20,
+            credentials=lambda cid: spark_auth.cluster_credentials("contract-key", cid),
         )
     except (JavaRequirementError, SparkHomeError) as e:
         if _in_ci():

@@ -3,6 +3,10 @@
 - An instance pool keeps 2 warm idle nodes; a cluster from it runs on exactly those nodes, the
   nodes come back to the pool when it terminates, and a cluster larger than max_capacity fails
   with INSTANCE_POOL_MAX_CAPACITY_REACHED.
+- A pooled cluster adopts its hot driver's credentials (shared/domain/spark_auth.py, "Adopted
+  credentials"): the Connect server started while the node was idle serves it (same process),
+  its connect URL works, and no other token does: not another cluster's, not the one of the
+  cluster's own id, and not its own once the node went back to the pool.
 - A serverless pool (autoscale 1..3) under two Spark Connect users: both users' jobs run side
   by side (fair scheduling), both finish, the pool grows and shrinks within its bounds, and a
   worker's local storage grows as its shuffle files fill it (EXPANDED_DISK).
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,6 +30,7 @@ from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
+from shared.domain.spark_auth import cluster_credentials, connect_url, strip_token
 from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
 from tests.support import wait_for
 
@@ -109,6 +115,99 @@ def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess
         assert not [p for p in pids if psutil.pid_exists(p) and _not_zombie(p)]
     finally:
         prov.close()
+
+
+def _refused(url: str) -> None:
+    """A Spark Connect session with `url` is refused (its token is not the server's)."""
+    from pyspark.sql import SparkSession
+
+    intruder = SparkSession.builder.remote(url).create()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authenticat"):
+            intruder.range(3).collect()
+    finally:
+        with contextlib.suppress(Exception):  # the refused session may not close cleanly
+            intruder.stop()
+
+
+def _sum(url: str) -> int:
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.remote(url).create()
+    try:
+        return int(spark.range(100).selectExpr("sum(id)").collect()[0][0])
+    finally:
+        spark.stop()
+
+
+def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> None:
+    with local_spark_devhost(tmp_path / "data") as host:
+        w = host.client()
+        key = (host.data_dir / "spark-secret-key").read_text().strip()
+        version = w.clusters.select_spark_version(scala="2.13")
+        pool_id = w.instance_pools.create(
+            instance_pool_name="hot",
+            node_type_id="local-small",
+            min_idle_instances=2,
+            max_capacity=3,
+        ).instance_pool_id
+        # Built as the control plane builds it: a node it gives back is made hot again.
+        prov = LocalSparkProvisioner(
+            host.data_dir / "local_spark",
+            credentials=lambda cid: cluster_credentials(key, cid),
+        )
+        try:
+            wait_for(
+                "2 hot idle nodes",
+                lambda: [n.status for n in prov.pool_nodes(pool_id)] == ["IDLE", "IDLE"],
+                WAIT_S,
+            )
+            idle_pids = prov.node_pids("")
+            a = w.clusters.create(
+                cluster_name="a", spark_version=version, instance_pool_id=pool_id, num_workers=1
+            ).cluster_id
+            ca = w.clusters.wait_get_cluster_running(a, timeout=T)
+            # The Connect server started while the node was idle serves the cluster: the same
+            # processes (master, Connect server and its children) run on.
+            node_a = ca.driver.node_id
+            assert set(idle_pids[node_a]) <= set(prov.node_pids(a)[node_a])
+            url_a = ca.default_tags["SparkConnectUrl"]
+            assert _sum(url_a) == 4950
+            # A second cluster (no worker: its Connect server only has to refuse a's token).
+            b = w.clusters.create(
+                cluster_name="b", spark_version=version, instance_pool_id=pool_id, num_workers=0
+            ).cluster_id
+            url_b = w.clusters.wait_get_cluster_running(b, timeout=T).default_tags[
+                "SparkConnectUrl"
+            ]
+            base_a, base_b = strip_token(url_a), strip_token(url_b)
+            token_a = url_a.partition(";token=")[2]
+            token_b = url_b.partition(";token=")[2]
+            own_a = cluster_credentials(key, a)
+            assert own_a is not None and own_a.connect_token not in (token_a, token_b)
+            for url in (
+                base_a,  # no token
+                connect_url(base_a, token_b),  # the other cluster's
+                connect_url(base_b, token_a),
+                connect_url(base_a, own_a.connect_token),  # from the cluster's own id
+            ):
+                _refused(url)
+
+            # Given back, the node is hot again with new credentials: a's token is refused.
+            w.clusters.permanent_delete(a)
+            wait_for(
+                "a's driver node hot and idle again",
+                lambda: any(
+                    n.node_id == node_a and n.status == "IDLE" for n in prov.pool_nodes(pool_id)
+                ),
+                WAIT_S,
+            )
+            _refused(url_a)
+            w.clusters.permanent_delete(b)
+            w.instance_pools.delete(pool_id)
+            wait_for("the pool's nodes terminated", lambda: prov.pool_nodes(pool_id) == [], 60)
+        finally:
+            prov.close()
 
 
 def _not_zombie(pid: int) -> bool:

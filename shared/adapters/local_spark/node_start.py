@@ -9,14 +9,22 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.store import Rec
-from shared.adapters.local_spark.supervision import READY_FILE, SECRET_FILE, Supervisor
+from shared.adapters.local_spark.supervision import (
+    CREDENTIAL_ID_FILE,
+    NODE_TYPE_FILE,
+    READY_FILE,
+    SECRET_FILE,
+    Supervisor,
+)
 from shared.domain import node_rules, spark_auth
+from shared.domain.spark_auth import SparkCredentials
 from shared.ports import NodeRequest, NodeType
 from shared.private_files import write_private
 
@@ -26,6 +34,8 @@ class NodeStart(Supervisor):
 
     spark_home: Path
     spark_version: str
+    # Derives a credential id's Spark credentials (None: idle pool nodes run no Connect server).
+    _credentials: Callable[[str], SparkCredentials | None] | None
     _tune_jvms: bool
     _master_wait_s: int
 
@@ -50,7 +60,19 @@ class NodeStart(Supervisor):
         self._write_quota(rec)
         warm_master = procs.leader(rec, "master")
         node_secret = self._node_secret(rec) if warm_master is not None else ""
-        if node_secret:
+        credential_id = self._credential_id(rec) if warm_master is not None else ""
+        hot_connect = procs.leader(rec, "connect") if warm_master is not None else None
+        if credential_id and self._credentials is not None:
+            # A hot pool node: its master and Connect server run with the credentials of its
+            # own credential id, which the cluster adopts (shared/domain/spark_auth.py).
+            creds = self._credentials(credential_id)
+            req = replace(
+                req,
+                spark_auth_secret=creds.auth_secret if creds else "",
+                connect_token=creds.connect_token if creds else "",
+            )
+            rec.attrs[spark_auth.CREDENTIAL_ID_ATTR] = credential_id
+        elif node_secret:
             # A pool node's hot master runs with a secret of the node's own, made for this one
             # cluster: the cluster's processes use it, and the master stays (docs/pools.md).
             req = replace(req, spark_auth_secret=node_secret)
@@ -61,20 +83,26 @@ class NodeStart(Supervisor):
             # makes way for one that has the cluster's.
             procs.stop_process(warm_master, self._kill_grace_s)
             warm_master = None
-        driver_memory = node_rules.driver_memory(cf.user_conf(req))
-        cds_on = self.launcher.cds_for(req)
-        app_conf = cf.connect_conf(
-            req,
-            p,
-            master_url=master_url,
-            executor_memory_mb=worker_type.memory_mb,
-            driver_memory=driver_memory,
-            tune_jvms=self._tune_jvms,
-            executor_cds_opts=self.launcher.cds_opts("executor") if cds_on else "",
-        )
+        if hot_connect is not None:
+            # Kept only where the cluster adopts the node's credentials (its token).
+            keep = bool(credential_id) and self._credentials is not None
+            keep = keep and node_rules.keeps_hot_connect(
+                user_conf=cf.user_conf(req),
+                spark_env_vars=req.spark_env_vars,
+                conf_files=req.conf_files,
+                driver_type_id=driver_type.node_type_id,
+                worker_type_id=worker_type.node_type_id,
+                pool_type_id=self._pool_node_type(rec),
+            )
+            if not keep or warm_master is None:
+                procs.stop_process(hot_connect, self._kill_grace_s)
+                rec.procs = [pr for pr in rec.procs if pr.name != "connect"]
+                hot_connect = None
         if warm_master is None:
             rec.procs = [pr for pr in rec.procs if pr.name != "master"]
-            props = self.launcher.properties_file(rec, "master") if cds_on else None
+            props = (
+                self.launcher.properties_file(rec, "master") if self.launcher.cds_for(req) else None
+            )
             self.launcher.spawn(
                 rec,
                 "master",
@@ -84,16 +112,42 @@ class NodeStart(Supervisor):
                 node_rules.DAEMON_MEMORY,
                 cds_role="master",
             )
-        # The launcher sizes the Connect server (a "daemon" to it) with SPARK_DAEMON_MEMORY.
-        # Its token goes in its environment (readable by this user only), not on its command
-        # line (which every user sees); the secret is in its 0600 spark-defaults.conf.
+        if hot_connect is None:
+            self._spawn_connect(rec, req, worker_type)
+        self.store.update(rec, attrs=rec.attrs)
+        # Always on the driver: its readiness report makes the node RUNNING.
+        self._spawn_agent(rec, req)
+
+    def _spawn_connect(
+        self,
+        rec: Rec,
+        req: NodeRequest,
+        worker_type: NodeType | None = None,
+    ) -> None:
+        """The Spark Connect server (the cluster's application) of a driver node, or of an idle
+        pool node (its request names the node and the pool's node type). The launcher sizes
+        it (a "daemon" to it) with SPARK_DAEMON_MEMORY. Its token goes in its environment
+        (readable by this user only), not on its command line (which every user sees); the
+        secret is in its 0600 spark-defaults.conf."""
+        p = rec.ports
+        worker_type = worker_type or node_rules.node_type(req.node_type_id)
+        driver_memory = node_rules.driver_memory(cf.user_conf(req))
+        cds_on = self.launcher.cds_for(req)
+        app_conf = cf.connect_conf(
+            req,
+            p,
+            master_url=f"spark://{cf.LOOPBACK}:{p['master']}",
+            executor_memory_mb=worker_type.memory_mb,
+            driver_memory=driver_memory,
+            tune_jvms=self._tune_jvms,
+            executor_cds_opts=self.launcher.cds_opts("executor") if cds_on else "",
+        )
         token_env = {spark_auth.CONNECT_TOKEN_ENV: req.connect_token} if req.connect_token else {}
         props = self.launcher.properties_file(rec, "connect") if cds_on else None
-        argv = cf.connect_argv(self.spark_home, req.cluster_id, props)
         self.launcher.spawn(
             rec,
             "connect",
-            argv,
+            cf.connect_argv(self.spark_home, req.cluster_id, props),
             app_conf,
             req,
             driver_memory,
@@ -101,8 +155,20 @@ class NodeStart(Supervisor):
             cds_role="connect",
             after_port=(p["master"], self._master_wait_s),
         )
-        # Always on the driver: its readiness report makes the node RUNNING.
-        self._spawn_agent(rec, req)
+
+    def _credential_id(self, rec: Rec) -> str:
+        """The credential id a hot pool node runs with, or ""."""
+        try:
+            return (self.launcher.node_dir(rec) / CREDENTIAL_ID_FILE).read_text().strip()
+        except OSError:
+            return ""
+
+    def _pool_node_type(self, rec: Rec) -> str:
+        """The node type of a pool node (written when it was added)."""
+        try:
+            return (self.launcher.node_dir(rec) / NODE_TYPE_FILE).read_text().strip()
+        except OSError:
+            return node_rules.NODE_TYPES[0].node_type_id
 
     def _node_secret(self, rec: Rec) -> str:
         """The node's own Spark secret (a hot pool node's), or ""."""
@@ -148,10 +214,11 @@ class NodeStart(Supervisor):
     def _run_worker(self, rec: Rec, req: NodeRequest, nt: NodeType, driver: Rec) -> None:
         """The worker's processes: a Worker of the cluster's master (a warm pool node's own
         master goes first) and, with elastic disk, the node agent."""
-        warm_master = procs.leader(rec, "master")
-        if warm_master is not None:
-            with contextlib.suppress(OSError):  # it exited meanwhile
-                os.killpg(warm_master.pid, signal.SIGTERM)
+        for name in ("master", "connect"):  # a hot pool node's processes go first
+            warm = procs.leader(rec, name)
+            if warm is not None:
+                with contextlib.suppress(OSError):  # it exited meanwhile
+                    os.killpg(warm.pid, signal.SIGTERM)
         if rec.procs:
             rec.procs = []
             self.store.update(rec, procs=rec.procs)

@@ -1,5 +1,6 @@
-"""Pool nodes: idle nodes kept warm (each runs a standalone master already), taken by clusters
-and given back to their pool when the cluster lets them go."""
+"""Pool nodes: idle nodes kept hot (each runs a standalone master already, and its Spark Connect
+server when the provisioner derives credentials), taken by clusters and given back to their
+pool when the cluster lets them go."""
 
 from __future__ import annotations
 
@@ -13,21 +14,23 @@ from typing import Any
 
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
+from shared.adapters.local_spark.node_start import NodeStart
 from shared.adapters.local_spark.store import COLS, Rec, rec_of
 from shared.adapters.local_spark.supervision import (
+    CREDENTIAL_ID_FILE,
+    NODE_TYPE_FILE,
     READY_FILE,
     SECRET_FILE,
-    Supervisor,
     driver_of,
 )
 from shared.domain import node_rules, spark_auth
-from shared.ports import PoolCapacityReached, PoolNode, PoolRequest
+from shared.ports import NodeRequest, PoolCapacityReached, PoolNode, PoolRequest
 from shared.private_files import write_private
 
 log = logging.getLogger("sparkplane.local_spark")
 
 
-class PoolNodes(Supervisor):
+class PoolNodes(NodeStart):
     """The pool half of the Provisioner port (shared/ports.py)."""
 
     def pool_nodes(self, pool_id: str) -> list[PoolNode]:
@@ -44,7 +47,7 @@ class PoolNodes(Supervisor):
                 if not self._alive(r):
                     self._active_status(r, False, None)  # records the loss once
                     status = "LOST"
-                elif r.ready_s is None and procs.port_open(r.ports["master_ui"]):
+                elif r.ready_s is None and self._idle_up(r):
                     r.ready_s = time.time()
                     self.store.update(r, ready_s=r.ready_s)
                     status = "IDLE"
@@ -70,6 +73,13 @@ class PoolNodes(Supervisor):
                 status = "STOPPING" if r.phase == "stopping" and not r.cluster_id else "RETURNING"
             out.append(self._pool_node(r, status))
         return out
+
+    def _idle_up(self, r: Rec) -> bool:
+        """An idle node is IDLE once its hot processes answer: the master's UI, and the
+        Spark Connect server's port when it runs one."""
+        if not procs.port_open(r.ports["master_ui"]):
+            return False
+        return procs.leader(r, "connect") is None or procs.port_open(r.ports["connect"])
 
     def _pool_node(self, r: Rec, status: str) -> PoolNode:
         ran = status == "USED" and r.ready_s is not None and r.taken_ms is not None
@@ -102,6 +112,7 @@ class PoolNodes(Supervisor):
                 for _ in range(n)
             ]
         for rec in recs:
+            write_private(self.launcher.dirs(rec)[0] / NODE_TYPE_FILE, req.node_type_id)
             self._warm(rec)
         if recs:
             log.info("pool nodes started", extra={"pool_id": req.pool_id, "count": len(recs)})
@@ -178,12 +189,34 @@ class PoolNodes(Supervisor):
         return taken + fresh
 
     def _warm(self, r: Rec) -> None:
-        """Start the hot master of an idle pool node, with a Spark secret of the node's own:
-        a new one each time the node becomes idle, so one cluster at most ever uses it (the
-        one that takes the node as its driver; docs/pools.md, "Hot nodes")."""
+        """Start the hot processes of an idle pool node: its master and, when the provisioner
+        derives credentials, its Spark Connect server (with its application), both with
+        credentials of a credential id of the node's own, new each time the node becomes idle,
+        so at most one cluster ever uses them: the one that takes the node as its driver
+        adopts the id (shared/domain/spark_auth.py, "Adopted credentials"). Without a deriver,
+        a random secret of the node's own and no Connect server (docs/pools.md, "Hot nodes")."""
         try:
             node_dir, _ = self.launcher.dirs(r)
+            hot = self._credentials is not None
             secret = secrets.token_hex(32)
+            idle_req: NodeRequest | None = None
+            if self._credentials is not None:
+                cid = spark_auth.pool_node_credential_id(r.node_id, secrets.token_hex(16))
+                write_private(node_dir / CREDENTIAL_ID_FILE, cid)
+                creds = self._credentials(cid)
+                secret = creds.auth_secret if creds else ""
+                nt = self._pool_node_type(r)
+                idle_req = NodeRequest(
+                    cluster_id=r.node_id,
+                    workspace_id="",
+                    node_type_id=nt,
+                    driver_node_type_id=nt,
+                    spark_version=self.spark_version,
+                    spark_auth_secret=secret,
+                    connect_token=creds.connect_token if creds else "",
+                )
+            else:
+                (node_dir / CREDENTIAL_ID_FILE).unlink(missing_ok=True)
             write_private(node_dir / SECRET_FILE, secret)
             props = (
                 self.launcher.properties_file(r, "master") if self.launcher.cds_for(None) else None
@@ -198,6 +231,8 @@ class PoolNodes(Supervisor):
                 node_rules.DAEMON_MEMORY,
                 cds_role="master",
             )
+            if hot and idle_req is not None:
+                self._spawn_connect(r, idle_req)
         except Exception:
             # The node stays idle without a master: it is seen LOST and replaced.
             log.exception("warm master failed", extra={"pool_id": r.pool_id, "node_id": r.node_id})
@@ -210,6 +245,7 @@ class PoolNodes(Supervisor):
         shutil.rmtree(node_dir / "work", ignore_errors=True)
         (node_dir / "agent-token").unlink(missing_ok=True)
         (node_dir / READY_FILE).unlink(missing_ok=True)
+        (node_dir / CREDENTIAL_ID_FILE).unlink(missing_ok=True)  # the next idle period's is new
         now = time.time()
         r.cluster_id, r.role, r.phase, r.phase_s = "", "pool", "idle", now
         r.procs, r.attrs = [], {}

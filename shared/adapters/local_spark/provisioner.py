@@ -18,7 +18,6 @@ from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.java import check_java, check_spark_home, default_spark_home
 from shared.adapters.local_spark.launch import Launches
-from shared.adapters.local_spark.node_start import NodeStart
 from shared.adapters.local_spark.pools import PoolNodes
 from shared.adapters.local_spark.processes import Launcher
 from shared.adapters.local_spark.store import COLS, NodeStore, rec_of
@@ -27,13 +26,14 @@ from shared.adapters.local_spark.supervision import (
     master_view,
 )
 from shared.domain import node_rules
+from shared.domain.spark_auth import SparkCredentials
 from shared.ports import Clock, Node, NodeRequest, NodeType, SparkVersion
 from shared.private_files import private_dir, private_file
 
 log = logging.getLogger("sparkplane.local_spark")
 
 
-class LocalSparkProvisioner(PoolNodes, NodeStart):
+class LocalSparkProvisioner(PoolNodes):
     """The `Provisioner` port over real local Spark standalone clusters (see the package doc)."""
 
     def __init__(
@@ -54,7 +54,13 @@ class LocalSparkProvisioner(PoolNodes, NodeStart):
         executor_wait_s: float = node_rules.EXECUTOR_WAIT_S,
         cds_root: Path | None = cds.DEFAULT_ROOT,
         cds_dump: frozenset[str] = frozenset(),
+        credentials: Callable[[str], SparkCredentials | None] | None = None,
     ) -> None:
+        """`credentials`: derives the Spark credentials of a credential id (the control
+        plane's spark_auth.cluster_credentials with its key); with it, idle pool nodes run
+        their Spark Connect server hot and a cluster taking one as its driver adopts the
+        node's credential id (shared/domain/spark_auth.py, "Adopted credentials")."""
+        self._credentials = credentials
         self.java = check_java(java)
         self.spark_home = Path(spark_home) if spark_home else default_spark_home()
         self.spark_version, self.scala_version = check_spark_home(self.spark_home)

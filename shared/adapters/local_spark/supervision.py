@@ -34,6 +34,11 @@ READY_FILE = "ready.json"
 # An idle pool node's own Spark secret (0600): its hot master runs with it, and the cluster that
 # takes the node as its driver uses it as its Spark secret (docs/pools.md, "Hot nodes").
 SECRET_FILE = "spark-secret"
+# The credential id that secret (and the Connect token) of a hot pool node is derived from, new
+# each idle period (shared/domain/spark_auth.py, "Adopted credentials"). Not a secret.
+CREDENTIAL_ID_FILE = "credential-id"
+# A pool node's node type (its hot Connect server's driver and executor sizes).
+NODE_TYPE_FILE = "pool-node-type"
 
 
 def worker_states(master: Mapping[str, Any] | None) -> dict[int, str]:
