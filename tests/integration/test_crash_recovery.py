@@ -28,8 +28,10 @@ def node_counts(data_dir: Path, cluster_id: str) -> Counter[str]:
 
 
 def test_kill9_while_pending_resizing_and_terminating(tmp_path: Path) -> None:
-    # Slow "boots" so that clusters are caught in their transitional states.
-    h = DevhostProcess(tmp_path / "data", env={"SPARKPLANE_RECORD_BOOT_S": "3"}).start()
+    # Slow "boots" and "stops" so that clusters are caught in their transitional states (with
+    # the default 0.2 s stop, a loaded machine saw the deleted cluster TERMINATED already).
+    env = {"SPARKPLANE_RECORD_BOOT_S": "3", "SPARKPLANE_RECORD_STOP_S": "3"}
+    h = DevhostProcess(tmp_path / "data", env=env).start()
     try:
         w = h.client()
         b = w.clusters.create_and_wait(
