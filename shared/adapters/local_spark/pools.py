@@ -197,7 +197,6 @@ class PoolNodes(NodeStart):
         a random secret of the node's own and no Connect server (docs/pools.md, "Hot nodes")."""
         try:
             node_dir, _ = self.launcher.dirs(r)
-            hot = self._credentials is not None
             secret = secrets.token_hex(32)
             idle_req: NodeRequest | None = None
             if self._credentials is not None:
@@ -231,7 +230,7 @@ class PoolNodes(NodeStart):
                 node_rules.DAEMON_MEMORY,
                 cds_role="master",
             )
-            if hot and idle_req is not None:
+            if idle_req is not None:  # a deriver: the Connect server runs hot too
                 self._spawn_connect(r, idle_req)
         except Exception:
             # The node stays idle without a master: it is seen LOST and replaced.
