@@ -62,9 +62,16 @@ CHECKS = [
     response_schema_conformance,
 ]
 
-SCHEMA = schemathesis.openapi.from_path(SPEC)
-SCHEMA.config.seed = SEED
-SCHEMA.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
+
+def load_schema() -> Any:
+    """`docs/openapi.yaml` with the run's bounds, for each fuzzing module's `api_schema`
+    fixture. Loaded by the fixture rather than at import (`schemathesis.pytest.from_fixture`):
+    schemathesis then builds the operations' tests only on the worker that runs the module, not
+    at every worker's collection (about 2 s of CPU each, docs/testing.md)."""
+    schema = schemathesis.openapi.from_path(SPEC)
+    schema.config.seed = SEED
+    schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
+    return schema
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -8,17 +8,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import schemathesis
 
 from tests.integration.fuzzing import (
     CLUSTERS_API,
-    SCHEMA,
     Target,
     assert_left_healthy,
     call_and_check,
     fuzz_target,
+    load_schema,
 )
 
-schema = SCHEMA.include(path_regex=CLUSTERS_API)
+schema = schemathesis.pytest.from_fixture("api_schema").include(path_regex=CLUSTERS_API)
+
+
+@pytest.fixture(scope="module")
+def api_schema() -> Any:
+    return load_schema()
 
 
 @pytest.fixture(scope="module")
