@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,19 +52,37 @@ def _sdk_waits_poll_often() -> Iterator[None]:
 
 # How `make test` spreads tests over its workers (pytest-xdist, --dist loadgroup): a module's
 # tests stay together on one worker, in their order (tests of a module may share its host and
-# build on each other, as they were written for one process); real-Spark tests go to one of two
-# lanes, so at most two local Spark clusters boot at once on a 2-core machine while the other
-# workers take everything else. The lanes are balanced by the modules' measured times
-# (`pytest --durations`); a new module goes to lane "spark-b" until it is placed.
-SPARK_LANES = {
-    "tests/e2e/test_jobs_spark.py": "spark-a",
-    "tests/e2e/test_pools_spark.py": "spark-a",
-    "tests/e2e/test_workspace_deletion_spark.py": "spark-a",
-    "tests/e2e/test_autoscale_live_bench.py": "spark-a",
-    "tests/e2e/test_autoscale_live.py": "spark-b",
-    "tests/e2e/test_spark_clusters_sdk.py": "spark-b",
-    "tests/e2e/test_local_spark_provisioner.py": "spark-b",
-    "tests/contract/test_provisioner_pools_contract.py": "spark-b",
+# build on each other, as they were written for one process); real-Spark tests go to one of
+# SPARK_LANES lanes, so at most that many local Spark clusters run at once on a 2-core machine
+# while the other workers take everything else. Most of a real-Spark test's time is waiting
+# (for a cron minute, a trace's replay, nodes booting and draining): in one run of them on 2
+# workers they used 0.5-0.8 of a core each, so three lanes keep the cores busier than two.
+SPARK_LANES = 3
+
+# The lanes are balanced at collection (`_spark_lanes`, longest first onto the least loaded
+# lane) by these seconds of one module's tests, setup and teardown included, from one run of
+# the real-Spark tests alone (`pytest -m spark -n 2 --dist loadgroup --junitxml`, summed per
+# module; a loaded 2-core machine, so the ratios count, not the seconds). A module not listed
+# counts NEW_SPARK_MODULE_S until it is.
+SPARK_SECONDS = {
+    "tests/contract/test_provisioner_pools_contract.py": 551,
+    "tests/e2e/test_pools_spark.py": 288,
+    "tests/e2e/test_jobs_spark.py": 257,
+    "tests/e2e/test_autoscale_live_bench.py": 161,
+    "tests/e2e/test_job_prewarm_spark.py": 155,
+    "tests/e2e/test_local_spark_provisioner.py": 133,
+    "tests/e2e/test_autoscale_live.py": 130,
+    "tests/contract/test_provisioner_pool_credentials_contract.py": 78,
+    "tests/e2e/test_spark_clusters_sdk.py": 66,
+    "tests/e2e/test_workspace_deletion_spark.py": 22,
+}
+NEW_SPARK_MODULE_S = 60
+# Modules whose tests each build their own provisioner (no module-scoped fixture, no test
+# building on another): their tests are spread over the lanes one by one, each counting an
+# equal share of its module's seconds.
+SPARK_SPREAD = {
+    "tests/contract/test_provisioner_pools_contract.py",
+    "tests/contract/test_provisioner_pool_credentials_contract.py",
 }
 
 # The groups are handed out in the order of the items (xdist's reordering by test count is
@@ -108,13 +127,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     spark: list[pytest.Item] = []
     rest: list[pytest.Item] = []
     for item in items:
-        module = item.nodeid.split("::", 1)[0]
         if item.get_closest_marker("spark") is None:
-            item.add_marker(pytest.mark.xdist_group(module))
+            item.add_marker(pytest.mark.xdist_group(_module(item)))
             rest.append(item)
         else:
-            item.add_marker(pytest.mark.xdist_group(SPARK_LANES.get(module, "spark-b")))
             spark.append(item)
+    lanes = _spark_lanes(spark)
+    for item in spark:
+        item.add_marker(pytest.mark.xdist_group(lanes[item.nodeid]))
     # sorted() is stable: a module's tests keep their order.
-    rest.sort(key=lambda item: -LONG_MODULES.get(item.nodeid.split("::", 1)[0], 0))
+    rest.sort(key=lambda item: -LONG_MODULES.get(_module(item), 0))
     items[:] = spark + rest
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _spark_lanes(spark: list[pytest.Item]) -> dict[str, str]:
+    """Node id -> lane ("spark-0" ...): the units (a module, or a test of a SPARK_SPREAD
+    module) longest first, each onto the lane with the fewest seconds so far."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in spark:
+        module = _module(item)
+        units.setdefault(item.nodeid if module in SPARK_SPREAD else module, []).append(item)
+    per_module = Counter(_module(item) for item in spark)
+
+    def seconds(unit: list[pytest.Item]) -> float:
+        module = _module(unit[0])
+        total = SPARK_SECONDS.get(module, NEW_SPARK_MODULE_S)
+        return total / per_module[module] if module in SPARK_SPREAD else total
+
+    load = [0.0] * SPARK_LANES
+    lanes: dict[str, str] = {}
+    for unit in sorted(units.values(), key=seconds, reverse=True):  # stable: ties keep order
+        lane = load.index(min(load))
+        load[lane] += seconds(unit)
+        lanes.update((item.nodeid, f"spark-{lane}") for item in unit)
+    return lanes
