@@ -217,11 +217,18 @@ def hot_workers_kept(
 
 
 def hot_worker_stray(
-    *, master_phase: str | None, master_alive: bool, master_taken_for_s: float
+    *,
+    alive: bool = True,
+    master_phase: str | None,
+    master_alive: bool,
+    master_taken_for_s: float,
 ) -> bool:
     """An idle hot Worker is restarted when its master is not an idle, running node of its
     pool any more (gone, lost, being removed, or taken by a cluster more than
-    `HOT_WORKER_RESERVE_S` ago without it)."""
+    `HOT_WORKER_RESERVE_S` ago without it). A Worker that is itself lost (`alive` False) is
+    not: the node is LOST, and the pool replaces it."""
+    if not alive:
+        return False
     if master_phase == "idle":
         return not master_alive
     if master_phase == "active" and master_alive:

@@ -108,6 +108,10 @@ def test_an_idle_hot_worker_whose_master_is_not_idle_any_more_restarts() -> None
     assert stray("active", alive=False)
     for phase in (None, "stopping", "returning", "terminating"):
         assert stray(phase)
+    # A lost hot Worker stays LOST (the pool replaces it), whatever its master does.
+    assert not nr.hot_worker_stray(
+        alive=False, master_phase=None, master_alive=False, master_taken_for_s=0.0
+    )
 
 
 def test_idle_nodes_added_stay_within_capacity() -> None:
