@@ -79,12 +79,16 @@ class PoolNodes(HotWorkers):
 
     def _idle_up(self, r: Rec) -> bool:
         """An idle node is IDLE once its hot processes answer: the master's UI, and the
-        Spark Connect server's port when it runs one; a hot Worker's UI."""
+        Spark Connect server's port and its application UI's REST API (asked once while idle,
+        so the cluster's readiness check of its executors finds it built) when it runs one;
+        a hot Worker's UI."""
         if r.attrs.get(HOT_MASTER_ATTR):
             return procs.port_open(r.ports["worker_ui"])
         if not procs.port_open(r.ports["master_ui"]):
             return False
-        return procs.leader(r, "connect") is None or procs.port_open(r.ports["connect"])
+        if procs.leader(r, "connect") is None:
+            return True
+        return procs.port_open(r.ports["connect"]) and self._app_ui_answers(r)
 
     def _pool_node(self, r: Rec, status: str) -> PoolNode:
         ran = status == "USED" and r.ready_s is not None and r.taken_ms is not None
