@@ -5,9 +5,9 @@ query result of real local Spark clusters.
 
 Starts devhost with the local Spark provisioner and an instance pool whose min_idle_instances
 covers one cluster (driver + workers). Runs alternate: a cluster from the pool (its nodes are
-hot: a started node with a running standalone master that has a Spark secret of its own, so
-the driver keeps that master and only starts its Spark Connect server, and a worker only its
-Worker), then the same cluster from fresh nodes. Before
+hot: the driver keeps its master and Spark Connect server, started while idle with
+credentials the cluster adopts, and a worker keeps the Worker registered with that master
+and its executor: docs/pools.md, "Hot Workers"), then the same cluster from fresh nodes. Before
 each pool run the pool is back to its idle nodes, all warm. The first pool start is also shown
 phase by phase, and a bare `spark-class` master + worker start, measured in the same run, gives
 the floor (bench/start_timeline.py).

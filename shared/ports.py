@@ -250,6 +250,9 @@ class NodeRequest:
     # Instance pools the workers and the driver come from (None: fresh nodes).
     pool: PoolRequest | None = None
     driver_pool: PoolRequest | None = None
+    # The workers the cluster wants (start_driver: a hot pool driver's Workers beyond these
+    # are let go at once).
+    num_workers: int = 0
     # The cluster's Spark authentication secret and Spark Connect token
     # (shared/domain/spark_auth.py); empty: the cluster's endpoints ask for none.
     spark_auth_secret: str = field(default="", repr=False)

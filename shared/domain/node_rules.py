@@ -15,6 +15,13 @@ facts and the time, and carries out the answer.
    warm master answers), then the longest idle; when too few are idle, new pool nodes are
    started while the pool is under max_capacity. All or nothing: a request that does not fit
    takes nothing. Nodes being removed from the pool do not count toward max_capacity.
+   Hot Workers: an idle node runs either a master of its own (a hot driver) or a Worker
+   registered with an idle master of its pool (`hot_worker_master` says which, when it
+   becomes idle). A driver is taken among the masters first; a cluster's workers among the
+   Workers registered with its driver first. A driver's Workers beyond what its cluster keeps
+   (`hot_workers_kept`) are restarted at once, and an idle Worker whose master is no longer an
+   idle node of its pool (`hot_worker_stray`) too: a master never offers its cluster a Worker
+   the cluster did not take.
 4. Status of a node that should be running (`active_status`): LOST once a process of it is
    gone, RUNNING once it was seen ready, STARTING before. RUNNING means ready to run a query,
    not merely started (`node_ready`): a driver is ready when its master is ALIVE and its Spark
@@ -91,8 +98,8 @@ def worker_cores(nt: NodeType) -> int:
 
 def expected_procs(role: str) -> int:
     """Processes that make the node (a driver: master and Connect server; a worker: its
-    Worker; an idle pool node: its warm master). The agent does not count: a dead agent only
-    means no heartbeats."""
+    Worker; an idle pool node: its warm master or its hot Worker). The agent does not count:
+    a dead agent only means no heartbeats."""
     return 2 if role == "driver" else 1
 
 
@@ -125,8 +132,10 @@ class IdleNode:
     """An idle pool node as `take_from_pool` sees it."""
 
     node_id: str
-    ready: bool  # its warm master answers
+    ready: bool  # its warm master answers (a hot Worker: its Worker runs)
     idle_since_ms: int
+    # The idle master its hot Worker is registered with; "": it runs a master of its own.
+    hot_master: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +154,19 @@ def take_from_pool(
     *,
     max_capacity: int | None,
     pool_size: int,
+    role: Literal["driver", "worker"] = "worker",
+    driver_node: str = "",
 ) -> Take:
     """Which nodes of a pool a cluster gets for `count` nodes (rule 3). `pool_size` counts the
-    pool's nodes that are not being removed."""
-    order = sorted(idle, key=lambda n: (not n.ready, n.idle_since_ms, n.node_id))
+    pool's nodes that are not being removed. A driver prefers nodes that run a master; workers
+    prefer the hot Workers registered with `driver_node` (the cluster's driver)."""
+
+    def first(n: IdleNode) -> bool:
+        if role == "driver":
+            return not n.hot_master
+        return bool(driver_node) and n.hot_master == driver_node
+
+    order = sorted(idle, key=lambda n: (not first(n), not n.ready, n.idle_since_ms, n.node_id))
     taken = tuple(n.node_id for n in order[:count])
     missing = count - len(taken)
     if missing and max_capacity is not None:
@@ -159,6 +177,63 @@ def take_from_pool(
                 f"{len(idle)} idle node(s) and room for {max(0, room)} more, {count} needed."
             )
     return Take(taken=taken, fresh=missing)
+
+
+HOT_WORKERS_PER_MASTER = 1  # hot Workers an idle master gets (a driver and one worker)
+HOT_WORKER_RESERVE_S = 10.0  # a taken driver's kept Workers wait that long for its cluster
+
+
+@dataclass(frozen=True, slots=True)
+class IdleMaster:
+    """An idle pool node that runs its master, with the hot Workers registered with it."""
+
+    node_id: str
+    workers: int
+    idle_since_ms: int
+
+
+def hot_worker_master(
+    masters: Sequence[IdleMaster], per_master: int = HOT_WORKERS_PER_MASTER
+) -> str:
+    """What a node becoming idle runs (rule 3): a Worker registered with the returned master
+    (the one with the fewest hot Workers, below `per_master`, then the longest idle), or ""
+    when every idle master has its Workers: a master of its own (a hot driver)."""
+    open_ = [m for m in masters if m.workers < per_master]
+    if not open_:
+        return ""
+    return min(open_, key=lambda m: (m.workers, m.idle_since_ms, m.node_id)).node_id
+
+
+def hot_workers_kept(
+    attached: Sequence[str], *, wanted: int, settings_fit: bool, same_pool: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The hot Workers registered with a driver a cluster takes: (kept for its workers,
+    restarted at once). Kept: at most `wanted` (the cluster's workers), and none when the
+    cluster's settings are not the pool's defaults (`settings_fit`: as `keeps_hot_connect`,
+    a Worker reads them once at start) or its workers come from another pool."""
+    ordered = tuple(sorted(attached))
+    n = max(0, wanted) if settings_fit and same_pool else 0
+    return ordered[:n], ordered[n:]
+
+
+def hot_worker_stray(
+    *,
+    alive: bool = True,
+    master_phase: str | None,
+    master_alive: bool,
+    master_taken_for_s: float,
+) -> bool:
+    """An idle hot Worker is restarted when its master is not an idle, running node of its
+    pool any more (gone, lost, being removed, or taken by a cluster more than
+    `HOT_WORKER_RESERVE_S` ago without it). A Worker that is itself lost (`alive` False) is
+    not: the node is LOST, and the pool replaces it."""
+    if not alive:
+        return False
+    if master_phase == "idle":
+        return not master_alive
+    if master_phase == "active" and master_alive:
+        return master_taken_for_s >= HOT_WORKER_RESERVE_S
+    return True
 
 
 def idle_to_add(count: int, *, max_capacity: int | None, pool_size: int) -> int:

@@ -54,6 +54,7 @@ def node_request(c: Cluster, spark_secret_key: str = "") -> NodeRequest:
         spark_env_vars=dict(s.spark_env_vars),
         tags={**s.custom_tags, "ClusterId": c.cluster_id, "Vendor": "sparkplane"},
         conf_files=serverless.conf_files(s),
+        num_workers=c.target_workers,
         spark_auth_secret=creds.auth_secret if creds else "",
         connect_token=creds.connect_token if creds else "",
     )
@@ -154,6 +155,8 @@ class Lifecycle:
                             req,
                             agent_env=self._agent_env(c),
                             driver_pool=self._pool(c, driver_pool),
+                            # the workers' pool too: a hot driver's Workers may serve them
+                            pool=self._pool(c, c.spec.instance_pool_id),
                         )
                     )
                 case rec.AddWorkers(count=n):

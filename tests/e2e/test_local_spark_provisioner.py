@@ -752,9 +752,11 @@ def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
     make_provisioner: Callable[[], LocalSparkProvisioner], data_dir: Path
 ) -> None:
     """An idle pool node runs a master with a Spark secret of its own (docs/pools.md, "Hot
-    nodes"). A cluster that takes it as its driver keeps that master (same process) and uses
-    the node's secret for its Connect server and workers; queries run with the cluster's
-    Connect token. Given back, the node gets a new secret: no two clusters share one."""
+    nodes"), and the other a hot Worker registered with it, with its secret ("Hot Workers").
+    A cluster that takes the master's node as its driver keeps that master (same process)
+    and the Worker, and uses the node's secret for its Connect server and workers; queries
+    run with the cluster's Connect token. Given back, the nodes get a new secret: no two
+    clusters share one."""
     from pyspark.sql import SparkSession
 
     from shared.ports import PoolRequest
@@ -770,9 +772,11 @@ def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
     recs = {r.node_id: r for r in p.store.load_pool(pool.pool_id)}
     secret_files = {n: p.launcher.node_dir(recs[n]) / "spark-secret" for n in idle}
     first_secrets = {n: f.read_text() for n, f in secret_files.items()}
-    assert len(set(first_secrets.values())) == 2
+    assert len(set(first_secrets.values())) == 1  # the hot Worker has its master's
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in secret_files.values())
-    masters = {n: next(pr.pid for pr in recs[n].procs if pr.name == "master") for n in idle}
+    pids = {n: {pr.name: pr.pid for pr in recs[n].procs} for n in idle}
+    (master_node,) = [n for n in idle if "master" in pids[n]]
+    (worker_node,) = [n for n in idle if "worker" in pids[n]]
 
     cid = "cluster-hot"
     creds = cluster_credentials("test-key", cid)
@@ -783,11 +787,13 @@ def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
         connect_token=creds.connect_token,
         pool=pool,
         driver_pool=pool,
+        num_workers=1,
     )
     driver = p.start_driver(req)
     (worker,) = p.add_workers(req, 1)
-    assert {driver.node_id, worker.node_id} == set(idle)
-    assert driver.attrs["pid"] == str(masters[driver.node_id])  # the hot master is kept
+    assert (driver.node_id, worker.node_id) == (master_node, worker_node)
+    assert driver.attrs["pid"] == str(pids[master_node]["master"])  # the hot master is kept
+    assert worker.attrs["pid"] == str(pids[worker_node]["worker"])  # and its hot Worker
 
     def all_running() -> list[Node] | None:
         nodes = p.observe(cid)

@@ -6,7 +6,10 @@
 - A pooled cluster adopts its hot driver's credentials (shared/domain/spark_auth.py, "Adopted
   credentials"): the Connect server started while the node was idle serves it (same process),
   its connect URL works, and no other token does: not another cluster's, not the one of the
-  cluster's own id, and not its own once the node went back to the pool.
+  cluster's own id, and not its own once the node went back to the pool. Its worker is the
+  hot Worker that was registered with that driver while idle (same Worker and executor
+  processes), its executor registered when it is RUNNING; a cluster that takes a hot driver
+  without its Worker gets no executor from it (the Worker restarts toward another master).
 - A serverless pool (autoscale 1..3) under two Spark Connect users: both users' jobs run side
   by side (fair scheduling), both finish, the pool grows and shrinks within its bounds, and a
   worker's local storage grows as its shuffle files fill it (EXPANDED_DISK).
@@ -30,6 +33,7 @@ from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
+from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
 from shared.domain.spark_auth import cluster_credentials, connect_url, strip_token
 from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
 from tests.support import wait_for
@@ -162,15 +166,29 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
                 lambda: [n.status for n in prov.pool_nodes(pool_id)] == ["IDLE", "IDLE"],
                 WAIT_S,
             )
+            # One runs a master and the Connect server, the other a Worker registered with
+            # that master, and the hot application's executor on it.
+            (hot_worker, hot_master), *_ = _hot_workers(prov, pool_id).items()
+            wait_for(
+                "the hot application's executor on the idle Worker",
+                lambda: len(prov.node_pids("")[hot_worker]) >= 2,
+                WAIT_S,
+            )
             idle_pids = prov.node_pids("")
             a = w.clusters.create(
                 cluster_name="a", spark_version=version, instance_pool_id=pool_id, num_workers=1
             ).cluster_id
             ca = w.clusters.wait_get_cluster_running(a, timeout=T)
-            # The Connect server started while the node was idle serves the cluster: the same
-            # processes (master, Connect server and its children) run on.
+            # RUNNING with its executor registered.
+            assert _executors(ca.default_tags["SparkUiUrl"]) == 1
+            # The Connect server started while the node was idle serves the cluster, and the
+            # Worker registered with it is the cluster's: the same processes (master,
+            # Connect server, the Worker and its executor) run on.
             node_a = ca.driver.node_id
-            assert set(idle_pids[node_a]) <= set(prov.node_pids(a)[node_a])
+            assert (node_a, [e.node_id for e in ca.executors]) == (hot_master, [hot_worker])
+            now_pids = prov.node_pids(a)
+            for node in (node_a, hot_worker):
+                assert set(idle_pids[node]) <= set(now_pids[node])
             url_a = ca.default_tags["SparkConnectUrl"]
             assert _sum(url_a) == 4950
             # A second cluster (no worker: its Connect server only has to refuse a's token).
@@ -203,11 +221,52 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
                 WAIT_S,
             )
             _refused(url_a)
+
+            # A cluster without workers takes a hot driver, not its Worker: the Worker is
+            # restarted toward another master (or as one) and the cluster gets no executor.
+            wait_for(
+                "a hot Worker registered with an idle master",
+                lambda: (
+                    (hw := _hot_workers(prov, pool_id))
+                    and all(
+                        len(prov.node_pids("").get(node, [])) >= 2 for node in (*hw, *hw.values())
+                    )
+                ),
+                WAIT_S,
+            )
+            ((loose, its_master),) = _hot_workers(prov, pool_id).items()
+            c = w.clusters.create(
+                cluster_name="c", spark_version=version, instance_pool_id=pool_id, num_workers=0
+            ).cluster_id
+            cc = w.clusters.wait_get_cluster_running(c, timeout=T)
+            assert cc.driver.node_id == its_master
+            assert _executors(cc.default_tags["SparkUiUrl"]) == 0
+            assert prov.info(c)["alive_workers"] == 0
+            assert loose not in _hot_workers(prov, pool_id)  # no longer that master's Worker
             w.clusters.permanent_delete(b)
+            w.clusters.permanent_delete(c)
             w.instance_pools.delete(pool_id)
             wait_for("the pool's nodes terminated", lambda: prov.pool_nodes(pool_id) == [], 60)
         finally:
             prov.close()
+
+
+def _hot_workers(prov: LocalSparkProvisioner, pool_id: str) -> dict[str, str]:
+    """Idle pool nodes that run a hot Worker -> the idle master it is registered with."""
+    return {
+        r.node_id: r.attrs[HOT_MASTER_ATTR]
+        for r in prov.store.load_pool(pool_id)
+        if r.phase == "idle" and r.attrs.get(HOT_MASTER_ATTR)
+    }
+
+
+def _executors(spark_ui_url: str) -> int:
+    """Active executors (the driver left out) of the application behind a Spark UI."""
+    ui = spark_ui_url.rstrip("/")
+    with httpx.Client(timeout=5) as http:
+        (app,) = http.get(f"{ui}/api/v1/applications").json()
+        found = http.get(f"{ui}/api/v1/applications/{app['id']}/executors").json()
+    return sum(1 for e in found if e["id"] != "driver" and e.get("isActive", True))
 
 
 def _not_zombie(pid: int) -> bool:

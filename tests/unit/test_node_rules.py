@@ -47,6 +47,73 @@ def test_a_request_that_does_not_fit_takes_nothing() -> None:
     assert "max_capacity (3): 1 idle node(s) and room for 1 more, 3 needed" in take.refused
 
 
+def hot(node_id: str, master: str, since: int = 0) -> nr.IdleNode:
+    return nr.IdleNode(node_id, True, since, hot_master=master)
+
+
+def test_a_driver_is_taken_among_the_idle_masters_first() -> None:
+    # "w" ran longest idle, but runs a Worker of "m2": a driver needs a master of its own.
+    nodes = [hot("w", "m2", 1), idle("m1", False, 5), idle("m2", True, 9)]
+    take = nr.take_from_pool("p", nodes, 1, max_capacity=None, pool_size=3, role="driver")
+    assert take.taken == ("m2",)
+    only_workers = [hot("w", "gone", 1)]
+    take = nr.take_from_pool("p", only_workers, 1, max_capacity=None, pool_size=1, role="driver")
+    assert take.taken == ("w",)  # better than a new node: it starts its master itself
+
+
+def test_workers_take_the_hot_workers_of_their_driver_first() -> None:
+    nodes = [idle("m", True, 1), hot("other", "m3", 2), hot("mine2", "d", 8), hot("mine1", "d", 7)]
+    take = nr.take_from_pool(
+        "p", nodes, 3, max_capacity=None, pool_size=4, role="worker", driver_node="d"
+    )
+    assert take.taken == ("mine1", "mine2", "m")
+    # A fresh driver (no node id of the pool): the usual order, whatever each node runs.
+    take = nr.take_from_pool("p", nodes, 2, max_capacity=None, pool_size=4)
+    assert take.taken == ("m", "other")
+
+
+def test_a_node_becoming_idle_serves_the_idle_master_with_the_fewest_workers() -> None:
+    assert nr.hot_worker_master([]) == ""  # no master: it runs one
+    masters = [nr.IdleMaster("a", 1, 1), nr.IdleMaster("b", 0, 5), nr.IdleMaster("c", 0, 3)]
+    assert nr.hot_worker_master(masters) == "c"  # no Worker yet, longest idle
+    full = [nr.IdleMaster("a", 1, 1), nr.IdleMaster("b", 1, 2)]
+    assert nr.hot_worker_master(full) == ""  # every master has its Worker: a new master
+    assert nr.hot_worker_master(full, per_master=2) == "a"
+
+
+def test_a_taken_driver_keeps_the_hot_workers_its_cluster_wants() -> None:
+    attached = ["w2", "w1", "w3"]
+    kept = nr.hot_workers_kept(attached, wanted=2, settings_fit=True, same_pool=True)
+    assert kept == (("w1", "w2"), ("w3",))
+    assert nr.hot_workers_kept(attached, wanted=0, settings_fit=True, same_pool=True) == (
+        (),
+        ("w1", "w2", "w3"),
+    )
+    # Settings of the cluster's own, or workers from another pool: every hot Worker restarts.
+    for fit, same in ((False, True), (True, False)):
+        kept = nr.hot_workers_kept(attached, wanted=3, settings_fit=fit, same_pool=same)
+        assert kept == ((), ("w1", "w2", "w3"))
+
+
+def test_an_idle_hot_worker_whose_master_is_not_idle_any_more_restarts() -> None:
+    def stray(phase: str | None, alive: bool = True, taken_for_s: float = 0.0) -> bool:
+        return nr.hot_worker_stray(
+            master_phase=phase, master_alive=alive, master_taken_for_s=taken_for_s
+        )
+
+    assert not stray("idle")
+    assert stray("idle", alive=False)  # its master is lost
+    assert not stray("active", taken_for_s=1.0)  # just taken: its cluster's workers come next
+    assert stray("active", taken_for_s=nr.HOT_WORKER_RESERVE_S)  # taken without it
+    assert stray("active", alive=False)
+    for phase in (None, "stopping", "returning", "terminating"):
+        assert stray(phase)
+    # A lost hot Worker stays LOST (the pool replaces it), whatever its master does.
+    assert not nr.hot_worker_stray(
+        alive=False, master_phase=None, master_alive=False, master_taken_for_s=0.0
+    )
+
+
 def test_idle_nodes_added_stay_within_capacity() -> None:
     assert nr.idle_to_add(3, max_capacity=None, pool_size=10) == 3
     assert nr.idle_to_add(3, max_capacity=4, pool_size=2) == 2

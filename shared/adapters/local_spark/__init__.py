@@ -24,7 +24,9 @@ local processes (the default provisioner of `make run`).
   pyspark sends a token without TLS). A pool node's hot master, started before its cluster,
   has a random secret of the node's own, made anew each time the node becomes idle; the
   cluster that takes the node as its driver keeps that master and uses its secret as the
-  cluster's (docs/pools.md, "Hot nodes").
+  cluster's (docs/pools.md, "Hot nodes"). An idle pool node may instead run a hot Worker
+  registered with an idle master of its pool, with that master's secret; the cluster that
+  takes the master takes it with it (docs/pools.md, "Hot Workers").
 - Everything the provisioner knows is on disk (SQLite under `data_dir`), so a new instance
   re-adopts the nodes still running (pid and process create time checked) and reports the dead
   ones LOST. Ports come from an allocation table in the same file and are checked free before
@@ -42,7 +44,8 @@ Files under `data_dir` (0700, and so is every directory made here; files 0600):
     logs/<cluster_id>/<node_id>/    <process>.out and <process>.err (Spark logs to stderr)
     nodes/<cluster_id>/<node_id>/   conf-<process>/spark-defaults.conf, work/ (SPARK_WORKER_DIR,
                                     executor logs), scratch/ (SPARK_LOCAL_DIRS, shuffle files),
-                                    spark-secret (a pool node's own Spark secret)
+                                    spark-secret (a pool node's own Spark secret, or its
+                                    hot Worker's master's)
     launches.json                   Spark launcher answers per process shape (launch.py)
 
 The package, by concern (each module's doc says more):
@@ -50,6 +53,7 @@ The package, by concern (each module's doc says more):
     provisioner.py   the Provisioner port: observe, start_driver, add/remove workers, stop
     node_start.py    a node's processes started: master, Connect server, Worker, agent
     pools.py         pool nodes: warm idle nodes, taken by clusters and given back
+    hot_workers.py   idle pool nodes that run a Worker of an idle master of their pool
     supervision.py   node status (alive, ready, lost) and removal step by step, the reaper
     processes.py     starting node processes, finding and signalling them
     conf.py          Spark settings, JVM options and command lines (configuration rendering)

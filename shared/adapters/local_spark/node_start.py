@@ -28,6 +28,10 @@ from shared.domain.spark_auth import SparkCredentials
 from shared.ports import NodeRequest, NodeType
 from shared.private_files import write_private
 
+# The node attribute of an idle pool node that runs a hot Worker: the idle master it is
+# registered with (hot_workers.py).
+HOT_MASTER_ATTR = "hot_master"
+
 
 class NodeStart(Supervisor):
     """The node-start half of LocalSparkProvisioner."""
@@ -48,6 +52,10 @@ class NodeStart(Supervisor):
         master_url = f"spark://{cf.LOOPBACK}:{p['master']}"
         node_dir, log_dir = self.launcher.dirs(rec)
         (node_dir / READY_FILE).unlink(missing_ok=True)  # a pool node's, from its last cluster
+        hot_worker = procs.leader(rec, "worker")
+        if hot_worker is not None:  # an idle node's hot Worker (of another master) goes first
+            procs.stop_process(hot_worker, self._kill_grace_s)
+            rec.procs = [pr for pr in rec.procs if pr.name != "worker"]
         rec.attrs = {
             "node_type_id": driver_type.node_type_id,
             "spark_version": self.spark_version,
@@ -86,14 +94,7 @@ class NodeStart(Supervisor):
         if hot_connect is not None:
             # Kept only where the cluster adopts the node's credentials (its token).
             keep = bool(credential_id) and self._credentials is not None
-            keep = keep and node_rules.keeps_hot_connect(
-                user_conf=cf.user_conf(req),
-                spark_env_vars=req.spark_env_vars,
-                conf_files=req.conf_files,
-                driver_type_id=driver_type.node_type_id,
-                worker_type_id=worker_type.node_type_id,
-                pool_type_id=self._pool_node_type(rec),
-            )
+            keep = keep and self._keeps_hot(rec, req)
             if not keep or warm_master is None:
                 procs.stop_process(hot_connect, self._kill_grace_s)
                 rec.procs = [pr for pr in rec.procs if pr.name != "connect"]
@@ -156,6 +157,20 @@ class NodeStart(Supervisor):
             after_port=(p["master"], self._master_wait_s),
         )
 
+    def _keeps_hot(self, pool_rec: Rec, req: NodeRequest) -> bool:
+        """Whether the hot processes a pool node started while idle (its Connect server, the
+        hot Workers registered with its master) serve the cluster as they are
+        (node_rules.keeps_hot_connect)."""
+        worker_type = req.node_type_id
+        return node_rules.keeps_hot_connect(
+            user_conf=cf.user_conf(req),
+            spark_env_vars=req.spark_env_vars,
+            conf_files=req.conf_files,
+            driver_type_id=req.driver_node_type_id or worker_type,
+            worker_type_id=worker_type,
+            pool_type_id=self._pool_node_type(pool_rec),
+        )
+
     def _credential_id(self, rec: Rec) -> str:
         """The credential id a hot pool node runs with, or ""."""
         try:
@@ -213,14 +228,26 @@ class NodeStart(Supervisor):
 
     def _run_worker(self, rec: Rec, req: NodeRequest, nt: NodeType, driver: Rec) -> None:
         """The worker's processes: a Worker of the cluster's master (a warm pool node's own
-        master goes first) and, with elastic disk, the node agent."""
+        master goes first; a hot Worker registered with the cluster's driver is kept, when
+        the cluster's settings are the pool's) and, with elastic disk, the node agent."""
+        hot = procs.leader(rec, "worker")
+        keep = (
+            hot is not None
+            and rec.attrs.get(HOT_MASTER_ATTR) == driver.node_id
+            and nt.node_type_id == self._pool_node_type(rec)
+            and self._node_secret(rec) == self._node_secret(driver) != ""
+            and self._keeps_hot(driver, req)
+        )
         for name in ("master", "connect"):  # a hot pool node's processes go first
             warm = procs.leader(rec, name)
             if warm is not None:
                 with contextlib.suppress(OSError):  # it exited meanwhile
                     os.killpg(warm.pid, signal.SIGTERM)
-        if rec.procs:
-            rec.procs = []
+        if hot is not None and not keep:  # a Worker of another master: its ports are needed
+            procs.stop_process(hot, self._kill_grace_s)
+        kept = [pr for pr in rec.procs if keep and pr.name == "worker"]
+        if rec.procs != kept:
+            rec.procs = kept
             self.store.update(rec, procs=rec.procs)
         master_url = driver.attrs["master_url"]
         node_dir, log_dir = self.launcher.dirs(rec)
@@ -238,6 +265,11 @@ class NodeStart(Supervisor):
             "log_dir": str(log_dir),
         }
         self._write_quota(rec)
+        if keep:  # registered with the cluster's master already, its executor running
+            self.store.update(rec, attrs=rec.attrs)
+            if req.agent_env:
+                self._spawn_agent(rec, req)
+            return
         argv = cf.worker_argv(
             self.spark_home,
             p,

@@ -14,7 +14,8 @@ from typing import Any
 
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
-from shared.adapters.local_spark.node_start import NodeStart
+from shared.adapters.local_spark.hot_workers import HotWorkers
+from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
 from shared.adapters.local_spark.store import COLS, Rec, rec_of
 from shared.adapters.local_spark.supervision import (
     CREDENTIAL_ID_FILE,
@@ -30,7 +31,7 @@ from shared.private_files import write_private
 log = logging.getLogger("sparkplane.local_spark")
 
 
-class PoolNodes(NodeStart):
+class PoolNodes(HotWorkers):
     """The pool half of the Provisioner port (shared/ports.py)."""
 
     def pool_nodes(self, pool_id: str) -> list[PoolNode]:
@@ -41,7 +42,9 @@ class PoolNodes(NodeStart):
         out: list[PoolNode] = []
         masters: dict[str, dict[str, Any] | None] = {}
         executors: dict[str, Callable[[], set[int]]] = {}
-        for r in self.store.load_pool(pool_id):
+        recs = self.store.load_pool(pool_id)
+        self._stray_hot_workers(recs)  # their master went: restarted (PENDING_IDLE below)
+        for r in recs:
             status: str
             if r.phase == "idle":
                 if not self._alive(r):
@@ -76,10 +79,16 @@ class PoolNodes(NodeStart):
 
     def _idle_up(self, r: Rec) -> bool:
         """An idle node is IDLE once its hot processes answer: the master's UI, and the
-        Spark Connect server's port when it runs one."""
+        Spark Connect server's port and its application UI's REST API (asked once while idle,
+        so the cluster's readiness check of its executors finds it built) when it runs one;
+        a hot Worker's UI."""
+        if r.attrs.get(HOT_MASTER_ATTR):
+            return procs.port_open(r.ports["worker_ui"])
         if not procs.port_open(r.ports["master_ui"]):
             return False
-        return procs.leader(r, "connect") is None or procs.port_open(r.ports["connect"])
+        if procs.leader(r, "connect") is None:
+            return True
+        return procs.port_open(r.ports["connect"]) and self._app_ui_answers(r)
 
     def _pool_node(self, r: Rec, status: str) -> PoolNode:
         ran = status == "USED" and r.ready_s is not None and r.taken_ms is not None
@@ -136,9 +145,17 @@ class PoolNodes(NodeStart):
     def pool_ids(self) -> set[str]:
         return self.store.pool_ids()
 
-    def _take(self, pool: PoolRequest, cluster_id: str, role: str, count: int) -> list[Rec]:
+    def _take(
+        self,
+        pool: PoolRequest,
+        cluster_id: str,
+        role: node_rules.Role,
+        count: int,
+        driver_node: str = "",
+    ) -> list[Rec]:
         """Nodes of `pool` for a cluster, in one transaction (shared/domain/node_rules.py
-        decides which); all or nothing (PoolCapacityReached)."""
+        decides which: a driver among the idle masters first, workers among the hot Workers
+        of `driver_node` first); all or nothing (PoolCapacityReached)."""
         now = time.time()
         now_ms = self._now_ms()
         with self.store.tx() as db:
@@ -150,12 +167,19 @@ class PoolNodes(NodeStart):
             take = node_rules.take_from_pool(
                 pool.pool_id,
                 [
-                    node_rules.IdleNode(r.node_id, r.ready_s is not None, r.idle_since_ms or 0)
+                    node_rules.IdleNode(
+                        r.node_id,
+                        r.ready_s is not None,
+                        r.idle_since_ms or 0,
+                        r.attrs.get(HOT_MASTER_ATTR, ""),
+                    )
                     for r in idle.values()
                 ],
                 count,
                 max_capacity=pool.max_capacity,
                 pool_size=self.store.pool_size(db, pool.pool_id),
+                role="driver" if role == "driver" else "worker",
+                driver_node=driver_node,
             )
             if take.refused:
                 raise PoolCapacityReached(take.refused)
@@ -194,7 +218,17 @@ class PoolNodes(NodeStart):
         credentials of a credential id of the node's own, new each time the node becomes idle,
         so at most one cluster ever uses them: the one that takes the node as its driver
         adopts the id (shared/domain/spark_auth.py, "Adopted credentials"). Without a deriver,
-        a random secret of the node's own and no Connect server (docs/pools.md, "Hot nodes")."""
+        a random secret of the node's own and no Connect server (docs/pools.md, "Hot nodes").
+        Or, when an idle master of the pool still lacks its hot Worker, a Worker registered
+        with it instead (hot_workers.py)."""
+        try:
+            master = self._hot_master_for(r)
+            if master is not None:
+                self._warm_worker(r, master)
+                return
+        except Exception:
+            log.exception("hot worker failed", extra={"pool_id": r.pool_id, "node_id": r.node_id})
+            return
         try:
             node_dir, _ = self.launcher.dirs(r)
             secret = secrets.token_hex(32)

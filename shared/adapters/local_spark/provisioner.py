@@ -190,6 +190,8 @@ class LocalSparkProvisioner(PoolNodes):
             )
         warm = procs.leader(rec, "master") is not None
         try:
+            if warm:  # its hot Workers that the cluster does not take go first
+                self._release_hot_workers(rec, req)
             self._run_driver(rec, req, worker_type, driver_type)
         except BaseException:
             self._abort(rec)
@@ -216,7 +218,11 @@ class LocalSparkProvisioner(PoolNodes):
         if driver_secret:  # the driver is a hot pool node: its secret is the cluster's
             req = replace(req, spark_auth_secret=driver_secret)
         out: list[Node] = []
-        recs = self._take(req.pool, req.cluster_id, "worker", count) if req.pool else []
+        recs = (
+            self._take(req.pool, req.cluster_id, "worker", count, driver.node_id)
+            if req.pool
+            else []
+        )
         for i in range(count):
             if i < len(recs):
                 rec = recs[i]

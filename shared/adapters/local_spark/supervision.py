@@ -209,6 +209,18 @@ class Supervisor:
             return out  # the application UI is not up (yet): no executor known
         return out
 
+    def _app_ui_answers(self, r: Rec) -> bool:
+        """The application UI's REST API answers (its first answer builds the API and takes
+        seconds on a loaded machine: an idle node asks while idle, not the cluster's first
+        readiness check)."""
+        url = f"http://{LOOPBACK}:{r.ports['app_ui']}/api/v1/applications"
+        try:
+            with _NO_PROXY.open(url, timeout=self._http_timeout_s) as resp:
+                json.load(resp)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def _alive(self, r: Rec) -> bool:
         """Every process of the node is the one started (pid and create time) and running."""
         if r.lost_s is not None:
