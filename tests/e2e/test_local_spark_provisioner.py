@@ -842,3 +842,43 @@ def test_a_hot_pool_driver_keeps_its_master_and_its_own_secret(
     assert not set(again.values()) & set(first_secrets.values())
     p.remove_idle(pool.pool_id, idle)
     wait_for("the pool empty", lambda: not p.pool_nodes(pool.pool_id), timeout=60)
+
+
+def test_nodes_that_become_idle_at_once_are_a_master_and_its_hot_worker(
+    make_provisioner: Callable[[], LocalSparkProvisioner],
+) -> None:
+    """Two nodes of a pool warmed at the same moment (as a cluster's driver and worker given
+    back together): one runs a master, the other a hot Worker registered with it, never two
+    masters. The node that decides to run a master marks itself so in the same transaction,
+    and a node deciding meanwhile waits for that master (hot_workers.py)."""
+    import threading
+
+    from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
+    from shared.ports import PoolRequest
+
+    p = make_provisioner()
+    pool = PoolRequest("pool-race", "ws-test", "local-small", "4.1.x-scala2.13", max_capacity=2)
+    barrier = threading.Barrier(2)
+
+    def add() -> None:
+        barrier.wait()
+        p.add_idle(pool, 1)
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wait_for(
+        "two idle nodes",
+        lambda: [n.status for n in p.pool_nodes(pool.pool_id)] == ["IDLE", "IDLE"],
+        timeout=120,
+    )
+    recs = p.store.load_pool(pool.pool_id)
+    (worker,) = [r for r in recs if r.attrs.get(HOT_MASTER_ATTR)]
+    (master,) = [r for r in recs if not r.attrs.get(HOT_MASTER_ATTR)]
+    assert worker.attrs[HOT_MASTER_ATTR] == master.node_id
+    assert [pr.name for pr in master.procs] == ["master"]
+    assert [pr.name for pr in worker.procs] == ["worker"]
+    p.remove_idle(pool.pool_id, [r.node_id for r in recs])
+    wait_for("the pool's nodes gone", lambda: p.pool_nodes(pool.pool_id) == [], timeout=60)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from shared.adapters.local_spark import conf as cf
 from shared.adapters.local_spark import processes as procs
-from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR, NodeStart
+from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR, WARMING_ATTR, NodeStart
 from shared.adapters.local_spark.store import COLS, Rec, rec_of
 from shared.adapters.local_spark.supervision import CREDENTIAL_ID_FILE, SECRET_FILE
 from shared.domain import node_rules, spark_auth
@@ -33,7 +33,10 @@ class HotWorkers(NodeStart):
 
     def _hot_master_for(self, r: Rec) -> Rec | None:
         """The idle master a node becoming idle runs a Worker for (node_rules.hot_worker_master),
-        recorded on the node in the same transaction; None: it runs a master of its own."""
+        recorded on the node in the same transaction; None: it runs a master of its own, and is
+        marked so in that transaction (`WARMING_ATTR`). The mark makes a master that is still
+        starting count for a node deciding at the same time (two nodes given back at once would
+        otherwise both run masters); such a node's Worker waits for its master to start."""
         if not r.pool_id:
             return None
         with self.store.tx() as db:
@@ -47,7 +50,11 @@ class HotWorkers(NodeStart):
             masters = {
                 x.node_id: x
                 for x in idle
-                if not x.attrs.get(HOT_MASTER_ATTR) and procs.leader(x, "master") is not None
+                if not x.attrs.get(HOT_MASTER_ATTR)
+                and (
+                    procs.leader(x, "master") is not None
+                    or (x.attrs.get(WARMING_ATTR) == "master" and not x.procs)
+                )
             }
             chosen = node_rules.hot_worker_master(
                 [
@@ -55,11 +62,34 @@ class HotWorkers(NodeStart):
                     for m in masters.values()
                 ]
             )
-            if not chosen or not self._node_secret(masters[chosen]):
-                return None
-            r.attrs = {HOT_MASTER_ATTR: chosen}
+            r.attrs = {HOT_MASTER_ATTR: chosen} if chosen else {WARMING_ATTR: "master"}
             db.execute("UPDATE nodes SET attrs=? WHERE node_id=?", (json.dumps(r.attrs), r.node_id))
-        return masters[chosen]
+        if not chosen:
+            return None
+        master = self._started_master(chosen)
+        if master is not None and self._node_secret(master):
+            return master
+        # Its master never started (or was taken meanwhile): a master of its own.
+        r.attrs = {WARMING_ATTR: "master"}
+        self.store.update(r, attrs=r.attrs)
+        return None
+
+    def _started_master(self, node_id: str) -> Rec | None:
+        """The idle master `node_id` once its master process runs (its secret is written
+        before), waiting while it is still starting; None when it is not an idle, starting or
+        running master any more."""
+        deadline = time.monotonic() + self._master_wait_s
+        while True:
+            with self.store.tx() as db:
+                row = db.execute(f"SELECT {COLS} FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+            m = rec_of(row) if row is not None else None
+            if m is None or m.phase != "idle" or m.lost_s is not None:
+                return None
+            if procs.leader(m, "master") is not None:
+                return m
+            if m.procs or time.monotonic() > deadline:
+                return None  # started and gone, or never started
+            time.sleep(0.05)
 
     def _warm_worker(self, r: Rec, master: Rec) -> None:
         """An idle node's hot Worker, registered with `master` (an idle pool node) with that

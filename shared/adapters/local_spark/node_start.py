@@ -31,6 +31,8 @@ from shared.private_files import write_private
 # The node attribute of an idle pool node that runs a hot Worker: the idle master it is
 # registered with (hot_workers.py).
 HOT_MASTER_ATTR = "hot_master"
+# An idle pool node that decided to run a master of its own ("master"; hot_workers.py).
+WARMING_ATTR = "warming"
 
 
 class NodeStart(Supervisor):
