@@ -1,10 +1,13 @@
-"""The devhost the real-Spark end-to-end tests run against."""
+"""What the real-Spark end-to-end tests share: the devhost they run against, and the check
+that a Spark Connect endpoint refuses a session."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import pytest
 
 from devhost.process import DevhostProcess
 
@@ -41,3 +44,16 @@ def local_spark_devhost(
             h.stop()
         finally:
             h.kill_leftovers()
+
+
+def assert_connect_refused(url: str) -> None:
+    """A Spark Connect session with `url` is refused (its token is not the server's)."""
+    from pyspark.sql import SparkSession
+
+    intruder = SparkSession.builder.remote(url).create()
+    try:
+        with pytest.raises(Exception, match=r"(?i)authenticat"):
+            intruder.range(3).collect()
+    finally:
+        with contextlib.suppress(Exception):  # the refused session may not close cleanly
+            intruder.stop()

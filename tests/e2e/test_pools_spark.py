@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -35,7 +34,7 @@ from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
 from shared.domain.spark_auth import cluster_credentials, connect_url, strip_token
-from tests.e2e.hosts import FAST_AUTOSCALE, local_spark_devhost
+from tests.e2e.hosts import FAST_AUTOSCALE, assert_connect_refused, local_spark_devhost
 from tests.support import wait_for
 
 pytestmark = pytest.mark.spark
@@ -121,19 +120,6 @@ def test_instance_pool_lends_warm_nodes_and_takes_them_back(host: DevhostProcess
         prov.close()
 
 
-def _refused(url: str) -> None:
-    """A Spark Connect session with `url` is refused (its token is not the server's)."""
-    from pyspark.sql import SparkSession
-
-    intruder = SparkSession.builder.remote(url).create()
-    try:
-        with pytest.raises(Exception, match=r"(?i)authenticat"):
-            intruder.range(3).collect()
-    finally:
-        with contextlib.suppress(Exception):  # the refused session may not close cleanly
-            intruder.stop()
-
-
 def _sum(url: str) -> int:
     from pyspark.sql import SparkSession
 
@@ -209,7 +195,7 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
                 connect_url(base_b, token_a),
                 connect_url(base_a, own_a.connect_token),  # from the cluster's own id
             ):
-                _refused(url)
+                assert_connect_refused(url)
 
             # Given back, the node is hot again with new credentials: a's token is refused.
             w.clusters.permanent_delete(a)
@@ -220,7 +206,7 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
                 ),
                 WAIT_S,
             )
-            _refused(url_a)
+            assert_connect_refused(url_a)
 
             # A cluster without workers takes a hot driver, not its Worker: the Worker is
             # restarted toward another master (or as one) and the cluster gets no executor.
