@@ -121,7 +121,7 @@ spark-cds: $(STAMP) | java
 	$(PY) -c 'from shared.adapters.local_spark.cds import main; main()'
 
 # Workers of the test run (pytest-xdist): a module's tests stay on one worker, real-Spark
-# tests keep to three of them (tests/conftest.py, SPARK_LANES), the others take the rest.
+# tests keep to two of them (tests/conftest.py, SPARK_LANES), the others take the rest.
 # Bytecode caches are written even where the environment turns them off (PYTHONDONTWRITEBYTECODE):
 # the run starts hundreds of Python processes on the same sources (workers, devhosts, CLIs), and
 # without the caches each compiles them again (docs/testing.md).
