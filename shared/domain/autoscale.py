@@ -19,18 +19,18 @@ Autoscaling (`decide_size`); every number is in `AutoscaleParams`:
    the largest of: the peak demand of the last `down_hold_s` (samples must cover that window);
    older demand, whose weight halves every `down_half_life_s` (a decaying peak); and
    `floor_factor` times the average demand (an exponentially weighted mean with time constant
-   `floor_tau_s`), at most `floor_max_fraction` of `max_workers`. Capacity thus follows a
-   burst down gradually, and a cluster that is busy on and off keeps a warm floor. Load that
-   returns within the hold window (a square wave of a few minutes) keeps the workers: no
-   flapping. Why the floor is capped (at three quarters of `max_workers` by default): where
-   a few huge jobs fill the cluster (a scheduled job of hundreds of tasks every 40 minutes),
-   each job lifts the average so far that twice it is the whole cluster, and after every job
-   the floor kept every worker until the average had fallen; the next job comes much later,
-   and its time is its own size's, not a cold start's. Capped, a busy cluster still keeps
-   three quarters of its maximum warm. On 20 generated shapes it cut those shapes'
-   node-hours by 7-8% at the same p95 and removed 2 of the 15 cells where a baseline was
-   better, on seeds not used to choose it; half of `max_workers` made periodic shapes of
-   large jobs slower (docs/autoscaling.md, "The floor cap").
+   `floor_tau_s`, starting from zero at the first sample), at most `floor_max_fraction` of
+   `max_workers`. Capacity thus follows a burst down gradually, and a cluster that is busy on
+   and off keeps a warm floor. Load that returns within the hold window (a square wave of a few
+   minutes) keeps the workers: no flapping. Why the floor is capped (at three quarters of
+   `max_workers` by default): where a few huge jobs fill the cluster (a scheduled job of
+   hundreds of tasks every 40 minutes), each job lifts the average so far that twice it is the
+   whole cluster, and after every job the floor kept every worker until the average had fallen;
+   the next job comes much later, and its time is its own size's, not a cold start's. Capped, a
+   busy cluster still keeps three quarters of its maximum warm. On 20 generated shapes it cut
+   those shapes' node-hours by 7-8% at the same p95 and removed 2 of the 15 cells where a
+   baseline was better, on seeds not used to choose it; half of `max_workers` made periodic
+   shapes of large jobs slower (docs/autoscaling.md, "The floor cap").
 5. Step limits and cooldowns: at most `down_max_fraction` of the workers go in one decision;
    none within `down_interval_s` of another scale-down or `down_delay_after_up_s` of a scale-up.
 6. Which workers go: workers that have not joined yet first (the size set minus the alive
@@ -236,7 +236,10 @@ def _remember(
         if n > 0 and _decay(n, later - ref, half_ms) >= _decay(tail, later - tail_ref, half_ms):
             tail, tail_ref = float(n), ref
         if first:
-            avg = float(n)
+            # The average starts at zero, not at this sample's demand: a floor is earned by
+            # use over floor_tau_s. Seeded with the first sample, a cluster first seen under a
+            # burst kept the burst's size for a quarter of an hour after it, and one first seen
+            # a moment earlier, idle, did not.
             full_at = s.ts_ms
             first = False
         elif tau_ms > 0:

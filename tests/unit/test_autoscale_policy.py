@@ -191,6 +191,24 @@ def test_floor_keeps_a_warm_share_of_average_demand():
     assert "average" in d.reason
 
 
+def test_floor_does_not_depend_on_whether_the_first_sample_caught_a_burst():
+    # a new cluster runs one 2-minute burst that fills 8 workers, then idles for 10 minutes;
+    # whether the policy's first sample came just before the burst or inside it, the floor
+    # (2 x an average started at zero, over 15 minutes) is small: no more than 2 workers stay
+    def ends_at(history: list[Sample]) -> int:
+        mem, cur = None, 8
+        for i in range(1, len(history) + 1):
+            d = run(history[:i], cur, lo=1, hi=10, mem=mem)
+            mem, cur = d.memory, d.target
+        return cur
+
+    burst = steady(10, 120, running=32, n=8)
+    idle = steady(130, 720, running=0, n=8)
+    caught = ends_at([*burst, *idle])
+    before = ends_at([sample(0, running=0, n=8), *burst, *idle])
+    assert caught <= 2 and before <= 2
+
+
 def test_floor_is_capped_at_three_quarters_of_max_workers():
     # average demand 10 of max 20: 2 x 10 = 20 would keep the whole cluster; the cap keeps 15
     mem = ScalingMemory(seen_until_ms=1_300_000, avg_workers=10.0, full_at_ms=0)
