@@ -23,7 +23,8 @@ Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
 application's UI, e.g. http://127.0.0.1:4040; unset on worker nodes), SPARKPLANE_HEARTBEAT_S
 (default 10). Readiness: SPARKPLANE_CONNECT_URL, SPARKPLANE_READY_FILE,
-SPARKPLANE_WORKSPACE_ID. Disk: SPARKPLANE_NODE_ID (the node id the control plane knows the node
+SPARKPLANE_WORKSPACE_ID, SPARKPLANE_WARMUP_S (how long the warm-up waits for executors; an idle
+pool node's is longer). Disk: SPARKPLANE_NODE_ID (the node id the control plane knows the node
 by), SPARKPLANE_SCRATCH_DIR (a comma-separated list of directories; else SPARK_LOCAL_DIRS, the
 Spark local dirs), SPARKPLANE_DISK_QUOTA_FILE (a file holding the disk's size in bytes, which
 the provisioner grows; unset: the sizes of the distinct file systems holding the directories).
@@ -54,6 +55,7 @@ import httpx
 
 from shared.agent_ready import (
     DRIVER_WARMUP_QUERY,
+    WARMUP_S,
     connect_answers,
     warm_up,
     watch_ready,
@@ -352,7 +354,9 @@ def main() -> None:
                 url = os.environ["SPARKPLANE_CONNECT_URL"]
                 # The driver's half first, while the executors are still starting.
                 connect_answers(url, query=DRIVER_WARMUP_QUERY)
-                warm_up(stop, url, ui)
+                # An idle pool node's warm-up waits longer for its first executor.
+                limit_s = float(os.environ.get("SPARKPLANE_WARMUP_S") or WARMUP_S)
+                warm_up(stop, url, ui, limit_s=limit_s)
         return
     threads = [threading.Thread(target=run, args=(stop,), name="heartbeats")]
     if readiness:

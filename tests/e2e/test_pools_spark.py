@@ -32,6 +32,7 @@ from databricks.sdk.service.compute import AutoScale, State
 
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
+from shared.adapters.local_spark import processes as procs
 from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
 from shared.domain.spark_auth import cluster_credentials, connect_url, strip_token
 from tests.e2e.hosts import FAST_AUTOSCALE, assert_connect_refused, local_spark_devhost
@@ -160,6 +161,29 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
                 lambda: len(prov.node_pids("")[hot_worker]) >= 2,
                 WAIT_S,
             )
+            # ... and the idle node's warm-up agent ran the warm-up query on that executor
+            # (its first tasks, which cost seconds in a fresh application, are behind it).
+            [master_rec] = [r for r in prov.store.load_pool(pool_id) if r.node_id == hot_master]
+            idle_ui = f"http://127.0.0.1:{master_rec.ports['app_ui']}"
+            wait_for(
+                "the warm-up's tasks on the idle executor",
+                lambda: _executor_tasks(idle_ui) >= 1,
+                WAIT_S,
+            )
+            # ... and then exited (it does not stay on an idle node).
+            wait_for(
+                "the idle warm-up agent gone",
+                lambda: (
+                    not any(
+                        procs.live(p.pid, p.ctime)
+                        for r in prov.store.load_pool(pool_id)
+                        if r.node_id == hot_master
+                        for p in r.procs
+                        if p.name == "agent"
+                    )
+                ),
+                WAIT_S,
+            )
             idle_pids = prov.node_pids("")
             a = w.clusters.create(
                 cluster_name="a", spark_version=version, instance_pool_id=pool_id, num_workers=1
@@ -253,6 +277,19 @@ def _executors(spark_ui_url: str) -> int:
         (app,) = http.get(f"{ui}/api/v1/applications").json()
         found = http.get(f"{ui}/api/v1/applications/{app['id']}/executors").json()
     return sum(1 for e in found if e["id"] != "driver" and e.get("isActive", True))
+
+
+def _executor_tasks(spark_ui_url: str) -> int:
+    """Tasks completed by the executors (the driver left out) of the application behind a
+    Spark UI (0 while its REST API does not answer)."""
+    ui = spark_ui_url.rstrip("/")
+    try:
+        with httpx.Client(timeout=5) as http:
+            (app,) = http.get(f"{ui}/api/v1/applications").json()
+            found = http.get(f"{ui}/api/v1/applications/{app['id']}/executors").json()
+    except (httpx.HTTPError, ValueError):
+        return 0
+    return sum(int(e.get("completedTasks", 0)) for e in found if e["id"] != "driver")
 
 
 def _not_zombie(pid: int) -> bool:

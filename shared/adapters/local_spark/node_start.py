@@ -33,6 +33,9 @@ from shared.private_files import write_private
 HOT_MASTER_ATTR = "hot_master"
 # An idle pool node that decided to run a master of its own ("master"; hot_workers.py).
 WARMING_ATTR = "warming"
+# How long an idle hot driver's warm-up agent waits for the hot application's first executor:
+# a hot Worker registers when a second node of the pool becomes idle, seconds to a minute later.
+IDLE_WARMUP_S = 120.0
 
 
 class NodeStart(Supervisor):
@@ -58,6 +61,10 @@ class NodeStart(Supervisor):
         if hot_worker is not None:  # an idle node's hot Worker (of another master) goes first
             procs.stop_process(hot_worker, self._kill_grace_s)
             rec.procs = [pr for pr in rec.procs if pr.name != "worker"]
+        idle_agent = procs.leader(rec, "agent")
+        if idle_agent is not None:  # the idle warm-up's: the cluster's agent replaces it
+            procs.stop_process(idle_agent, self._kill_grace_s)
+        rec.procs = [pr for pr in rec.procs if pr.name != "agent"]
         rec.attrs = {
             "node_type_id": driver_type.node_type_id,
             "spark_version": self.spark_version,
@@ -228,6 +235,33 @@ class NodeStart(Supervisor):
             extra_env=env,
         )
 
+    def _spawn_idle_warmup(self, rec: Rec, req: NodeRequest) -> None:
+        """An idle hot driver's agent, in readiness-only mode (no control plane, no ready file,
+        shared/agent_ready.py): once the node's Connect server answers it runs the warm-up
+        query on the driver, then on the hot application's executor as soon as a hot Worker
+        registers (within IDLE_WARMUP_S), and exits. The cluster that takes the node then finds
+        its driver and executor past their first query, which costs seconds in a fresh
+        application (docs/pools.md, "Warm-up while idle"). The query is the platform's own;
+        the token is the idle node's, in the environment as for the cluster's agent."""
+        p = rec.ports
+        env = {
+            "SPARKPLANE_CONNECT_URL": spark_auth.connect_url(
+                f"sc://{cf.CONNECT_HOST}:{p['connect']}", req.connect_token
+            ),
+            "SPARKPLANE_SPARK_UI_URL": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
+            "SPARKPLANE_WARMUP_S": str(IDLE_WARMUP_S),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
+        }
+        self.launcher.spawn(
+            rec,
+            "agent",
+            [sys.executable, "-m", "shared.agent"],
+            None,
+            replace(req, spark_env_vars={}),
+            node_rules.DAEMON_MEMORY,
+            extra_env=env,
+        )
+
     def _run_worker(self, rec: Rec, req: NodeRequest, nt: NodeType, driver: Rec) -> None:
         """The worker's processes: a Worker of the cluster's master (a warm pool node's own
         master goes first; a hot Worker registered with the cluster's driver is kept, when
@@ -240,7 +274,7 @@ class NodeStart(Supervisor):
             and self._node_secret(rec) == self._node_secret(driver) != ""
             and self._keeps_hot(driver, req)
         )
-        for name in ("master", "connect"):  # a hot pool node's processes go first
+        for name in ("master", "connect", "agent"):  # a hot pool node's processes go first
             warm = procs.leader(rec, name)
             if warm is not None:
                 with contextlib.suppress(OSError):  # it exited meanwhile

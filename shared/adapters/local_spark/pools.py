@@ -264,8 +264,9 @@ class PoolNodes(HotWorkers):
                 node_rules.DAEMON_MEMORY,
                 cds_role="master",
             )
-            if idle_req is not None:  # a deriver: the Connect server runs hot too
+            if idle_req is not None:  # a deriver: the Connect server runs hot too, warmed up
                 self._spawn_connect(r, idle_req)
+                self._spawn_idle_warmup(r, idle_req)
         except Exception:
             # The node stays idle without a master: it is seen LOST and replaced.
             log.exception("warm master failed", extra={"pool_id": r.pool_id, "node_id": r.node_id})
