@@ -123,6 +123,41 @@ def test_backlog_that_drains_before_new_workers_join_adds_nothing():
     assert d.target == 4 and "draining" in d.reason
 
 
+def test_first_sample_of_a_backlog_is_projected_with_the_last_backlog_drain_rate():
+    # 60 s ago a backlog of 16 + 80 tasks was gone 10 s later (9.6 tasks/s): a new backlog of
+    # 16 + 40 is gone long before a new worker joins, so the 4 workers are enough.
+    s = [sample(0), sample(10, running=16, pending=80), sample(20, running=0)]
+    s += [*steady(30, 60, 0), sample(70, running=16, pending=40)]
+    d = run(s, cur=4, hi=20)
+    assert d.target == 4 and "draining at 9.6" in d.reason
+    assert d.stats["drain_tasks_per_s"] == 9.6
+
+
+def test_first_sample_of_a_backlog_without_a_recent_drain_scales_to_demand():
+    # The last backlog is older than drain_memory_s.
+    old = [sample(0, running=16, pending=80), sample(10, running=0)]
+    s = old + steady(20, 400, 0, step=30) + [sample(410, running=16, pending=40)]
+    assert run(s, cur=4, hi=20).target == 14
+
+
+def test_tasks_pending_beside_free_slots_are_not_a_backlog_to_take_a_drain_rate_from():
+    # 60 s ago a job's 4 tasks were caught pending while 16 slots were free (submitted, not
+    # started yet), and were done 10 s later: that is no drain rate, so a real backlog of
+    # 16 + 40 tasks now asks for its whole demand.
+    s = [sample(0), sample(10, running=0, pending=4), sample(20, running=0)]
+    s += [*steady(30, 60, 0), sample(70, running=16, pending=40)]
+    d = run(s, cur=4, hi=20)
+    assert d.target == 14 and "drain_tasks_per_s" not in d.stats
+
+
+def test_recent_drain_rate_is_scaled_down_to_a_smaller_cluster():
+    # The backlog drained at 9.6 tasks/s on 4 workers; 2 are left: 4.8 tasks/s.
+    s = [sample(0, running=16, pending=80), sample(10, running=0)]
+    s += [sample(20, running=8, pending=500, n=2)]
+    d = run(s, cur=2, hi=20)
+    assert d.stats["drain_tasks_per_s"] == 4.8
+
+
 def test_growing_backlog_is_not_projected_away():
     s = [sample(0, running=16, pending=10), sample(10, running=16, pending=40)]
     assert run(s, cur=4, hi=20).target == 14
