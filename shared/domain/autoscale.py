@@ -143,6 +143,13 @@ class ScalingMemory:
     full_at_ms: int = 0
 
 
+# How far apart two samples one period apart may be short of that period: agents post them
+# every period give or take some milliseconds, so a backlog seen in two samples "10 s" apart
+# may have lasted 9.998 s by their timestamps, and must count as lasting the period (a live
+# run of the `cost` setting, up_backlog_s 10 s, never scaled up for that).
+SAMPLE_JITTER_MS = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class AutoscaleParams:
     """Every tunable of `decide_size`, with the defaults the benchmark was measured with.
@@ -399,7 +406,7 @@ def decide_size(
                 if s.pending_tasks == 0:
                     break
                 backlog_since = s.ts_ms
-            if latest.ts_ms - backlog_since < p.up_backlog_s * 1000:
+            if latest.ts_ms - backlog_since < p.up_backlog_s * 1000 - SAMPLE_JITTER_MS:
                 return hold(
                     f"{pending} pending tasks; scaling up once the backlog has lasted "
                     f"{p.up_backlog_s:.0f} s",

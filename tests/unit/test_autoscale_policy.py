@@ -171,6 +171,16 @@ def test_up_backlog_s_waits_for_a_lasting_backlog():
     assert run(s, cur=4, hi=20, params=params).target == 14
 
 
+def test_a_backlog_seen_one_sample_period_apart_has_lasted_the_period():
+    # Agents post samples every 10 s give or take milliseconds: a backlog in two samples
+    # 9.998 s apart has lasted up_backlog_s = 10 s (a live run of `cost` never scaled so).
+    params = replace(P, up_backlog_s=10)
+    s = [sample(0), sample(10.002, running=0, pending=6), sample(20.000, running=3, pending=6)]
+    assert run(s, cur=1, hi=4, params=params).target == 3  # 9 tasks, 4 slots per worker
+    # one sample alone is still not a lasting backlog
+    assert run(s[:2], cur=1, hi=4, params=params).target == 1
+
+
 # ---------------------------------------------------------------------------- scale down
 
 
