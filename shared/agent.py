@@ -23,8 +23,9 @@ Settings (environment): SPARKPLANE_CONTROL_PLANE_URL, SPARKPLANE_CLUSTER_ID,
 SPARKPLANE_AGENT_TOKEN_FILE (or SPARKPLANE_AGENT_TOKEN), SPARKPLANE_SPARK_UI_URL (the driver
 application's UI, e.g. http://127.0.0.1:4040; unset on worker nodes), SPARKPLANE_HEARTBEAT_S
 (default 10). Readiness: SPARKPLANE_CONNECT_URL, SPARKPLANE_READY_FILE,
-SPARKPLANE_WORKSPACE_ID, SPARKPLANE_WARMUP_S (how long the warm-up waits for executors; an idle
-pool node's is longer). Disk: SPARKPLANE_NODE_ID (the node id the control plane knows the node
+SPARKPLANE_WORKSPACE_ID, SPARKPLANE_WARMUP_S and SPARKPLANE_WARMUP_POLL_S (how long the
+warm-up waits for executors and how often it looks; an idle pool node's waits longer and looks
+less often). Disk: SPARKPLANE_NODE_ID (the node id the control plane knows the node
 by), SPARKPLANE_SCRATCH_DIR (a comma-separated list of directories; else SPARK_LOCAL_DIRS, the
 Spark local dirs), SPARKPLANE_DISK_QUOTA_FILE (a file holding the disk's size in bytes, which
 the provisioner grows; unset: the sizes of the distinct file systems holding the directories).
@@ -55,6 +56,7 @@ import httpx
 
 from shared.agent_ready import (
     DRIVER_WARMUP_QUERY,
+    READY_POLL_S,
     WARMUP_S,
     connect_answers,
     warm_up,
@@ -354,9 +356,11 @@ def main() -> None:
                 url = os.environ["SPARKPLANE_CONNECT_URL"]
                 # The driver's half first, while the executors are still starting.
                 connect_answers(url, query=DRIVER_WARMUP_QUERY)
-                # An idle pool node's warm-up waits longer for its first executor.
+                # An idle pool node's warm-up waits longer for its first executor, and asks
+                # less often: nobody waits for it.
                 limit_s = float(os.environ.get("SPARKPLANE_WARMUP_S") or WARMUP_S)
-                warm_up(stop, url, ui, limit_s=limit_s)
+                poll_s = float(os.environ.get("SPARKPLANE_WARMUP_POLL_S") or READY_POLL_S)
+                warm_up(stop, url, ui, limit_s=limit_s, poll_s=poll_s)
         return
     threads = [threading.Thread(target=run, args=(stop,), name="heartbeats")]
     if readiness:

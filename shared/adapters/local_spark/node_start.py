@@ -36,6 +36,7 @@ WARMING_ATTR = "warming"
 # How long an idle hot driver's warm-up agent waits for the hot application's first executor:
 # a hot Worker registers when a second node of the pool becomes idle, seconds to a minute later.
 IDLE_WARMUP_S = 120.0
+IDLE_WARMUP_POLL_S = 1.0  # how often it looks meanwhile (the cluster agent's: 0.2 s)
 
 
 class NodeStart(Supervisor):
@@ -250,6 +251,7 @@ class NodeStart(Supervisor):
             ),
             "SPARKPLANE_SPARK_UI_URL": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
             "SPARKPLANE_WARMUP_S": str(IDLE_WARMUP_S),
+            "SPARKPLANE_WARMUP_POLL_S": str(IDLE_WARMUP_POLL_S),
             "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
         }
         self.launcher.spawn(
