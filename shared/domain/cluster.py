@@ -381,6 +381,10 @@ def start(c: Cluster, *, user: str, now: int) -> Cluster:
     c.target_workers = initial_workers(c.spec)
     c.termination_reason = None
     c.terminated_time = None
+    # The autoscaler's memory (demand history, last change) was of the run that ended: a new
+    # run starts without it, or the gap since would fold the new run's first sample in as
+    # the whole average demand (shared/domain/autoscale.py, rule 4's floor).
+    c.scaling_memory = None
     return _bump(c, [(EventType.STARTING, {"user": user})], now)
 
 

@@ -171,6 +171,20 @@ def test_resize_to_autoscale_clamps_the_current_size() -> None:
     assert r.target_workers == 4 and r.spec.num_workers is None
 
 
+def test_a_start_forgets_the_autoscalers_memory_of_the_last_run() -> None:
+    # The last run's demand history would otherwise meet the new run's first sample across the
+    # whole gap and make it the average demand (the floor of a burst caught first).
+    ended = new(autoscale={"min_workers": 1, "max_workers": 8}, num_workers=None)
+    ended = ended.model_copy(
+        update={
+            "state": State.TERMINATED,
+            "scaling_memory": {"seen_until_ms": 5_000, "avg_workers": 1.5, "tail_workers": 8.0},
+        }
+    )
+    started = dom.start(ended, user="u", now=90_000)
+    assert started.state == State.PENDING and started.scaling_memory is None
+
+
 def test_edit_of_a_running_cluster_restarts_it() -> None:
     c = running(new())
     e = dom.edit(c, spec(node_type_id="large", num_workers=1), user="u", now=3000)
