@@ -270,26 +270,26 @@ def _hot_workers(prov: LocalSparkProvisioner, pool_id: str) -> dict[str, str]:
     }
 
 
-def _executors(spark_ui_url: str) -> int:
-    """Active executors (the driver left out) of the application behind a Spark UI."""
+def _executor_list(spark_ui_url: str) -> list[dict[str, Any]]:
+    """The executors (the driver left out) of the one application behind a Spark UI."""
     ui = spark_ui_url.rstrip("/")
     with httpx.Client(timeout=5) as http:
         (app,) = http.get(f"{ui}/api/v1/applications").json()
         found = http.get(f"{ui}/api/v1/applications/{app['id']}/executors").json()
-    return sum(1 for e in found if e["id"] != "driver" and e.get("isActive", True))
+    return [e for e in found if e["id"] != "driver"]
+
+
+def _executors(spark_ui_url: str) -> int:
+    """Active executors of the application behind a Spark UI."""
+    return sum(1 for e in _executor_list(spark_ui_url) if e.get("isActive", True))
 
 
 def _executor_tasks(spark_ui_url: str) -> int:
-    """Tasks completed by the executors (the driver left out) of the application behind a
-    Spark UI (0 while its REST API does not answer)."""
-    ui = spark_ui_url.rstrip("/")
+    """Tasks its executors completed (0 while its REST API does not answer)."""
     try:
-        with httpx.Client(timeout=5) as http:
-            (app,) = http.get(f"{ui}/api/v1/applications").json()
-            found = http.get(f"{ui}/api/v1/applications/{app['id']}/executors").json()
+        return sum(int(e.get("completedTasks", 0)) for e in _executor_list(spark_ui_url))
     except (httpx.HTTPError, ValueError):
         return 0
-    return sum(int(e.get("completedTasks", 0)) for e in found if e["id"] != "driver")
 
 
 def _not_zombie(pid: int) -> bool:

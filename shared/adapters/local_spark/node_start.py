@@ -225,16 +225,7 @@ class NodeStart(Supervisor):
                 env["SPARKPLANE_TASKS_DIR"] = str(node_dir / "tasks")
         env["SPARKPLANE_SCRATCH_DIR"] = str(node_dir / "scratch")
         env["SPARKPLANE_DISK_QUOTA_FILE"] = str(node_dir / "scratch-quota")
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
-        self.launcher.spawn(
-            rec,
-            "agent",
-            [sys.executable, "-m", "shared.agent"],
-            None,
-            replace(req, spark_env_vars={}),
-            node_rules.DAEMON_MEMORY,
-            extra_env=env,
-        )
+        self._launch_agent(rec, req, env)
 
     def _spawn_idle_warmup(self, rec: Rec, req: NodeRequest) -> None:
         """An idle hot driver's agent, in readiness-only mode (no control plane, no ready file,
@@ -252,8 +243,13 @@ class NodeStart(Supervisor):
             "SPARKPLANE_SPARK_UI_URL": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
             "SPARKPLANE_WARMUP_S": str(IDLE_WARMUP_S),
             "SPARKPLANE_WARMUP_POLL_S": str(IDLE_WARMUP_POLL_S),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[3]),
         }
+        self._launch_agent(rec, req, env)
+
+    def _launch_agent(self, rec: Rec, req: NodeRequest, env: dict[str, str]) -> None:
+        """Start `python -m shared.agent` as the node's "agent" process with `env` (and this
+        checkout on its path), never the cluster's spark_env_vars."""
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
         self.launcher.spawn(
             rec,
             "agent",
