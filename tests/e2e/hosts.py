@@ -51,6 +51,10 @@ def assert_connect_refused(url: str) -> None:
     from pyspark.sql import SparkSession
 
     intruder = SparkSession.builder.remote(url).create()
+    # An answer at once: the client retries a server that does not answer (UNAVAILABLE) for
+    # about 10 minutes, and a refused session has no server-side session to release.
+    intruder.client.set_retry_policies([])
+    intruder.release_session_on_close = False
     try:
         with pytest.raises(Exception, match=r"(?i)authenticat"):
             intruder.range(3).collect()
