@@ -34,7 +34,9 @@ from databricks.sdk.service.compute import AutoScale, State
 from devhost.process import DevhostProcess
 from shared.adapters.local_spark import LocalSparkProvisioner
 from shared.adapters.local_spark import processes as procs
+from shared.adapters.local_spark.conf import app_ui_url
 from shared.adapters.local_spark.node_start import HOT_MASTER_ATTR
+from shared.adapters.local_spark.store import Rec
 from shared.domain.spark_auth import cluster_credentials, connect_url, strip_token
 from tests.e2e.hosts import FAST_AUTOSCALE, assert_connect_refused, local_spark_devhost
 from tests.support import wait_for
@@ -164,8 +166,7 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
             )
             # ... and the idle node's warm-up agent ran the warm-up query on that executor
             # (its first tasks, which cost seconds in a fresh application, are behind it).
-            [master_rec] = [r for r in prov.store.load_pool(pool_id) if r.node_id == hot_master]
-            idle_ui = f"http://127.0.0.1:{master_rec.ports['app_ui']}"
+            idle_ui = app_ui_url(_pool_rec(prov, pool_id, hot_master).ports)
             wait_for(
                 "the warm-up's tasks on the idle executor",
                 lambda: _executor_tasks(idle_ui) >= 1,
@@ -174,15 +175,7 @@ def test_a_pooled_cluster_adopts_its_hot_drivers_credentials(tmp_path: Path) -> 
             # ... and then exited (it does not stay on an idle node).
             wait_for(
                 "the idle warm-up agent gone",
-                lambda: (
-                    not any(
-                        procs.live(p.pid, p.ctime)
-                        for r in prov.store.load_pool(pool_id)
-                        if r.node_id == hot_master
-                        for p in r.procs
-                        if p.name == "agent"
-                    )
-                ),
+                lambda: procs.leader(_pool_rec(prov, pool_id, hot_master), "agent") is None,
                 WAIT_S,
             )
             idle_pids = prov.node_pids("")
@@ -274,6 +267,12 @@ def _hot_workers(prov: LocalSparkProvisioner, pool_id: str) -> dict[str, str]:
         for r in prov.store.load_pool(pool_id)
         if r.phase == "idle" and r.attrs.get(HOT_MASTER_ATTR)
     }
+
+
+def _pool_rec(prov: LocalSparkProvisioner, pool_id: str, node_id: str) -> Rec:
+    """The provisioner's record of one node of the pool."""
+    [rec] = [r for r in prov.store.load_pool(pool_id) if r.node_id == node_id]
+    return rec
 
 
 def _executor_list(spark_ui_url: str) -> list[dict[str, Any]]:

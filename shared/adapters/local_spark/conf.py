@@ -123,6 +123,16 @@ def props_line(key: str, value: str) -> str:
     return f"{esc(key, True)}={esc(value, False)}\n"
 
 
+def connect_base_url(ports: Mapping[str, int]) -> str:
+    """The Spark Connect URL (no token) of a driver node's (or idle hot driver's) server."""
+    return f"sc://{CONNECT_HOST}:{ports['connect']}"
+
+
+def app_ui_url(ports: Mapping[str, int]) -> str:
+    """The web UI (and REST API) of a driver node's application."""
+    return f"http://{LOOPBACK}:{ports['app_ui']}/"
+
+
 def spark_defaults(conf: Mapping[str, str]) -> str:
     """A spark-defaults.conf holding `conf`."""
     lines = ["# written by sparkplane (LocalSparkProvisioner)\n"]

@@ -70,8 +70,8 @@ class NodeStart(Supervisor):
             "node_type_id": driver_type.node_type_id,
             "spark_version": self.spark_version,
             "master_url": master_url,
-            "connect_url": f"sc://{cf.CONNECT_HOST}:{p['connect']}",
-            "spark_ui_url": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
+            "connect_url": cf.connect_base_url(p),
+            "spark_ui_url": cf.app_ui_url(p),
             "master_ui_url": f"http://{cf.LOOPBACK}:{p['master_ui']}/",
             "log_dir": str(log_dir),
         }
@@ -235,12 +235,11 @@ class NodeStart(Supervisor):
         its driver and executor past their first query, which costs seconds in a fresh
         application (docs/pools.md, "Warm-up while idle"). The query is the platform's own;
         the token is the idle node's, in the environment as for the cluster's agent."""
-        p = rec.ports
         env = {
             "SPARKPLANE_CONNECT_URL": spark_auth.connect_url(
-                f"sc://{cf.CONNECT_HOST}:{p['connect']}", req.connect_token
+                cf.connect_base_url(rec.ports), req.connect_token
             ),
-            "SPARKPLANE_SPARK_UI_URL": f"http://{cf.LOOPBACK}:{p['app_ui']}/",
+            "SPARKPLANE_SPARK_UI_URL": cf.app_ui_url(rec.ports),
             "SPARKPLANE_WARMUP_S": str(IDLE_WARMUP_S),
             "SPARKPLANE_WARMUP_POLL_S": str(IDLE_WARMUP_POLL_S),
         }
