@@ -264,6 +264,10 @@ class Sim:
         self.jobs_finished = 0
         self.record_period_s = record_period_s
         self.timeline: list[tuple[float, int, int]] = []
+        # Seconds from request to join of each worker a running cluster without a pool added,
+        # in join order: what the live reconcile times (shared/domain/worker_boot.py).
+        self.joins: list[float] = []
+        self._timed: set[str] = set()
 
     # ---------------------------------------------------------------- events
 
@@ -412,6 +416,8 @@ class Sim:
             acquire = self.pool.take(self.now) if self.pool is not None else None
             join_s = self.boot_s if acquire is None else acquire
             node = self._new_node(self.now + join_s + extra_boot_s)
+            if action and self.pool is None:
+                self._timed.add(node.name)
             self.booting[node.name] = node
             self._push(node.ready_at, EV_READY, node)
         if action:
@@ -500,6 +506,9 @@ class Sim:
 
     def _node_ready(self, node: Node) -> None:
         self.booting.pop(node.name, None)
+        if node.name in self._timed:
+            self._timed.discard(node.name)
+            self.joins.append(node.ready_at - node.requested_at)
         node.state = READY
         self.ready[node.name] = node
 
@@ -517,6 +526,7 @@ class Sim:
         """The worker goes away: running tasks are re-queued, its shuffle output is lost."""
         if node.name not in self.nodes:
             return
+        self._timed.discard(node.name)  # released while booting: it never joined
         for job, st, k, redo in node.batches.values():
             self.running -= k
             if redo:

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import replace
 
 from bench.sim.engine import READY, Node, Policy, Sim
+from shared.domain import worker_boot
 from shared.domain.autoscale import (
     JOB_CLUSTER_PARAMS,
     AutoscaleParams,
@@ -29,6 +30,7 @@ from shared.domain.autoscale import (
     last_activity,
 )
 from shared.domain.autoscale_forecast import resume_decision, with_forecast
+from shared.domain.autoscale_prewarm import BootStats
 from shared.domain.autoscale_settings import PREFERENCES
 from shared.domain.forecast import (
     ForecastParams,
@@ -98,6 +100,9 @@ class Sparkplane:
         self.memory: ScalingMemory | None = None
         self.last_activity_ms = 0
         self.decisions = 0
+        # The workers' join times learned from this run's joins (shared/domain/worker_boot.py).
+        self.join_stats: BootStats | None = None
+        self.joins_seen = 0
 
     def initial_workers(self, sim: Sim) -> int:
         if self.explicit is None:
@@ -118,13 +123,18 @@ class Sparkplane:
         self.last_activity_ms = int(sim.now * 1000)
 
     def params_now(self, sim: Sim) -> AutoscaleParams:
-        """The parameters of this decision, as the live timer sets them
-        (shared/domain/pool_scaling.py): a worker joins in the pool's acquisition time while
-        the pool has idle instances, else in the node boot the policy assumes."""
-        if sim.pool is None:
-            return self.params
-        boot = expected_boot_s(
-            self.params.expected_boot_s, sim.pool.acquire_s, sim.pool.idle(sim.now)
+        """The parameters of this decision, as the live timer sets them: the node boot is the
+        mean of the joins timed so far (shared/domain/worker_boot.py), and a worker joins in
+        the pool's acquisition time while the pool has idle instances
+        (shared/domain/pool_scaling.py)."""
+        if len(sim.joins) > self.joins_seen:
+            self.join_stats = worker_boot.learn(self.join_stats, sim.joins[self.joins_seen :])
+            self.joins_seen = len(sim.joins)
+        node_boot = worker_boot.projection_boot_s(self.join_stats, self.params.expected_boot_s)
+        boot = (
+            node_boot
+            if sim.pool is None
+            else expected_boot_s(node_boot, sim.pool.acquire_s, sim.pool.idle(sim.now))
         )
         return (
             self.params

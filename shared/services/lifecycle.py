@@ -8,7 +8,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from shared.domain import node_health, serverless, spark_auth, storage
+from shared.domain import node_health, serverless, spark_auth, storage, worker_boot
 from shared.domain import reconcile as rec
 from shared.domain.cluster import Cluster
 from shared.domain.states import TRANSITIONAL, State
@@ -31,6 +31,7 @@ from shared.services.documents import ClusterRepo, retry_on_conflict
 from shared.services.health import NodeHealth
 from shared.services.messages import reconcile_message
 from shared.services.pools import PoolService
+from shared.services.worker_boot import WorkerBoot
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.lifecycle")
@@ -86,6 +87,7 @@ class Lifecycle:
         self.settings = settings
         self.interval_ms = max(1, int(settings.reconcile_interval_s * 1000))
         self.health = NodeHealth(repo.store, settings, provisioner)
+        self.worker_boot = WorkerBoot(repo.store)
         self._last_sweep_ms = 0
 
     def handle(self, body: bytes) -> None:
@@ -135,6 +137,9 @@ class Lifecycle:
         etag = record.etag
         if p.changed:
             etag = self.repo.save(cluster, record, p.cluster).etag
+            # Timed only once the snapshot that shows the join is saved: a replay sees none.
+            joined = worker_boot.joins(cluster, p.cluster, now)
+            self.worker_boot.learn(workspace_id, cluster.spec.node_type_id or "", joined)
         if p.cluster.state == State.TERMINATED and cluster.state != State.TERMINATED:
             self.auth.revoke_all(agent_scope(cluster_id))
         if p.requeue:

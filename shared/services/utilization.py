@@ -39,6 +39,7 @@ from shared.services.pool_scaling import PoolScaling
 from shared.services.pools import KIND as POOL_KIND
 from shared.services.prewarm import TICK_MARGIN_S, Forecasts
 from shared.services.sample_windows import SAMPLE, SampleWindows
+from shared.services.worker_boot import WorkerBoot
 from shared.settings import Settings
 
 log = logging.getLogger("sparkplane.utilization")
@@ -145,6 +146,8 @@ class Utilization:
         self.forecasts = Forecasts(store)
         # Pools' acquisition times and the forecast asks (shared/services/pool_scaling.py).
         self.pool_scaling = PoolScaling(store)
+        # Worker join times learned per node type (shared/services/worker_boot.py).
+        self.worker_boot = WorkerBoot(store)
         # Each autoscaled cluster's recent samples and policy memory, between ticks.
         self.windows = SampleWindows(store, to_sample)
         self.minute_ms = int(settings.idle_minute_s * 1000)
@@ -356,7 +359,11 @@ class Utilization:
         hi = self._max_workers(b, current, pool)
         spark_conf = b["spec"].get("spark_conf")
         params = autoscale_settings.params_for(spark_conf, self.params)
-        node_boot_s = params.expected_boot_s
+        node_boot_s = self.worker_boot.projection_boot_s(
+            b["workspace_id"], b["spec"].get("node_type_id") or "", params.expected_boot_s, now
+        )
+        if node_boot_s != params.expected_boot_s:
+            params = replace(params, expected_boot_s=node_boot_s)
         if pool is not None:
             boot_s = self.pool_scaling.expected_boot_s(pool, node_boot_s, now)
             if boot_s != node_boot_s:

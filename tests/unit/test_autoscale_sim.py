@@ -132,3 +132,19 @@ def test_a_reduction_cancels_booting_workers_first_as_the_reconciler_does():
     picked = reconcile_removals(sim, 4, (ready.name,))
     assert picked[:3] == booting and picked[3] is ready
     assert reconcile_removals(sim, 2, (ready.name,)) == booting[:2]
+
+
+@pytest.mark.parametrize("boot_s", [30.0, 180.0])
+def test_sparkplane_projects_over_the_boot_it_timed_as_the_live_reconcile_does(boot_s):
+    """Before any join the policy assumes its default boot; after its first scale-up it
+    projects over the joins it saw (the workers of a start, which wait for the driver, and of a
+    pool are not timed)."""
+    trace = Trace(
+        "burst", "burst", 0, (csv_row_to_job(0, 10, 400, 30.0),), ClusterSpec(1, 8, 4), 900.0
+    )
+    policy = make_policy("sparkplane")
+    sim = Sim(trace, policy, boot_s)
+    assert policy.params_now(sim).expected_boot_s == 120.0  # AutoscaleParams' default
+    sim.run()
+    assert sim.joins and set(sim.joins) == {boot_s}
+    assert policy.params_now(sim).expected_boot_s == boot_s

@@ -1,0 +1,66 @@
+"""Worker join times per workspace and node type: folded in by the reconcile that sees a
+worker join, read by the autoscaler once per tick (the rule: shared/domain/worker_boot.py)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from shared.domain import worker_boot as rules
+from shared.domain.autoscale_prewarm import BootStats
+from shared.ports import AlreadyExists, PreconditionFailed, Store
+from shared.services.documents import retry_on_conflict
+from shared.services.prewarm import BOOT_KIND
+
+log = logging.getLogger("sparkplane.worker_boot")
+
+
+class WorkerBoot:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        # The learned means read during one autoscaler tick (a tick is one `now`).
+        self._read: dict[tuple[str, str], BootStats | None] = {}
+        self._read_tick = -1
+
+    def learn(self, workspace_id: str, node_type: str, seconds: Sequence[float]) -> None:
+        """Fold joins timed by a reconcile into the node type's document. A sample lost to a
+        store failure costs only a slower-learned mean: logged, never raised into the
+        reconcile, whose own write has already landed."""
+        if not seconds or not node_type:
+            return
+        key = rules.key(node_type)
+
+        def step() -> None:
+            rec = self.store.get(BOOT_KIND, workspace_id, key)
+            stats = rules.learn(rules.stats_of(rec.body if rec else None), seconds)
+            assert stats is not None
+            body = {"node_type": node_type, "stats": stats.as_dict()}
+            try:
+                if rec is None:
+                    self.store.create(BOOT_KIND, workspace_id, key, body)
+                else:
+                    self.store.replace(BOOT_KIND, workspace_id, key, body, etag=rec.etag)
+            except AlreadyExists:  # another reconcile timed a join first: fold into its
+                raise PreconditionFailed(f"{key} created concurrently") from None
+
+        try:
+            retry_on_conflict(step, f"{BOOT_KIND} {key}")
+        except Exception:
+            log.exception("worker join not learned", extra={"node_type": node_type})
+            return
+        log.info("worker join timed", extra={"node_type": node_type, "seconds": list(seconds)})
+
+    def projection_boot_s(
+        self, workspace_id: str, node_type: str, prior_s: float, now_ms: int
+    ) -> float:
+        """The boot the autoscaler projects over for this node type (read once per tick)."""
+        if prior_s <= 0:
+            return prior_s
+        if now_ms != self._read_tick:
+            self._read_tick = now_ms
+            self._read.clear()
+        k = (workspace_id, node_type)
+        if k not in self._read:
+            rec = self.store.get(BOOT_KIND, workspace_id, rules.key(node_type))
+            self._read[k] = rules.stats_of(rec.body if rec else None)
+        return rules.projection_boot_s(self._read[k], prior_s)
