@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from shared.domain import jobs as dom
@@ -31,6 +31,13 @@ RUN_SPACE = 10**19
 ID_ATTEMPTS = 1000
 
 T = TypeVar("T")
+
+
+def scheduled_jobs(store: Store) -> Iterator[dom.Job]:
+    """Every job whose schedule is on (the jobs timer's scan; the pre-warming passes take the
+    list it read, or scan here when called on their own)."""
+    for rec in store.scan(JOB, field="state", values=["SCHEDULED"]):
+        yield dom.Job.model_validate(rec.body)
 
 
 def job_doc_id(job_id: int) -> str:

@@ -18,6 +18,7 @@ and the clusters (`adopt`); from then on they are the run's job clusters.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from shared.domain import cluster as cdom
@@ -27,7 +28,7 @@ from shared.errors import ApiError, InvalidParameterValue, InvalidState
 from shared.ports import AlreadyExists, NotFound, PreconditionFailed, Record
 from shared.services.auth import Principal
 from shared.services.documents import Documents
-from shared.services.job_docs import JOB, JobDocs, job_doc_id
+from shared.services.job_docs import JobDocs, job_doc_id, scheduled_jobs
 from shared.services.prewarm import Prewarm
 
 log = logging.getLogger("sparkplane.jobs.prewarm")
@@ -66,13 +67,14 @@ class JobPrewarm:
 
     # ------------------------------------------------------------------ the timer
 
-    def tick(self) -> dict[str, int]:
+    def tick(self, scheduled: Iterable[dom.Job] | None = None) -> dict[str, int]:
+        """Create job clusters ahead of the `scheduled` jobs' fires (None: every SCHEDULED job
+        in the store; the jobs timer passes the ones its own scan read)."""
         now = self.clock.now_ms()
         swept = self.sweep(now)
         created = 0
         known: dict[tuple[str, str], float] = {}  # expected starts, read once a tick
-        for rec in self.docs.store.scan(JOB, field="state", values=["SCHEDULED"]):
-            job = dom.Job.model_validate(rec.body)
+        for job in scheduled_jobs(self.docs.store) if scheduled is None else scheduled:
             if job.pending_fire is not None or not rules.prewarm_keys(job.settings):
                 continue
             expected = self.expected_start_s(job, known)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from shared.domain import job_prewarm as jp
 from shared.domain import jobs as dom
@@ -45,6 +46,7 @@ class Scheduler:
         self.docs = docs
         self.prewarm = prewarm
         self.job_prewarm = JobPrewarm(docs, prewarm) if prewarm is not None else None
+        self.prewarm_horizon_ms = prewarm.horizon_ms() if prewarm is not None else 0
         # Fires due within this long are sent to the queue for their exact time.
         self.fire_ahead_ms = int(jp.JobPrewarmParams().tick_margin_s * 1000)
         self.slots = slots
@@ -58,19 +60,31 @@ class Scheduler:
         now = self.clock.now_ms()
         fired = healed = kicked = 0
         store = self.docs.store
+        # The scheduled jobs as this tick leaves them whose next fire is near enough for the
+        # pre-warming passes to act on (one scan for the three; the far ones are not kept).
+        soon: list[dom.Job] = []
         for rec in store.scan(JOB, field="state", values=["SCHEDULED", "IDLE"]):
+            if self._nothing_to_do(rec.body, now):
+                continue  # most jobs: a fire far off and no run
             job = dom.Job.model_validate(rec.body)
             if job.pending_fire is not None or (
                 job.state == "SCHEDULED"
                 and job.schedule_next_ms is not None
                 and job.schedule_next_ms <= now
             ):
-                try:
-                    fired += self.fire(job.workspace_id, job.job_id)  # each due trigger
-                except Exception:  # one job's failure must not stop the others' fires
-                    log.exception("schedule fire failed", extra={"job_id": job.job_id})
-            elif job.state == "SCHEDULED" and job.schedule_next_ms is not None:
-                self._fire_at(job, job.schedule_next_ms, now)
+                n, after = self._fire_due(job)
+                fired += n
+            else:
+                after = job
+                if job.state == "SCHEDULED" and job.schedule_next_ms is not None:
+                    self._fire_at(job, job.schedule_next_ms, now)
+            nxt = after.schedule_next_ms
+            if (
+                after.state == "SCHEDULED"
+                and nxt is not None
+                and 0 <= nxt - now <= self.prewarm_horizon_ms
+            ):
+                soon.append(after)
             if job.active_runs or job.waiting_runs:
                 healed += self.slots.heal(job)
         active = [s.value for s in dom.ACTIVE]
@@ -83,13 +97,34 @@ class Scheduler:
             self.bus.send(self.queue, [advance_message(rec.pk, run_id, msg_id)])
             kicked += 1
         if self.prewarm is not None:
-            prewarm_tick(self.prewarm)  # capacity ahead of predicted and scheduled use
+            prewarm_tick(self.prewarm, soon)  # capacity ahead of predicted and scheduled use
         if self.job_prewarm is not None:
             try:
-                self.job_prewarm.tick()  # job clusters ahead of scheduled runs
+                self.job_prewarm.tick(soon)  # job clusters ahead of scheduled runs
             except Exception:  # the scheduler's own work is done; the next tick tries again
                 log.exception("job prewarm tick failed")
         return {"fired": fired, "healed": healed, "kicked": kicked}
+
+    def _nothing_to_do(self, body: dict[str, Any], now: int) -> bool:
+        """A job document this tick would neither fire, send a fire for, heal nor pre-warm
+        for (read from the stored fields: the tick reads every scheduled job)."""
+        if body.get("pending_fire") or body.get("active_runs") or body.get("waiting_runs"):
+            return False
+        nxt = body.get("schedule_next_ms")
+        if body.get("state") != "SCHEDULED" or nxt is None:
+            return True
+        return nxt - now > max(self.fire_ahead_ms, self.prewarm_horizon_ms)
+
+    def _fire_due(self, job: dom.Job) -> tuple[int, dom.Job]:
+        """Fire the job's due trigger: 1 when it fired, and the job as the fire left it (its
+        next fire time, which the pre-warming passes of this tick look at)."""
+        try:
+            n = self.fire(job.workspace_id, job.job_id)
+        except Exception:  # one job's failure must not stop the others' fires
+            log.exception("schedule fire failed", extra={"job_id": job.job_id})
+            return 0, job
+        got = self.docs.find_job(job.workspace_id, job.job_id) if n else None
+        return n, got[0] if got is not None else job
 
     def _fire_at(self, job: dom.Job, fire_ms: int, now: int) -> None:
         """A fire within the margin: a `fire` message scheduled for its time, so the run does

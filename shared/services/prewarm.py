@@ -26,7 +26,7 @@ this module only feeds and applies them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +36,12 @@ from shared.domain import autoscale_prewarm as rules
 from shared.domain import autoscale_settings as conf
 from shared.domain import forecast as fc
 from shared.domain.cluster import Cluster
+from shared.domain.jobs import Job
 from shared.domain.states import State
 from shared.ports import AlreadyExists, Clock, PreconditionFailed, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
+from shared.services.job_docs import scheduled_jobs
 
 log = logging.getLogger("sparkplane.prewarm")
 
@@ -238,6 +240,12 @@ class Prewarm:
 
     # ------------------------------------------------------------------ learned start times
 
+    def horizon_ms(self) -> int:
+        """How far ahead a fire may be for a pass to start anything for it: no start is
+        expected to take longer than `max_boot_s`, plus the timers' margin (the longer one,
+        TICK_MARGIN_S, covers the job clusters' tick_margin_s too)."""
+        return int((self.params.max_boot_s + TICK_MARGIN_S) * 1000)
+
     def expected_start_s(self, ws: str, node_type: str) -> float:
         """The expected start of `node_type` in workspace `ws` (learned from its starts)."""
         rec = self.store.get(BOOT_KIND, ws, node_type)
@@ -302,8 +310,9 @@ class Prewarm:
 
     # ------------------------------------------------------------------ the timer
 
-    def tick(self) -> dict[str, int]:
-        """Resume clusters ahead of predicted use; start existing clusters of scheduled runs."""
+    def tick(self, scheduled: Iterable[Job] | None = None) -> dict[str, int]:
+        """Resume clusters ahead of predicted use; start existing clusters of the `scheduled`
+        jobs' runs (None: every SCHEDULED job in the store)."""
         now = self.clock.now_ms()
         stats = {"learned": self._learn(), "resumed": 0, "started_for_schedule": 0}
         for rec in self.store.scan("cluster", field="state", values=[State.TERMINATED.value]):
@@ -329,24 +338,32 @@ class Prewarm:
                 return af.proactive_start(cur, r, now=now)
 
             stats["resumed"] += self._start(c, "proactive resume", resume)
-        stats["started_for_schedule"] = self._scheduled(now)
+        jobs = scheduled_jobs(self.store) if scheduled is None else scheduled
+        stats["started_for_schedule"] = self._scheduled(now, jobs)
         return stats
 
-    def _scheduled(self, now: int) -> int:
+    def _scheduled(self, now: int, jobs: Iterable[Job]) -> int:
         """A terminated existing_cluster_id target of a scheduled job, started an expected
         start before the fire time."""
         started = 0
-        for rec in self.store.scan("job", field="state", values=["SCHEDULED"]):
-            fire = rec.body.get("schedule_next_ms")
-            if fire is None:
-                continue
-            tasks = rec.body.get("settings", {}).get("tasks") or []
-            targets = {t["existing_cluster_id"] for t in tasks if t.get("existing_cluster_id")}
+        horizon_ms = self.horizon_ms()
+        # Each target read once a tick (many jobs may run on one cluster): the terminated
+        # ones; None for a cluster that is not, or that this tick started.
+        terminated: dict[tuple[str, str], Cluster | None] = {}
+        for job in jobs:
+            fire = job.schedule_next_ms
+            if fire is None or not 0 <= fire - now <= horizon_ms:
+                continue  # most jobs: no cluster of theirs is read
+            targets = {t.existing_cluster_id for t in job.settings.tasks if t.existing_cluster_id}
             for cid in sorted(targets):
-                got = self.clusters.repo.load(rec.pk, cid)
-                if got is None or got[0].state != State.TERMINATED:
+                key = (job.workspace_id, cid)
+                if key not in terminated:
+                    got = self.clusters.repo.load(*key)
+                    ok = got is not None and got[0].state == State.TERMINATED
+                    terminated[key] = got[0] if got is not None and ok else None
+                c = terminated[key]
+                if c is None:
                     continue
-                c = got[0]
                 nt = c.spec.node_type_id or ""
                 lead = self.expected_start_s(c.workspace_id, nt) + TICK_MARGIN_S
                 why = rules.start_ahead(fire, now, lead)
@@ -357,14 +374,15 @@ class Prewarm:
                     return rules.start_for_schedule(cur, why, now=now)
 
                 started += self._start(c, "started ahead of a scheduled run", start)
+                terminated[key] = None
         return started
 
 
-def tick(prewarm: Prewarm) -> dict[str, int]:
+def tick(prewarm: Prewarm, scheduled: Iterable[Job] | None = None) -> dict[str, int]:
     """The jobs scheduler's hook: one `Prewarm` pass (errors are logged, never raised into the
     scheduler, whose own work must go on)."""
     try:
-        return prewarm.tick()
+        return prewarm.tick(scheduled)
     except Exception:
         log.exception("prewarm tick failed")
         return {}

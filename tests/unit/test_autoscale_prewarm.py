@@ -100,6 +100,7 @@ def test_an_existing_cluster_is_started_ahead_of_its_scheduled_run_and_the_start
     _terminate(world, cid, "USER_REQUEST")
     job = {
         "job_id": 1,
+        "workspace_id": "w",
         "state": "SCHEDULED",
         "schedule_next_ms": world.clock.ms + 600_000,
         "settings": {"tasks": [{"task_key": "t", "existing_cluster_id": cid}]},
