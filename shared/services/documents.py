@@ -40,6 +40,7 @@ cluster_log = logging.getLogger("sparkplane.clusters")
 ATTEMPTS = 20
 
 T = TypeVar("T")
+K = TypeVar("K")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -63,6 +64,23 @@ def each(store: Store, kind: str, pk: str, page_size: int = 500) -> Iterator[Rec
         token = page.next_token
         if not token:
             return
+
+
+class TickMemo(Generic[K, T]):
+    """Values read from the store once per timer tick (a tick is one `now`): the autoscaler
+    asks for the same pool's or node type's figure for every cluster that uses it."""
+
+    def __init__(self) -> None:
+        self._tick = -1
+        self._values: dict[K, T] = {}
+
+    def get(self, now_ms: int, key: K, read: Callable[[], T]) -> T:
+        if now_ms != self._tick:
+            self._tick = now_ms
+            self._values.clear()
+        if key not in self._values:
+            self._values[key] = read()
+        return self._values[key]
 
 
 def upsert(

@@ -25,7 +25,7 @@ from shared.domain.forecast import Forecast
 from shared.domain.nodes import PoolNode
 from shared.domain.pools import Pool
 from shared.ports import AlreadyExists, PreconditionFailed, Store
-from shared.services.documents import each, upsert
+from shared.services.documents import TickMemo, each, upsert
 from shared.services.prewarm import BOOT_KIND
 
 log = logging.getLogger("sparkplane.pool_scaling")
@@ -39,9 +39,8 @@ class PoolScaling:
         self.params = params or rules.PoolScalingParams()
         # The asks this process wrote last, per (pool, cluster): extra and written_ms.
         self._asks: dict[tuple[str, str], dict[str, Any]] = {}
-        # The expected acquisition times read during one tick (a tick is one `now`).
-        self._acquire: dict[tuple[str, str], float] = {}
-        self._acquire_tick = -1
+        # The expected acquisition times read during one tick.
+        self._acquire: TickMemo[tuple[str, str], float] = TickMemo()
 
     # ------------------------------------------------------------------ acquisition time
 
@@ -82,15 +81,13 @@ class PoolScaling:
 
     def acquire_s(self, workspace_id: str, pool_id: str, now_ms: int) -> float:
         """The pool's expected acquisition time (read once per tick)."""
-        if now_ms != self._acquire_tick:
-            self._acquire_tick = now_ms
-            self._acquire.clear()
-        got = self._acquire.get((workspace_id, pool_id))
-        if got is None:
+
+        def read() -> float:
             rec = self.store.get(BOOT_KIND, workspace_id, rules.acquire_key(pool_id))
             stats = boot.BootStats(**rec.body["stats"]) if rec and rec.body.get("stats") else None
-            got = self._acquire[(workspace_id, pool_id)] = self._expected(stats)
-        return got
+            return self._expected(stats)
+
+        return self._acquire.get(now_ms, (workspace_id, pool_id), read)
 
     def expected_boot_s(self, pool: Pool | None, node_boot_s: float, now_ms: int) -> float:
         """The policy's expected boot for a cluster drawing from `pool` (or from none)."""

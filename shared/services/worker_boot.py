@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from shared.domain import worker_boot as rules
 from shared.domain.autoscale_prewarm import BootStats
 from shared.ports import AlreadyExists, PreconditionFailed, Store
-from shared.services.documents import retry_on_conflict
+from shared.services.documents import TickMemo, retry_on_conflict
 from shared.services.prewarm import BOOT_KIND
 
 log = logging.getLogger("sparkplane.worker_boot")
@@ -18,9 +18,8 @@ log = logging.getLogger("sparkplane.worker_boot")
 class WorkerBoot:
     def __init__(self, store: Store) -> None:
         self.store = store
-        # The learned means read during one autoscaler tick (a tick is one `now`).
-        self._read: dict[tuple[str, str], BootStats | None] = {}
-        self._read_tick = -1
+        # The learned statistics read during one autoscaler tick.
+        self._read: TickMemo[tuple[str, str], BootStats | None] = TickMemo()
 
     def learn(self, workspace_id: str, node_type: str, seconds: Sequence[float]) -> None:
         """Fold joins timed by a reconcile into the node type's document. A sample lost to a
@@ -56,11 +55,10 @@ class WorkerBoot:
         """The boot the autoscaler projects over for this node type (read once per tick)."""
         if prior_s <= 0:
             return prior_s
-        if now_ms != self._read_tick:
-            self._read_tick = now_ms
-            self._read.clear()
-        k = (workspace_id, node_type)
-        if k not in self._read:
+
+        def read() -> BootStats | None:
             rec = self.store.get(BOOT_KIND, workspace_id, rules.key(node_type))
-            self._read[k] = rules.stats_of(rec.body if rec else None)
-        return rules.projection_boot_s(self._read[k], prior_s)
+            return rules.stats_of(rec.body if rec else None)
+
+        stats = self._read.get(now_ms, (workspace_id, node_type), read)
+        return rules.projection_boot_s(stats, prior_s)
