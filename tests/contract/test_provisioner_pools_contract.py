@@ -168,26 +168,17 @@ def _local(tmp_path: Path) -> Adapter:
             time.sleep(0.05)
 
     def close() -> None:
-        """Stop every cluster and remove every idle pool node (pool nodes a cluster gives
-        back are removed once idle again) until no process is left; then SIGKILL what is."""
-        deadline = time.monotonic() + 30
-        try:
-            while time.monotonic() < deadline:
-                for cluster_id in p.cluster_ids():
-                    p.stop_cluster(cluster_id)
-                for pool_id in p.pool_ids():
-                    p.remove_idle(pool_id, [n.node_id for n in p.pool_nodes(pool_id)])
-                if not (_data_dir_processes(tmp_path) or p.cluster_ids() or p.pool_ids()):
-                    break
-                time.sleep(0.2)
-        finally:
-            p.close()  # no background step starts a process from now on
-            deadline = time.monotonic() + 10
-            while (left := _data_dir_processes(tmp_path)) and time.monotonic() < deadline:
-                for proc in left:
-                    with contextlib.suppress(psutil.Error):
-                        proc.kill()
-                time.sleep(0.1)
+        """SIGKILL every process of the test's nodes once no background step starts one. Not
+        a graceful stop: the nodes a stopped cluster gives back would first come up hot
+        again (their JVMs started) only to be removed, which cost the suite up to 30 s a
+        test; stopping is what the tests themselves check."""
+        p.close()  # no background step starts a process from now on
+        deadline = time.monotonic() + 10
+        while (left := _data_dir_processes(tmp_path)) and time.monotonic() < deadline:
+            for proc in left:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            time.sleep(0.1)
 
     return Adapter(
         p,
