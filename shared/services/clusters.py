@@ -140,6 +140,10 @@ class ClusterService:
     def mutate(
         self, p: Principal, cluster_id: Any, command: Callable[[Cluster], Cluster]
     ) -> Cluster:
+        """Apply `command` to the stored cluster, again on a concurrent write. Commands read
+        the clock when they run: one retried after a reconcile's write is stamped with the
+        time it is applied, so its event never predates the events written in between."""
+
         def step() -> Cluster:
             c, rec = self._get(p, cluster_id)
             new = command(c)
@@ -235,37 +239,37 @@ class ClusterService:
 
     def edit(self, p: Principal, body: Mapping[str, Any]) -> None:
         spec = self.spec(p, body)
-        now = self.clock.now_ms()
         workers = quota.cluster_workers(spec)
         with self._quota(p.workspace_id) as q:
 
             def edit(c: Cluster) -> Cluster:
                 self._check_quota(q, p.workspace_id, c, workers)
-                return dom.edit(c, spec, user=p.user, now=now)
+                return dom.edit(c, spec, user=p.user, now=self.clock.now_ms())
 
             self.mutate(p, body.get("cluster_id"), edit)
 
     def start(self, p: Principal, body: Mapping[str, Any]) -> None:
-        now = self.clock.now_ms()
         with self._quota(p.workspace_id) as q:
 
             def start(c: Cluster) -> Cluster:
                 if c.state == State.TERMINATED and q is not None and self.quotas is not None:
                     usage = self.quotas.clusters(p.workspace_id, without=c.cluster_id)
                     quota.check_clusters(q, usage, [quota.cluster_workers(c.spec)])
-                return dom.start(c, user=p.user, now=now)
+                return dom.start(c, user=p.user, now=self.clock.now_ms())
 
             self.mutate(p, body.get("cluster_id"), start)
 
     def restart(self, p: Principal, body: Mapping[str, Any]) -> None:
-        now = self.clock.now_ms()
-        self.mutate(p, body.get("cluster_id"), lambda c: dom.restart(c, user=p.user, now=now))
+        self.mutate(
+            p,
+            body.get("cluster_id"),
+            lambda c: dom.restart(c, user=p.user, now=self.clock.now_ms()),
+        )
 
     def resize(self, p: Principal, body: Mapping[str, Any]) -> None:
         raw = body.get("num_workers")
         nw = None if raw is None else integer(raw, "num_workers", 0, dom.MAX_WORKERS)
         auto = dom.parse_autoscale(body["autoscale"]) if body.get("autoscale") else None
-        now = self.clock.now_ms()
         with self._quota(p.workspace_id) as q:
 
             def resize(c: Cluster) -> Cluster:
@@ -274,7 +278,7 @@ class ClusterService:
                     num_workers=nw,
                     autoscale=auto,
                     user=p.user,
-                    now=now,
+                    now=self.clock.now_ms(),
                     max_workers=self.catalog.max_workers,
                 )
                 self._check_quota(q, p.workspace_id, c, quota.cluster_workers(new.spec))
@@ -283,35 +287,41 @@ class ClusterService:
             self.mutate(p, body.get("cluster_id"), resize)
 
     def delete(self, p: Principal, body: Mapping[str, Any]) -> None:
-        now = self.clock.now_ms()
         self.mutate(
             p,
             body.get("cluster_id"),
-            lambda c: dom.terminate(c, reason=dom.USER_REQUEST, user=p.user, now=now),
+            lambda c: dom.terminate(
+                c, reason=dom.USER_REQUEST, user=p.user, now=self.clock.now_ms()
+            ),
         )
 
     def permanent_delete(self, p: Principal, body: Mapping[str, Any]) -> None:
-        now = self.clock.now_ms()
         self.mutate(
-            p, body.get("cluster_id"), lambda c: dom.permanent_delete(c, user=p.user, now=now)
+            p,
+            body.get("cluster_id"),
+            lambda c: dom.permanent_delete(c, user=p.user, now=self.clock.now_ms()),
         )
 
     def pin(self, p: Principal, body: Mapping[str, Any], pinned: bool) -> None:
-        now = self.clock.now_ms()
         self.mutate(
-            p, body.get("cluster_id"), lambda c: dom.pin(c, pinned=pinned, user=p.user, now=now)
+            p,
+            body.get("cluster_id"),
+            lambda c: dom.pin(c, pinned=pinned, user=p.user, now=self.clock.now_ms()),
         )
 
     def terminate_for_job(self, p: Principal, cluster_id: str) -> None:
         """End a job cluster when its run is done (reason JOB_FINISHED; a no-op on a cluster
         already terminating or terminated)."""
-        now = self.clock.now_ms()
         reason = dom.TerminationReason(code="JOB_FINISHED", type="SUCCESS")
         self.mutate(
             p,
             cluster_id,
             lambda c: dom.terminate(
-                c, reason=reason, user=None, now=now, message="Job finished: terminating"
+                c,
+                reason=reason,
+                user=None,
+                now=self.clock.now_ms(),
+                message="Job finished: terminating",
             ),
         )
 

@@ -12,7 +12,7 @@ from shared.adapters.records import RecordProvisioner
 from shared.adapters.sqlite_store import SqliteStore
 from shared.domain.states import State
 from shared.errors import InvalidParameterValue, PermissionDenied
-from shared.ports import OutMessage
+from shared.ports import OutMessage, PreconditionFailed
 from shared.services.auth import Auth
 from shared.services.clusters import Catalog, ClusterService
 from shared.services.documents import ClusterRepo
@@ -275,3 +275,27 @@ def test_autoscaling_from_a_pool_grows_only_as_far_as_the_pool_can_give(world: W
     got = world.clusters.get(world.user, cid)
     assert got["state"] == "RUNNING" and len(got["executors"]) == 3
     assert "ADD_NODES_FAILED" not in [e["type"] for e in world.events(cid)]
+
+
+def test_a_command_retried_after_a_concurrent_write_is_stamped_when_it_applies(
+    world: World,
+) -> None:
+    """A restart whose first save loses to a write made 5 s later: its event has the time of
+    the attempt that lands (a kill -9 trial saw an EDITED event stamped before the RUNNING
+    event written in between, which put them out of order in the events API)."""
+    cid = world.running_cluster(num_workers=1)
+    repo = world.clusters.repo
+    save = repo.save
+    lost: list[int] = []
+
+    def first_save_loses(old, rec, new):  # type: ignore[no-untyped-def]
+        if not lost:
+            lost.append(world.clock.ms)
+            world.clock.ms += 5000
+            raise PreconditionFailed("a concurrent write")
+        return save(old, rec, new)
+
+    repo.save = first_save_loses  # type: ignore[method-assign]
+    world.clusters.restart(world.user, {"cluster_id": cid})
+    (event,) = [e for e in world.events(cid) if e["type"] == "RESTARTING"]
+    assert event["timestamp"] == lost[0] + 5000
