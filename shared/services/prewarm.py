@@ -335,7 +335,7 @@ class Prewarm:
                 continue
 
             def resume(cur: Cluster, r: af.ResumeDecision = r) -> Cluster:
-                return af.proactive_start(cur, r, now=now)
+                return af.proactive_start(cur, r, now=self.clock.now_ms())
 
             stats["resumed"] += self._start(c, "proactive resume", resume)
         jobs = scheduled_jobs(self.store) if scheduled is None else scheduled
@@ -371,7 +371,7 @@ class Prewarm:
                     continue
 
                 def start(cur: Cluster, why: str = why) -> Cluster:
-                    return rules.start_for_schedule(cur, why, now=now)
+                    return rules.start_for_schedule(cur, why, now=self.clock.now_ms())
 
                 started += self._start(c, "started ahead of a scheduled run", start)
                 terminated[key] = None

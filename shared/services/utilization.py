@@ -293,7 +293,7 @@ class Utilization:
         system = Principal(b["workspace_id"], "storage-monitor", "system")
 
         def command(cur: Cluster) -> Cluster:
-            return dom.disk_steps(cur, grown=grown, at_limit=at_limit, now=now)
+            return dom.disk_steps(cur, grown=grown, at_limit=at_limit, now=self.clock.now_ms())
 
         try:
             self.clusters.mutate(system, cluster_id, command)
@@ -310,7 +310,9 @@ class Utilization:
                 self.clusters.mutate(
                     system,
                     cluster_id,
-                    lambda cur: dom.disk_steps(cur, grown={}, at_limit={}, failed=failed, now=now),
+                    lambda cur: dom.disk_steps(
+                        cur, grown={}, at_limit={}, failed=failed, now=self.clock.now_ms()
+                    ),
                 )
         return len(grown) + len(at_limit)
 
@@ -406,7 +408,7 @@ class Utilization:
                 target=d.target,
                 remove=d.remove,
                 reason=d.reason,
-                now=now,
+                now=self.clock.now_ms(),
                 stats={k: float(v) for k, v in d.stats.items()},
             )
             out.scaling_memory = asdict(d.memory) if d.memory else None
@@ -481,7 +483,7 @@ class Utilization:
                     cur,
                     reason=reason,
                     user=None,
-                    now=now,
+                    now=self.clock.now_ms(),
                     message=message,
                 )
 

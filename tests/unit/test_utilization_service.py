@@ -277,6 +277,24 @@ def test_autoscaling_from_a_pool_grows_only_as_far_as_the_pool_can_give(world: W
     assert "ADD_NODES_FAILED" not in [e["type"] for e in world.events(cid)]
 
 
+def first_save_loses(world: World) -> list[int]:
+    """Make the next cluster save lose to a concurrent write made 5 s later; returns the list
+    that gets the clock's time of the lost attempt."""
+    repo = world.clusters.repo
+    save = repo.save
+    lost: list[int] = []
+
+    def save_once_lost(old, rec, new):  # type: ignore[no-untyped-def]
+        if not lost:
+            lost.append(world.clock.ms)
+            world.clock.ms += 5000
+            raise PreconditionFailed("a concurrent write")
+        return save(old, rec, new)
+
+    repo.save = save_once_lost  # type: ignore[method-assign]
+    return lost
+
+
 def test_a_command_retried_after_a_concurrent_write_is_stamped_when_it_applies(
     world: World,
 ) -> None:
@@ -284,18 +302,40 @@ def test_a_command_retried_after_a_concurrent_write_is_stamped_when_it_applies(
     the attempt that lands (a kill -9 trial saw an EDITED event stamped before the RUNNING
     event written in between, which put them out of order in the events API)."""
     cid = world.running_cluster(num_workers=1)
-    repo = world.clusters.repo
-    save = repo.save
-    lost: list[int] = []
-
-    def first_save_loses(old, rec, new):  # type: ignore[no-untyped-def]
-        if not lost:
-            lost.append(world.clock.ms)
-            world.clock.ms += 5000
-            raise PreconditionFailed("a concurrent write")
-        return save(old, rec, new)
-
-    repo.save = first_save_loses  # type: ignore[method-assign]
+    lost = first_save_loses(world)
     world.clusters.restart(world.user, {"cluster_id": cid})
     (event,) = [e for e in world.events(cid) if e["type"] == "RESTARTING"]
+    assert event["timestamp"] == lost[0] + 5000
+
+
+def test_a_timer_command_retried_after_a_concurrent_write_is_stamped_when_it_applies(
+    tmp_path: Path,
+) -> None:
+    """The same for the timers' commands: the autoscaler's resize and idle termination are
+    decided on the tick's clock but stamped when they land."""
+    w = World(tmp_path, idle_minute_s=1.0, autoscale_params='{"expected_boot_s": 0}')
+    busy = w.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
+    idle = w.running_cluster(num_workers=1, autotermination_minutes=10)
+    agent = w.agent(busy)
+    for _ in range(12):
+        w.util.heartbeat(
+            agent,
+            {
+                "cluster_id": busy,
+                "sample": {
+                    "running_tasks": 2,
+                    "pending_tasks": 20,
+                    "active_jobs": 1,
+                    "total_slots": 2,
+                },
+            },
+        )
+        w.clock.ms += 1000
+    lost = first_save_loses(w)
+    assert w.util.autoscale_tick()["changed"] == 1
+    (event,) = [e for e in w.events(busy) if e["type"] == "RESIZING"]
+    assert event["timestamp"] == lost[0] + 5000
+    lost = first_save_loses(w)
+    assert w.util.idle_tick() == {"terminated": 1}
+    (event,) = [e for e in w.events(idle) if e["type"] == "TERMINATING"]
     assert event["timestamp"] == lost[0] + 5000
