@@ -83,6 +83,37 @@ class TickMemo(Generic[K, T]):
         return self._values[key]
 
 
+def update(
+    store: Store,
+    kind: str,
+    pk: str,
+    id: str,
+    change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    *,
+    ttl_s: int | None = None,
+) -> dict[str, Any] | None:
+    """Read-modify-write one document: `change(stored body, None when absent)` returns the
+    body to write, or None to leave the document as it is. A concurrent write (a replace that
+    lost, a create that found the document made) makes it read and change again, within
+    `retry_on_conflict`'s bound. Returns the body written (None: nothing was)."""
+
+    def step() -> dict[str, Any] | None:
+        rec = store.get(kind, pk, id)
+        body = change(rec.body if rec else None)
+        if body is None:
+            return None
+        try:
+            if rec is None:
+                store.create(kind, pk, id, body, ttl_s=ttl_s)
+            else:
+                store.replace(kind, pk, id, body, etag=rec.etag)
+        except AlreadyExists:  # created in between: a conflict like any other
+            raise PreconditionFailed(f"{kind} {id} created concurrently") from None
+        return body
+
+    return retry_on_conflict(step, f"{kind} {id}")
+
+
 def upsert(
     store: Store,
     kind: str,
@@ -93,22 +124,15 @@ def upsert(
     newer: Callable[[dict[str, Any]], bool] = lambda old: True,
     ttl_s: int | None = None,
 ) -> None:
-    """Create the document, or replace it when `newer(stored body)`. A concurrent write makes
-    it look again; one that keeps losing leaves the document to the writers that won (each
-    writes the newest it knows, so the document never goes back)."""
+    """Create the document, or replace it when `newer(stored body)`. One that keeps losing
+    to concurrent writes leaves the document to the writers that won (each writes the newest
+    it knows, so the document never goes back)."""
 
-    def step() -> None:
-        rec = store.get(kind, pk, id)
-        try:
-            if rec is None:
-                store.create(kind, pk, id, body, ttl_s=ttl_s)
-            elif newer(rec.body):
-                store.replace(kind, pk, id, body, etag=rec.etag)
-        except AlreadyExists:  # created in between: a conflict like any other
-            raise PreconditionFailed(f"{kind} {id} created concurrently") from None
+    def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
+        return body if old is None or newer(old) else None
 
     try:
-        retry_on_conflict(step, f"{kind} {id}")
+        update(store, kind, pk, id, change, ttl_s=ttl_s)
     except PreconditionFailed:  # others kept writing: theirs stands (see above)
         log.warning("upsert gave up", extra={"kind": kind, "id": id})
 

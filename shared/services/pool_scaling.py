@@ -24,8 +24,8 @@ from shared.domain import pool_scaling as rules
 from shared.domain.forecast import Forecast
 from shared.domain.nodes import PoolNode
 from shared.domain.pools import Pool
-from shared.ports import AlreadyExists, PreconditionFailed, Store
-from shared.services.documents import TickMemo, each, upsert
+from shared.ports import Store
+from shared.services.documents import TickMemo, each, update, upsert
 from shared.services.prewarm import BOOT_KIND
 
 log = logging.getLogger("sparkplane.pool_scaling")
@@ -48,33 +48,31 @@ class PoolScaling:
         """Time the acquisitions the pool's nodes show that were not timed yet."""
         if not any(n.taken_ms for n in nodes):
             return 0
-        key = rules.acquire_key(pool_id)
-        rec = self.store.get(BOOT_KIND, workspace_id, key)
-        seen = int(rec.body.get("seen_ms", 0)) if rec else 0
-        times, mark = rules.acquisitions(nodes, seen)
-        if mark == seen:
+        timed: list[float] = []  # the acquisitions the write that landed folded in
+
+        def fold(old: dict[str, Any] | None) -> dict[str, Any] | None:
+            seen = int(old.get("seen_ms", 0)) if old else 0
+            times, mark = rules.acquisitions(nodes, seen)
+            if mark == seen:
+                return None  # nothing new (or a replayed reconcile timed them first)
+            stats = boot.BootStats(**old["stats"]) if old and old.get("stats") else None
+            for seconds in times:
+                stats = boot.learn_boot(stats, seconds, self.params.learn)
+            timed[:] = times
+            body: dict[str, Any] = {"pool_id": pool_id, "seen_ms": mark}
+            if stats is not None:
+                body["stats"] = stats.as_dict()
+            return body
+
+        body = update(self.store, BOOT_KIND, workspace_id, rules.acquire_key(pool_id), fold)
+        if body is None or not timed:
             return 0
-        stats = boot.BootStats(**rec.body["stats"]) if rec and rec.body.get("stats") else None
-        for seconds in times:
-            stats = boot.learn_boot(stats, seconds, self.params.learn)
-        body: dict[str, Any] = {"pool_id": pool_id, "seen_ms": mark}
-        if stats is not None:
-            body["stats"] = stats.as_dict()
-        try:
-            if rec is None:
-                self.store.create(BOOT_KIND, workspace_id, key, body)
-            else:
-                self.store.replace(BOOT_KIND, workspace_id, key, body, etag=rec.etag)
-        except (AlreadyExists, PreconditionFailed):
-            # Another reconcile of the pool timed them first (one runs per pool at a time, so
-            # only a replayed one): these are in its document.
-            return 0
-        if times:
-            log.info(
-                "pool acquisition timed",
-                extra={"pool_id": pool_id, "seconds": times, "expected_s": self._expected(stats)},
-            )
-        return len(times)
+        stats = boot.BootStats(**body["stats"]) if body.get("stats") else None
+        log.info(
+            "pool acquisition timed",
+            extra={"pool_id": pool_id, "seconds": timed, "expected_s": self._expected(stats)},
+        )
+        return len(timed)
 
     def _expected(self, stats: boot.BootStats | None) -> float:
         return rules.expected_acquire_s(stats, self.params)

@@ -41,6 +41,7 @@ from shared.domain.states import State
 from shared.ports import AlreadyExists, Clock, PreconditionFailed, Store
 from shared.services.auth import Principal
 from shared.services.clusters import ClusterService
+from shared.services.documents import update
 from shared.services.job_docs import scheduled_jobs
 
 log = logging.getLogger("sparkplane.prewarm")
@@ -265,18 +266,18 @@ class Prewarm:
                 continue
             seconds = (c.running_since - rec.body["started_ms"]) / 1000
             node_type = rec.body["node_type"]
-            ws = rec.body["workspace_id"]
-            brec = self.store.get(BOOT_KIND, ws, node_type)
-            prev = rules.BootStats(**brec.body["stats"]) if brec else None
-            stats = rules.learn_boot(prev, seconds, self.params)
-            body = {"node_type": node_type, "stats": stats.as_dict()}
+
+            def fold(
+                old: dict[str, Any] | None, seconds: float = seconds, node_type: str = node_type
+            ) -> dict[str, Any]:
+                prev = rules.BootStats(**old["stats"]) if old else None
+                stats = rules.learn_boot(prev, seconds, self.params)
+                return {"node_type": node_type, "stats": stats.as_dict()}
+
             try:
-                if brec is None:
-                    self.store.create(BOOT_KIND, ws, node_type, body)
-                else:
-                    self.store.replace(BOOT_KIND, ws, node_type, body, etag=brec.etag)
-            except (AlreadyExists, PreconditionFailed):
-                continue  # another tick learned it first: this start is learned next time
+                update(self.store, BOOT_KIND, rec.body["workspace_id"], node_type, fold)
+            except PreconditionFailed:
+                continue  # others kept writing it: this start is learned next tick
             self.store.delete(STARTS_KIND, rec.pk, rec.id)
             learned += 1
         return learned

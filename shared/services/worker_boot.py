@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from shared.domain import worker_boot as rules
 from shared.domain.autoscale_prewarm import BootStats
-from shared.ports import AlreadyExists, PreconditionFailed, Store
-from shared.services.documents import TickMemo, retry_on_conflict
+from shared.ports import Store
+from shared.services.documents import TickMemo, update
 from shared.services.prewarm import BOOT_KIND
 
 log = logging.getLogger("sparkplane.worker_boot")
@@ -29,21 +30,13 @@ class WorkerBoot:
             return
         key = rules.key(node_type)
 
-        def step() -> None:
-            rec = self.store.get(BOOT_KIND, workspace_id, key)
-            stats = rules.learn(rules.stats_of(rec.body if rec else None), seconds)
+        def fold(old: dict[str, Any] | None) -> dict[str, Any]:
+            stats = rules.learn(rules.stats_of(old), seconds)
             assert stats is not None
-            body = {"node_type": node_type, "stats": stats.as_dict()}
-            try:
-                if rec is None:
-                    self.store.create(BOOT_KIND, workspace_id, key, body)
-                else:
-                    self.store.replace(BOOT_KIND, workspace_id, key, body, etag=rec.etag)
-            except AlreadyExists:  # another reconcile timed a join first: fold into its
-                raise PreconditionFailed(f"{key} created concurrently") from None
+            return {"node_type": node_type, "stats": stats.as_dict()}
 
         try:
-            retry_on_conflict(step, f"{BOOT_KIND} {key}")
+            update(self.store, BOOT_KIND, workspace_id, key, fold)
         except Exception:
             log.exception("worker join not learned", extra={"node_type": node_type})
             return

@@ -17,6 +17,7 @@ from shared.services.documents import (
     Idempotency,
     each,
     retry_on_conflict,
+    update,
 )
 from tests.support import FakeClock
 
@@ -64,6 +65,38 @@ def test_a_step_that_always_loses_gives_up_after_the_bound_with_precondition_fai
     with pytest.raises(PreconditionFailed, match="job 7 changed too often; retry"):
         retry_on_conflict(losing, "job 7")
     assert calls == ATTEMPTS == 20
+
+
+def test_update_folds_into_what_a_concurrent_writer_left(store: SqliteStore) -> None:
+    """A read-modify-write whose create, then whose replace, loses to another writer: each
+    time it changes the body that writer left, so no one's fold is lost."""
+    seen: list[dict | None] = []
+
+    def add(n: int):  # type: ignore[no-untyped-def]
+        def change(old: dict | None) -> dict:
+            seen.append(old)
+            if len(seen) == 1:  # another writer creates it between this read and the create
+                update(store, "stats", "w", "k", lambda o: {"sum": 100})
+            if len(seen) == 3:  # and replaces it between this read and the replace
+                update(store, "stats", "w", "k", lambda o: {"sum": (o or {})["sum"] + 1000})
+            return {"sum": (old or {"sum": 0})["sum"] + n}
+
+        return change
+
+    assert update(store, "stats", "w", "k", add(1)) == {"sum": 101}
+    assert seen == [None, {"sum": 100}]
+    assert update(store, "stats", "w", "k", add(2)) == {"sum": 1103}
+    assert seen[2:] == [{"sum": 101}, {"sum": 1101}]
+    assert store.get("stats", "w", "k").body == {"sum": 1103}  # type: ignore[union-attr]
+
+
+def test_update_writes_nothing_when_the_change_says_so(store: SqliteStore) -> None:
+    assert update(store, "stats", "w", "k", lambda old: None) is None
+    assert store.get("stats", "w", "k") is None
+    update(store, "stats", "w", "k", lambda old: {"v": 1})
+    etag = store.get("stats", "w", "k").etag  # type: ignore[union-attr]
+    assert update(store, "stats", "w", "k", lambda old: None) is None
+    assert store.get("stats", "w", "k").etag == etag  # type: ignore[union-attr]
 
 
 def test_documents_refuse_a_second_create_and_a_stale_save(store: SqliteStore) -> None:
