@@ -47,16 +47,19 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         down_max_fraction=0.5,
         up_backlog_s=10.0,
         drain_memory_s=0.0,
+        quiet_gap_s=0.0,
     ),
-    # The floor cap (`floor_max_fraction`) and the first-sample drain projection
-    # (`drain_memory_s`) were measured for `balanced` only; the other settings keep their
-    # uncapped floor and project only a backlog's second sample, as their frontier was measured.
+    # The floor cap (`floor_max_fraction`), the first-sample drain projection
+    # (`drain_memory_s`) and the quiet release (`quiet_gap_s`) were measured for `balanced`
+    # only; the other settings keep their uncapped floor, project only a backlog's second
+    # sample and hold through quiet periods, as their frontier was measured.
     "economy": AutoscaleParams(
         down_hold_s=90.0,
         down_half_life_s=60.0,
         floor_factor=1.0,
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
+        quiet_gap_s=0.0,
     ),
     "balanced": AutoscaleParams(),
     "responsive": AutoscaleParams(
@@ -65,6 +68,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         floor_factor=3.0,
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
+        quiet_gap_s=0.0,
     ),
     "latency": AutoscaleParams(
         down_hold_s=600.0,
@@ -72,6 +76,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         floor_factor=4.0,
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
+        quiet_gap_s=0.0,
     ),
 }
 FLAGS = {FORECAST: False, PROACTIVE_RESUME: False}

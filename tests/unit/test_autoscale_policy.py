@@ -136,8 +136,19 @@ def test_first_sample_of_a_backlog_is_projected_with_the_last_backlog_drain_rate
 def test_first_sample_of_a_backlog_without_a_recent_drain_scales_to_demand():
     # The last backlog is older than drain_memory_s.
     old = [sample(0, running=16, pending=80), sample(10, running=0)]
-    s = old + steady(20, 400, 0, step=30) + [sample(410, running=16, pending=40)]
+    s = old + steady(20, 1000, 0, step=30) + [sample(1010, running=16, pending=40)]
     assert run(s, cur=4, hi=20).target == 14
+
+
+def test_the_drain_rate_is_remembered_beyond_the_samples_passed():
+    # The backlog drained 10 minutes ago; the caller passes only the last few minutes of
+    # samples, and the memory carries the rate.
+    old = [sample(0, running=16, pending=80), sample(10, running=0)]
+    mem = run(old, cur=4, hi=20).memory
+    recent = steady(400, 600, 0, step=10)
+    mem = run(recent, cur=4, hi=20, mem=mem).memory
+    d = run([*recent, sample(610, running=16, pending=40)], cur=4, hi=20, mem=mem)
+    assert d.target == 4 and d.stats["drain_tasks_per_s"] == 9.6
 
 
 def test_tasks_pending_beside_free_slots_are_not_a_backlog_to_take_a_drain_rate_from():
@@ -227,6 +238,24 @@ def test_recent_peak_keeps_workers_and_old_peaks_decay():
     assert len(set(sizes)) > 2
 
 
+def test_a_peak_decays_from_when_it_leaves_the_hold_window_whatever_follows_it():
+    """Demand of 8 workers until t=300, then 2. From t=480 the 8 has left the hold window and
+    decays (half-life 120 s): 6.73 workers at t=510, 4.76 at t=570, more than the 2 that follow
+    it. (Folded in as they arrived, the 2s replaced the 8 that had just left the window, and
+    the cluster fell from 8 to 2 workers at the end of the hold.)"""
+    params = replace(P, floor_factor=0.0)  # the decaying peak alone
+    samples = steady(0, 300, running=32, n=8) + steady(310, 900, running=8, n=8)
+    mem, cur, seen = None, 8, {}
+    for i, s in enumerate(samples):
+        d = run(samples[max(0, i - 25) : i + 1], cur=cur, mem=mem, params=params)
+        mem, cur = d.memory, d.target
+        seen[s.ts_ms // 1000] = (d.stats.get("decaying_peak_workers"), cur)
+    assert seen[500] == (7.13, 8)
+    assert seen[510] == (6.73, 7)  # then one scale-down a minute (down_interval_s)
+    assert seen[570] == (4.76, 5)
+    assert seen[900][1] == 2
+
+
 def test_floor_keeps_a_warm_share_of_average_demand():
     # the samples are already folded into the memory: average demand 3 workers
     mem = ScalingMemory(seen_until_ms=1_300_000, avg_workers=3.0, full_at_ms=0)
@@ -269,6 +298,48 @@ def test_floor_is_capped_at_three_quarters_of_max_workers():
     # uncapped (1.0), the floor keeps the whole cluster
     uncapped = replace(P, floor_max_fraction=1.0)
     assert run(s, cur=20, lo=1, hi=20, mem=mem, params=uncapped).target == 20
+
+
+def _periodic(quiet_s: float, bursts: int, t: float = 0.0) -> list[Sample]:
+    """`bursts` bursts of 8 workers' demand for 60 s, `quiet_s` apart (no task between)."""
+    out: list[Sample] = []
+    for _ in range(bursts):
+        out += steady(t, t + 60, running=32, n=8)
+        out += steady(t + 70, t + 60 + quiet_s, 0, n=8)
+        t += 60 + quiet_s + 10
+    return out
+
+
+def _walk(samples: list[Sample], params: AutoscaleParams) -> dict[int, int]:
+    mem, cur, sizes = None, 8, {}
+    for i, s in enumerate(samples):
+        if s.running_tasks:
+            cur = 8  # each burst has its 8 workers (scaled up for it)
+        d = run(samples[max(0, i - 25) : i + 1], cur=cur, hi=10, mem=mem, params=params)
+        mem, cur = d.memory, d.target
+        sizes[s.ts_ms // 1000] = cur
+    return sizes
+
+
+def test_quiet_periods_longer_than_a_decayed_hold_release_the_peak_after_a_minute():
+    # Bursts 10 minutes apart: after the third quiet period, the fourth burst's peak is gone
+    # a minute after it ends (the floor keeps its share); before that the hold keeps it.
+    params = replace(P, floor_factor=0.0)
+    sizes = _walk(_periodic(600, 4), params)
+    fourth_end = 3 * 670 + 60
+    assert sizes[fourth_end + 60] == 8  # 60 s quiet: not yet
+    assert sizes[fourth_end + 70] == 1
+    first_end = 60
+    assert sizes[first_end + 70] == 8  # no quiet periods seen yet: the hold keeps them
+    assert sizes[first_end + 170] == 8
+
+
+def test_one_short_quiet_period_among_the_last_three_keeps_the_hold():
+    params = replace(P, floor_factor=0.0)
+    samples = _periodic(600, 2) + _periodic(120, 1, t=2 * 670) + _periodic(600, 1, t=2 * 670 + 190)
+    sizes = _walk(samples, params)
+    last_end = 2 * 670 + 190 + 60
+    assert sizes[last_end + 70] == 8 and sizes[last_end + 170] == 8
 
 
 def test_scale_down_prefers_stateless_then_least_loaded():
