@@ -52,8 +52,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from shared import agent_http
 from shared.agent_ready import (
     DRIVER_WARMUP_QUERY,
     READY_POLL_S,
@@ -108,7 +107,7 @@ def summarize(apps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def collect(client: httpx.Client, ui_url: str) -> dict[str, Any]:
+def collect(client: agent_http.Client, ui_url: str) -> dict[str, Any]:
     base = ui_url.rstrip("/") + "/api/v1/applications"
     apps = []
     for app in client.get(base, params={"status": "running"}).json():
@@ -241,9 +240,10 @@ def agent_token(env: Mapping[str, str]) -> str:
     return Path(token_file).read_text().strip() if token_file else env["SPARKPLANE_AGENT_TOKEN"]
 
 
-def control_plane(env: Mapping[str, str], timeout: float = 10) -> httpx.Client:
+def control_plane(env: Mapping[str, str], timeout: float = 10) -> agent_http.Client:
     """A client of the control plane that carries the cluster's agent token."""
-    return httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {agent_token(env)}"})
+    auth = {"Authorization": f"Bearer {agent_token(env)}"}
+    return agent_http.Client(timeout=timeout, headers=auth)
 
 
 # ------------------------------------------------------------------------------- heartbeats
@@ -254,7 +254,7 @@ def heartbeat_url(env: Mapping[str, str]) -> str:
 
 
 def ready_reporter(
-    stop: threading.Event, env: Mapping[str, str], cp: httpx.Client
+    stop: threading.Event, env: Mapping[str, str], cp: agent_http.Client
 ) -> Callable[[int], None]:
     """Posts `ready` heartbeats (see the module doc)."""
     url = heartbeat_url(env)
@@ -268,7 +268,7 @@ def ready_reporter(
         body = {"cluster_id": cluster_id, "ready": {**ready, "executors": executors}}
         try:
             r = cp.post(url, json=body)
-        except httpx.HTTPError as e:
+        except agent_http.HTTPError as e:
             # The reconcile interval (and the next change) still move the cluster on.
             log.warning("ready report failed", extra={"error": type(e).__name__})
             return
@@ -295,7 +295,7 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
     period = float(env.get("SPARKPLANE_HEARTBEAT_S", "10"))
     disk_error = ""
     with (
-        httpx.Client(timeout=5) as spark,
+        agent_http.Client(timeout=5) as spark,
         control_plane(env) as cp,
     ):
         while not stop.is_set():
@@ -304,7 +304,7 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
             if ui is not None:
                 try:
                     body["sample"] = collect(spark, ui)
-                except (httpx.HTTPError, ValueError) as e:
+                except (agent_http.HTTPError, ValueError) as e:
                     # The driver application is not up (yet): report no sample rather than
                     # "idle".
                     log.info("spark not reachable", extra={"error": type(e).__name__})
@@ -329,7 +329,7 @@ def run(stop: threading.Event, env: Mapping[str, str] = os.environ) -> None:
                         stop.set()
                     elif not r.is_success:
                         log.warning("heartbeat refused", extra={"status": r.status_code})
-                except httpx.HTTPError as e:
+                except agent_http.HTTPError as e:
                     log.warning("heartbeat failed", extra={"error": type(e).__name__})
             stop.wait(max(0.0, period - (time.monotonic() - started)))
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
+from shared import agent_http
 
 log = logging.getLogger("sparkplane.agent")
 
@@ -110,7 +110,7 @@ def connect_answers(connect_url: str, timeout_s: float = 10.0, query: str = READ
     return True
 
 
-def executor_cores(client: httpx.Client, ui_url: str) -> dict[str, int]:
+def executor_cores(client: agent_http.Client, ui_url: str) -> dict[str, int]:
     """Executor id -> cores, of the executors registered with the driver application."""
     base = ui_url.rstrip("/") + "/api/v1/applications"
     out: dict[str, int] = {}
@@ -137,11 +137,11 @@ def warm_up(
     runs = 0
     quiet_since: float | None = None
     seen: dict[str, int] = {}
-    with httpx.Client(timeout=5) as spark:
+    with agent_http.Client(timeout=5) as spark:
         while not stop.is_set() and time.monotonic() < until:
             try:
                 cores = executor_cores(spark, ui_url)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            except (agent_http.HTTPError, ValueError, KeyError, TypeError):
                 cores = {}  # the UI did not answer this time: ask again
             if set(cores) - warmed and cores != seen:
                 seen = cores  # executors register in bursts: wait one poll for the rest
@@ -158,7 +158,7 @@ def warm_up(
     return runs
 
 
-def registered_workers(client: httpx.Client, ui_url: str) -> list[str]:
+def registered_workers(client: agent_http.Client, ui_url: str) -> list[str]:
     """The workers (web UI base URLs, see `worker_key`) with an executor registered with the
     driver application."""
     base = ui_url.rstrip("/") + "/api/v1/applications"
@@ -236,14 +236,14 @@ def watch_ready(
     if report is None:
         return
     report(len(workers))
-    with httpx.Client(timeout=5) as spark:
+    with agent_http.Client(timeout=5) as spark:
 
         def current() -> list[str]:
             if ui is None:
                 return []
             try:
                 return registered_workers(spark, ui)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            except (agent_http.HTTPError, ValueError, KeyError, TypeError):
                 return workers  # the UI did not answer this time: no change
 
         until = time.monotonic() + watch_s

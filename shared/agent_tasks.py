@@ -33,8 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpx
-
+from shared import agent_http
 from shared.task_runner import TaskRunner, task_env
 
 log = logging.getLogger("sparkplane.agent.tasks")
@@ -55,7 +54,7 @@ class Revoked(Exception):
 
 
 class TaskLoop:
-    def __init__(self, cp: httpx.Client, base_url: str, runner: TaskRunner, connect_url: str):
+    def __init__(self, cp: agent_http.Client, base_url: str, runner: TaskRunner, connect_url: str):
         self.cp = cp
         self.url = base_url.rstrip("/") + "/api/sparkplane/agent/tasks"
         self.runner = runner
@@ -144,7 +143,7 @@ class TaskLoop:
         self._call("POST", f"/{key}/status", body)
 
 
-def run(stop: threading.Event, cp: httpx.Client, env: Mapping[str, str]) -> None:
+def run(stop: threading.Event, cp: agent_http.Client, env: Mapping[str, str]) -> None:
     runner = TaskRunner(
         Path(env["SPARKPLANE_TASKS_DIR"]),
         kill_grace_s=float(env.get("SPARKPLANE_KILL_GRACE_S", "10")),
@@ -167,7 +166,7 @@ def run(stop: threading.Event, cp: httpx.Client, env: Mapping[str, str]) -> None
             log.info("agent token revoked: stopping")
             stop.set()
             break
-        except httpx.HTTPError as e:
+        except agent_http.HTTPError as e:
             # The control plane is unreachable or busy: the tasks go on; try again next poll.
             log.warning("task poll failed", extra={"error": type(e).__name__})
         stop.wait(period)
