@@ -95,22 +95,15 @@ def test_agent_token_reports_only_for_its_own_cluster(world: World) -> None:
     assert "last_activity_time" not in world.clusters.get(world.user, b)
 
 
+# A sample of a cluster whose 2 slots are busy with 20 tasks waiting.
+BACKLOG = {"running_tasks": 2, "pending_tasks": 20, "active_jobs": 1, "total_slots": 2}
+
+
 def test_backlog_scales_up_with_events_and_a_reconcile(world: World) -> None:
     cid = world.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
     agent = world.agent(cid)
     for _ in range(3):
-        world.util.heartbeat(
-            agent,
-            {
-                "cluster_id": cid,
-                "sample": {
-                    "running_tasks": 2,
-                    "pending_tasks": 20,
-                    "active_jobs": 1,
-                    "total_slots": 2,
-                },
-            },
-        )
+        world.util.heartbeat(agent, {"cluster_id": cid, "sample": BACKLOG})
         world.clock.ms += 5000
     sent = len(world.bus.sent)
     assert world.util.autoscale_tick() == {"clusters": 1, "changed": 1, "disk_steps": 0}
@@ -318,18 +311,7 @@ def test_a_timer_command_retried_after_a_concurrent_write_is_stamped_when_it_app
     idle = w.running_cluster(num_workers=1, autotermination_minutes=10)
     agent = w.agent(busy)
     for _ in range(12):
-        w.util.heartbeat(
-            agent,
-            {
-                "cluster_id": busy,
-                "sample": {
-                    "running_tasks": 2,
-                    "pending_tasks": 20,
-                    "active_jobs": 1,
-                    "total_slots": 2,
-                },
-            },
-        )
+        w.util.heartbeat(agent, {"cluster_id": busy, "sample": BACKLOG})
         w.clock.ms += 1000
     lost = first_save_loses(w)
     assert w.util.autoscale_tick()["changed"] == 1
