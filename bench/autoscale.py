@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.autoscale --plot OUT.png --plot-trace bursty-s0
     .venv/bin/python -m bench.autoscale --frontier     # adds the knob's settings, sparkplane-<s>
     .venv/bin/python -m bench.autoscale --generated 30 --seeds 0,1,2   # generated shapes
+    .venv/bin/python -m bench.autoscale --scenarios --seeds 0,1        # scenario shapes
     .venv/bin/python -m bench.autoscale --week --warmup-s 259200       # 7-day traces, 3 scored
     .venv/bin/python -m bench.autoscale --scale-check  # decide_size over 10,000 clusters
 
@@ -38,6 +39,7 @@ from bench.sim.engine import Result, Sim
 from bench.sim.generated import generated_traces
 from bench.sim.model import ClusterSpec, Trace
 from bench.sim.policies import BASELINES, FRONTIER, PREDICTIVE, STATIC, make_policy
+from bench.sim.scenarios import CSV_CLUSTER, scenario_traces
 from bench.sim.traces import (
     SHAPES,
     SWIM_FILE,
@@ -511,6 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the generated shapes gen-00 .. gen-<N-1> (bench/sim/generated.py), each seed",
     )
     ap.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="run the scenario shapes (bench/sim/scenarios.py), each seed, on the cluster "
+        "--trace gives a CSV file (--min-workers ... --autotermination)",
+    )
+    ap.add_argument(
         "--week", action="store_true", help="run the 7-day office-hours and nightly-etl traces"
     )
     ap.add_argument(
@@ -552,12 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--from-json", type=Path, help="render the tables of an earlier --json run, no runs"
     )
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
-    # cluster spec for --trace
-    ap.add_argument("--min-workers", type=int, default=2)
-    ap.add_argument("--max-workers", type=int, default=20)
-    ap.add_argument("--slots", type=int, default=4, help="task slots per worker")
-    ap.add_argument("--kind", choices=("all-purpose", "job"), default="all-purpose")
-    ap.add_argument("--autotermination", type=int, default=60, help="minutes, 0 = off")
+    # cluster spec for --trace and --scenarios
+    c = CSV_CLUSTER
+    ap.add_argument("--min-workers", type=int, default=c.min_workers)
+    ap.add_argument("--max-workers", type=int, default=c.max_workers)
+    ap.add_argument("--slots", type=int, default=c.slots_per_worker, help="task slots per worker")
+    ap.add_argument("--kind", choices=("all-purpose", "job"), default=c.kind)
+    ap.add_argument(
+        "--autotermination", type=int, default=c.autotermination_minutes, help="minutes, 0 = off"
+    )
     args = ap.parse_args(argv)
     args.seeds = [s for group in args.seeds for s in group]
 
@@ -579,19 +590,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_tables(rows, goal_check(rows), full=not args.summary_only)
         return 0
 
+    cluster = ClusterSpec(
+        args.min_workers,
+        args.max_workers,
+        args.slots,
+        args.kind,
+        args.autotermination or None,
+        args.preference,
+    )
+    family = args.generated or args.week or args.scenarios
     if args.trace:
-        cluster = ClusterSpec(
-            args.min_workers,
-            args.max_workers,
-            args.slots,
-            args.kind,
-            args.autotermination or None,
-            args.preference,
-        )
         traces = [load_csv(args.trace, cluster)]
         boots = args.boot or list(DEFAULT_BOOTS)
-    elif args.generated or args.week:
+    elif family:
         traces = generated_traces(args.generated, args.seeds) if args.generated else []
+        if args.scenarios:
+            traces += scenario_traces(args.seeds, cluster)
         if args.week:
             traces += week_traces(args.seeds)
         boots = args.boot or list(DEFAULT_BOOTS)
@@ -614,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows = [r.row() for r in results]
     elapsed = time.perf_counter() - t0
-    if args.generated or args.week:
+    if family:
         ours = [p for p in policies if p.startswith(OURS) and p != "sparkplane-noterm"]
         print(sweep.markdown(rows, ours, [b for b in BASELINES if b in policies]))
         if args.frontier:

@@ -50,9 +50,10 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         quiet_gap_s=0.0,
     ),
     # The floor cap (`floor_max_fraction`), the first-sample drain projection
-    # (`drain_memory_s`) and the quiet release (`quiet_gap_s`) were measured for `balanced`
-    # only; the other settings keep their uncapped floor, project only a backlog's second
-    # sample and hold through quiet periods, as their frontier was measured.
+    # (`drain_memory_s`), the quiet release (`quiet_gap_s`) and the small backlog's wait
+    # (`up_small_backlog_s`) were measured for `balanced` only; the other settings keep their
+    # uncapped floor, project only a backlog's second sample, hold through quiet periods and
+    # meet every backlog at once, as their frontier was measured.
     "economy": AutoscaleParams(
         down_hold_s=90.0,
         down_half_life_s=60.0,
@@ -60,6 +61,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
+        up_small_backlog_s=0.0,
     ),
     "balanced": AutoscaleParams(),
     "responsive": AutoscaleParams(
@@ -69,6 +71,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
+        up_small_backlog_s=0.0,
     ),
     "latency": AutoscaleParams(
         down_hold_s=600.0,
@@ -77,6 +80,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         floor_max_fraction=1.0,
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
+        up_small_backlog_s=0.0,
     ),
 }
 FLAGS = {FORECAST: False, PROACTIVE_RESUME: False}

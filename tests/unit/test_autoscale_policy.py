@@ -192,6 +192,27 @@ def test_a_backlog_seen_one_sample_period_apart_has_lasted_the_period():
     assert run(s[:2], cur=1, hi=4, params=params).target == 1
 
 
+def test_a_backlog_within_the_clusters_slots_waits_a_sample():
+    # 8 running on 2 workers of 4 slots and 6 pending: the running tasks free their slots in
+    # seconds on a stream of small queries, so the first sample asks for nothing ...
+    s = [sample(0, n=2), sample(10, running=8, pending=6, n=2)]
+    d = run(s, cur=2)
+    assert d.target == 2 and "once the backlog has lasted 10 s" in d.reason
+    # ... a sample later the backlog is still there: met (its own drain rate projects it).
+    s.append(sample(20, running=8, pending=6, n=2))
+    assert run(s, cur=2).target == 4
+
+
+def test_a_backlog_beyond_the_clusters_slots_is_met_at_once():
+    s = [sample(0, n=2), sample(10, running=8, pending=9, n=2)]
+    assert run(s, cur=2, hi=20).target == 5
+
+
+def test_the_small_backlog_wait_can_be_turned_off():
+    s = [sample(0, n=2), sample(10, running=8, pending=6, n=2)]
+    assert run(s, cur=2, params=replace(P, up_small_backlog_s=0)).target == 4
+
+
 # ---------------------------------------------------------------------------- scale down
 
 

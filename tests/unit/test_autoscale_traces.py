@@ -10,6 +10,7 @@ from bench.sim.engine import Sim
 from bench.sim.generated import generated_trace, generated_traces
 from bench.sim.model import ClusterSpec, Trace, csv_row_to_job
 from bench.sim.policies import make_policy
+from bench.sim.scenarios import CSV_CLUSTER, SHAPES, scenario_traces
 from bench.sim.traces import load_csv, nightly_etl_week, office_hours_week
 
 DAY = 86_400.0
@@ -69,6 +70,26 @@ def test_cli_generated_sweep_with_comma_seeds(tmp_path: Path, capsys):
     rows = json.loads(out.read_text())
     assert {r["trace"] for r in rows} == {"gen-00-s0", "gen-00-s1"}
     assert "| sparkplane | databricks-optimized |" in capsys.readouterr().out
+
+
+def test_scenario_shapes_are_deterministic_and_run_on_the_csv_cluster():
+    a, b = scenario_traces([3]), scenario_traces([3])
+    assert [t.jobs for t in a] == [t.jobs for t in b]
+    assert scenario_traces([4])[0].jobs != a[0].jobs
+    assert len({t.shape.rstrip("0123456789") for t in a}) == len(SHAPES) == len(a)
+    assert all(t.jobs and t.cluster == CSV_CLUSTER for t in a)
+    small = ClusterSpec(1, 8, 8)
+    assert {t.cluster for t in scenario_traces([0], small)} == {small}
+
+
+def test_cli_scenarios_take_the_command_lines_cluster(tmp_path: Path):
+    out = tmp_path / "s.json"
+    argv = ["--scenarios", "--seeds", "0", "--boot", "60", "--json", str(out), "--max-workers"]
+    argv += ["6", "--policies", "static-max", "--summary-only"]
+    assert main(argv) == 0
+    rows = {r["trace"]: r for r in json.loads(out.read_text())}
+    assert len(rows) == len(SHAPES) and all(r["jobs_finished"] == r["jobs"] for r in rows.values())
+    assert rows["bi-s0"]["node_hours"] == 6 * 8  # 6 workers for the 8 hours of the trace
 
 
 def _daily() -> Trace:
