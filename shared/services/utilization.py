@@ -356,7 +356,7 @@ class Utilization:
         }
         samples = self.windows.samples(cluster_id, self.settings.autoscale_samples, node_ids)
         mem = b.get("scaling_memory")
-        memory = self.windows.memory(cluster_id, pol.ScalingMemory(**mem) if mem else None)
+        memory = self.windows.memory(cluster_id, pol.ScalingMemory.from_doc(mem) if mem else None)
         pool = self._pool(b)
         hi = self._max_workers(b, current, pool)
         spark_conf = b["spec"].get("spark_conf")

@@ -615,3 +615,15 @@ def test_coverage_read_backwards_is_the_rule_read_forwards(
     samples = [Sample(ts_ms=t * 1000) for t in sorted(times)]
     now, start, gap = now_s * 1000, (now_s - window_s) * 1000, gap_s * 1000
     assert _covers(samples, start, now, gap) == _covers_forward(samples, start, now, gap)
+
+
+def test_the_memory_read_back_from_its_json_document_is_the_memory_stored():
+    import json
+    from dataclasses import asdict
+
+    mem = ScalingMemory(changed_at_ms=5, direction="up", quiet_since_ms=9, quiet_gaps=(1, 2, 3))
+    doc = json.loads(json.dumps(asdict(mem)))
+    assert doc["quiet_gaps"] == [1, 2, 3]  # JSON has no tuples
+    assert ScalingMemory.from_doc(doc) == mem
+    # a key another version of the policy wrote is left out, not an error
+    assert ScalingMemory.from_doc({**doc, "busy_peaks": [4]}) == mem
