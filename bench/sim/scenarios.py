@@ -7,7 +7,8 @@ ranges; these are the workloads one writes down by hand to test an autoscaler, e
 each on the cluster `--trace` gives a CSV file by default (2-20 workers of 4 slots,
 all-purpose, 60 min auto-termination), since that is how traces from elsewhere are run. A
 policy chosen on the generated family alone met a peer that was Pareto-better in 15% of
-these cells (docs/autoscaling.md, "Scenario shapes"), so both families judge a change.
+these cells (docs/autoscaling.md, "Scenario shapes, and a small backlog waits a sample"), so
+both families judge a change.
 
 - `bi`: interactive queries, 60-200 an hour, 1-8 tasks of 0.5-5 s (8 h);
 - `ramp`: jobs of 20-100 tasks of 5-20 s whose rate rises linearly to 60-150 an hour over
