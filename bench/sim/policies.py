@@ -76,7 +76,8 @@ class Sparkplane:
     The live timer's timing, off by default (bench/autoscale_live.py measures it on real
     Spark): `report_lag_s` reads the agent's report made that long before each tick instead of
     the state at the tick, and `hold_while_resizing` decides nothing while workers are joining
-    or leaving (the live timer skips a RESIZING cluster until it has converged)."""
+    or leaving but to cancel workers not joined yet (the live timer takes only that decision
+    from a RESIZING cluster until it has converged)."""
 
     def __init__(
         self,
@@ -171,9 +172,12 @@ class Sparkplane:
             if idle is not None:
                 sim.terminate()
                 return
-        if self.hold_while_resizing and len(sim.ready) != len(sim.nodes):
-            return  # workers booting or decommissioning: the live cluster is RESIZING
+        resizing = self.hold_while_resizing and len(sim.ready) != len(sim.nodes)
         d = self.decide(sim, s)
+        if resizing and not d.cancels_only:
+            # Workers booting or decommissioning: the live cluster is RESIZING, and the timer
+            # takes only a cancellation of workers not joined yet (memory not stored).
+            return
         self.decisions += 1
         self.memory = d.memory
         if d.target > sim.size:

@@ -50,9 +50,11 @@ def with_forecast(
         m = replace(mem, changed_at_ms=now_ms, direction="up", from_workers=cur, to_workers=want)
         reason = f"{fc.describe()}: scaling up {cur} -> {want} ahead of the predicted demand"
         return Decision(target=want, reason=reason, memory=m, stats=stats)
-    # The reactive policy scales down (d.target < cur) or holds below the forecast.
-    remove = d.remove[: max(0, cur - want)]
-    if want >= cur or not remove:
+    # The reactive policy scales down (d.target < cur) or holds below the forecast: of its
+    # reduction, the workers not joined yet go first, as in the reactive decision.
+    cancel = min(d.cancel, max(0, cur - want))
+    remove = d.remove[: max(0, cur - want - cancel)]
+    if want >= cur or not (cancel or remove):
         # A hold: the memory keeps the previous change, not the one the reactive rule made.
         last = last_change or ScalingMemory()
         held = replace(
@@ -65,10 +67,12 @@ def with_forecast(
         return Decision(
             target=cur, reason=f"{fc.describe()}: keeping {cur}", memory=held, stats=stats
         )
-    target = cur - len(remove)
+    target = cur - cancel - len(remove)
     m = replace(mem, to_workers=target)
-    reason = f"{d.reason}; {fc.describe()}: removing only {len(remove)}"
-    return Decision(target=target, reason=reason, remove=remove, memory=m, stats=stats)
+    reason = f"{d.reason}; {fc.describe()}: removing only {cur - target}"
+    return Decision(
+        target=target, reason=reason, remove=remove, cancel=cancel, memory=m, stats=stats
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,12 +48,14 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         up_backlog_s=10.0,
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
+        cancel_joining=False,
     ),
     # The floor cap (`floor_max_fraction`), the first-sample drain projection
-    # (`drain_memory_s`), the quiet release (`quiet_gap_s`) and the small backlog's wait
-    # (`up_small_backlog_s`) were measured for `balanced` only; the other settings keep their
-    # uncapped floor, project only a backlog's second sample, hold through quiet periods and
-    # meet every backlog at once, as their frontier was measured.
+    # (`drain_memory_s`), the quiet release (`quiet_gap_s`), the small backlog's wait
+    # (`up_small_backlog_s`) and the early cancellation of joining workers (`cancel_joining`)
+    # were measured for `balanced` only; the other settings keep their uncapped floor, project
+    # only a backlog's second sample, hold through quiet periods, meet every backlog at once
+    # and keep joining workers through the hold window, as their frontier was measured.
     "economy": AutoscaleParams(
         down_hold_s=90.0,
         down_half_life_s=60.0,
@@ -62,6 +64,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
         up_small_backlog_s=0.0,
+        cancel_joining=False,
     ),
     "balanced": AutoscaleParams(),
     "responsive": AutoscaleParams(
@@ -72,6 +75,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
         up_small_backlog_s=0.0,
+        cancel_joining=False,
     ),
     "latency": AutoscaleParams(
         down_hold_s=600.0,
@@ -81,6 +85,7 @@ PREFERENCES: dict[str, AutoscaleParams] = {
         drain_memory_s=0.0,
         quiet_gap_s=0.0,
         up_small_backlog_s=0.0,
+        cancel_joining=False,
     ),
 }
 FLAGS = {FORECAST: False, PROACTIVE_RESUME: False}

@@ -448,21 +448,28 @@ def autoscale_to(
     now: int,
     stats: Mapping[str, float] | None = None,
 ) -> Cluster:
-    """The autoscaler's resize: only RUNNING autoscale clusters, clamped to the range.
+    """The autoscaler's resize: only autoscale clusters, clamped to the range. A RUNNING
+    cluster may go either way; a RESIZING one only down (the policy cancels workers that have
+    not joined yet), and its resize still counts from the size it had before.
 
     Events: AUTOSCALING_STATS_REPORT with the policy's inputs, then RESIZING (cause AUTOSCALE).
     """
-    if c.state != State.RUNNING or c.spec.autoscale is None or c.desired != "RUNNING":
+    if c.state not in (State.RUNNING, State.RESIZING) or c.spec.autoscale is None:
+        raise _unexpected(c)
+    if c.desired != "RUNNING":
         raise _unexpected(c)
     lo, hi = c.spec.autoscale.min_workers, c.spec.autoscale.max_workers
     target = min(max(target, lo), hi)
     if target == c.target_workers:
         return c
+    if c.state == State.RESIZING and target > c.target_workers:
+        raise _unexpected(c)
     c = c.clone()
     current = c.target_workers
     c.target_workers = target
     c.remove_hint = list(remove) if target < current else []
-    c.resize_from = current
+    if c.state == State.RUNNING or c.resize_from is None:
+        c.resize_from = current
     _move(c, State.RESIZING, now, f"Autoscaling from {current} to {target} workers: {reason}")
     return _bump(
         c,

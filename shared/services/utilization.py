@@ -247,7 +247,7 @@ class Utilization:
             spec = r.body.get("spec", {})
             if spec.get("enable_elastic_disk"):
                 disks += self._storage_one(r.body, now)
-            if not spec.get("autoscale") or r.body.get("state") != State.RUNNING.value:
+            if not spec.get("autoscale"):
                 continue
             looked += 1
             changed += self._autoscale_one(r.body, now)
@@ -345,8 +345,16 @@ class Utilization:
 
     def _autoscale_one(self, b: dict[str, Any], now: int) -> int:
         """Decide on the raw document (the tick reads every running cluster, so it skips
-        model validation); only a change goes through the cluster service."""
+        model validation); only a change goes through the cluster service.
+
+        A RESIZING cluster (workers joining or leaving) takes one decision only: cancelling
+        workers that have not joined yet, whose backlog is gone (rule 6 of
+        shared/domain/autoscale.py). A RUNNING cluster cancels only on a sample newer than its
+        last state change: in an older one, workers that have joined since look joining. A
+        decision not taken stores no memory: the next evaluation folds the same samples in
+        again."""
         cluster_id = b["cluster_id"]
+        resizing = b.get("state") == State.RESIZING.value
         current = int(b["target_workers"])
         auto = b["spec"]["autoscale"]
         nt = self.clusters.catalog.node_types.get(b["spec"].get("node_type_id") or "")
@@ -371,6 +379,10 @@ class Utilization:
             if boot_s != node_boot_s:
                 params = replace(params, expected_boot_s=boot_s)
         d = pol.decide_size(samples, auto["min_workers"], hi, current, slots, memory, now, params)
+        if resizing and not d.cancels_only:
+            return 0  # the resize goes on as asked
+        if d.cancels_only and not resizing and samples[-1].ts_ms < int(b.get("state_since", 0)):
+            return 0  # the resize converged after this sample: its "joining" workers joined
         forecasting = pool is not None and autoscale_settings.flag(
             spark_conf, autoscale_settings.FORECAST
         )
@@ -393,15 +405,19 @@ class Utilization:
             now=now,
             params=hold_params,
         )
+        if resizing and not d.cancels_only:
+            return 0  # the forecast keeps the workers: the resize goes on as asked
         self.windows.remember(cluster_id, d.memory)
-        if pool is not None and forecasting:
+        if pool is not None and forecasting and not resizing:
             lead_s = node_boot_s + hold_params.expected_boot_s
             self._ask_pool(b, pool, d.target, hi, lead_s, now)
         if d.target == current:
             return 0
 
+        seen_state = State.RESIZING if resizing else State.RUNNING
+
         def command(cur: Cluster) -> Cluster:
-            if cur.state != State.RUNNING or cur.target_workers != current:
+            if cur.state != seen_state or cur.target_workers != current:
                 return cur  # something changed since we looked: decide again next tick
             out = dom.autoscale_to(
                 cur,

@@ -224,7 +224,7 @@ def test_no_scale_down_while_tasks_are_pending():
 
 def test_scale_down_needs_sustained_under_use_covered_by_samples():
     # only 30 s of samples: the hold window is not covered yet
-    s = steady(0, 30, running=0)
+    s = steady(0, 30, running=0, n=8)
     assert run(s, cur=8).target == 8
     s = steady(0, 400, running=0, n=8)
     d = run(s, cur=8, lo=1)
@@ -391,10 +391,12 @@ def test_stateful_workers_go_only_after_the_longer_window():
 
 def test_scale_down_cancels_workers_not_joined_yet_before_alive_ones():
     # 8 set, 5 alive (3 still joining), no demand for the hold window: the 3 joining are
-    # cancelled first, then alive workers go for the rest.
+    # cancelled first, then alive workers go for the rest (rule 4's reduction; the early
+    # cancellation is off, as in the settings other than `balanced`).
     s = steady(0, 400, running=0, n=5)
-    d = run(s, cur=8, lo=4, params=replace(P, floor_factor=0.0, down_half_life_s=0.0))
-    assert d.target == 4
+    params = replace(P, floor_factor=0.0, down_half_life_s=0.0, cancel_joining=False)
+    d = run(s, cur=8, lo=4, params=params)
+    assert d.target == 4 and d.cancel == 3 and not d.cancels_only
     assert d.remove == ("w0",)
     assert "cancelling 3 not joined yet" in d.reason
 
@@ -402,9 +404,42 @@ def test_scale_down_cancels_workers_not_joined_yet_before_alive_ones():
 def test_joining_workers_are_cancelled_even_when_every_alive_one_holds_state():
     ws = tuple(WorkerLoad(f"s{i}", shuffle_bytes=100) for i in range(2))
     s = [sample(t, running=4, ws=ws) for t in range(0, 400, 10)]
-    d = run(s, cur=5, lo=1, params=replace(P, floor_factor=0.0, down_half_life_s=0.0))
-    assert d.target == 2 and d.remove == ()
+    params = replace(P, floor_factor=0.0, down_half_life_s=0.0, cancel_joining=False)
+    d = run(s, cur=5, lo=1, params=params)
+    assert d.target == 2 and d.remove == () and d.cancels_only
     assert "cancelling 3 not joined yet" in d.reason
+
+
+def backlog_then_gone(alive: int = 2) -> list[Sample]:
+    """A backlog met at 0 s (the scale-up), gone by 10 s while the new workers boot."""
+    return [sample(0, running=2 * S, pending=6 * S, n=alive), sample(10, running=S, n=alive)]
+
+
+def test_joining_workers_go_as_soon_as_their_backlog_is_gone():
+    # 8 set, 2 alive, 1 worker's tasks running, nothing pending: no hold window, no cooldown
+    # after the scale-up; the 6 joining go, down to the alive workers.
+    mem = ScalingMemory(changed_at_ms=0, direction="up", from_workers=2, to_workers=8)
+    d = run(backlog_then_gone(), cur=8, lo=1, mem=mem)
+    assert d.target == 2 and d.cancel == 6 and d.remove == () and d.cancels_only
+    assert "cancelling 6 not joined yet" in d.reason
+    assert d.memory is not None and d.memory.direction == "down"
+
+
+def test_cancelling_joining_workers_keeps_the_floor_and_the_minimum():
+    # An average demand of 2.5 workers: the floor (2x, capped at 3/4 of 10) keeps 5 of 8.
+    mem = ScalingMemory(avg_workers=2.5, seen_until_ms=10_000)
+    assert run(backlog_then_gone(), cur=8, lo=1, mem=mem).target == 5
+    assert run(backlog_then_gone(), cur=8, lo=3).target == 3
+    # every worker has joined: nothing to cancel, rule 4 waits for its hold window
+    held = run(backlog_then_gone(alive=8), cur=8, lo=1)
+    assert held.target == 8 and held.cancel == 0
+
+
+def test_joining_workers_stay_while_tasks_are_pending_or_when_turned_off():
+    s = [sample(0, running=2 * S, pending=6 * S, n=2), sample(10, running=2 * S, pending=1, n=2)]
+    assert run(s, cur=8, lo=1).target == 8
+    off = replace(P, cancel_joining=False)
+    assert run(backlog_then_gone(), cur=8, lo=1, params=off).target == 8
 
 
 def test_down_interval_limits_consecutive_scale_downs():

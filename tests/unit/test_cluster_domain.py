@@ -171,6 +171,33 @@ def test_resize_to_autoscale_clamps_the_current_size() -> None:
     assert r.target_workers == 4 and r.spec.num_workers is None
 
 
+def test_the_autoscaler_cancels_joining_workers_of_a_resizing_cluster_and_only_that() -> None:
+    auto = {"min_workers": 1, "max_workers": 8}
+    c = running(new(autoscale=auto, num_workers=None), workers=1)
+    up = dom.autoscale_to(c, target=6, remove=(), reason="backlog", now=3000)
+    assert up.state == State.RESIZING and up.resize_from == 1
+    # The backlog is gone while 5 workers boot: 3 of them are cancelled.
+    down = dom.autoscale_to(up, target=3, remove=(), reason="backlog gone", now=4000)
+    assert down.state == State.RESIZING and down.target_workers == 3 and down.resize_from == 1
+    assert down.pending_events[-1]["details"] == {
+        "current_num_workers": 6,
+        "target_num_workers": 3,
+        "cause": "AUTOSCALE",
+    }
+    with pytest.raises(InvalidState, match="unexpected state RESIZING"):
+        dom.autoscale_to(up, target=7, remove=(), reason="more", now=4000)
+    # The reconcile cancels workers that are still starting, newest first.
+    booting = nodes(workers=("RUNNING",) + ("STARTING",) * 5)
+    p = rec.plan(down, booting, now=5000)
+    [removal] = [a for a in p.actions if isinstance(a, rec.RemoveWorkers)]
+    assert set(removal.node_ids) <= {n.node_id for n in booting if n.status == "STARTING"}
+    assert len(removal.node_ids) == 3
+    # Two workers joined of the three kept: still an upsize from 1, completed at 3.
+    done = rec.plan(down, nodes(workers=("RUNNING",) * 3), now=6000).cluster
+    assert done.state == State.RUNNING
+    assert [e["type"] for e in done.pending_events] == ["UPSIZE_COMPLETED"]
+
+
 def test_a_start_forgets_the_autoscalers_memory_of_the_last_run() -> None:
     # The last run's demand history would otherwise meet the new run's first sample across the
     # whole gap and make it the average demand (the floor of a burst caught first).

@@ -146,6 +146,17 @@ def test_the_policy_removes_only_down_to_the_forecast():
     assert with_forecast(d, Forecast(1, "t"), last_change=None, **kw) is d  # type: ignore[arg-type]
 
 
+def test_the_forecast_keeps_joining_workers_before_alive_ones():
+    # 8 set: 3 not joined yet are cancelled and 3 alive ones go; the forecast wants 6 (FC).
+    d = Decision(target=2, reason="no backlog", remove=("a", "b", "c"), cancel=3)
+    kw = {"min_workers": 1, "max_workers": 10, "current_workers": 8, "now_ms": 100}
+    out = with_forecast(d, FC, last_change=None, **kw)  # type: ignore[arg-type]
+    assert out.target == 6 and out.cancel == 2 and out.remove == () and out.cancels_only
+    only_joining = Decision(target=5, reason="no backlog", cancel=3)
+    kept = with_forecast(only_joining, FC, last_change=None, **kw)  # type: ignore[arg-type]
+    assert kept.target == 6 and kept.cancel == 2 and kept.cancels_only
+
+
 def test_proactive_resume_only_within_the_lead_and_the_autotermination_window():
     kw = {"now_ms": 0, "lead_s": 300.0, "autotermination_minutes": 60}
     assert resume_decision(200_000, FC, **kw) is not None  # type: ignore[arg-type]

@@ -137,3 +137,19 @@ def test_hold_while_resizing_decides_nothing_until_the_workers_joined() -> None:
     assert runs[False] == [(11.0, 2), (21.0, 5), (61.0, 5), (71.0, 5)]
     # held while the worker asked for at 10 s boots; it joins at 70 s, the tick then grows
     assert runs[True] == [(11.0, 2), (21.0, 2), (61.0, 2), (71.0, 5)]
+
+
+def test_while_resizing_the_timer_still_cancels_workers_whose_backlog_is_gone() -> None:
+    """Three 12 s tasks on one slot: two workers are asked for at 10 s, the tasks are done by
+    40 s, before the workers join (60 s boot). The live timer takes that one decision from a
+    RESIZING cluster: the joining workers go at once (with the rule off, they join and stay)."""
+    jobs = (JobSpec(0, 1.0, (Stage(3, 12.0),)),)
+    trace = Trace("t", "csv", 0, jobs, ClusterSpec(1, 6, slots_per_worker=1), 200.0)
+    sizes = {}
+    for cancel in (True, False):
+        pol = Sparkplane(AutoscaleParams(cancel_joining=cancel), hold_while_resizing=True)
+        sim = Sim(trace, pol, 60.0, record_period_s=1.0)
+        sim.run()
+        sizes[cancel] = [n for t, n, _ in sim.timeline if t in (11.0, 41.0, 75.0)]
+    assert sizes[True] == [3, 1, 1]
+    assert sizes[False] == [3, 3, 3]

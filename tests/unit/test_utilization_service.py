@@ -121,6 +121,57 @@ def test_backlog_scales_up_with_events_and_a_reconcile(world: World) -> None:
     assert len(world.clusters.get(world.user, cid)["executors"]) == 3
 
 
+def test_a_resizing_cluster_cancels_the_workers_of_a_backlog_gone_before_they_joined(
+    world: World,
+) -> None:
+    cid = world.running_cluster(autoscale={"min_workers": 1, "max_workers": 4})
+    agent = world.agent(cid)
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": BACKLOG})
+    world.clock.ms += 10_000
+    assert world.util.autoscale_tick()["changed"] == 1
+    assert world.clusters.get(world.user, cid)["state"] == "RESIZING"
+    # A larger backlog while the workers boot: the resize goes on as asked (no second step).
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": {**BACKLOG, "pending_tasks": 40}})
+    world.clock.ms += 10_000
+    assert world.util.autoscale_tick() == {"clusters": 1, "changed": 0, "disk_steps": 0}
+    # The backlog is gone before any new worker joined: they are cancelled at once.
+    idle_ish = {"running_tasks": 1, "pending_tasks": 0, "active_jobs": 1, "total_slots": 2}
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": idle_ish})
+    world.clock.ms += 1000
+    assert world.util.autoscale_tick()["changed"] == 1
+    got = world.clusters.get(world.user, cid)
+    assert got["state"] == "RESIZING"
+    resizing = world.events(cid)[0]["details"]
+    assert resizing == {"current_num_workers": 4, "target_num_workers": 1, "cause": "AUTOSCALE"}
+    for _ in range(3):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    got = world.clusters.get(world.user, cid)
+    assert got["state"] == "RUNNING" and len(got["executors"]) == 1
+    assert "UPSIZE_COMPLETED" not in [e["type"] for e in world.events(cid)]
+
+
+def test_a_sample_older_than_the_converged_resize_cancels_nothing(world: World) -> None:
+    cid = world.running_cluster(autoscale={"min_workers": 1, "max_workers": 4})
+    agent = world.agent(cid)
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": BACKLOG})
+    world.clock.ms += 10_000
+    assert world.util.autoscale_tick()["changed"] == 1
+    # One executor's slots and nothing pending, reported before the new workers joined.
+    one = {"running_tasks": 0, "pending_tasks": 0, "active_jobs": 0, "total_slots": 2}
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": one})
+    for _ in range(3):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    assert world.state(cid) == State.RUNNING
+    assert world.util.autoscale_tick()["changed"] == 0
+    # The same report after the resize converged: 3 of the 4 workers run no executor.
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": one})
+    world.clock.ms += 1000
+    assert world.util.autoscale_tick()["changed"] == 1
+    assert world.events(cid)[0]["details"]["target_num_workers"] == 1
+
+
 def test_no_samples_no_change(world: World) -> None:
     world.running_cluster(autoscale={"min_workers": 1, "max_workers": 3})
     assert world.util.autoscale_tick() == {"clusters": 1, "changed": 0, "disk_steps": 0}
