@@ -102,8 +102,8 @@ Autoscaling (`decide_size`); every number is in `AutoscaleParams`:
    free one (median node-hours -4.5 to -5.4% per family, median p95 0 to +2.7%; a square
    wave of 4 minutes at a 180 s boot pays a p95 of 2.0 instead of 1.0 for 25% fewer
    node-hours). The live timer takes this one decision while the cluster is RESIZING.
-   Measured for `balanced`; off in the other settings and the job-cluster preset (there it
-   cost up to twice the p95 at a 180 s boot for 3% fewer node-hours). docs/autoscaling.md,
+   On in `balanced` and `cost`; off in the other settings and the job-cluster preset (there
+   it cost up to twice the p95 at a 180 s boot for 3% fewer node-hours). docs/autoscaling.md,
    "Cancelling joining workers once their backlog is gone".
 
 `JOB_CLUSTER_PARAMS` is the preset for job clusters: a 40 s hold, no decaying peak, no floor,
