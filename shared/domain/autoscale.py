@@ -237,12 +237,13 @@ class Decision:
     """The target size, why, and which workers go on a scale-down.
 
     `target` is always within [min_workers, max_workers]. When it is below `current_workers`,
-    workers that have not joined yet (`current_workers` minus the sample's alive workers) are
-    the first to go (the caller cancels them), and `remove` names the alive workers to
-    decommission for the rest of the reduction: `current_workers - target - joining` of them.
-    `cancel` counts those not-joined workers, so that `current_workers - target == cancel +
-    len(remove)` on a scale-down. `memory` is what to pass as `last_change` next time (store it
-    after every evaluation). `stats` are the inputs, for the AUTOSCALING_STATS_REPORT event.
+    workers that have not joined yet (`current_workers` minus the sample's alive workers, or
+    its slots over the slots per worker if more) are the first to go (the caller cancels
+    them), and `remove` names the alive workers to decommission for the rest of the
+    reduction. `cancel` counts the not-joined workers, so that `current_workers - target ==
+    cancel + len(remove)` on a scale-down. `memory` is what to pass as `last_change` next
+    time (store it after every evaluation). `stats` are the inputs, for the
+    AUTOSCALING_STATS_REPORT event.
     """
 
     target: int
