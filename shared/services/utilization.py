@@ -108,12 +108,15 @@ def to_sample(
     )
 
 
-def autoscale_params(settings: Settings) -> pol.AutoscaleParams:
-    """Defaults of the policy, overridden by SPARKPLANE_AUTOSCALE_PARAMS (a JSON object)."""
+def autoscale_params(
+    settings: Settings, base: pol.AutoscaleParams | None = None
+) -> pol.AutoscaleParams:
+    """The policy's defaults (`base`: AutoscaleParams()), overridden by
+    SPARKPLANE_AUTOSCALE_PARAMS (a JSON object)."""
+    base = base if base is not None else pol.AutoscaleParams()
     if not settings.autoscale_params:
-        return pol.AutoscaleParams()
-    overrides = json.loads(settings.autoscale_params)
-    return pol.AutoscaleParams(**overrides)
+        return base
+    return replace(base, **json.loads(settings.autoscale_params))
 
 
 class Utilization:
@@ -142,6 +145,9 @@ class Utilization:
         self.clock = clock
         self.settings = settings
         self.params = autoscale_params(settings)
+        # A run's job cluster (cluster source JOB) starts from the job-cluster preset, as the
+        # simulator's job clusters do (shared/domain/autoscale.py, JOB_CLUSTER_PARAMS).
+        self.job_params = autoscale_params(settings, pol.JOB_CLUSTER_PARAMS)
         # The forecast hold of clusters that opted in (shared/services/prewarm.py).
         self.forecasts = Forecasts(store)
         # Pools' acquisition times and the forecast asks (shared/services/pool_scaling.py).
@@ -368,7 +374,8 @@ class Utilization:
         pool = self._pool(b)
         hi = self._max_workers(b, current, pool)
         spark_conf = b["spec"].get("spark_conf")
-        params = autoscale_settings.params_for(spark_conf, self.params)
+        default = self.job_params if b.get("cluster_source") == "JOB" else self.params
+        params = autoscale_settings.params_for(spark_conf, default)
         node_boot_s = self.worker_boot.projection_boot_s(
             b["workspace_id"], b["spec"].get("node_type_id") or "", params.expected_boot_s, now
         )

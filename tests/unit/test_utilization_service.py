@@ -151,6 +151,31 @@ def test_a_resizing_cluster_cancels_the_workers_of_a_backlog_gone_before_they_jo
     assert "UPSIZE_COMPLETED" not in [e["type"] for e in world.events(cid)]
 
 
+def test_a_job_cluster_takes_the_job_cluster_preset(world: World) -> None:
+    """A run's job cluster keeps its joining workers (JOB_CLUSTER_PARAMS), where an
+    all-purpose cluster would cancel them (the test above)."""
+    body = {
+        "spark_version": "4.1.x-scala2.13",
+        "node_type_id": "rec-small",
+        "autoscale": {"min_workers": 1, "max_workers": 4},
+    }
+    cid = "job-run-1"
+    assert world.clusters.create_for_job(world.user, cid, body)
+    for _ in range(4):
+        world.lifecycle.reconcile("w", cid)
+        world.clock.ms += 2000
+    assert world.state(cid) == State.RUNNING
+    agent = world.agent(cid)
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": BACKLOG})
+    world.clock.ms += 10_000
+    assert world.util.autoscale_tick()["changed"] == 1
+    idle_ish = {"running_tasks": 1, "pending_tasks": 0, "active_jobs": 1, "total_slots": 2}
+    world.util.heartbeat(agent, {"cluster_id": cid, "sample": idle_ish})
+    world.clock.ms += 1000
+    assert world.util.autoscale_tick()["changed"] == 0
+    assert world.clusters.get(world.user, cid)["state"] == "RESIZING"
+
+
 def test_a_sample_older_than_the_converged_resize_cancels_nothing(world: World) -> None:
     cid = world.running_cluster(autoscale={"min_workers": 1, "max_workers": 4})
     agent = world.agent(cid)
