@@ -811,6 +811,20 @@ def test_a_cluster_without_pool_runs_and_stops(prov: Provisioner, wait: Wait) ->
     assert cluster_view(prov, req.cluster_id).get(ids[1], "STOPPING") == "STOPPING"
     wait.equals(lambda: cluster_view(prov, req.cluster_id), {ids[0]: "RUNNING", ids[2]: "RUNNING"})
 
+    # A worker removed as it starts (the autoscaler cancelling one that has not joined yet,
+    # shared/domain/autoscale.py rule 6) goes without ever running; the others stay.
+    (late,) = prov.add_workers(req, 1)
+    prov.remove_workers(req.cluster_id, [late.node_id])
+    seen: list[str] = []
+
+    def late_status() -> dict[str, str]:
+        view = cluster_view(prov, req.cluster_id)
+        seen.append(view.get(late.node_id, "gone"))
+        return view
+
+    wait.equals(late_status, {ids[0]: "RUNNING", ids[2]: "RUNNING"})
+    assert "RUNNING" not in seen, seen
+
     prov.stop_cluster(req.cluster_id)
     wait.equals(lambda: prov.observe(req.cluster_id), [])
     assert req.cluster_id not in prov.cluster_ids()
